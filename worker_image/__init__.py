@@ -1,0 +1,1 @@
+"""goodput: worker_image."""
