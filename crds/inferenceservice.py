@@ -1,0 +1,279 @@
+"""The InferenceService resource: what a platform team applies to serve one model at its SLO."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field
+
+from crds.common import Condition, Resource, Rule
+
+KIND = "InferenceService"
+PLURAL = "inferenceservices"
+SHORT_NAMES = ("gpsvc",)
+
+
+class AcceleratorType(StrEnum):
+    """Accelerators the hardware catalog in policies/ knows; CPU is for local runs and tests."""
+
+    H100_SXM = "H100-SXM"
+    H100_PCIE = "H100-PCIe"
+    H200 = "H200"
+    A100_40GB = "A100-40GB"
+    A100_80GB = "A100-80GB"
+    L40S = "L40S"
+    L4 = "L4"
+    CPU = "CPU"
+
+
+class TrafficClass(StrEnum):
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+    MIXED = "mixed"
+
+
+class Tier(StrEnum):
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
+
+
+class Mode(StrEnum):
+    AUTO = "auto"
+    RECOMMEND = "recommend"
+
+
+PositiveInt = Annotated[int, Field(ge=1)]
+
+
+class Architecture(Resource):
+    """Model shape; read from config.json when the manifest leaves it out."""
+
+    params: PositiveInt = Field(description="Total parameter count.")
+    layers: PositiveInt
+    hidden_size: PositiveInt
+    heads: PositiveInt
+    kv_heads: PositiveInt
+    head_dim: PositiveInt
+    vocab_size: PositiveInt
+    intermediate_size: PositiveInt | None = None
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="self.kvHeads <= self.heads", message="kvHeads must not exceed heads", field_path=".kvHeads"
+        ),
+        Rule(
+            rule="self.heads % self.kvHeads == 0",
+            message="heads must be a multiple of kvHeads (grouped-query attention)",
+            field_path=".kvHeads",
+        ),
+    )
+
+
+class ModelSpec(Resource):
+    name: str = Field(min_length=1, max_length=253, description="Served model name (the OpenAI `model`).")
+    source: str = Field(
+        min_length=1,
+        max_length=4096,
+        description="Path to a Hugging Face style folder (config.json + safetensors), or random:<preset>.",
+    )
+    architecture: Architecture | None = Field(
+        default=None, description="Model shape; read from config.json or the preset when omitted."
+    )
+    dtype: Literal["bfloat16", "float16", "float32", "fp8"] = "bfloat16"
+
+
+class SLO(Resource):
+    """Latency objectives. Give a p95 or a p99 target for each of TTFT and TPOT."""
+
+    ttft_p95_ms: float | None = Field(default=None, gt=0, le=600_000)
+    tpot_p95_ms: float | None = Field(default=None, gt=0, le=60_000)
+    ttft_p99_ms: float | None = Field(default=None, gt=0, le=600_000)
+    tpot_p99_ms: float | None = Field(default=None, gt=0, le=60_000)
+    attainment: float = Field(
+        default=0.99, gt=0, lt=1, description="Fraction of requests that must meet both targets."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="has(self.ttftP95Ms) || has(self.ttftP99Ms)",
+            message="a TTFT target is required: set ttftP95Ms or ttftP99Ms",
+            field_path=".ttftP95Ms",
+        ),
+        Rule(
+            rule="has(self.tpotP95Ms) || has(self.tpotP99Ms)",
+            message="a TPOT target is required: set tpotP95Ms or tpotP99Ms",
+            field_path=".tpotP95Ms",
+        ),
+        Rule(
+            rule="self.attainment > 0.0 && self.attainment < 1.0",
+            message="attainment must lie strictly between 0 and 1",
+            field_path=".attainment",
+        ),
+    )
+
+
+class TokenPercentiles(Resource):
+    p50: PositiveInt
+    p95: PositiveInt
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(rule="self.p50 <= self.p95", message="p50 must not exceed p95", field_path=".p50"),
+    )
+
+
+class Traffic(Resource):
+    traffic_class: TrafficClass = Field(alias="class")
+    expected_rps: float | None = Field(
+        default=None, ge=0, description="Cold-start hint: requests per second before any observation."
+    )
+    prompt_tokens: TokenPercentiles | None = None
+    output_tokens: TokenPercentiles | None = None
+    batch_fraction: float | None = Field(
+        default=None, ge=0, le=1, description="For mixed traffic: the share of requests that are batch."
+    )
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="!has(self.batchFraction) || self.class == 'mixed'",
+            message="batchFraction applies only to class mixed",
+            field_path=".batchFraction",
+        ),
+    )
+
+
+class AcceleratorPool(Resource):
+    type: AcceleratorType
+    price_per_hour: float | None = Field(
+        default=None, ge=0, description="USD per GPU-hour; the catalog's list price when omitted."
+    )
+    max_count: PositiveInt = Field(default=8, description="GPUs of this type the service may use.")
+    node_selector: dict[str, str] = Field(default_factory=dict)
+
+
+class Scaling(Resource):
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(default=8, ge=1, le=1000)
+    max_tensor_parallel: Literal[1, 2, 4, 8] = 8
+    max_cost_per_hour: float | None = Field(default=None, gt=0)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not exceed maxReplicas",
+            field_path=".minReplicas",
+        ),
+    )
+
+
+class SecretKeyRef(Resource):
+    name: str = Field(min_length=1, max_length=253)
+    key: str = Field(min_length=1, max_length=253)
+
+
+class WorkerSpec(Resource):
+    image: str = Field(default="ghcr.io/goodput/worker:0.1.0", min_length=1)
+    api_key_secret: SecretKeyRef | None = Field(
+        default=None, description="Secret key holding the API key the worker requires of clients."
+    )
+
+
+class InferenceServiceSpec(Resource):
+    model: ModelSpec
+    slo: SLO
+    traffic: Traffic
+    accelerators: list[AcceleratorPool] = Field(min_length=1, max_length=16)
+    scaling: Scaling = Field(default_factory=Scaling)
+    policy_ref: str | None = Field(
+        default=None,
+        max_length=253,
+        description="Name of a cluster-scoped SLOPolicy; the default applies when absent.",
+    )
+    mode: Mode = Mode.AUTO
+    worker: WorkerSpec = Field(default_factory=WorkerSpec)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="size(self.accelerators) >= 1",
+            message="at least one accelerator pool is required",
+            field_path=".accelerators",
+        ),
+        Rule(
+            rule="self.accelerators.all(a, self.accelerators.exists_one(b, b.type == a.type))",
+            message="each accelerator type may appear only once",
+            field_path=".accelerators",
+        ),
+    )
+
+
+class Observed(Resource):
+    """What the last control interval saw, from Prometheus."""
+
+    time: datetime
+    window_seconds: float
+    rps: float
+    prompt_tokens_p50: float | None = None
+    prompt_tokens_p95: float | None = None
+    output_tokens_p50: float | None = None
+    output_tokens_p95: float | None = None
+    ttft_p95_ms: float | None = None
+    tpot_p95_ms: float | None = None
+    kv_cache_usage: float | None = None
+    queue_depth: float | None = None
+    ready_replicas: int | None = None
+
+
+class TierPlan(Resource):
+    tier: Tier
+    replicas: int = Field(ge=0)
+    max_batch: PositiveInt
+    batch_window_ms: float = Field(ge=0)
+
+
+class PlanStatus(Resource):
+    accelerator: AcceleratorType
+    tensor_parallel: PositiveInt
+    replicas: int = Field(ge=0)
+    max_batch: PositiveInt
+    batch_window_ms: float = Field(ge=0)
+    chunk_tokens: PositiveInt
+    tier: TrafficClass
+    tiers: list[TierPlan] = Field(default_factory=list)
+    predicted_ttft_p95_ms: float
+    predicted_tpot_p95_ms: float
+    cost_per_hour: float
+
+
+class Decision(Resource):
+    time: datetime
+    from_replicas: int = Field(alias="from")
+    to_replicas: int = Field(alias="to")
+    reason: str
+
+
+class Calibration(Resource):
+    """Observed/predicted correction factors, kept in status so a restart remembers them."""
+
+    ttft_factor: float = Field(default=1.0, gt=0)
+    tpot_factor: float = Field(default=1.0, gt=0)
+    samples: int = Field(default=0, ge=0)
+    updated: datetime | None = None
+
+
+class InferenceServiceStatus(Resource):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    observed: Observed | None = None
+    plan: PlanStatus | None = None
+    last_decision: Decision | None = None
+    calibration: Calibration | None = None
+    replicas: int | None = Field(default=None, description="Ready replicas over all tiers.")
+
+
+class InferenceService(Resource):
+    api_version: Literal["goodput.dev/v1alpha1"] = "goodput.dev/v1alpha1"
+    kind: Literal["InferenceService"] = "InferenceService"
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: InferenceServiceSpec
+    status: InferenceServiceStatus | None = None

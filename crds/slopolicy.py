@@ -1,0 +1,100 @@
+"""The SLOPolicy resource: the knobs on-call tunes once for every service that references it."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from crds.common import Condition, Resource, Rule
+
+KIND = "SLOPolicy"
+PLURAL = "slopolicies"
+SHORT_NAMES = ("slop",)
+DEFAULT_POLICY_NAME = "default"
+
+
+class MissingMetrics(StrEnum):
+    """What the control loop does when Prometheus has no fresh data for a service."""
+
+    HOLD = "hold"
+    USE_HINTS = "useHints"
+
+
+class WindowRange(Resource):
+    min_ms: float = Field(ge=0, le=1000)
+    max_ms: float = Field(ge=0, le=1000)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(rule="self.minMs <= self.maxMs", message="minMs must not exceed maxMs", field_path=".minMs"),
+    )
+
+
+class TierWindows(Resource):
+    interactive: WindowRange = Field(default_factory=lambda: WindowRange(min_ms=2, max_ms=5))
+    batch: WindowRange = Field(default_factory=lambda: WindowRange(min_ms=20, max_ms=40))
+
+
+class CalibrationPolicy(Resource):
+    enabled: bool = True
+    smoothing: float = Field(
+        default=0.3, gt=0, le=1, description="Weight of the newest observed/predicted ratio (EWMA)."
+    )
+    min_factor: float = Field(default=0.5, gt=0)
+    max_factor: float = Field(default=3.0, gt=0)
+    min_requests: int = Field(default=50, ge=1, description="Requests in a window before it counts.")
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="self.minFactor <= 1.0 && self.maxFactor >= 1.0",
+            message="the factor range must contain 1.0",
+            field_path=".minFactor",
+        ),
+    )
+
+
+class SLOPolicySpec(Resource):
+    headroom: float = Field(
+        default=0.2, ge=0, lt=1, description="Share of capacity kept free when planning (0.2 plans to 80%)."
+    )
+    evaluation_interval_seconds: float = Field(default=15, ge=1, le=3600)
+    scale_up_stabilization_seconds: float = Field(default=0, ge=0, le=3600)
+    scale_down_stabilization_seconds: float = Field(default=300, ge=0, le=86400)
+    cooldown_seconds: float = Field(default=30, ge=0, le=3600, description="Least time between two scalings.")
+    max_scale_up_step: int = Field(default=8, ge=1, le=1000, description="Most replicas added per decision.")
+    max_scale_down_step: int = Field(
+        default=2, ge=1, le=1000, description="Most replicas removed per decision."
+    )
+    tier_batch_windows: TierWindows = Field(default_factory=TierWindows)
+    missing_metrics: MissingMetrics = MissingMetrics.HOLD
+    stale_after_seconds: float = Field(default=60, ge=1, le=3600)
+    rollout_saving_threshold: float = Field(
+        default=0.15,
+        ge=0,
+        le=1,
+        description="Least predicted cost saving that justifies a TP or accelerator change.",
+    )
+    calibration: CalibrationPolicy = Field(default_factory=CalibrationPolicy)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="self.staleAfterSeconds >= self.evaluationIntervalSeconds",
+            message="staleAfterSeconds must be at least evaluationIntervalSeconds",
+            field_path=".staleAfterSeconds",
+        ),
+    )
+
+
+class SLOPolicyStatus(Resource):
+    observed_generation: int | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    services: int | None = Field(default=None, ge=0, description="InferenceServices that use this policy.")
+
+
+class SLOPolicy(Resource):
+    api_version: Literal["goodput.dev/v1alpha1"] = "goodput.dev/v1alpha1"
+    kind: Literal["SLOPolicy"] = "SLOPolicy"
+    metadata: dict[str, object] = Field(default_factory=dict)
+    spec: SLOPolicySpec = Field(default_factory=SLOPolicySpec)
+    status: SLOPolicyStatus | None = None
