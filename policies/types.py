@@ -1,0 +1,122 @@
+"""Records shared by the planner, the autoscaler, the simulator and the operator.
+
+These are the contract between policies/ (pure decisions) and its callers (controllers/ and the CLI):
+plain frozen dataclasses, no I/O. Wire formats (status, events) are built from them in controllers/.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from crds.inferenceservice import Tier
+
+
+@dataclass(frozen=True)
+class Load:
+    """Offered load for one service: an arrival rate and token-length samples to draw from.
+
+    Token samples (not just percentiles) keep the tail: p95 latency depends on the long prompts.
+    """
+
+    rps: float
+    prompt_tokens: np.ndarray  # int samples, one per request
+    output_tokens: np.ndarray
+    batch_fraction: float = 0.0  # share of requests in the batch tier (mixed traffic)
+
+    def __post_init__(self) -> None:
+        if not np.isfinite(self.rps) or self.rps < 0:
+            raise ValueError(f"rps must be a finite number >= 0, got {self.rps}")
+        if len(self.prompt_tokens) == 0 or len(self.output_tokens) == 0:
+            raise ValueError("token samples must not be empty")
+        if not 0.0 <= self.batch_fraction <= 1.0:
+            raise ValueError(f"batch_fraction must lie in [0, 1], got {self.batch_fraction}")
+
+
+@dataclass(frozen=True)
+class TierConfig:
+    """One tier's engine and fleet settings."""
+
+    tier: Tier
+    replicas: int
+    max_batch: int
+    batch_window_ms: float
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One point of the planner's search: a configuration, its predictions and, if ruled out, why."""
+
+    accelerator: str  # AcceleratorType value
+    tensor_parallel: int
+    replicas: int  # over all tiers
+    max_batch: int
+    batch_window_ms: float
+    chunk_tokens: int
+    tier: str  # TrafficClass value: interactive | batch | mixed
+    tiers: tuple[TierConfig, ...]
+    predicted_ttft_p95_ms: float
+    predicted_tpot_p95_ms: float
+    cost_per_hour: float
+    utilisation: float  # per-replica load / capacity at the chosen replicas
+    rejected: str | None = None  # "memory" | "ttft" | "tpot" | "budget" | "max_replicas" | "max_count", with detail
+
+    @property
+    def feasible(self) -> bool:
+        return self.rejected is None
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    chosen: Candidate | None
+    alternatives: tuple[Candidate, ...]  # ranked, best first, each with its rejection reason if any
+    binding_constraint: str | None  # when nothing is feasible: the constraint that ruled out the best one
+    kv_bytes_per_token: int
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One control interval's view of a service, as the operator reads it from Prometheus.
+
+    Fields are None when Prometheus had no series for them; `rps == 0` is an observation, not missing data.
+    """
+
+    time: float  # unix seconds at the end of the window
+    window_s: float
+    rps: float
+    requests: float  # completed requests in the window
+    ttft_p95_ms: float | None
+    tpot_p95_ms: float | None
+    kv_cache_usage: float | None
+    queue_depth: float | None  # waiting requests summed over pods
+    running: float | None
+    prompt_tokens_p50: float | None = None
+    prompt_tokens_p95: float | None = None
+    output_tokens_p50: float | None = None
+    output_tokens_p95: float | None = None
+    ready_replicas: int | None = None
+    per_tier: dict[str, Observation] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ScalerState:
+    """What the autoscaler remembers between intervals; persisted in the resource's status."""
+
+    recommendations: tuple[tuple[float, int], ...] = ()  # (time, desired replicas) within the longest window
+    last_scale_time: float | None = None
+    ttft_factor: float = 1.0  # calibration: observed / predicted
+    tpot_factor: float = 1.0
+    calibration_samples: int = 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The autoscaler's verdict for one interval."""
+
+    plan: Candidate  # the plan to run from now on (unchanged when holding)
+    state: ScalerState
+    action: str  # "hold" | "scale" | "retune" | "rollout"
+    reason: str  # one readable line, e.g. "scaled interactive 2→4: TTFT p95 820 ms > 500 ms at 31 rps"
+    metrics_available: bool
+    slo_met: bool | None  # None when unknown (no observation)
