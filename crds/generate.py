@@ -15,6 +15,8 @@ from crds import inferenceservice, slopolicy
 from crds.common import GROUP, VERSION
 
 HERE = Path(__file__).parent
+# kustomize reads only files under its root, so the manifests carry a generated copy too.
+OUTPUT_DIRS = (HERE, HERE.parent / "manifests" / "crds")
 
 # OpenAPI v3.0 (what the API server speaks) has no null type and wants boolean exclusive bounds.
 _DROP_KEYS = {"title", "additionalProperties", "$defs"}
@@ -169,10 +171,12 @@ def render(obj: dict[str, Any]) -> str:
     return header + yaml.safe_dump(obj, sort_keys=False, width=120)
 
 
-def write(directory: Path = HERE) -> list[Path]:
+def write(directories: tuple[Path, ...] = OUTPUT_DIRS) -> list[Path]:
     paths = []
-    for name, obj in all_crds().items():
-        path = directory / name
-        path.write_text(render(obj))
-        paths.append(path)
+    for directory in directories:
+        directory.mkdir(parents=True, exist_ok=True)
+        for name, obj in all_crds().items():
+            path = directory / name
+            path.write_text(render(obj))
+            paths.append(path)
     return paths
