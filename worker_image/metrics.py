@@ -1,0 +1,201 @@
+"""Prometheus metrics under vLLM's names, so vLLM dashboards, KEDA rules and our operator read our workers too.
+
+Names, types and bucket boundaries follow vLLM's v1 `PrometheusStatLogger`; the wire names of counters carry
+prometheus_client's `_total` suffix exactly as vLLM's do (`vllm:prompt_tokens_total`). Inter-token latency
+gets extra buckets below 10 ms because small models decode in 2-5 ms. One dedicated registry per worker, so
+tests can run several servers in one process.
+"""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+INTER_TOKEN_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+REQUEST_LATENCY_BUCKETS = (
+    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
+    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
+)  # fmt: skip
+FINISH_REASONS = ("stop", "length", "abort")
+
+
+def token_count_buckets(max_value: int) -> tuple[float, ...]:
+    """vLLM's 1-2-5 series up to `max_value` (e.g. 100 -> 1, 2, 5, 10, 20, 50, 100)."""
+    buckets: list[float] = []
+    scale = 1
+    while True:
+        for mantissa in (1, 2, 5):
+            if mantissa * scale > max_value:
+                return tuple(buckets)
+            buckets.append(float(mantissa * scale))
+        scale *= 10
+
+
+class EngineStatsLike(Protocol):
+    """The fields of the engine's `EngineStats` that the gauges and cumulative counters mirror."""
+
+    num_running: int
+    num_waiting: int
+    kv_cache_usage: float
+    prefix_cache_queries: int
+    prefix_cache_hits: int
+    num_preemptions: int
+
+
+@dataclass(frozen=True)
+class FinishedRequest:
+    """What the server knows about a request once its last token is out; times in seconds."""
+
+    finish_reason: str
+    e2e_latency_s: float
+    queue_time_s: float
+    num_prompt_tokens: int
+    num_generation_tokens: int
+
+
+class WorkerMetrics:
+    """The worker's metrics; observed from the server's event loop and the engine thread (both thread-safe)."""
+
+    def __init__(self, model_name: str, max_model_len: int) -> None:
+        self.registry = CollectorRegistry()
+        self.model_name = model_name
+        labels = ["model_name"]
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, labels, registry=self.registry)
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(name, doc, labels, registry=self.registry)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+
+        self.num_requests_running = gauge(
+            "vllm:num_requests_running", "Number of requests in model execution batches."
+        )
+        self.num_requests_waiting = gauge(
+            "vllm:num_requests_waiting", "Number of requests waiting to be processed."
+        )
+        self.kv_cache_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.gpu_cache_usage = gauge(
+            "vllm:gpu_cache_usage_perc",
+            "GPU KV-cache usage. 1 means 100 percent usage. DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
+        )
+        self.prefix_cache_queries = counter(
+            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens."
+        )
+        self.prefix_cache_hits = counter(
+            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
+        )
+        self.num_preemptions = counter(
+            "vllm:num_preemptions", "Cumulative number of preemption from the engine."
+        )
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
+        self.request_success = Counter(
+            "vllm:request_success",
+            "Count of successfully processed requests.",
+            [*labels, "finished_reason"],
+            registry=self.registry,
+        )
+        token_buckets = token_count_buckets(max_model_len)
+        self.request_prompt_tokens = histogram(
+            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
+        )
+        self.request_generation_tokens = histogram(
+            "vllm:request_generation_tokens", "Number of generation tokens processed.", token_buckets
+        )
+        self.time_to_first_token = histogram(
+            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
+        )
+        self.inter_token_latency = histogram(
+            "vllm:inter_token_latency_seconds",
+            "Histogram of inter-token latency in seconds.",
+            INTER_TOKEN_BUCKETS,
+        )
+        self.time_per_output_token = histogram(
+            "vllm:time_per_output_token_seconds",
+            "Histogram of time per output token in seconds. "
+            "DEPRECATED: Use vllm:inter_token_latency_seconds instead.",
+            INTER_TOKEN_BUCKETS,
+        )
+        self.e2e_request_latency = histogram(
+            "vllm:e2e_request_latency_seconds",
+            "Histogram of e2e request latency in seconds.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        self.request_queue_time = histogram(
+            "vllm:request_queue_time_seconds",
+            "Histogram of time spent in WAITING phase for request.",
+            REQUEST_LATENCY_BUCKETS,
+        )
+        # Label children exist from the start, so every series is exported (as zero) before the first request.
+        for reason in FINISH_REASONS:
+            self.request_success.labels(model_name, reason)
+        for metric in (
+            self.num_requests_running, self.num_requests_waiting, self.kv_cache_usage, self.gpu_cache_usage,
+            self.prefix_cache_queries, self.prefix_cache_hits, self.num_preemptions, self.prompt_tokens,
+            self.generation_tokens, self.request_prompt_tokens, self.request_generation_tokens,
+            self.time_to_first_token, self.inter_token_latency, self.time_per_output_token,
+            self.e2e_request_latency, self.request_queue_time,
+        ):  # fmt: skip
+            metric.labels(model_name)
+        self._seen_queries = 0
+        self._seen_hits = 0
+        self._seen_preemptions = 0
+
+    def observe_first_token(self, ttft_s: float, num_prompt_tokens: int) -> None:
+        self.time_to_first_token.labels(self.model_name).observe(ttft_s)
+        self.prompt_tokens.labels(self.model_name).inc(num_prompt_tokens)
+
+    def observe_tokens(self, num_tokens: int, inter_token_s: float | None) -> None:
+        """New output tokens of one request; `inter_token_s` is the gap since its previous ones, if any."""
+        self.generation_tokens.labels(self.model_name).inc(num_tokens)
+        if inter_token_s is not None:
+            self.inter_token_latency.labels(self.model_name).observe(inter_token_s)
+            self.time_per_output_token.labels(self.model_name).observe(inter_token_s)
+
+    def observe_finished(self, request: FinishedRequest) -> None:
+        self.request_success.labels(self.model_name, request.finish_reason).inc()
+        if request.finish_reason == "abort":
+            return
+        self.e2e_request_latency.labels(self.model_name).observe(request.e2e_latency_s)
+        self.request_queue_time.labels(self.model_name).observe(request.queue_time_s)
+        self.request_prompt_tokens.labels(self.model_name).observe(request.num_prompt_tokens)
+        self.request_generation_tokens.labels(self.model_name).observe(request.num_generation_tokens)
+
+    def refresh(self, stats: EngineStatsLike) -> None:
+        """Mirror the engine's gauges; turn its cumulative totals into counter increments."""
+        self.num_requests_running.labels(self.model_name).set(stats.num_running)
+        self.num_requests_waiting.labels(self.model_name).set(stats.num_waiting)
+        self.kv_cache_usage.labels(self.model_name).set(stats.kv_cache_usage)
+        self.gpu_cache_usage.labels(self.model_name).set(stats.kv_cache_usage)
+        self.prefix_cache_queries.labels(self.model_name).inc(
+            max(0, stats.prefix_cache_queries - self._seen_queries)
+        )
+        self.prefix_cache_hits.labels(self.model_name).inc(max(0, stats.prefix_cache_hits - self._seen_hits))
+        self.num_preemptions.labels(self.model_name).inc(
+            max(0, stats.num_preemptions - self._seen_preemptions)
+        )
+        self._seen_queries = stats.prefix_cache_queries
+        self._seen_hits = stats.prefix_cache_hits
+        self._seen_preemptions = stats.num_preemptions
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text and its content type."""
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
