@@ -1,0 +1,214 @@
+"""From bucketed histograms to an Observation: the one code path the operator and the simulator share.
+
+The operator feeds it `sum by (namespace, inferenceservice, tier, le)(increase(<histogram>_bucket[W]))`
+results read from Prometheus; the simulator feeds it histograms it fills with the same bucket boundaries.
+Quantiles use Prometheus's `histogram_quantile` interpolation, so both see the same p95 for the same counts.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from policies.types import Observation
+
+# vLLM's boundaries (v1 PrometheusStatLogger); inter-token latency gets extra buckets below 10 ms, as our worker
+# exports them, because small models decode in 2-5 ms.
+TTFT_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+ITL_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.0075,
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
+    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+
+
+def token_buckets(max_value: int) -> tuple[float, ...]:
+    """vLLM's 1-2-5 series up to `max_value`, used for request prompt/generation token histograms."""
+    out: list[float] = []
+    scale = 1
+    while True:
+        for mantissa in (1, 2, 5):
+            if mantissa * scale > max_value:
+                return tuple(out)
+            out.append(float(mantissa * scale))
+        scale *= 10
+
+
+TOKEN_BUCKETS = token_buckets(100_000)
+
+
+def histogram_quantile(q: float, upper_bounds: np.ndarray, cumulative_counts: np.ndarray) -> float:
+    """Prometheus's `histogram_quantile`: linear interpolation inside the bucket holding rank q·count.
+
+    `upper_bounds` must end with +Inf (else NaN, as Prometheus). NaN when there are no observations;
+    a rank in the +Inf bucket returns the largest finite bound. Non-monotonic counts (from scrape races)
+    are made monotonic first, as Prometheus does.
+    """
+    bounds = np.asarray(upper_bounds, dtype=float)
+    counts = np.maximum.accumulate(np.asarray(cumulative_counts, dtype=float))
+    if math.isnan(q):
+        return math.nan
+    if q < 0:
+        return -math.inf
+    if q > 1:
+        return math.inf
+    if len(bounds) < 2 or not math.isinf(bounds[-1]) or bounds[-1] < 0:
+        return math.nan
+    total = counts[-1]
+    if total == 0:
+        return math.nan
+    rank = q * total
+    b = int(np.searchsorted(counts[:-1], rank, side="left"))  # first bucket with count >= rank
+    if b == len(bounds) - 1:
+        return float(bounds[-2])
+    if b == 0 and bounds[0] <= 0:
+        return float(bounds[0])
+    start, end, count = 0.0, float(bounds[b]), float(counts[b])
+    if b > 0:
+        start = float(bounds[b - 1])
+        count -= counts[b - 1]
+        rank -= counts[b - 1]
+    return start + (end - start) * (rank / count)
+
+
+@dataclass(frozen=True)
+class Histogram:
+    """Cumulative bucket counts (Prometheus `le` semantics) over finite upper bounds plus +Inf."""
+
+    upper_bounds: np.ndarray  # ends with +Inf
+    cumulative: np.ndarray
+
+    @classmethod
+    def from_samples(
+        cls, bounds: tuple[float, ...], values: np.ndarray, weights: np.ndarray | None = None
+    ) -> Histogram:
+        """Fill a histogram the way a Prometheus client does: a value v lands in the first bucket with v <= le."""
+        edges = np.append(np.asarray(bounds, dtype=float), math.inf)
+        idx = np.searchsorted(edges, np.asarray(values, dtype=float), side="left")
+        per_bucket = np.bincount(idx, weights=weights, minlength=len(edges))[: len(edges)]
+        return cls(edges, np.cumsum(per_bucket).astype(float))
+
+    @classmethod
+    def from_le(cls, by_le: Mapping[str, float]) -> Histogram:
+        """From a PromQL result keyed by the `le` label ("0.5", "+Inf", ...)."""
+        items = sorted((float(le), float(v)) for le, v in by_le.items())
+        return cls(np.array([le for le, _ in items]), np.array([v for _, v in items]))
+
+    @property
+    def count(self) -> float:
+        return float(self.cumulative[-1]) if len(self.cumulative) else 0.0
+
+    def quantile(self, q: float) -> float | None:
+        value = histogram_quantile(q, self.upper_bounds, self.cumulative)
+        return None if math.isnan(value) else value
+
+    def __add__(self, other: Histogram) -> Histogram:
+        if not np.array_equal(self.upper_bounds, other.upper_bounds):
+            raise ValueError("cannot add histograms with different bucket boundaries")
+        return Histogram(self.upper_bounds, self.cumulative + other.cumulative)
+
+
+@dataclass(frozen=True)
+class TierWindow:
+    """One tier's raw window: bucket increases, counter increases and gauge sums, None where no series."""
+
+    ttft: Histogram | None = None  # vllm:time_to_first_token_seconds
+    itl: Histogram | None = None  # vllm:inter_token_latency_seconds
+    prompt_tokens: Histogram | None = None  # vllm:request_prompt_tokens
+    output_tokens: Histogram | None = None  # vllm:request_generation_tokens
+    requests: float | None = None  # increase of vllm:request_success_total
+    running: float | None = None  # sum over pods of vllm:num_requests_running
+    waiting: float | None = None  # sum over pods of vllm:num_requests_waiting
+    kv_cache_usage: float | None = None  # mean over pods of vllm:kv_cache_usage_perc
+    ready_replicas: int | None = None
+
+    @property
+    def empty(self) -> bool:
+        return all(
+            v is None
+            for v in (self.ttft, self.itl, self.requests, self.running, self.waiting, self.kv_cache_usage)
+        )
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else seconds * 1000.0
+
+
+def _sum_hist(parts: list[Histogram | None]) -> Histogram | None:
+    present = [h for h in parts if h is not None]
+    if not present:
+        return None
+    total = present[0]
+    for h in present[1:]:
+        total = total + h
+    return total
+
+
+def _sum(parts: list[float | None]) -> float | None:
+    present = [v for v in parts if v is not None]
+    return float(sum(present)) if present else None
+
+
+def _observe_one(time: float, window_s: float, w: TierWindow, quantile: float) -> Observation:
+    requests = w.requests
+    if requests is None:  # fall back on the TTFT histogram's count: one observation per request
+        requests = w.ttft.count if w.ttft is not None else None
+    count = requests if requests is not None else 0.0
+
+    def pct(h: Histogram | None, q: float) -> float | None:
+        return None if h is None else h.quantile(q)
+
+    return Observation(
+        time=time,
+        window_s=window_s,
+        rps=count / window_s,
+        requests=count,
+        ttft_p95_ms=_ms(pct(w.ttft, quantile)),
+        tpot_p95_ms=_ms(pct(w.itl, quantile)),
+        kv_cache_usage=w.kv_cache_usage,
+        queue_depth=w.waiting,
+        running=w.running,
+        prompt_tokens_p50=pct(w.prompt_tokens, 0.5),
+        prompt_tokens_p95=pct(w.prompt_tokens, 0.95),
+        output_tokens_p50=pct(w.output_tokens, 0.5),
+        output_tokens_p95=pct(w.output_tokens, 0.95),
+        ready_replicas=w.ready_replicas,
+    )
+
+
+def build_observation(
+    time: float, window_s: float, tiers: Mapping[str, TierWindow], quantile: float = 0.95
+) -> Observation | None:
+    """One Observation from a window's per-tier series; None when Prometheus returned no series at all.
+
+    A window with series but zero increase is zero traffic (rps 0, latency quantiles None), not missing data.
+    The service-level view sums histograms and counters over tiers, and averages KV usage over tiers.
+    """
+    if window_s <= 0:
+        raise ValueError(f"window_s must be > 0, got {window_s}")
+    present = {name: w for name, w in tiers.items() if not w.empty}
+    if not present:
+        return None
+    parts = list(present.values())
+    kv = [w.kv_cache_usage for w in parts if w.kv_cache_usage is not None]
+    ready = [w.ready_replicas for w in parts if w.ready_replicas is not None]
+    total = TierWindow(
+        ttft=_sum_hist([w.ttft for w in parts]),
+        itl=_sum_hist([w.itl for w in parts]),
+        prompt_tokens=_sum_hist([w.prompt_tokens for w in parts]),
+        output_tokens=_sum_hist([w.output_tokens for w in parts]),
+        requests=_sum([w.requests for w in parts]),
+        running=_sum([w.running for w in parts]),
+        waiting=_sum([w.waiting for w in parts]),
+        kv_cache_usage=float(np.mean(kv)) if kv else None,
+        ready_replicas=sum(ready) if ready else None,
+    )
+    overall = _observe_one(time, window_s, total, quantile)
+    per_tier = {name: _observe_one(time, window_s, w, quantile) for name, w in present.items()}
+    return replace(overall, per_tier=per_tier)

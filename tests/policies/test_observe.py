@@ -1,0 +1,109 @@
+"""histogram_quantile follows Prometheus; build_observation turns window series into an Observation."""
+
+import math
+
+import numpy as np
+import pytest
+
+from policies.observe import (
+    ITL_BUCKETS,
+    TTFT_BUCKETS,
+    Histogram,
+    TierWindow,
+    build_observation,
+    histogram_quantile,
+    token_buckets,
+)
+
+INF = math.inf
+
+
+@pytest.mark.parametrize(
+    ("q", "bounds", "counts", "expected"),
+    [
+        # rank 0.5*100 = 50 lands in (0.1, 0.5]: 0.1 + 0.4 * (50 - 40) / (80 - 40)
+        (0.5, [0.1, 0.5, 1.0, INF], [40, 80, 100, 100], 0.2),
+        # the first bucket interpolates from 0
+        (0.2, [0.1, 0.5, 1.0, INF], [40, 80, 100, 100], 0.05),
+        # rank in the +Inf bucket: the largest finite bound
+        (0.99, [0.1, 0.5, INF], [10, 20, 100], 0.5),
+        # a first bucket with bound <= 0 returns that bound
+        (0.1, [0.0, 1.0, INF], [5, 10, 10], 0.0),
+        # exactly on a bucket edge: the bucket's upper bound
+        (0.4, [0.1, 0.5, 1.0, INF], [40, 80, 100, 100], 0.1),
+    ],
+)
+def test_histogram_quantile_matches_prometheus(q, bounds, counts, expected):
+    assert histogram_quantile(q, np.array(bounds), np.array(counts)) == pytest.approx(expected)
+
+
+def test_histogram_quantile_edge_cases():
+    b, c = np.array([0.1, INF]), np.array([1.0, 2.0])
+    assert math.isnan(histogram_quantile(0.5, b, np.array([0.0, 0.0])))  # no observations
+    assert math.isnan(histogram_quantile(0.5, np.array([0.1, 0.2]), c))  # no +Inf bucket
+    assert math.isnan(histogram_quantile(math.nan, b, c))
+    assert histogram_quantile(-0.1, b, c) == -INF
+    assert histogram_quantile(1.1, b, c) == INF
+    # non-monotonic counts are repaired, not trusted: [5, 3, 10] is read as [5, 5, 10]
+    assert histogram_quantile(0.5, np.array([1.0, 2.0, INF]), np.array([5.0, 3.0, 10.0])) == pytest.approx(
+        1.0
+    )
+
+
+def test_vllm_buckets_and_finer_itl():
+    assert TTFT_BUCKETS[:3] == (0.001, 0.005, 0.01) and TTFT_BUCKETS[-1] == 2560.0
+    assert sum(b < 0.01 for b in ITL_BUCKETS) >= 3  # finer than vLLM's first bucket at 10 ms
+    assert list(ITL_BUCKETS) == sorted(ITL_BUCKETS)
+    assert token_buckets(100) == (1, 2, 5, 10, 20, 50, 100)
+
+
+def test_histogram_from_samples_uses_le_semantics():
+    h = Histogram.from_samples((0.1, 0.5), np.array([0.1, 0.2, 0.5, 0.7]))
+    assert list(h.cumulative) == [1, 3, 4]
+    weighted = Histogram.from_samples((0.1, 0.5), np.array([0.05, 0.3]), weights=np.array([3.0, 1.0]))
+    assert list(weighted.cumulative) == [3, 4, 4]
+    assert Histogram.from_le({"0.1": 1, "+Inf": 4, "0.5": 3}).cumulative.tolist() == [1, 3, 4]
+
+
+def test_quantile_recovers_sample_percentile_within_bucket():
+    rng = np.random.default_rng(0)
+    values = rng.uniform(0.25, 0.5, 10_000)  # inside one TTFT bucket: interpolation is exact for uniform
+    h = Histogram.from_samples(TTFT_BUCKETS, values)
+    assert h.quantile(0.95) == pytest.approx(np.percentile(values, 95), rel=0.01)
+
+
+def test_build_observation_sums_tiers_and_keeps_per_tier():
+    ttft_i = Histogram.from_samples(TTFT_BUCKETS, np.full(90, 0.3))
+    ttft_b = Histogram.from_samples(TTFT_BUCKETS, np.full(10, 3.0))
+    obs = build_observation(
+        1000.0,
+        30.0,
+        {
+            "interactive": TierWindow(ttft=ttft_i, requests=90, running=4, waiting=1, kv_cache_usage=0.2),
+            "batch": TierWindow(ttft=ttft_b, requests=10, running=6, waiting=3, kv_cache_usage=0.6),
+        },
+    )
+    assert obs is not None
+    assert obs.rps == pytest.approx(100 / 30)
+    assert obs.queue_depth == 4 and obs.running == 10
+    assert obs.kv_cache_usage == pytest.approx(0.4)
+    # p95 of the merged histogram falls in the batch tier's (2.5, 5] bucket
+    assert 2500 < obs.ttft_p95_ms <= 5000
+    assert obs.per_tier["interactive"].ttft_p95_ms < 500
+    assert obs.per_tier["batch"].rps == pytest.approx(10 / 30)
+
+
+def test_zero_traffic_is_an_observation_and_no_series_is_missing():
+    zero = Histogram.from_samples(TTFT_BUCKETS, np.array([]))
+    obs = build_observation(
+        0.0, 60.0, {"interactive": TierWindow(ttft=zero, requests=0.0, running=0, waiting=0)}
+    )
+    assert obs is not None and obs.rps == 0 and obs.ttft_p95_ms is None
+    assert build_observation(0.0, 60.0, {}) is None
+    assert build_observation(0.0, 60.0, {"interactive": TierWindow()}) is None
+
+
+def test_requests_fall_back_on_ttft_count():
+    ttft = Histogram.from_samples(TTFT_BUCKETS, np.full(30, 0.1))
+    obs = build_observation(0.0, 15.0, {"interactive": TierWindow(ttft=ttft)})
+    assert obs.requests == 30 and obs.rps == 2.0
