@@ -1,0 +1,96 @@
+"""Engine arguments: one frozen dataclass, set from CLI flags and GOODPUT_* environment variables."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+DTYPES = ("float32", "bfloat16", "float16")
+ENV_PREFIX = "GOODPUT_"
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Validated on construction so a bad value fails at start with a message naming it."""
+
+    model: str
+    dtype: str = "float32"
+    device: str = "cpu"
+    max_num_seqs: int = 64
+    max_num_batched_tokens: int = 2048
+    max_model_len: int = 2048
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    kv_cache_memory_mb: int = 512
+    enable_prefix_caching: bool = True
+    batch_window_ms: float = 0.0
+    max_waiting: int = 256
+    seed: int = 0
+    tensor_parallel_size: int = 1
+
+    def __post_init__(self) -> None:
+        def bad(field: str, why: str) -> ValueError:
+            return ValueError(f"invalid engine config: {field}={getattr(self, field)!r}: {why}")
+
+        if not self.model:
+            raise bad("model", "must be a Hugging Face folder path or 'random:<preset>'")
+        if self.dtype not in DTYPES:
+            raise bad("dtype", f"must be one of {', '.join(DTYPES)}")
+        if not (self.device == "cpu" or self.device.startswith("cuda")):
+            raise bad("device", "must be 'cpu' or 'cuda[:N]'")
+        for name in ("max_num_seqs", "max_num_batched_tokens", "max_model_len", "block_size", "max_waiting"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        if self.block_size & (self.block_size - 1):
+            raise bad("block_size", "must be a power of two")
+        if self.num_kv_blocks is not None and self.num_kv_blocks < 1:
+            raise bad("num_kv_blocks", "must be >= 1 or unset")
+        if self.kv_cache_memory_mb < 1:
+            raise bad("kv_cache_memory_mb", "must be >= 1")
+        if self.batch_window_ms < 0:
+            raise bad("batch_window_ms", "must be >= 0")
+        if self.tensor_parallel_size != 1:
+            raise bad("tensor_parallel_size", "only 1 is supported")
+
+    @classmethod
+    def from_env_and_args(
+        cls, argv: list[str] | None = None, env: Mapping[str, str] | None = None
+    ) -> EngineConfig:
+        """Defaults < GOODPUT_<FIELD> environment variables < --<field> flags. Unknown flags are ignored
+        so the server can parse its own (host, port) from the same argv."""
+        env = os.environ if env is None else env
+        values: dict[str, object] = {}
+        parser = argparse.ArgumentParser(add_help=False)
+        for f in dataclasses.fields(cls):
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=None)
+            if (raw := env.get(ENV_PREFIX + f.name.upper())) is not None:
+                values[f.name] = raw
+        flags, _ = parser.parse_known_args([] if argv is None else argv)
+        values.update({k: v for k, v in vars(flags).items() if v is not None})
+        if "model" not in values:
+            raise ValueError("invalid engine config: model is required (--model or GOODPUT_MODEL)")
+        return cls(**{name: _convert(cls, name, raw) for name, raw in values.items()})
+
+
+def _convert(cls: type, name: str, raw: object) -> object:
+    kind = {f.name: f.type for f in dataclasses.fields(cls)}[name]
+    text = str(raw).strip()
+    try:
+        if kind == "bool":
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind == "int | None":
+            return None if text.lower() in ("", "none", "auto") else int(text)
+        if kind == "int":
+            return int(text)
+        if kind == "float":
+            return float(text)
+    except ValueError:
+        raise ValueError(f"invalid engine config: {name}={text!r}: expected {kind}") from None
+    return text

@@ -1,0 +1,261 @@
+"""A Llama-family decoder (Llama, Qwen2, Qwen3) over a flattened batch of tokens and a paged KV cache.
+
+All sequences of a step are concatenated into one token dimension, so every linear layer runs once per
+step. Attention is the only per-sequence part: decode tokens are grouped and attend to K/V gathered from
+the block pool through padded block tables; prompt chunks run causal attention one sequence at a time.
+Numerics follow Hugging Face's implementations so greedy outputs match token for token in float32.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    eos_token_id: int | None = None
+    bos_token_id: int | None = None
+
+    @classmethod
+    def from_hf(cls, c: dict) -> ModelConfig:
+        arch = (c.get("architectures") or [""])[0]
+        model_type = c.get("model_type", "")
+        rope = dict(c.get("rope_parameters") or c.get("rope_scaling") or {})
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        eos = c.get("eos_token_id")
+        return cls(
+            vocab_size=c["vocab_size"],
+            hidden_size=c["hidden_size"],
+            intermediate_size=c["intermediate_size"],
+            num_layers=c["num_hidden_layers"],
+            num_heads=c["num_attention_heads"],
+            num_kv_heads=c.get("num_key_value_heads") or c["num_attention_heads"],
+            head_dim=c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"],
+            rms_norm_eps=c.get("rms_norm_eps", 1e-6),
+            rope_theta=rope.get("rope_theta", c.get("rope_theta", 10000.0)),
+            rope_scaling=None if rope_type == "default" else {**rope, "rope_type": rope_type},
+            max_position_embeddings=c.get("max_position_embeddings", 2048),
+            tie_word_embeddings=c.get("tie_word_embeddings", False),
+            qkv_bias=model_type == "qwen2" or arch.startswith("Qwen2") or c.get("attention_bias", False),
+            o_bias=c.get("attention_bias", False),
+            mlp_bias=c.get("mlp_bias", False),
+            qk_norm=model_type == "qwen3" or arch.startswith("Qwen3"),
+            eos_token_id=eos[0] if isinstance(eos, list) else eos,
+            bos_token_id=c.get("bos_token_id"),
+        )
+
+
+@dataclass
+class DecodeGroup:
+    """Decode tokens [start, end) of the flat batch, one per sequence, sharing one padded gather."""
+
+    start: int
+    end: int
+    block_tables: torch.Tensor  # [B, max_blocks] int64
+    mask: torch.Tensor  # [B, max_blocks * block_size] bool, True where the slot is beyond the context
+
+
+@dataclass
+class PrefillChunk:
+    """Prompt tokens [start, end) of one sequence whose first token sits at position `context`."""
+
+    start: int
+    end: int
+    context: int
+    block_table: torch.Tensor  # [num_blocks] int64
+
+
+@dataclass
+class AttnMetadata:
+    slot_mapping: torch.Tensor  # [T] flat cache slot of each new token
+    decode_groups: list[DecodeGroup] = field(default_factory=list)
+    prefills: list[PrefillChunk] = field(default_factory=list)
+
+
+def rope_inv_freq(cfg: ModelConfig, max_len: int) -> tuple[torch.Tensor, float]:
+    """Inverse frequencies as Hugging Face computes them, for the default, linear, dynamic and llama3 types.
+    Dynamic NTK rescales only past max_position_embeddings, with one table sized for max_len."""
+    dim, base = cfg.head_dim, cfg.rope_theta
+    s = cfg.rope_scaling or {}
+    kind = s.get("rope_type", "default")
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    if kind == "dynamic" and max_len > cfg.max_position_embeddings:
+        f = s["factor"]
+        base = base * ((f * max_len / cfg.max_position_embeddings) - (f - 1)) ** (dim / (dim - 2))
+    inv_freq = 1.0 / (base**exponents)
+    if kind == "linear":
+        inv_freq = inv_freq / s["factor"]
+    elif kind == "llama3":
+        f, lo, hi = s["factor"], s["low_freq_factor"], s["high_freq_factor"]
+        old = s["original_max_position_embeddings"]
+        wavelen = 2 * math.pi / inv_freq
+        scaled = torch.where(wavelen > old / lo, inv_freq / f, inv_freq)
+        smooth = (old / wavelen - lo) / (hi - lo)
+        smoothed = (1 - smooth) * scaled / f + smooth * scaled
+        medium = ~(wavelen < old / hi) * ~(wavelen > old / lo)
+        inv_freq = torch.where(medium, smoothed, scaled)
+    elif kind not in ("default", "dynamic"):
+        raise ValueError(f"unsupported rope_scaling type {kind!r}")
+    return inv_freq, 1.0
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.nh, self.nkv, self.hd = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+        self.qkv_proj = nn.Linear(cfg.hidden_size, (self.nh + 2 * self.nkv) * self.hd, bias=cfg.qkv_bias)
+        self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.o_bias)
+        self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps) if cfg.qk_norm else None
+        self.scale = self.hd**-0.5
+        self.k_cache = self.v_cache = torch.empty(0)  # [kv_heads, num_blocks, block_size, head_dim]
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttnMetadata):
+        t = x.shape[0]
+        q, k, v = self.qkv_proj(x).split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
+        q, k, v = q.view(t, self.nh, self.hd), k.view(t, self.nkv, self.hd), v.view(t, self.nkv, self.hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+        kc, vc = self.k_cache, self.v_cache
+        kc.view(self.nkv, -1, self.hd).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
+        vc.view(self.nkv, -1, self.hd).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
+        out = torch.empty(t, self.nh * self.hd, dtype=x.dtype, device=x.device)
+        for g in meta.decode_groups:
+            out[g.start : g.end] = self._decode(q[g.start : g.end], g)
+        for p in meta.prefills:
+            out[p.start : p.end] = self._prefill(
+                q[p.start : p.end], k[p.start : p.end], v[p.start : p.end], p
+            )
+        return self.o_proj(out)
+
+    def _decode(self, q: torch.Tensor, g: DecodeGroup) -> torch.Tensor:
+        b = q.shape[0]
+        q = q.view(b, self.nkv, self.nh // self.nkv, self.hd).transpose(0, 1)  # [kv, B, group, D]
+        keys = self.k_cache[:, g.block_tables].view(self.nkv, b, -1, self.hd)  # [kv, B, L, D]
+        values = self.v_cache[:, g.block_tables].view(self.nkv, b, -1, self.hd)
+        scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.scale)
+        scores.masked_fill_(g.mask[None, :, None, :], float("-inf"))
+        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+        return torch.matmul(probs, values).transpose(0, 1).reshape(b, self.nh * self.hd)
+
+    def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: PrefillChunk) -> torch.Tensor:
+        n = q.shape[0]
+        q = q.transpose(0, 1)
+        if p.context == 0:
+            o = F.scaled_dot_product_attention(
+                q, k.transpose(0, 1), v.transpose(0, 1), is_causal=True, scale=self.scale, enable_gqa=True
+            )
+        else:
+            total = p.context + n
+            keys = self.k_cache[:, p.block_table].view(self.nkv, -1, self.hd)[:, :total]
+            values = self.v_cache[:, p.block_table].view(self.nkv, -1, self.hd)[:, :total]
+            q_pos = torch.arange(p.context, total, device=q.device)
+            mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]
+            o = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True
+            )
+        return o.transpose(0, 1).reshape(n, self.nh * self.hd)
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.gate_up_proj = nn.Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=cfg.mlp_bias)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=cfg.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.self_attn = Attention(cfg)
+        self.mlp = MLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def forward(self, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttnMetadata):
+        h = h + self.self_attn(self.input_layernorm(h), cos, sin, meta)
+        return h + self.mlp(self.post_attention_layernorm(h))
+
+
+class DecoderModel(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg.num_layers))
+        self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+
+class CausalLM(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        self.model = DecoderModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tie_weights()
+        self.cos_table = self.sin_table = torch.empty(0)
+
+    def tie_weights(self) -> None:
+        if self.config.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight
+
+    def build_rope(self, max_len: int, device: torch.device | str) -> None:
+        inv_freq, scaling = rope_inv_freq(self.config, max_len)
+        freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        self.cos_table, self.sin_table = (emb.cos() * scaling).to(device), (emb.sin() * scaling).to(device)
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:
+        """Final hidden states (before the last norm) of every token of the flat batch."""
+        h = self.model.embed_tokens(input_ids)
+        cos = self.cos_table[positions].to(h.dtype).unsqueeze(1)
+        sin = self.sin_table[positions].to(h.dtype).unsqueeze(1)
+        for layer in self.model.layers:
+            h = layer(h, cos, sin, meta)
+        return h
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return self.lm_head(self.model.norm(hidden)).float()

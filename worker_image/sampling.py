@@ -1,0 +1,53 @@
+"""Per-request sampling parameters and the two priority classes."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class Priority(enum.IntEnum):
+    """Lower value is served first; BATCH requests are also preempted first."""
+
+    INTERACTIVE = 0
+    BATCH = 1
+
+
+@dataclass
+class SamplingParams:
+    """temperature 0 means greedy; top_k 0 and top_p 1 switch those filters off."""
+
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+    logprobs: int | None = None
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"invalid sampling parameter: {name}={getattr(self, name)!r}: {why}")
+
+        if isinstance(self.stop, str):
+            self.stop = [self.stop]
+        if self.max_tokens < 1:
+            raise bad("max_tokens", "must be >= 1")
+        if not 0.0 <= self.temperature <= 100.0:
+            raise bad("temperature", "must be in [0, 100]")
+        if self.top_k < 0:
+            raise bad("top_k", "must be >= 0 (0 disables it)")
+        if not 0.0 < self.top_p <= 1.0:
+            raise bad("top_p", "must be in (0, 1]")
+        if any(not isinstance(s, str) or not s for s in self.stop):
+            raise bad("stop", "must be non-empty strings")
+        if any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
+            raise bad("stop_token_ids", "must be non-negative integers")
+        if self.logprobs is not None and not 0 <= self.logprobs <= 20:
+            raise bad("logprobs", "must be in [0, 20] or None")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature < 1e-5
