@@ -1,0 +1,228 @@
+"""What users run today, implemented to their documentation, and a hindsight oracle that marks the limit.
+
+- HPA (autoscaling/v2, Kubernetes docs "Horizontal Pod Autoscaling"): every 15 s,
+  desired = ceil(current · metric / target) with the metric averaged over ready pods; no change within a 10%
+  tolerance; on scale-up, pods that are not ready yet count as using 0; scale-up limited per 15 s period to
+  the larger of +100% and +4 pods; scale-down stabilization takes the highest recommendation of the last 300 s.
+- KEDA (ScaledObject, prometheus trigger, metricType AverageValue): KEDA feeds an external metric to an HPA,
+  so desired = ceil(total / threshold) under the same HPA behaviour; with minReplicaCount 0 it activates from
+  zero when the metric exceeds the activation threshold and returns to zero after its cooldown period.
+- Static: a fixed replica count.
+- Oracle: the fewest replicas per interval that meet the SLO, found with the whole trace in hand, with pods
+  requested one start delay ahead so they are ready when their interval begins.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from policies.simulator import Actuation, FleetView, SimConfig, SimResult, simulate
+from policies.types import Observation
+from policies.workloads import Trace
+
+
+@dataclass
+class HPABehavior:
+    """The defaults of autoscaling/v2 `behavior`."""
+
+    sync_s: float = 15.0
+    tolerance: float = 0.1
+    scale_down_stabilization_s: float = 300.0
+    scale_up_stabilization_s: float = 0.0
+    scale_up_percent: float = 100.0
+    scale_up_pods: int = 4
+    scale_up_period_s: float = 15.0
+    scale_down_percent: float = 100.0
+    scale_down_period_s: float = 15.0
+
+
+@dataclass
+class _HPACore:
+    """The HPA controller's replica calculation and behaviour, fed a total and a per-replica target."""
+
+    min_replicas: int
+    max_replicas: int
+    behavior: HPABehavior
+    history: list[tuple[float, int]] = field(default_factory=list)  # (time, recommendation)
+    last_sync: float = -math.inf
+
+    def recommend(self, total: float | None, target: float, fleet: FleetView, per_ready_pod: bool) -> int:
+        current = fleet.desired
+        if total is None:  # no metric: the HPA does not act
+            return current
+        if per_ready_pod:
+            if fleet.ready == 0:
+                return current
+            ratio = total / (target * fleet.ready)
+            if ratio > 1.0 and fleet.starting:
+                # not-yet-ready pods are assumed to use 0 of the metric on scale-up
+                ratio = total / (target * (fleet.ready + fleet.starting))
+            if abs(ratio - 1.0) <= self.behavior.tolerance:
+                return current
+            base = fleet.ready + fleet.starting if ratio > 1.0 else fleet.ready
+            return math.ceil(ratio * base)
+        # AverageValue on an external metric: usage ratio against the current replica count
+        if current == 0:
+            return math.ceil(total / target)
+        ratio = total / (target * current)
+        if abs(ratio - 1.0) <= self.behavior.tolerance:
+            return current
+        return math.ceil(total / target)
+
+    def stabilize(self, now: float, raw: int, current: int) -> int:
+        b = self.behavior
+        raw = min(max(raw, self.min_replicas), self.max_replicas)
+        self.history.append((now, raw))
+        keep = max(b.scale_down_stabilization_s, b.scale_up_stabilization_s)
+        self.history = [(t, r) for t, r in self.history if t > now - keep - 1e-9]
+        down_window = [r for t, r in self.history if t > now - b.scale_down_stabilization_s - 1e-9]
+        up_window = [r for t, r in self.history if t > now - b.scale_up_stabilization_s - 1e-9] or [raw]
+        desired = current
+        if raw > current:
+            desired = min(up_window) if up_window else raw
+            limit = max(math.floor(current * (1 + b.scale_up_percent / 100.0)), current + b.scale_up_pods)
+            desired = min(max(desired, current), limit)
+        elif raw < current:
+            desired = max(down_window)
+            limit = math.ceil(current * (1 - b.scale_down_percent / 100.0))
+            desired = max(min(desired, current), limit)
+        return min(max(desired, self.min_replicas), self.max_replicas)
+
+
+@dataclass
+class HPA:
+    """HPA on a per-pod average of `vllm:num_requests_running` (or `vllm:kv_cache_usage_perc`)."""
+
+    target: float
+    metric: str = "running"  # "running" | "kv"
+    min_replicas: int = 1
+    max_replicas: int = 64
+    behavior: HPABehavior = field(default_factory=HPABehavior)
+    name: str = "hpa"
+
+    def __post_init__(self) -> None:
+        self._core = _HPACore(self.min_replicas, self.max_replicas, self.behavior)
+
+    def decide(self, now: float, obs: Observation | None, fleet: FleetView) -> Actuation:
+        if now - self._core.last_sync < self.behavior.sync_s - 1e-9:
+            return Actuation(fleet.desired)
+        self._core.last_sync = now
+        if obs is None:
+            return Actuation(fleet.desired)
+        if self.metric == "running":
+            total = obs.running
+        elif obs.kv_cache_usage is not None and obs.ready_replicas:
+            total = obs.kv_cache_usage * obs.ready_replicas
+        else:
+            total = None
+        raw = self._core.recommend(total, self.target, fleet, per_ready_pod=True)
+        return Actuation(self._core.stabilize(now, raw, fleet.desired))
+
+
+@dataclass
+class KEDA:
+    """KEDA ScaledObject on `sum(vllm:num_requests_waiting)` with an AverageValue threshold per replica."""
+
+    threshold: float
+    activation_threshold: float = 0.0
+    min_replicas: int = 1  # minReplicaCount; 0 enables activation and scale to zero
+    max_replicas: int = 64
+    cooldown_s: float = 300.0  # cooldownPeriod before going back to zero
+    behavior: HPABehavior = field(default_factory=HPABehavior)
+    name: str = "keda"
+
+    def __post_init__(self) -> None:
+        self._core = _HPACore(max(self.min_replicas, 1), self.max_replicas, self.behavior)
+        self._last_active = -math.inf
+
+    def decide(self, now: float, obs: Observation | None, fleet: FleetView) -> Actuation:
+        if now - self._core.last_sync < self.behavior.sync_s - 1e-9:
+            return Actuation(fleet.desired)
+        self._core.last_sync = now
+        waiting = None if obs is None else obs.queue_depth
+        if self.min_replicas == 0:
+            active = waiting is not None and waiting > self.activation_threshold
+            busy = obs is not None and (obs.running or 0) > 0
+            if active or busy:
+                self._last_active = now
+            if fleet.desired == 0:
+                return Actuation(1 if active else 0)
+            if not active and not busy and now - self._last_active >= self.cooldown_s:
+                self._core.history.clear()
+                return Actuation(0)
+        raw = self._core.recommend(waiting, self.threshold, fleet, per_ready_pod=False)
+        return Actuation(self._core.stabilize(now, raw, fleet.desired))
+
+
+@dataclass
+class Static:
+    replicas: int
+    name: str = "static"
+
+    def decide(self, now: float, obs: Observation | None, fleet: FleetView) -> Actuation:
+        return Actuation(self.replicas)
+
+
+@dataclass
+class Schedule:
+    """Replays a per-interval need with pods requested one start delay ahead: the oracle's actuator.
+
+    At time t it keeps max(need over [t, t + delay]) replicas, so pods exist for every interval that needs
+    them and new ones are ready when their interval begins.
+    """
+
+    need: np.ndarray  # replicas wanted ready during each interval, from t=0
+    interval_s: float
+    start_delay_s: float
+    name: str = "oracle"
+
+    def decide(self, now: float, obs: Observation | None, fleet: FleetView) -> Actuation:
+        first = int(now // self.interval_s)
+        last = int((now + self.start_delay_s) // self.interval_s) + 1
+        window = self.need[first : last + 1]
+        return Actuation(int(window.max()) if len(window) else 0)
+
+
+def oracle(
+    trace: Trace,
+    cfg: SimConfig,
+    capacity_rps: float,
+    max_rounds: int = 12,
+    max_replicas: int = 64,
+) -> tuple[SimResult, np.ndarray]:
+    """Hindsight: start from the throughput bound per interval, then add a replica where requests miss the SLO
+    until the trace meets the attainment target, then take back replicas that are not needed.
+
+    `capacity_rps` is one replica's sustainable request rate for this trace's token mix (from the perf model).
+    """
+    n_int = int(math.ceil(trace.duration_s / cfg.interval_s)) + 1
+    bucket = np.minimum((trace.arrival_s // cfg.interval_s).astype(int), n_int - 1)
+    arrivals = np.bincount(bucket, minlength=n_int).astype(float)
+    need = np.ceil(arrivals / cfg.interval_s / capacity_rps).astype(int)
+    need = np.maximum(need, 1)
+    start = Schedule(need, cfg.interval_s, cfg.start_delay_s)
+    warm = SimConfig(
+        **{**cfg.__dict__, "initial_replicas": start.decide(0.0, None, FleetView(0, 0, 0)).replicas}
+    )
+    best = simulate(trace, Schedule(need.copy(), cfg.interval_s, cfg.start_delay_s), warm, "hindsight")
+    for _ in range(max_rounds):
+        if best.attainment >= cfg.slo.attainment:
+            break
+        missed = np.bincount(bucket[~best.ok], minlength=n_int)
+        # raise the intervals holding the most misses, from the neighbourhood where queues build up
+        worst = np.argsort(missed)[::-1]
+        raise_at = worst[missed[worst] > 0][: max(1, int((missed > 0).sum() // 2))]
+        for k in raise_at:
+            lo = max(k - 1, 0)
+            need[lo : k + 1] = np.minimum(need[lo : k + 1] + 1, max_replicas)
+        warm = SimConfig(
+            **{
+                **cfg.__dict__,
+                "initial_replicas": int(need[: int(cfg.start_delay_s // cfg.interval_s) + 2].max()),
+            }
+        )
+        best = simulate(trace, Schedule(need.copy(), cfg.interval_s, cfg.start_delay_s), warm, "hindsight")
+    return best, need
