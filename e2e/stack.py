@@ -1,0 +1,144 @@
+"""The whole local stack: control plane + process kubelet + Prometheus, as one start/stop unit.
+
+Tests use :func:`running_stack` (or the ``cluster`` fixture in e2e/conftest.py); the CLI
+``python -m e2e.cluster up|down|env`` uses :func:`start_stack` / :func:`stop_stack` with the state
+saved in ``stack.json`` so a later command can find and stop the processes.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import kubernetes
+
+from e2e import build, procs, prometheus
+from e2e.controlplane import ControlPlane
+
+REPO = Path(__file__).resolve().parent.parent
+STOP_ORDER = ["kubelet", "prometheus", "kube-controller-manager", "kube-apiserver", "etcd"]
+STOP_GRACE_S = {"kubelet": 20.0}
+NODE_NAME = "goodput-node"
+
+
+@dataclass
+class Stack:
+    """Where the running stack lives and how to reach it."""
+
+    state_dir: Path
+    kubeconfig: Path
+    server: str
+    version: str
+    prometheus_url: str | None
+    start_seconds: float
+    pids: dict[str, int]
+    ports: dict[str, int]
+    node: str = NODE_NAME
+    _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
+
+    def api_client(self) -> kubernetes.client.ApiClient:
+        """A fresh admin client (the official `kubernetes` package)."""
+        return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def save(self) -> None:
+        data = {k: v for k, v in asdict(self).items() if k != "_procs"}
+        (self.state_dir / "stack.json").write_text(json.dumps(data, default=str, indent=2))
+
+    @classmethod
+    def load(cls, state_dir: Path) -> Stack:
+        data = json.loads((state_dir / "stack.json").read_text())
+        data["state_dir"], data["kubeconfig"] = Path(data["state_dir"]), Path(data["kubeconfig"])
+        return cls(**data)
+
+
+def start_stack(
+    state_dir: Path | None = None, *, kubelet: bool = True, with_prometheus: bool = True, tied: bool = True
+) -> Stack:
+    """Build (if needed) and start everything; on any failure, stop what started and re-raise.
+
+    ``tied`` processes die with the calling thread (tests); the CLI passes False so they outlive it.
+    """
+    binaries = build.ensure_binaries()
+    began = time.monotonic()
+    state_dir = state_dir or Path(tempfile.mkdtemp(prefix="goodput-e2e-"))
+    plane = ControlPlane(state_dir, binaries, tied=tied)
+    started: dict[str, subprocess.Popen[bytes]] = plane.processes
+    try:
+        plane.start()
+        assert plane.creds is not None
+        prom_url = None
+        if with_prometheus:
+            started["prometheus"], prom_url = prometheus.start(
+                binaries["prometheus"], state_dir, plane.server, plane.creds, tied=tied
+            )
+        if kubelet:
+            started["kubelet"] = start_kubelet(plane, tied)
+    except BaseException:
+        for name in STOP_ORDER:
+            if name in started:
+                procs.stop(started[name].pid, grace=5, proc=started[name])
+        shutil.rmtree(state_dir, ignore_errors=True)
+        raise
+    stack = Stack(
+        state_dir=state_dir,
+        kubeconfig=plane.kubeconfig,
+        server=plane.server,
+        version=build.kube_version(),
+        prometheus_url=prom_url,
+        start_seconds=round(time.monotonic() - began, 2),
+        pids={name: p.pid for name, p in started.items()},
+        ports=plane.ports,
+        _procs=dict(started),
+    )
+    stack.save()
+    return stack
+
+
+def start_kubelet(plane: ControlPlane, tied: bool) -> subprocess.Popen[bytes]:
+    argv = [
+        sys.executable,
+        "-m",
+        "e2e.kubelet",
+        f"--kubeconfig={plane.kubeconfig}",
+        f"--state-dir={plane.state_dir}",
+    ]
+    proc = procs.start(argv, plane.state_dir / "logs" / "kubelet.log", cwd=REPO, tied=tied)
+
+    def node_ready() -> bool:
+        if proc.poll() is not None:
+            log = (plane.state_dir / "logs" / "kubelet.log").read_text()[-3000:]
+            raise procs.ProcessExited(f"kubelet exited with {proc.returncode}:\n{log}")
+        with plane.http() as client:
+            node = client.get(f"/api/v1/nodes/{NODE_NAME}", timeout=2).json()
+        conditions = node.get("status", {}).get("conditions", [])
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    procs.wait_until(node_ready, 30, f"node {NODE_NAME} Ready")
+    return proc
+
+
+def stop_stack(stack: Stack) -> None:
+    """Stop every process (kubelet first, so pods get their SIGTERM) and remove the state dir."""
+    for name in STOP_ORDER:
+        pid, proc = stack.pids.get(name), stack._procs.get(name)
+        # A stack loaded from stack.json has bare pids: only signal those that are still ours.
+        if pid is not None and (proc is not None or procs.mentions(pid, str(stack.state_dir))):
+            procs.stop(pid, grace=STOP_GRACE_S.get(name, 10.0), proc=proc)
+    shutil.rmtree(stack.state_dir, ignore_errors=True)
+
+
+@contextmanager
+def running_stack(**kwargs: object) -> Iterator[Stack]:
+    stack = start_stack(**kwargs)  # type: ignore[arg-type]
+    try:
+        yield stack
+    finally:
+        stop_stack(stack)

@@ -1,0 +1,232 @@
+"""Smoke tests of the local stack itself: real API server and controllers, process kubelet, Prometheus."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import kubernetes
+import pytest
+from kubernetes.client import AppsV1Api, CoreV1Api, VersionApi
+
+from e2e import build, procs
+from e2e.stack import Stack, running_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def namespace(k8s: kubernetes.client.ApiClient) -> Iterator[str]:
+    name = f"smoke-{uuid.uuid4().hex[:6]}"
+    core = CoreV1Api(k8s)
+    core.create_namespace({"metadata": {"name": name}})
+    procs.wait_until(lambda: bool(core.read_namespaced_service_account("default", name)), 30, "default SA")
+    yield name
+    core.delete_namespace(name)
+
+
+def pid_of(pod: kubernetes.client.V1Pod) -> int:
+    return int(pod.status.container_statuses[0].container_id.removeprefix("process://"))
+
+
+def web_deployment(name: str) -> dict:
+    """A Deployment whose pod serves a ConfigMap directory with `python -m http.server` on its pod IP."""
+    labels = {"app": name, "goodput.dev/inferenceservice": name, "goodput.dev/tier": "interactive"}
+    container = {
+        "name": "web",
+        "image": "python:3.11",
+        "command": ["python", "-m", "http.server", "8000", "--bind", "$(POD_IP)", "--directory", "/srv/www"],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}],
+        "ports": [{"name": "http", "containerPort": 8000}],
+        "readinessProbe": {"httpGet": {"path": "/index.html", "port": "http"}, "periodSeconds": 1},
+        "volumeMounts": [{"name": "www", "mountPath": "/srv/www"}],
+    }
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": "8000",
+        "prometheus.io/path": "/metrics.txt",
+    }
+    return {
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": labels, "annotations": annotations},
+                "spec": {
+                    "containers": [container],
+                    "volumes": [{"name": "www", "configMap": {"name": name}}],
+                    "terminationGracePeriodSeconds": 5,
+                },
+            },
+        },
+    }
+
+
+def test_version_reports_the_release(k8s: kubernetes.client.ApiClient, cluster: Stack) -> None:
+    info = VersionApi(k8s).get_code()
+    assert info.git_version == cluster.version == build.kube_version()
+    assert (info.major, info.minor) == tuple(cluster.version.lstrip("v").split(".")[:2])
+
+
+def test_deployment_runs_is_scraped_and_is_garbage_collected(
+    k8s: kubernetes.client.ApiClient, cluster: Stack, namespace: str
+) -> None:
+    core, apps = CoreV1Api(k8s), AppsV1Api(k8s)
+    core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": "web"}, "data": {"index.html": "ok", "metrics.txt": "smoke_up 1\n"}}
+    )
+    apps.create_namespaced_deployment(namespace, web_deployment("web"))
+
+    def ready_pod() -> kubernetes.client.V1Pod | None:
+        pods = core.list_namespaced_pod(namespace, label_selector="app=web").items
+        ready = [
+            p
+            for p in pods
+            if any(c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])
+        ]
+        return ready[0] if ready else None
+
+    procs.wait_until(lambda: ready_pod() is not None, 60, "a Ready web pod")
+    pod = ready_pod()
+    assert pod is not None
+    assert pod.status.phase == "Running" and pod.spec.node_name == cluster.node
+    ip = ipaddress.ip_address(pod.status.pod_ip)
+    assert ip.is_loopback and ip != ipaddress.ip_address("127.0.0.1")
+    assert httpx.get(f"http://{ip}:8000/index.html").text == "ok"
+
+    replica_sets = apps.list_namespaced_replica_set(namespace).items
+    assert [rs.metadata.owner_references[0].name for rs in replica_sets] == ["web"]
+    assert pod.metadata.owner_references[0].name == replica_sets[0].metadata.name
+
+    query = f'smoke_up{{namespace="{namespace}",inferenceservice="web",tier="interactive"}}'
+
+    def scraped() -> bool:
+        result = httpx.get(f"{cluster.prometheus_url}/api/v1/query", params={"query": query}).json()
+        series = result["data"]["result"]
+        return (
+            len(series) == 1
+            and series[0]["metric"]["pod"] == pod.metadata.name
+            and series[0]["value"][1] == "1"
+        )
+
+    procs.wait_until(scraped, 30, f"Prometheus to scrape {query}")
+
+    pid = pid_of(pod)
+    apps.delete_namespaced_deployment("web", namespace)
+    procs.wait_until(lambda: not core.list_namespaced_pod(namespace).items, 60, "pods garbage-collected")
+    assert not apps.list_namespaced_replica_set(namespace).items
+    assert not procs.alive(pid)
+
+
+def one_shot_pod(name: str, code: str, restart: str, **extra: object) -> dict:
+    container = {"name": "main", "image": "python:3.11", "command": ["python", "-c", code], **extra}
+    return {"metadata": {"name": name}, "spec": {"restartPolicy": restart, "containers": [container]}}
+
+
+def pod_phase(core: CoreV1Api, namespace: str, name: str) -> str:
+    return core.read_namespaced_pod(name, namespace).status.phase
+
+
+def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, namespace: str) -> None:
+    core = CoreV1Api(k8s)
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"greeting": "hi"}})
+    check = (
+        "import os, sys; e = os.environ; "
+        f"sys.exit(0 if (e['NAME'], e['NS'], e['GREETING'], e['MSG']) == ('envcheck', '{namespace}', 'hi', 'hi!') "
+        "and e['IP'].startswith('127.0.0.') else 1)"
+    )
+    env = [
+        {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": "NS", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
+        {"name": "IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+        {"name": "GREETING", "valueFrom": {"configMapKeyRef": {"name": "cfg", "key": "greeting"}}},
+        {"name": "MSG", "value": "$(GREETING)!"},
+    ]
+    core.create_namespaced_pod(namespace, one_shot_pod("envcheck", check, "Never", env=env))
+    core.create_namespaced_pod(namespace, one_shot_pod("fails", "raise SystemExit(3)", "Never"))
+    core.create_namespaced_pod(namespace, one_shot_pod("crashloop", "raise SystemExit(3)", "Always"))
+
+    procs.wait_until(lambda: pod_phase(core, namespace, "envcheck") == "Succeeded", 30, "envcheck Succeeded")
+    procs.wait_until(lambda: pod_phase(core, namespace, "fails") == "Failed", 30, "fails Failed")
+    failed = core.read_namespaced_pod("fails", namespace).status.container_statuses[0]
+    assert failed.state.terminated.exit_code == 3 and failed.restart_count == 0
+
+    def restarted() -> bool:
+        status = core.read_namespaced_pod("crashloop", namespace).status.container_statuses[0]
+        return status.restart_count >= 2 and status.last_state.terminated.exit_code == 3
+
+    procs.wait_until(restarted, 30, "crashloop restarted twice")
+    assert pod_phase(core, namespace, "crashloop") == "Running"
+
+
+def test_gpu_requests_schedule_only_within_allocatable(
+    k8s: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    core = CoreV1Api(k8s)
+    sleeper = "import time; time.sleep(600)"
+
+    def gpu_pod(name: str, gpus: int) -> dict:
+        resources = {"requests": {"nvidia.com/gpu": str(gpus)}, "limits": {"nvidia.com/gpu": str(gpus)}}
+        return one_shot_pod(name, sleeper, "Always", resources=resources)
+
+    core.create_namespaced_pod(namespace, gpu_pod("one-gpu", 1))
+    core.create_namespaced_pod(namespace, gpu_pod("too-many", 1000))
+    procs.wait_until(lambda: pod_phase(core, namespace, "one-gpu") == "Running", 30, "one-gpu Running")
+    assert core.read_namespaced_pod("too-many", namespace).spec.node_name is None
+    assert pod_phase(core, namespace, "too-many") == "Pending"
+
+
+def test_deletion_sends_sigterm_then_sigkill_after_grace(
+    k8s: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    core = CoreV1Api(k8s)
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"
+    pod = one_shot_pod("stubborn", stubborn, "Always")
+    pod["spec"]["terminationGracePeriodSeconds"] = 2
+    core.create_namespaced_pod(namespace, pod)
+    procs.wait_until(lambda: pod_phase(core, namespace, "stubborn") == "Running", 30, "stubborn Running")
+    pid = pid_of(core.read_namespaced_pod("stubborn", namespace))
+    core.delete_namespaced_pod("stubborn", namespace)
+    procs.wait_until(lambda: not core.list_namespaced_pod(namespace).items, 20, "stubborn pod deleted")
+    assert not procs.alive(pid)
+
+
+def listening(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def processes_under(directory: Path) -> list[int]:
+    """Processes whose command line or working directory mentions ``directory``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            text = (proc / "cmdline").read_bytes().decode(errors="replace") + str((proc / "cwd").readlink())
+        except OSError:
+            continue
+        if str(directory) in text and procs.alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def test_teardown_leaves_no_process_port_or_directory() -> None:
+    with running_stack() as stack:
+        core = CoreV1Api(stack.api_client())
+        core.create_namespaced_pod(
+            "default", one_shot_pod("sleeper", "import time; time.sleep(600)", "Always")
+        )
+        procs.wait_until(lambda: pod_phase(core, "default", "sleeper") == "Running", 30, "sleeper Running")
+        pod_pid = pid_of(core.read_namespaced_pod("sleeper", "default"))
+        pids = [*stack.pids.values(), pod_pid]
+        ports = [*stack.ports.values(), int(str(stack.prometheus_url).rsplit(":", 1)[1])]
+        assert all(procs.alive(pid) for pid in pids) and all(listening(p) for p in ports)
+        assert processes_under(stack.state_dir)
+    assert not [pid for pid in pids if procs.alive(pid)]
+    assert not [port for port in ports if listening(port)]
+    assert not stack.state_dir.exists()
+    assert not processes_under(stack.state_dir)

@@ -1,0 +1,67 @@
+"""Fast checks of the e2e stack's pure parts: $(VAR) expansion, mount rewriting, fit, versions, PKI."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cryptography import x509
+
+from e2e import build, pki
+from e2e.kubelet import Kubelet, PodRecord, expand
+
+
+def kubelet(tmp_path: Path) -> Kubelet:
+    capacity = {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2", "pods": "3"}
+    return Kubelet(None, tmp_path, "node-a", capacity, {"pool": "h100"})  # type: ignore[arg-type]
+
+
+def pod(cpu: str = "1", gpus: str | None = None, selector: dict[str, str] | None = None) -> dict:
+    requests = {"cpu": cpu} | ({"nvidia.com/gpu": gpus} if gpus else {})
+    container = {"name": "c", "resources": {"requests": requests}}
+    return {"spec": {"containers": [container], "nodeSelector": selector or {}}}
+
+
+def test_expand_follows_kubernetes_rules() -> None:
+    env = {"A": "1", "B": "two"}
+    assert expand("$(A)-$(B)", env) == "1-two"
+    assert expand("$(MISSING) $$(A) $$", env) == "$(MISSING) $(A) $"
+
+
+def test_fits_checks_selector_resources_and_pod_count(tmp_path: Path) -> None:
+    k = kubelet(tmp_path)
+    assert k.fits(pod(gpus="2", selector={"pool": "h100"}), [])
+    assert not k.fits(pod(selector={"pool": "l4"}), [])
+    assert not k.fits(pod(gpus="1"), [pod(gpus="2")])
+    assert not k.fits(pod(cpu="500m"), [pod(cpu="3"), pod(cpu="600m")])
+    assert not k.fits(pod(cpu="0"), [pod(cpu="0")] * 3)
+
+
+def test_rewrite_maps_mount_paths_at_path_boundaries(tmp_path: Path) -> None:
+    k = kubelet(tmp_path)
+    rec = PodRecord("uid", "ns", "p", "127.0.0.2", tmp_path, "", [], mounts={"cfg": tmp_path / "cfg"})
+    spec = {"volumeMounts": [{"name": "cfg", "mountPath": "/etc/goodput"}]}
+    assert k.rewrite(rec, spec, "--config=/etc/goodput/engine.yaml") == f"--config={tmp_path}/cfg/engine.yaml"
+    assert k.rewrite(rec, spec, "/etc/goodput") == f"{tmp_path}/cfg"
+    assert k.rewrite(rec, spec, "/etc/goodputx/a") == "/etc/goodputx/a"
+
+
+def test_versions_come_from_the_go_modules() -> None:
+    assert build.kube_version().startswith("v1.")
+    assert build.prometheus_version().startswith("v3.")
+    flags = build.kube_ldflags("v1.34.4")
+    assert "k8s.io/component-base/version.gitVersion=v1.34.4" in flags
+    assert "k8s.io/client-go/pkg/version.gitMinor=34" in flags
+    assert all(t.path.is_relative_to(build.CACHE_ROOT) for t in build.targets())
+
+
+def test_pki_issues_leaf_certs_signed_by_the_ca(tmp_path: Path) -> None:
+    creds = pki.generate(tmp_path)
+    ca = x509.load_pem_x509_certificate(creds.ca.cert.read_bytes())
+    serving = x509.load_pem_x509_certificate(creds.serving.cert.read_bytes())
+    admin = x509.load_pem_x509_certificate(creds.admin.cert.read_bytes())
+    for leaf in (serving, admin):
+        leaf.verify_directly_issued_by(ca)
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
+    assert admin.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
+    assert creds.sa_private.stat().st_mode & 0o777 == 0o600
