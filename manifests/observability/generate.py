@@ -1,0 +1,671 @@
+"""Generate goodput's Prometheus rules and Grafana dashboard from one source, so names never diverge.
+
+`python manifests/observability/generate.py` writes, next to this file:
+
+- `rules.yaml`: plain rule groups, for `promtool` and for a Prometheus configured with `rule_files`;
+- `prometheus-rules.yaml`: the same groups as a `monitoring.coreos.com/v1` PrometheusRule;
+- `goodput-dashboard.json`: the Grafana dashboard; its panels read the series the rules record.
+
+The SLO of each service reaches Prometheus through the operator's gauges `goodput_slo_ttft_target_seconds`
+and `goodput_slo_tpot_target_seconds` (labels namespace, inferenceservice, percentile="95"|"99"). A p95
+target of X is the objective "95% of events within X", so its error budget is 5%. Histograms only count
+requests per bucket, so the share within a target that falls between two bucket bounds is interpolated
+linearly inside that bucket: the same assumption `histogram_quantile` makes, which keeps the alerts and
+the operator's observed p95 consistent (an observed p95 equal to the target is exactly a 5% error ratio).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from worker_image.metrics import INTER_TOKEN_BUCKETS, TTFT_BUCKETS
+
+HERE = Path(__file__).resolve().parent
+RULES_FILE = HERE / "rules.yaml"
+PROMETHEUS_RULE_FILE = HERE / "prometheus-rules.yaml"
+DASHBOARD_FILE = HERE / "goodput-dashboard.json"
+RUNBOOK = "https://github.com/goodput/goodput/blob/main/docs/oncall.md"
+
+SERVICE = "namespace, inferenceservice"
+TARGET = f"{SERVICE}, percentile"
+WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
+PERCENTILES = ("95", "99")  # the SLO fields ttftP95Ms/ttftP99Ms and tpotP95Ms/tpotP99Ms
+
+# What the operator exports on its own /metrics (controllers/).
+DECISIONS = "goodput_decisions_total"  # {namespace, inferenceservice, action}
+RECONCILE_ERRORS = "goodput_reconcile_errors_total"  # {namespace, inferenceservice}
+POLL_DURATION = "goodput_poll_duration_seconds"  # histogram
+DESIRED_REPLICAS = "goodput_desired_replicas"  # {namespace, inferenceservice, tier}
+ATTAINMENT = "goodput_slo_attainment_ratio"  # {namespace, inferenceservice}
+
+
+@dataclass(frozen=True)
+class Sli:
+    """One latency objective: the worker histogram it is measured on and the operator gauge of its target."""
+
+    key: str  # "ttft" | "tpot"
+    title: str
+    histogram: str
+    buckets: tuple[float, ...]
+
+    @property
+    def target_gauge(self) -> str:
+        return f"goodput_slo_{self.key}_target_seconds"
+
+    @property
+    def target(self) -> str:
+        return f"goodput:slo_{self.key}_target_seconds"
+
+    @property
+    def budget(self) -> str:
+        return f"goodput:slo_{self.key}_error_budget"
+
+    @property
+    def weight(self) -> str:
+        return f"goodput:slo_{self.key}_bucket_weight"
+
+    def bucket_rate(self, window: str) -> str:
+        return f"goodput:{self.key}_bucket:rate{window}"
+
+    def good_rate(self, window: str) -> str:
+        return f"goodput:{self.key}_good:rate{window}"
+
+    def error_ratio(self, window: str) -> str:
+        return f"goodput:{self.key}_error_ratio:rate{window}"
+
+
+SLIS = (
+    Sli("ttft", "TTFT", "vllm:time_to_first_token_seconds", TTFT_BUCKETS),
+    Sli("tpot", "TPOT", "vllm:inter_token_latency_seconds", INTER_TOKEN_BUCKETS),
+)
+
+
+@dataclass(frozen=True)
+class BurnWindow:
+    """One long/short window pair of the multi-window, multi-burn-rate alerts (SRE workbook, chapter 5)."""
+
+    long: str
+    short: str
+    factor: float  # burn rate: how many times faster than "budget spent evenly over 30 days"
+
+
+FAST_BURN = (BurnWindow("1h", "5m", 14.4), BurnWindow("6h", "30m", 6))  # 2% / 5% of a 30-day budget
+SLOW_BURN = (BurnWindow("1d", "2h", 3), BurnWindow("3d", "6h", 1))  # 10% / 10% of a 30-day budget
+
+
+def num(value: float) -> str:
+    """A number for PromQL and for the canonical `le` label: no trailing ".0", no exponent.
+
+    The bucket-rate rules strip ".0" from `le` too, so "1" (Prometheus 2, text format) and "1.0" (Prometheus 3,
+    which normalises `le` on ingestion) both match the bound 1.
+    """
+    text = repr(float(value)).removesuffix(".0")
+    if "e" in text:
+        raise ValueError(f"{value} would be written in exponent notation")
+    return text
+
+
+# --- rules ----------------------------------------------------------------------------------------------
+
+
+def weight_rules(sli: Sli) -> list[dict[str, Any]]:
+    """Per service, the weights of the bucket bounds around its target: good = Σ weight(le) · count(le).
+
+    A target T between bounds lo < hi gives good = count(lo) + (T-lo)/(hi-lo) · (count(hi) - count(lo)),
+    i.e. weight (hi-T)/(hi-lo) on `lo` and (T-lo)/(hi-lo) on `hi`. Below the first bound, the lower count
+    is 0; at or above the last finite bound, every request counted there is good. Exactly one bucket pair
+    matches each target, so the rules below (one per bound and side) never emit overlapping series.
+    """
+    t, bounds = sli.target, sli.buckets
+    first = num(bounds[0])
+    rules = [
+        {
+            "record": sli.weight,
+            "expr": f"({t} < {first}) / {first}",
+            "labels": {"le": first, "bound": "upper"},
+        }
+    ]
+    for lo, hi in itertools.pairwise(bounds):
+        inside = f"(({t} >= {num(lo)}) < {num(hi)})"
+        span = f"({num(hi)} - {num(lo)})"
+        rules.append(
+            {
+                "record": sli.weight,
+                "expr": f"({num(hi)} - {inside}) / {span}",
+                "labels": {"le": num(lo), "bound": "lower"},
+            }
+        )
+        rules.append(
+            {
+                "record": sli.weight,
+                "expr": f"({inside} - {num(lo)}) / {span}",
+                "labels": {"le": num(hi), "bound": "upper"},
+            }
+        )
+    rules.append(
+        {
+            "record": sli.weight,
+            "expr": f"({t} >= {num(bounds[-1])}) * 0 + 1",
+            "labels": {"le": num(bounds[-1]), "bound": "lower"},
+        }
+    )
+    return rules
+
+
+def target_rules(sli: Sli) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = [
+        {"record": sli.target, "expr": f"max by ({TARGET}) ({sli.target_gauge})"},
+    ]
+    budgets = [
+        f'{sli.target}{{percentile="{percentile}"}} * 0 + {num(round(1 - int(percentile) / 100, 6))}'
+        for percentile in PERCENTILES
+    ]
+    rules.append({"record": sli.budget, "expr": "\nor\n".join(budgets)})
+    return rules + weight_rules(sli)
+
+
+def sli_rules(sli: Sli, window: str) -> list[dict[str, Any]]:
+    buckets = f"sum by ({SERVICE}, le) (rate({sli.histogram}_bucket[{window}]))"
+    return [
+        {
+            "record": sli.bucket_rate(window),
+            "expr": f'label_replace({buckets}, "le", "$1", "le", "(.+)[.]0")',
+        },
+        {
+            "record": sli.good_rate(window),
+            "expr": f"sum by ({TARGET}) ({sli.weight} * on ({SERVICE}, le) group_left {sli.bucket_rate(window)})",
+        },
+        {
+            "record": sli.error_ratio(window),
+            "expr": (
+                f"clamp(1 - ({sli.good_rate(window)} / on ({SERVICE}) group_left "
+                f'{sli.bucket_rate(window)}{{le="+Inf"}}), 0, 1)'
+            ),
+        },
+    ]
+
+
+def burn_condition(sli: Sli, pair: BurnWindow) -> str:
+    def over(window: str) -> str:
+        return f"{sli.error_ratio(window)} > on ({TARGET}) ({num(pair.factor)} * {sli.budget})"
+
+    return f"({over(pair.long)}\nand on ({TARGET})\n{over(pair.short)})"
+
+
+def burn_alert(
+    sli: Sli, name: str, severity: str, pairs: tuple[BurnWindow, ...], pace: str
+) -> dict[str, Any]:
+    windows = " or ".join(f"{p.long}/{p.short} at {num(p.factor)}x" for p in pairs)
+    return {
+        "alert": name,
+        "expr": f"\nor on ({TARGET})\n".join(burn_condition(sli, pair) for pair in pairs),
+        "for": "2m" if severity == "page" else "15m",
+        "labels": {"severity": severity, "slo": sli.key},
+        "annotations": {
+            "summary": (
+                f"{{{{ $labels.namespace }}}}/{{{{ $labels.inferenceservice }}}} spends its {sli.title} "
+                f"p{{{{ $labels.percentile }}}} error budget {pace}"
+            ),
+            "description": (
+                f"The share of {sli.title} events over the p{{{{ $labels.percentile }}}} target burns the "
+                f"error budget faster than the SLO allows ({windows}). "
+                f"Check `goodput explain {{{{ $labels.inferenceservice }}}} -n {{{{ $labels.namespace }}}}`."
+            ),
+            "runbook_url": f"{RUNBOOK}#slo-burn-alerts",
+        },
+    }
+
+
+def operations_alerts() -> list[dict[str, Any]]:
+    service = "{{ $labels.namespace }}/{{ $labels.inferenceservice }}"
+    return [
+        {
+            "alert": "GoodputSLOTargetsMissing",
+            "expr": (
+                f'count by ({SERVICE}) (up{{inferenceservice!=""}})\n'
+                f"unless on ({SERVICE}) goodput:slo_ttft_target_seconds"
+            ),
+            "for": "15m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": f"{service} has workers but no SLO target series",
+                "description": (
+                    "The operator exports each service's SLO targets; without them the burn-rate alerts "
+                    "cannot evaluate. Is the operator running and scraped?"
+                ),
+                "runbook_url": f"{RUNBOOK}#metricsavailable",
+            },
+        },
+        {
+            "alert": "GoodputWorkerDown",
+            "expr": 'up{inferenceservice!=""} == 0',
+            "for": "5m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": f"{service}: worker {{{{ $labels.pod }}}} does not answer scrapes",
+                "description": "Prometheus cannot scrape this worker; the operator sees it as missing metrics.",
+                "runbook_url": f"{RUNBOOK}#metricsavailable",
+            },
+        },
+        {
+            "alert": "GoodputKVCacheSaturated",
+            "expr": f"max by ({SERVICE}, tier) (vllm:kv_cache_usage_perc) > 0.95",
+            "for": "10m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": f"{service} ({{{{ $labels.tier }}}}): KV cache above 95% for 10 minutes",
+                "description": (
+                    "A full KV cache queues and preempts requests, which raises TTFT. The plan may underestimate "
+                    "context lengths; see `goodput explain`."
+                ),
+                "runbook_url": f"{RUNBOOK}#capacitylimited",
+            },
+        },
+        {
+            "alert": "GoodputReconcileErrors",
+            "expr": f"sum by ({SERVICE}) (increase({RECONCILE_ERRORS}[15m])) > 0",
+            "for": "15m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": f"{service}: the operator fails to reconcile",
+                "description": "Reconcile errors for 15 minutes: the service's children may not match its plan.",
+                "runbook_url": f"{RUNBOOK}#reading-status-and-events",
+            },
+        },
+    ]
+
+
+def rule_groups() -> list[dict[str, Any]]:
+    """All rule groups. Targets and SLIs share one group so each evaluation sees one consistent snapshot."""
+    recording: list[dict[str, Any]] = []
+    for sli in SLIS:
+        recording += target_rules(sli)
+        for window in WINDOWS:
+            recording += sli_rules(sli, window)
+    burn: list[dict[str, Any]] = []
+    for sli in SLIS:
+        burn.append(burn_alert(sli, "GoodputSLOFastBurn", "page", FAST_BURN, "fast"))
+        burn.append(burn_alert(sli, "GoodputSLOSlowBurn", "ticket", SLOW_BURN, "steadily"))
+    return [
+        {"name": "goodput-slo", "interval": "30s", "rules": recording},
+        {"name": "goodput-slo-alerts", "interval": "30s", "rules": burn},
+        {"name": "goodput-operations", "rules": operations_alerts()},
+    ]
+
+
+def prometheus_rule(groups: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {
+            "name": "goodput",
+            "labels": {"app.kubernetes.io/name": "goodput", "app.kubernetes.io/component": "observability"},
+        },
+        "spec": {"groups": groups},
+    }
+
+
+# --- dashboard ------------------------------------------------------------------------------------------
+
+DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+SELECTED = 'namespace=~"$namespace", inferenceservice=~"$inferenceservice"'
+
+
+def target(expr: str, legend: str, ref: str) -> dict[str, Any]:
+    return {"datasource": DATASOURCE, "refId": ref, "expr": expr, "legendFormat": legend, "range": True}
+
+
+def dashed_red(regex: str) -> dict[str, Any]:
+    """An override that draws the matching series (the SLO lines) as dashed red references."""
+    return {
+        "matcher": {"id": "byRegexp", "options": regex},
+        "properties": [
+            {"id": "custom.lineStyle", "value": {"fill": "dash", "dash": [10, 10]}},
+            {"id": "color", "value": {"mode": "fixed", "fixedColor": "red"}},
+            {"id": "custom.fillOpacity", "value": 0},
+        ],
+    }
+
+
+def timeseries(
+    title: str,
+    description: str,
+    unit: str,
+    queries: list[tuple[str, str]],
+    *,
+    overrides: list[dict[str, Any]] | None = None,
+    bars: bool = False,
+) -> dict[str, Any]:
+    custom: dict[str, Any] = {"drawStyle": "bars" if bars else "line", "fillOpacity": 30 if bars else 8}
+    return {
+        "type": "timeseries",
+        "title": title,
+        "description": description,
+        "datasource": DATASOURCE,
+        "fieldConfig": {"defaults": {"unit": unit, "custom": custom}, "overrides": overrides or []},
+        "options": {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        },
+        "targets": [target(expr, legend, chr(ord("A") + i)) for i, (expr, legend) in enumerate(queries)],
+    }
+
+
+def latency_panel(sli: Sli) -> dict[str, Any]:
+    def quantile(q: str) -> str:
+        return (
+            f"histogram_quantile(0.{q}, sum by (namespace, le) "
+            f"(rate({sli.histogram}_bucket{{{SELECTED}}}[$__rate_interval])))"
+        )
+
+    return timeseries(
+        f"{sli.title} p95 vs SLO",
+        f"Observed {sli.title} percentiles over all tiers (from `{sli.histogram}`), and the SLO targets the "
+        "operator exports (dashed red).",
+        "s",
+        [
+            (quantile("95"), "p95 {{namespace}}"),
+            (quantile("99"), "p99 {{namespace}}"),
+            (
+                f"max by (namespace, percentile) ({sli.target_gauge}{{{SELECTED}}})",
+                "SLO p{{percentile}} {{namespace}}",
+            ),
+        ],
+        overrides=[dashed_red("SLO.*")],
+    )
+
+
+def burn_panel() -> dict[str, Any]:
+    queries = []
+    for sli in SLIS:
+        for window in ("5m", "1h"):
+            queries.append(
+                (
+                    f"{sli.error_ratio(window)}{{{SELECTED}}} / on ({TARGET}) {sli.budget}",
+                    f"{sli.title} p{{{{percentile}}}} {window}",
+                )
+            )
+    return timeseries(
+        "Error-budget burn rate",
+        "Error ratio over the budget (1 = spending the budget exactly over 30 days). The fast-burn page fires "
+        "at 14.4 (1h and 5m) or 6 (6h and 30m); the slow-burn ticket at 3 (1d and 2h) or 1 (3d and 6h).",
+        "x",
+        queries,
+    )
+
+
+def service_panels() -> list[dict[str, Any]]:
+    per_tier = f"{SELECTED}"
+    return [
+        latency_panel(SLIS[0]),
+        latency_panel(SLIS[1]),
+        burn_panel(),
+        timeseries(
+            "Requests per second",
+            "Finished requests per second by tier, and aborted ones.",
+            "reqps",
+            [
+                (
+                    f'sum by (namespace, tier) (rate(vllm:request_success_total{{{per_tier}, finished_reason!="abort"}}'
+                    "[$__rate_interval]))",
+                    "{{tier}} {{namespace}}",
+                ),
+                (
+                    f'sum by (namespace) (rate(vllm:request_success_total{{{per_tier}, finished_reason="abort"}}'
+                    "[$__rate_interval]))",
+                    "aborted {{namespace}}",
+                ),
+            ],
+        ),
+        timeseries(
+            "Replicas per tier",
+            "Workers that answer scrapes (ready) against the replicas the operator's plan asks for (desired).",
+            "short",
+            [
+                (f"count by (namespace, tier) (up{{{per_tier}}} == 1)", "{{tier}} ready {{namespace}}"),
+                (
+                    f"max by (namespace, tier) ({DESIRED_REPLICAS}{{{per_tier}}})",
+                    "{{tier}} desired {{namespace}}",
+                ),
+            ],
+            overrides=[dashed_red(".*desired.*")],
+        ),
+        timeseries(
+            "KV cache usage",
+            "Share of KV-cache blocks in use: the busiest worker and the mean per tier. Near 1, requests queue.",
+            "percentunit",
+            [
+                (
+                    f"max by (namespace, tier) (vllm:kv_cache_usage_perc{{{per_tier}}})",
+                    "{{tier}} max {{namespace}}",
+                ),
+                (
+                    f"avg by (namespace, tier) (vllm:kv_cache_usage_perc{{{per_tier}}})",
+                    "{{tier}} mean {{namespace}}",
+                ),
+            ],
+        ),
+        timeseries(
+            "Queue depth",
+            "Requests waiting for admission and running in batches, summed over a tier's workers.",
+            "short",
+            [
+                (
+                    f"sum by (namespace, tier) (vllm:num_requests_waiting{{{per_tier}}})",
+                    "{{tier}} waiting {{namespace}}",
+                ),
+                (
+                    f"sum by (namespace, tier) (vllm:num_requests_running{{{per_tier}}})",
+                    "{{tier}} running {{namespace}}",
+                ),
+            ],
+        ),
+        timeseries(
+            "Operator decisions",
+            "Decisions per interval by action: hold, scale, retune (engine knobs), rollout (TP or accelerator).",
+            "short",
+            [
+                (
+                    f"sum by (namespace, action) (increase({DECISIONS}{{{per_tier}}}[$__rate_interval]))",
+                    "{{action}} {{namespace}}",
+                )
+            ],
+            bars=True,
+        ),
+    ]
+
+
+def fleet_panels() -> list[dict[str, Any]]:
+    burns = [
+        (
+            f"max by ({SERVICE}) ({sli.error_ratio('1h')}{{{SELECTED}}} / on ({TARGET}) {sli.budget})",
+            f"{{{{namespace}}}}/{{{{inferenceservice}}}} {sli.title}",
+        )
+        for sli in SLIS
+    ]
+    return [
+        timeseries(
+            "Burn rate (1h) by service",
+            "The worst 1-hour burn rate of each service's TTFT and TPOT targets; above 1 the SLO is at risk.",
+            "x",
+            burns,
+        ),
+        timeseries(
+            "Reconcile errors",
+            "Failed reconciles per second of the operator.",
+            "ops",
+            [
+                (
+                    f"sum by ({SERVICE}) (rate({RECONCILE_ERRORS}{{{SELECTED}}}[$__rate_interval]))",
+                    "{{namespace}}/{{inferenceservice}}",
+                )
+            ],
+        ),
+        timeseries(
+            "Prometheus poll duration",
+            "How long the operator's batched query set takes per interval (p50, p95).",
+            "s",
+            [
+                (
+                    f"histogram_quantile(0.{q}, sum by (le) (rate({POLL_DURATION}_bucket[$__rate_interval])))",
+                    f"p{q}",
+                )
+                for q in ("50", "95")
+            ],
+        ),
+    ]
+
+
+def row(title: str, repeat: str | None = None) -> dict[str, Any]:
+    panel: dict[str, Any] = {
+        "type": "row",
+        "title": title,
+        "collapsed": False,
+        "datasource": DATASOURCE,
+        "panels": [],
+    }
+    if repeat:
+        panel["repeat"] = repeat
+    return panel
+
+
+def layout(sections: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
+    """Rows with their panels below, three panels per line, ids in order."""
+    panels, y = [], 0
+    for header, members in sections:
+        panels.append({**header, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}})
+        y += 1
+        for index, panel in enumerate(members):
+            x = (index % 3) * 8
+            panels.append({**panel, "gridPos": {"x": x, "y": y, "w": 8, "h": 8}})
+            if x == 16 or index == len(members) - 1:
+                y += 8
+    return [{**panel, "id": i + 1} for i, panel in enumerate(panels)]
+
+
+def variable(name: str, label: str, query: str) -> dict[str, Any]:
+    return {
+        "name": name,
+        "label": label,
+        "type": "query",
+        "datasource": DATASOURCE,
+        "definition": query,
+        "query": {"query": query, "refId": f"{name}-values"},
+        "refresh": 2,
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {},
+        "hide": 0,
+        "regex": "",
+        "options": [],
+    }
+
+
+def dashboard() -> dict[str, Any]:
+    return {
+        "title": "goodput: LLM services at their SLOs",
+        "uid": "goodput-services",
+        "description": "Per InferenceService: latency against the SLO, error-budget burn, load, capacity, decisions.",
+        "tags": ["goodput", "llm", "slo"],
+        "editable": True,
+        "graphTooltip": 1,
+        "schemaVersion": 39,
+        "version": 1,
+        "refresh": "30s",
+        "time": {"from": "now-3h", "to": "now"},
+        "timezone": "",
+        "templating": {
+            "list": [
+                {
+                    "name": "datasource",
+                    "label": "Data source",
+                    "type": "datasource",
+                    "query": "prometheus",
+                    "current": {},
+                    "hide": 0,
+                    "refresh": 1,
+                    "regex": "",
+                    "options": [],
+                },
+                variable("namespace", "Namespace", 'label_values(up{inferenceservice!=""}, namespace)'),
+                variable(
+                    "inferenceservice",
+                    "InferenceService",
+                    'label_values(up{namespace=~"$namespace", inferenceservice!=""}, inferenceservice)',
+                ),
+            ]
+        },
+        "annotations": {
+            "list": [
+                {
+                    "name": "Scaling decisions",
+                    "datasource": DATASOURCE,
+                    "enable": True,
+                    "iconColor": "orange",
+                    "expr": (
+                        f'sum by ({SERVICE}, action) (increase({DECISIONS}{{{SELECTED}, action!="hold"}}[2m])) > 0'
+                    ),
+                    "step": "60s",
+                    "titleFormat": "{{action}}",
+                    "textFormat": "{{namespace}}/{{inferenceservice}}",
+                }
+            ]
+        },
+        "panels": layout(
+            [
+                (row("Fleet"), fleet_panels()),
+                (row("$inferenceservice", repeat="inferenceservice"), service_panels()),
+            ]
+        ),
+    }
+
+
+# --- output ---------------------------------------------------------------------------------------------
+
+HEADER = "# Generated by manifests/observability/generate.py. Do not edit; edit the generator and rerun it.\n"
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the longer PromQL expressions) as literal blocks, so the files read like PromQL."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def to_yaml(obj: Any) -> str:
+    return HEADER + yaml.dump(obj, Dumper=_Dumper, sort_keys=False, width=4096)
+
+
+def rendered() -> dict[Path, str]:
+    """Every generated file and its content."""
+    groups = rule_groups()
+    return {
+        RULES_FILE: to_yaml({"groups": groups}),
+        PROMETHEUS_RULE_FILE: to_yaml(prometheus_rule(groups)),
+        DASHBOARD_FILE: json.dumps(dashboard(), indent=2) + "\n",
+    }
+
+
+def main() -> int:
+    for path, text in rendered().items():
+        path.write_text(text)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
