@@ -15,7 +15,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -56,14 +56,17 @@ class _HPACore:
         if per_ready_pod:
             if fleet.ready == 0:
                 return current
+            tol = self.behavior.tolerance
             ratio = total / (target * fleet.ready)
-            if ratio > 1.0 and fleet.starting:
-                # not-yet-ready pods are assumed to use 0 of the metric on scale-up
-                ratio = total / (target * (fleet.ready + fleet.starting))
-            if abs(ratio - 1.0) <= self.behavior.tolerance:
+            if abs(ratio - 1.0) <= tol:
                 return current
-            base = fleet.ready + fleet.starting if ratio > 1.0 else fleet.ready
-            return math.ceil(ratio * base)
+            if ratio > 1.0 and fleet.starting:
+                # not-yet-ready pods count as using 0 on scale-up; if that reverses or settles it, hold
+                ratio = total / (target * (fleet.ready + fleet.starting))
+                if ratio <= 1.0 + tol:
+                    return current
+                return math.ceil(ratio * (fleet.ready + fleet.starting))
+            return math.ceil(ratio * fleet.ready)
         # AverageValue on an external metric: usage ratio against the current replica count
         if current == 0:
             return math.ceil(total / target)
@@ -77,9 +80,9 @@ class _HPACore:
         raw = min(max(raw, self.min_replicas), self.max_replicas)
         self.history.append((now, raw))
         keep = max(b.scale_down_stabilization_s, b.scale_up_stabilization_s)
-        self.history = [(t, r) for t, r in self.history if t > now - keep - 1e-9]
-        down_window = [r for t, r in self.history if t > now - b.scale_down_stabilization_s - 1e-9]
-        up_window = [r for t, r in self.history if t > now - b.scale_up_stabilization_s - 1e-9] or [raw]
+        self.history = [(t, r) for t, r in self.history if t > now - keep]
+        down_window = [r for t, r in self.history if t > now - b.scale_down_stabilization_s]
+        up_window = [r for t, r in self.history if t > now - b.scale_up_stabilization_s] or [raw]
         desired = current
         if raw > current:
             desired = min(up_window) if up_window else raw
@@ -136,7 +139,7 @@ class KEDA:
 
     def __post_init__(self) -> None:
         self._core = _HPACore(max(self.min_replicas, 1), self.max_replicas, self.behavior)
-        self._last_active = -math.inf
+        self._last_active: float | None = None  # the cooldown counts from the first look
 
     def decide(self, now: float, obs: Observation | None, fleet: FleetView) -> Actuation:
         if now - self._core.last_sync < self.behavior.sync_s - 1e-9:
@@ -146,7 +149,7 @@ class KEDA:
         if self.min_replicas == 0:
             active = waiting is not None and waiting > self.activation_threshold
             busy = obs is not None and (obs.running or 0) > 0
-            if active or busy:
+            if active or busy or self._last_active is None:
                 self._last_active = now
             if fleet.desired == 0:
                 return Actuation(1 if active else 0)
@@ -190,39 +193,44 @@ def oracle(
     trace: Trace,
     cfg: SimConfig,
     capacity_rps: float,
-    max_rounds: int = 12,
+    max_rounds: int = 10,
     max_replicas: int = 64,
 ) -> tuple[SimResult, np.ndarray]:
-    """Hindsight: start from the throughput bound per interval, then add a replica where requests miss the SLO
-    until the trace meets the attainment target, then take back replicas that are not needed.
+    """Hindsight: the fewest replicas per interval that meet the attainment target, knowing every arrival.
 
-    `capacity_rps` is one replica's sustainable request rate for this trace's token mix (from the perf model).
+    Starts from the throughput bound (arrivals in the interval over one replica's sustainable rate
+    `capacity_rps`), adds replicas where requests missed the SLO until the trace meets the target, then takes
+    back replicas from intervals without misses while the target still holds.
     """
-    n_int = int(math.ceil(trace.duration_s / cfg.interval_s)) + 1
+    n_int = math.ceil(trace.duration_s / cfg.interval_s) + 1
     bucket = np.minimum((trace.arrival_s // cfg.interval_s).astype(int), n_int - 1)
-    arrivals = np.bincount(bucket, minlength=n_int).astype(float)
-    need = np.ceil(arrivals / cfg.interval_s / capacity_rps).astype(int)
-    need = np.maximum(need, 1)
-    start = Schedule(need, cfg.interval_s, cfg.start_delay_s)
-    warm = SimConfig(
-        **{**cfg.__dict__, "initial_replicas": start.decide(0.0, None, FleetView(0, 0, 0)).replicas}
-    )
-    best = simulate(trace, Schedule(need.copy(), cfg.interval_s, cfg.start_delay_s), warm, "hindsight")
-    for _ in range(max_rounds):
-        if best.attainment >= cfg.slo.attainment:
-            break
+    rate = np.bincount(bucket, minlength=n_int) / cfg.interval_s
+    need = np.maximum(np.ceil(rate / capacity_rps).astype(int), 1)
+
+    def run(need: np.ndarray) -> SimResult:
+        schedule = Schedule(need.copy(), cfg.interval_s, cfg.start_delay_s)
+        warm = replace(cfg, initial_replicas=schedule.decide(0.0, None, FleetView(0, 0, 0)).replicas)
+        return simulate(trace, schedule, warm, "hindsight")
+
+    best = run(need)
+    rounds = 0
+    while best.attainment < cfg.slo.attainment and rounds < max_rounds:
         missed = np.bincount(bucket[~best.ok], minlength=n_int)
-        # raise the intervals holding the most misses, from the neighbourhood where queues build up
-        worst = np.argsort(missed)[::-1]
-        raise_at = worst[missed[worst] > 0][: max(1, int((missed > 0).sum() // 2))]
-        for k in raise_at:
-            lo = max(k - 1, 0)
-            need[lo : k + 1] = np.minimum(need[lo : k + 1] + 1, max_replicas)
-        warm = SimConfig(
-            **{
-                **cfg.__dict__,
-                "initial_replicas": int(need[: int(cfg.start_delay_s // cfg.interval_s) + 2].max()),
-            }
-        )
-        best = simulate(trace, Schedule(need.copy(), cfg.interval_s, cfg.start_delay_s), warm, "hindsight")
+        # the interval a miss arrives in and the one before it, where its queue built up
+        hot = (missed > 0) | (np.r_[missed[1:], 0] > 0)
+        need = np.where(hot, np.minimum(need + 1, max_replicas), need)
+        best = run(need)
+        rounds += 1
+    floor = np.maximum(np.ceil(rate / capacity_rps).astype(int), 1)
+    while rounds < max_rounds:
+        missed = np.bincount(bucket[~best.ok], minlength=n_int)
+        calm = (missed == 0) & (np.r_[missed[1:], 0] == 0) & (need > floor)
+        if not calm.any():
+            break
+        trial_need = np.where(calm, need - 1, need)
+        trial = run(trial_need)
+        rounds += 1
+        if trial.attainment < cfg.slo.attainment or trial.gpu_hours >= best.gpu_hours:
+            break
+        best, need = trial, trial_need
     return best, need

@@ -26,6 +26,7 @@ from policies.observe import (
     TierWindow,
     build_observation,
 )
+from policies.perfmodel import StepModel
 from policies.types import Observation
 from policies.workloads import Trace
 
@@ -46,6 +47,30 @@ class StepProfile:
     def step_s(self, n_decode: int, context_tokens: int, n_prefill: int) -> float:
         memory = self.weights_s + self.kv_s_per_token * context_tokens
         return self.overhead_s + max(memory, self.compute_s_per_token * (n_decode + n_prefill))
+
+    @classmethod
+    def from_model(cls, model: StepModel, max_batch: int = 256, chunk_tokens: int = 8192) -> StepProfile:
+        """Read the roofline's coefficients off the performance model by probing its step time.
+
+        Probes stay in each term's own regime: small decode batches for the memory side, a large
+        prefill chunk for the compute side. Attention FLOPs of a prefill chunk are folded into its per-token
+        cost at a typical context of one chunk.
+        """
+        ov = model.accelerator.step_overhead_s
+        one = float(model.step_time(1, 0.0, 0.0))
+        kv_probe = 4096.0
+        kv_s = (float(model.step_time(1, 0.0, kv_probe)) - one) / kv_probe
+        chunk = float(chunk_tokens)
+        prefill = float(model.step_time(0, chunk, 0.0, chunk / 2)) - float(
+            model.step_time(0, chunk / 2, 0.0, chunk / 2)
+        )
+        return cls(
+            weights_s=one - ov,
+            kv_s_per_token=kv_s,
+            compute_s_per_token=prefill / (chunk / 2),
+            overhead_s=ov,
+            kv_capacity_tokens=int(model.kv_capacity_tokens(max_batch, chunk_tokens)),
+        )
 
 
 @dataclass(frozen=True)
@@ -152,14 +177,18 @@ class _Engine:
         p, cfg, rec = self.profile, self.config, self.rec
         while r.t < t_end:
             self._pull(r, r.t)
-            if not r.running and not r.waiting:
-                if not r.inbox:
+            if not r.running:
+                if not r.waiting and not r.inbox:
                     r.t = t_end
                     return
                 # idle: the engine starts a step one batch window after the first arrival
-                r.t = max(r.t, self.arrival[r.inbox[0]] + cfg.batch_window_s)
-                if r.t >= t_end:
+                first = r.waiting[0] if r.waiting else r.inbox[0]
+                start = max(r.t, self.arrival[first] + cfg.batch_window_s)
+                if start >= t_end:
+                    if not r.waiting:
+                        r.t = t_end
                     return
+                r.t = start
                 self._pull(r, r.t)
             self._admit(r)
             decoding = [s for s in r.running if s[1] == 0]
@@ -270,6 +299,8 @@ class SimResult:
     scale_events: int
     requests: int
     ok: np.ndarray  # per request: met both targets
+    ttft_ms: np.ndarray  # per request; NaN if it never got a first token
+    tpot_ms: np.ndarray  # per request: (finish - first token) / (output - 1)
     timeline: Timeline
 
     def summary(self) -> dict[str, float | int | str]:
@@ -438,6 +469,8 @@ def _result(
         scale_events=events,
         requests=len(ok),
         ok=ok,
+        ttft_ms=ttft_ms,
+        tpot_ms=tpot_ms,
         timeline=Timeline(
             time=np.asarray(log["time"]),
             rps=np.asarray(log["rps"]),
