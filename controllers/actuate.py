@@ -1,0 +1,92 @@
+"""Writes to the cluster: apply a plan's children, prune tiers the plan dropped, write status, post events.
+
+Applies are skipped when the built body equals the last one applied (the builders are pure), so a steady
+service costs no API writes per interval; after a restart the first apply re-asserts everything (SSA no-op).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from controllers import builders, naming
+from controllers.kube import KubeClient
+from controllers.runtime import ServiceRecord
+from policies.types import Candidate
+
+STATUS_REFRESH_S = 60.0  # `observed` alone is rewritten at most this often; any other change goes at once
+
+
+def owner_of(record: ServiceRecord) -> builders.Owner:
+    return builders.Owner(name=record.name, namespace=record.namespace, uid=record.uid)
+
+
+def _digest(obj: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+async def apply_plan(kube: KubeClient, record: ServiceRecord, plan: Candidate, prune: bool) -> int:
+    """Apply what changed of this plan's children; with `prune`, delete tiers the plan no longer has.
+
+    Returns the number of objects written. A failed write raises; the caller retries, and the children
+    already written are skipped next time only if they were acknowledged.
+    """
+    written = 0
+    children = builders.build_children(owner_of(record), record.spec, plan)
+    for child in children:
+        key = f"{child['kind']}/{child['metadata']['name']}"
+        digest = _digest(child)
+        if record.applied.get(key) == digest:
+            continue
+        await kube.apply(child)
+        record.applied[key] = digest
+        written += 1
+    if prune:
+        written += await prune_tiers(kube, record, {str(t.tier) for t in plan.tiers})
+    return written
+
+
+async def prune_tiers(kube: KubeClient, record: ServiceRecord, keep: set[str]) -> int:
+    """Delete the Deployments and Services of tiers not in `keep` (a traffic-class change drops a tier)."""
+    selector = f"{naming.LABEL_SERVICE}={record.name},{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
+    deleted = 0
+    for deployment in await kube.list("Deployment", record.namespace, selector):
+        labels = deployment["metadata"].get("labels", {})
+        if labels.get(naming.LABEL_SERVICE) != record.name or labels.get(naming.LABEL_TIER) in keep:
+            continue
+        name = deployment["metadata"]["name"]
+        await kube.delete("Deployment", record.namespace, name)
+        await kube.delete("Service", record.namespace, name)
+        record.applied.pop(f"Deployment/{name}", None)
+        record.applied.pop(f"Service/{name}", None)
+        deleted += 2
+    return deleted
+
+
+def status_due(record: ServiceRecord, status: dict[str, Any], now: float) -> bool:
+    """Write when anything but `observed` changed, or when `observed` is older than the refresh period."""
+    old = {k: v for k, v in record.status.items() if k != "observed"}
+    new = {k: v for k, v in status.items() if k != "observed"}
+    if old != new:
+        return True
+    if status.get("observed") == record.status.get("observed"):
+        return False
+    return now - record.status_written_at >= STATUS_REFRESH_S
+
+
+async def write_status(
+    kube: KubeClient, record: ServiceRecord, status: dict[str, Any], now: float, force: bool = False
+) -> bool:
+    if not force and not status_due(record, status, now):
+        return False
+    await kube.patch_status("InferenceService", record.namespace, record.name, status)
+    record.status = status
+    record.status_written_at = now
+    return True
+
+
+async def post_event(
+    kube: KubeClient, record: ServiceRecord, reason: str, message: str, now: float, kind: str = "Normal"
+) -> None:
+    await kube.create(builders.build_event(owner_of(record), reason, message, now, kind))

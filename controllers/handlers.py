@@ -1,0 +1,151 @@
+"""Kopf handlers: a thin shell that hands each event to controllers.reconcile.
+
+InferenceService create/update/resume → reconcile. SLOPolicy create/update/resume → re-plan every service
+that references it, found through a kopf index of services by policyRef. A kopf index over the workers'
+Deployments gives the poller ready replicas without extra API reads. Startup builds the Runtime and spawns
+the shared poller; cleanup stops it. No handler adds a finalizer: deleting a service never waits for us,
+and its children go with it through their owner references.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import time
+from typing import Any
+
+import kopf
+
+from controllers import metrics, naming, poller, reconcile
+from controllers.config import OperatorConfig
+from controllers.kube import KubeClient
+from controllers.metrics import RECONCILE_ERRORS
+from controllers.prometheus import PrometheusReader
+from controllers.runtime import PolicyNotFound, Runtime
+from crds.common import GROUP, VERSION
+from crds.inferenceservice import PLURAL as SERVICES
+from crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
+from crds.slopolicy import PLURAL as POLICIES
+
+log = logging.getLogger("goodput.operator")
+POLICY_RETRY_S = 30
+WORKERS = {naming.LABEL_MANAGED_BY: naming.MANAGED_BY, naming.LABEL_NAME: naming.WORKER_APP}
+
+
+def runtime(memo: kopf.Memo) -> Runtime:
+    return memo["goodput"]
+
+
+@kopf.on.startup()
+async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, logger: kopf.Logger, **kwargs: Any) -> None:
+    config = OperatorConfig.from_env()
+    info = kopf.login_via_client(logger=logger, settings=settings)
+    if info is None:
+        raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
+    rt = Runtime(
+        config=config,
+        kube=KubeClient.connect(info, config.request_timeout_s, config.max_in_flight),
+        prometheus=PrometheusReader.connect(config.prometheus_url, config.window_s, config.request_timeout_s),
+        ready_replicas=kwargs.get("ready_replicas"),
+    )
+    memo["goodput"] = rt
+    if config.metrics_port >= 0:
+        memo["metrics_server"] = metrics.serve(config.metrics_port)
+    rt.poller = asyncio.create_task(poller.poll_forever(rt), name="goodput-poller")
+    logger.info(f"polling {config.prometheus_url} every {config.poll_interval_s:g} s")
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    rt = memo.get("goodput")
+    if rt is not None:
+        await rt.close()
+    server = memo.get("metrics_server")
+    if server is not None:
+        server[0].shutdown()
+
+
+@kopf.on.probe(id="poller")
+def poller_alive(memo: kopf.Memo, **_: Any) -> float | None:
+    """Seconds since the last control interval ended; fails liveness when the poller is stuck."""
+    rt = runtime(memo)
+    if rt.poller is not None and rt.poller.done():
+        raise kopf.PermanentError("the poller task has stopped")
+    if rt.last_interval_end is None:
+        return None
+    age = time.time() - rt.last_interval_end
+    if age > 10 * rt.config.poll_interval_s + 60:
+        raise kopf.PermanentError(f"no control interval for {age:.0f} s")
+    return age
+
+
+@kopf.index(GROUP, VERSION, SERVICES)
+def services_by_policy(namespace: str, name: str, spec: kopf.Spec, **_: Any) -> dict[str, tuple[str, str]]:
+    return {spec.get("policyRef") or DEFAULT_POLICY_NAME: (namespace, name)}
+
+
+@kopf.index("apps", "v1", "deployments", labels=WORKERS)
+def ready_replicas(
+    namespace: str, labels: kopf.Labels, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[tuple[str, str], tuple[str, int, int]] | None:
+    service, tier = labels.get(naming.LABEL_SERVICE), labels.get(naming.LABEL_TIER)
+    if not service or not tier:
+        return None
+    return {
+        (namespace, service): (tier, int(spec.get("replicas") or 0), int(status.get("readyReplicas") or 0))
+    }
+
+
+@kopf.on.create(GROUP, VERSION, SERVICES)
+@kopf.on.update(GROUP, VERSION, SERVICES, field="spec")
+@kopf.on.resume(GROUP, VERSION, SERVICES)
+async def service_changed(body: kopf.Body, reason: str, memo: kopf.Memo, **_: Any) -> None:
+    try:
+        await reconcile.reconcile(runtime(memo), _plain(body), str(reason))
+    except PolicyNotFound as error:
+        raise kopf.TemporaryError(str(error), delay=POLICY_RETRY_S) from None
+    except Exception:
+        RECONCILE_ERRORS.labels(stage="reconcile").inc()
+        raise
+
+
+@kopf.on.delete(GROUP, VERSION, SERVICES, optional=True)
+def service_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    runtime(memo).services.pop((namespace, name), None)
+
+
+@kopf.on.create(GROUP, VERSION, POLICIES)
+@kopf.on.update(GROUP, VERSION, POLICIES, field="spec")
+@kopf.on.resume(GROUP, VERSION, POLICIES)
+async def policy_changed(
+    name: str, spec: kopf.Spec, reason: str, memo: kopf.Memo, services_by_policy: kopf.Index, **_: Any
+) -> None:
+    rt = runtime(memo)
+    rt.policies[name] = SLOPolicySpec.model_validate(dict(spec))
+    if str(reason) == "resume":
+        return  # services resume on their own; nothing about the policy changed
+    await _replan_users(rt, name, services_by_policy)
+
+
+@kopf.on.delete(GROUP, VERSION, POLICIES, optional=True)
+async def policy_deleted(name: str, memo: kopf.Memo, services_by_policy: kopf.Index, **_: Any) -> None:
+    rt = runtime(memo)
+    rt.policies.pop(name, None)
+    if name == DEFAULT_POLICY_NAME:
+        await _replan_users(rt, name, services_by_policy)  # the built-in default applies now
+
+
+async def _replan_users(rt: Runtime, policy: str, index: kopf.Index) -> None:
+    """Re-plan every service that references `policy`; one failure does not stop the others."""
+    for namespace, name in list(index.get(policy, [])):
+        try:
+            body = await rt.kube.get("InferenceService", namespace, name)
+            await reconcile.reconcile(rt, body, "policy")
+        except Exception:
+            RECONCILE_ERRORS.labels(stage="policy").inc()
+            log.exception("re-planning %s/%s after SLOPolicy %s changed failed", namespace, name, policy)
+
+
+def _plain(body: kopf.Body) -> dict[str, Any]:
+    return copy.deepcopy(dict(body))

@@ -1,0 +1,168 @@
+"""The Prometheus reader: a fixed set of four PromQL queries per interval, for every service at once.
+
+Each query aggregates `by (namespace, inferenceservice, tier[, le])`, so the cost per interval does not grow
+with the number of services in queries, only in result rows. Several metrics share one query through
+`label_replace(..., "series", "<name>", "", "")` joined with `or`. The rows become `policies.observe`
+TierWindows, so the operator computes observations through the same code as the simulator.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import aiohttp
+
+from policies.observe import Histogram, TierWindow
+
+GROUP = "namespace, inferenceservice, tier"
+ServiceKey = tuple[str, str]  # (namespace, inferenceservice)
+
+_HISTOGRAMS = {
+    "latency": (
+        ("ttft", "vllm:time_to_first_token_seconds"),
+        ("itl", "vllm:inter_token_latency_seconds"),
+        ("itl", "vllm:time_per_output_token_seconds"),  # older vLLM; used only where the new one is absent
+    ),
+    "tokens": (
+        ("prompt_tokens", "vllm:request_prompt_tokens"),
+        ("output_tokens", "vllm:request_generation_tokens"),
+    ),
+}
+
+
+def _tagged(expr: str, series: str) -> str:
+    return f'label_replace({expr}, "series", "{series}", "", "")'
+
+
+def queries(window_s: int) -> dict[str, str]:
+    """The interval's PromQL, by name. Always the same four, whatever the number of services."""
+
+    def histogram(metric: str) -> str:
+        return f"sum by ({GROUP}, le) (increase({metric}_bucket[{window_s}s]))"
+
+    out = {
+        name: " or ".join(_tagged(histogram(metric), series) for series, metric in members)
+        for name, members in _HISTOGRAMS.items()
+    }
+    out["requests"] = f"sum by ({GROUP}) (increase(vllm:request_success_total[{window_s}s]))"
+    gauges = {
+        "running": f"sum by ({GROUP}) (vllm:num_requests_running)",
+        "waiting": f"sum by ({GROUP}) (vllm:num_requests_waiting)",
+        "kv_cache_usage": f"avg by ({GROUP}) (vllm:kv_cache_usage_perc or vllm:gpu_cache_usage_perc)",
+        "pods": f"count by ({GROUP}) (vllm:num_requests_running)",
+        "newest": f"max by ({GROUP}) (timestamp(vllm:num_requests_running))",
+    }
+    out["gauges"] = " or ".join(_tagged(expr, series) for series, expr in gauges.items())
+    return out
+
+
+class PrometheusError(Exception):
+    """Prometheus did not answer, or answered with an error: every service's metrics are missing."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One interval's view of all services: per service, per tier, the raw window."""
+
+    time: float
+    window_s: float
+    services: dict[ServiceKey, dict[str, TierWindow]] = field(default_factory=dict)
+    newest_sample: dict[ServiceKey, float] = field(default_factory=dict)  # unix seconds
+
+    def age(self, key: ServiceKey) -> float | None:
+        """Seconds since the service's newest sample; None when Prometheus has none."""
+        newest = self.newest_sample.get(key)
+        return None if newest is None else max(0.0, self.time - newest)
+
+
+def _value(row: dict[str, Any]) -> float | None:
+    value = float(row["value"][1])
+    return None if math.isnan(value) or math.isinf(value) else value
+
+
+def parse(results: dict[str, list[dict[str, Any]]], time: float, window_s: float) -> Snapshot:
+    """Rows of the four queries → a Snapshot. Pure, so it is tested on recorded answers."""
+    buckets: dict[tuple[ServiceKey, str, str], dict[str, float]] = defaultdict(dict)
+    scalars: dict[tuple[ServiceKey, str], dict[str, float]] = defaultdict(dict)
+    for name in ("latency", "tokens"):
+        for row in results.get(name, []):
+            labels = row["metric"]
+            value = _value(row)
+            if value is None or "le" not in labels:
+                continue
+            key = (
+                (labels["namespace"], labels["inferenceservice"]),
+                labels.get("tier", ""),
+                labels["series"],
+            )
+            buckets[key][labels["le"]] = value
+    for row in results.get("requests", []):
+        labels, value = row["metric"], _value(row)
+        if value is not None:
+            scalars[((labels["namespace"], labels["inferenceservice"]), labels.get("tier", ""))][
+                "requests"
+            ] = value
+    for row in results.get("gauges", []):
+        labels, value = row["metric"], _value(row)
+        if value is not None:
+            key = ((labels["namespace"], labels["inferenceservice"]), labels.get("tier", ""))
+            scalars[key][labels["series"]] = value
+
+    windows: dict[ServiceKey, dict[str, TierWindow]] = defaultdict(dict)
+    for (service, tier, series), by_le in buckets.items():
+        window = windows[service].get(tier, TierWindow())
+        windows[service][tier] = replace(window, **{series: Histogram.from_le(by_le)})
+    newest: dict[ServiceKey, float] = {}
+    for (service, tier), values in scalars.items():
+        window = windows[service].get(tier, TierWindow())
+        pods = values.get("pods")
+        windows[service][tier] = replace(
+            window,
+            requests=values.get("requests"),
+            running=values.get("running"),
+            waiting=values.get("waiting"),
+            kv_cache_usage=values.get("kv_cache_usage"),
+            ready_replicas=None if pods is None else round(pods),
+        )
+        if "newest" in values:
+            newest[service] = max(newest.get(service, 0.0), values["newest"])
+    return Snapshot(time=time, window_s=window_s, services=dict(windows), newest_sample=newest)
+
+
+@dataclass
+class PrometheusReader:
+    """Runs the fixed queries against one Prometheus; counts them so the benchmark can report the figure."""
+
+    url: str
+    window_s: int
+    session: aiohttp.ClientSession
+    queries_sent: int = 0
+
+    @classmethod
+    def connect(cls, url: str, window_s: int, timeout_s: float) -> PrometheusReader:
+        session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s))
+        return cls(url=url.rstrip("/"), window_s=window_s, session=session)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+    async def _query(self, promql: str, time: float) -> list[dict[str, Any]]:
+        self.queries_sent += 1
+        try:
+            async with self.session.post(
+                f"{self.url}/api/v1/query", data={"query": promql, "time": f"{time:.3f}"}
+            ) as response:
+                answer = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+            raise PrometheusError(f"Prometheus at {self.url} did not answer: {error!r}") from error
+        if answer.get("status") != "success":
+            raise PrometheusError(f"Prometheus rejected a query: {answer.get('error', answer)}")
+        return list(answer["data"]["result"])
+
+    async def read(self, time: float) -> Snapshot:
+        """All services' windows ending at `time` (the queries run one after another: Prometheus is shared)."""
+        results = {name: await self._query(promql, time) for name, promql in queries(self.window_s).items()}
+        return parse(results, time, float(self.window_s))

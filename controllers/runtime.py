@@ -1,0 +1,85 @@
+"""What one operator process holds in memory: its clients, one record per service, the known policies.
+
+Everything here can be rebuilt from the cluster (status keeps plan, calibration and the last decision), so a
+restarted operator resumes where the last one stopped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from controllers.config import OperatorConfig
+from controllers.kube import KubeClient, KubeError
+from controllers.prometheus import PrometheusReader, ServiceKey
+from crds.inferenceservice import InferenceServiceSpec
+from crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
+from policies.types import Candidate, Observation, ScalerState
+
+
+@dataclass
+class ServiceRecord:
+    """One InferenceService as the operator runs it."""
+
+    namespace: str
+    name: str
+    uid: str
+    generation: int
+    spec: InferenceServiceSpec
+    plan: Candidate | None = None  # what runs (mode auto) or is recommended (mode recommend)
+    state: ScalerState = field(default_factory=ScalerState)
+    observation: Observation | None = None  # the last interval's, None when metrics were missing
+    status: dict[str, Any] = field(default_factory=dict)  # as last written
+    status_written_at: float = 0.0
+    last_evaluated: float = 0.0
+    applied: dict[str, str] = field(default_factory=dict)  # "Kind/name" → hash of the body last applied
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def key(self) -> ServiceKey:
+        return (self.namespace, self.name)
+
+    @property
+    def policy_name(self) -> str:
+        return self.spec.policy_ref or DEFAULT_POLICY_NAME
+
+
+class PolicyNotFound(LookupError):
+    pass
+
+
+@dataclass
+class Runtime:
+    config: OperatorConfig
+    kube: KubeClient
+    prometheus: PrometheusReader
+    services: dict[ServiceKey, ServiceRecord] = field(default_factory=dict)
+    policies: dict[str, SLOPolicySpec] = field(default_factory=dict)  # kept current by the SLOPolicy handlers
+    ready_replicas: Any = None  # kopf.Index: (namespace, service) → (tier, desired, ready), from Deployments
+    last_interval_end: float | None = None
+    poller: asyncio.Task[None] | None = None
+
+    async def policy(self, name: str | None) -> SLOPolicySpec:
+        """The named policy; the built-in default when none is named and no `default` object exists."""
+        wanted = name or DEFAULT_POLICY_NAME
+        if wanted in self.policies:
+            return self.policies[wanted]
+        try:
+            body = await self.kube.get("SLOPolicy", None, wanted)
+        except KubeError as error:
+            if not error.not_found:
+                raise
+            if name is None or name == DEFAULT_POLICY_NAME:
+                return SLOPolicySpec()
+            raise PolicyNotFound(f"SLOPolicy {wanted!r} does not exist") from None
+        spec = SLOPolicySpec.model_validate(body.get("spec") or {})
+        self.policies[wanted] = spec
+        return spec
+
+    async def close(self) -> None:
+        if self.poller is not None:
+            self.poller.cancel()
+            await asyncio.gather(self.poller, return_exceptions=True)
+        await self.kube.close()
+        await self.prometheus.close()

@@ -1,0 +1,115 @@
+"""Pure conversions between the policies' records and the InferenceService status on the wire.
+
+Status is built through the crds pydantic models, so what the operator writes always passes the CRD schema.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from crds.inferenceservice import Calibration, Observed, PlanStatus, TierPlan
+from crds.inferenceservice import Decision as DecisionStatus
+from policies.types import Candidate, Observation, ScalerState, TierConfig
+
+
+def utc(unix_s: float) -> datetime:
+    return datetime.fromtimestamp(unix_s, tz=UTC)
+
+
+def plan_status(plan: Candidate) -> dict[str, Any]:
+    return PlanStatus(
+        accelerator=plan.accelerator,
+        tensor_parallel=plan.tensor_parallel,
+        replicas=plan.replicas,
+        max_batch=plan.max_batch,
+        batch_window_ms=plan.batch_window_ms,
+        chunk_tokens=plan.chunk_tokens,
+        tier=plan.tier,
+        tiers=[
+            TierPlan(
+                tier=t.tier, replicas=t.replicas, max_batch=t.max_batch, batch_window_ms=t.batch_window_ms
+            )
+            for t in plan.tiers
+        ],
+        predicted_ttft_p95_ms=plan.predicted_ttft_p95_ms,
+        predicted_tpot_p95_ms=plan.predicted_tpot_p95_ms,
+        cost_per_hour=plan.cost_per_hour,
+    ).to_wire()
+
+
+def plan_from_status(plan: dict[str, Any], utilisation: float) -> Candidate:
+    """The running plan as the status remembers it, so a restarted operator continues from it.
+
+    The status does not keep the plan's utilisation; the caller supplies it (see controllers.reconcile).
+    """
+    parsed = PlanStatus.model_validate(plan)
+    return Candidate(
+        accelerator=str(parsed.accelerator),
+        tensor_parallel=parsed.tensor_parallel,
+        replicas=parsed.replicas,
+        max_batch=parsed.max_batch,
+        batch_window_ms=parsed.batch_window_ms,
+        chunk_tokens=parsed.chunk_tokens,
+        tier=str(parsed.tier),
+        tiers=tuple(
+            TierConfig(
+                tier=t.tier, replicas=t.replicas, max_batch=t.max_batch, batch_window_ms=t.batch_window_ms
+            )
+            for t in parsed.tiers
+        ),
+        predicted_ttft_p95_ms=parsed.predicted_ttft_p95_ms,
+        predicted_tpot_p95_ms=parsed.predicted_tpot_p95_ms,
+        cost_per_hour=parsed.cost_per_hour,
+        utilisation=utilisation,
+    )
+
+
+def observed_status(observation: Observation) -> dict[str, Any]:
+    def rounded(value: float | None, digits: int = 3) -> float | None:
+        return None if value is None else round(value, digits)
+
+    return Observed(
+        time=utc(observation.time),
+        window_seconds=observation.window_s,
+        rps=round(observation.rps, 4),
+        prompt_tokens_p50=rounded(observation.prompt_tokens_p50, 1),
+        prompt_tokens_p95=rounded(observation.prompt_tokens_p95, 1),
+        output_tokens_p50=rounded(observation.output_tokens_p50, 1),
+        output_tokens_p95=rounded(observation.output_tokens_p95, 1),
+        ttft_p95_ms=rounded(observation.ttft_p95_ms, 2),
+        tpot_p95_ms=rounded(observation.tpot_p95_ms, 3),
+        kv_cache_usage=rounded(observation.kv_cache_usage, 4),
+        queue_depth=rounded(observation.queue_depth, 2),
+        ready_replicas=observation.ready_replicas,
+    ).to_wire()
+
+
+def decision_status(now: float, from_replicas: int, to_replicas: int, reason: str) -> dict[str, Any]:
+    return DecisionStatus(
+        time=utc(now), from_replicas=from_replicas, to_replicas=to_replicas, reason=reason
+    ).to_wire()
+
+
+def calibration_status(state: ScalerState, now: float) -> dict[str, Any]:
+    return Calibration(
+        ttft_factor=round(state.ttft_factor, 4),
+        tpot_factor=round(state.tpot_factor, 4),
+        samples=state.calibration_samples,
+        updated=utc(now) if state.calibration_samples else None,
+    ).to_wire()
+
+
+def state_from_status(status: dict[str, Any]) -> ScalerState:
+    """What the autoscaler remembers across restarts: calibration and the time of the last scaling."""
+    calibration = Calibration.model_validate(status.get("calibration") or {})
+    last = status.get("lastDecision")
+    last_scale = None
+    if last and last.get("from") != last.get("to"):
+        last_scale = DecisionStatus.model_validate(last).time.timestamp()
+    return ScalerState(
+        last_scale_time=last_scale,
+        ttft_factor=calibration.ttft_factor,
+        tpot_factor=calibration.tpot_factor,
+        calibration_samples=calibration.samples,
+    )
