@@ -36,8 +36,7 @@ def load_model(
         weights = {k: v for f in files for k, v in load_file(f).items()}
         tokenizer = _folder_tokenizer(folder, hf_config)
     cfg = ModelConfig.from_hf(hf_config)
-    with torch.device("meta"):
-        model = CausalLM(cfg)
+    model = CausalLM(cfg)
     state = convert_hf_state_dict(weights, cfg)
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()

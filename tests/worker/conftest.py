@@ -13,7 +13,7 @@ ARCHS = ("llama", "qwen2", "qwen3")
 
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads() -> None:
-    torch.set_num_threads(2)
+    torch.set_num_threads(1)
 
 
 def _hf_tiny_model(arch: str, **overrides: object) -> torch.nn.Module:
@@ -36,6 +36,7 @@ def _hf_tiny_model(arch: str, **overrides: object) -> torch.nn.Module:
     if arch == "llama":
         model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**common))
     elif arch == "qwen2":
+        common["tie_word_embeddings"] = True  # like Qwen2.5-0.5B
         model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common))
     else:
         model = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(head_dim=32, **common))

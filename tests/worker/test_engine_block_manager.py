@@ -26,7 +26,7 @@ def test_ref_counts_and_sharing() -> None:
     a = seq(list(range(10)), "a")
     admit(bm, a)
     assert len(a.block_table) == 3 and bm.num_free_blocks == 5
-    b = seq(list(range(9)) + [99], "b")
+    b = seq([*range(9), 99], "b")
     admit(bm, b)
     assert b.block_table[:2] == a.block_table[:2]  # two full blocks shared
     assert b.num_computed_tokens == 10 and b.block_table[2] != a.block_table[2]

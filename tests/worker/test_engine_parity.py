@@ -90,7 +90,9 @@ def test_logprobs_match_transformers(hf_model_dir, random_prompts) -> None:
     params = SamplingParams(max_tokens=5, temperature=0.0, ignore_eos=True, logprobs=3)
     for i, p in enumerate(prompts):
         engine.add_request(str(i), p, params)
-    seen: dict[str, list[tuple[int, float, list[tuple[int, float]]]]] = {str(i): [] for i in range(len(prompts))}
+    seen: dict[str, list[tuple[int, float, list[tuple[int, float]]]]] = {
+        str(i): [] for i in range(len(prompts))
+    }
     while engine.has_unfinished_requests():
         for out in engine.step():
             for tok, lp, top in zip(out.new_token_ids, out.new_logprobs, out.new_top_logprobs, strict=True):

@@ -54,7 +54,9 @@ def engine() -> LLMEngine:
     return LLMEngine(EngineConfig(model="random:tiny", max_model_len=128, num_kv_blocks=64))
 
 
-def collect(engine: LLMEngine, params: SamplingParams, prompt: list[int] | None = None) -> list[RequestOutput]:
+def collect(
+    engine: LLMEngine, params: SamplingParams, prompt: list[int] | None = None
+) -> list[RequestOutput]:
     engine.add_request("r", prompt or [72, 105, 33], params)
     outs: list[RequestOutput] = []
     while engine.has_unfinished_requests():
@@ -73,7 +75,9 @@ def test_stop_strings_cut_text_and_are_never_streamed(engine: LLMEngine) -> None
     greedy = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True)
     full = "".join(o.new_text for o in collect(engine, greedy))
     stop = full[20:23]
-    outs = collect(engine, SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, stop=[stop, "\x00\x01"]))
+    outs = collect(
+        engine, SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, stop=[stop, "\x00\x01"])
+    )
     text = "".join(o.new_text for o in outs)
     assert text == full[: full.index(stop)]
     assert outs[-1].finished and outs[-1].finish_reason == "stop"
@@ -103,7 +107,14 @@ def test_abort(engine: LLMEngine) -> None:
 
 @pytest.mark.parametrize(
     ("field", "value"),
-    [("max_tokens", 0), ("temperature", -1.0), ("top_k", -2), ("top_p", 0.0), ("stop", [""]), ("logprobs", 99)],
+    [
+        ("max_tokens", 0),
+        ("temperature", -1.0),
+        ("top_k", -2),
+        ("top_p", 0.0),
+        ("stop", [""]),
+        ("logprobs", 99),
+    ],
 )
 def test_invalid_sampling_params_name_the_field(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field):
