@@ -60,7 +60,9 @@ class Candidate:
     predicted_tpot_p95_ms: float
     cost_per_hour: float
     utilisation: float  # per-replica load / capacity at the chosen replicas
-    rejected: str | None = None  # "memory" | "ttft" | "tpot" | "budget" | "max_replicas" | "max_count", with detail
+    rejected: str | None = (
+        None  # "memory" | "ttft" | "tpot" | "budget" | "max_replicas" | "max_count", with detail
+    )
 
     @property
     def feasible(self) -> bool:
@@ -108,6 +110,9 @@ class ScalerState:
     ttft_factor: float = 1.0  # calibration: observed / predicted
     tpot_factor: float = 1.0
     calibration_samples: int = 0
+    load_history: tuple[
+        tuple[float, float], ...
+    ] = ()  # (time, demand rps): recent peaks the plan anticipates
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,371 @@
+"""The autoscaling policy the operator runs each control interval, and the simulator replays.
+
+One decision per interval, from the planner at the load the service must be ready for:
+
+1. Fresh metrics or hold: with no observation, or a stale one, hold the current plan (never scale down) and
+   say metrics are unavailable. Zero traffic is an observation.
+2. Calibrate: fold observed/predicted p95 for the running configuration into EWMA correction factors
+   (clamped, persisted in ScalerState), only from windows that are steady enough to compare with the model.
+3. Anticipate: plan for the largest of the current demand (completions plus the backlog that must drain
+   within the TTFT target) and recent peaks, discounted by age, so capacity for bursts stays standing
+   while the pods that would serve them take minutes to start.
+4. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
+5. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
+   step), scale down to the highest recommendation of the down window, at most max step, after a cooldown.
+6. Change accelerator or TP (a rollout) only when the predicted saving clears the policy's threshold.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import replace
+from statistics import NormalDist
+
+import numpy as np
+
+from crds.inferenceservice import InferenceServiceSpec
+from crds.slopolicy import MissingMetrics, SLOPolicySpec
+from policies import planner
+from policies.catalog import accelerator
+from policies.latency import ReplicaPredictor, TokenStats
+from policies.perfmodel import StepModel
+from policies.profiles import profile_for
+from policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
+
+PlanFn = Callable[[InferenceServiceSpec, Load, SLOPolicySpec, float, float], PlanResult]
+
+PEAK_MEMORY_WINDOWS = 3  # recent peaks are remembered for this many scale-down windows, halving each window
+TOKEN_SAMPLES = 64
+_Z = np.array([NormalDist().inv_cdf((i + 0.5) / TOKEN_SAMPLES) for i in range(TOKEN_SAMPLES)])
+_Z95 = NormalDist().inv_cdf(0.95)
+
+
+def autoscale(
+    spec: InferenceServiceSpec,
+    policy: SLOPolicySpec,
+    current: Candidate,
+    observation: Observation | None,
+    state: ScalerState,
+    now: float,
+    plan_fn: PlanFn | None = None,
+) -> Decision:
+    """Decide replicas, engine knobs and tier split for the next interval; see the module docstring."""
+    plan_fn = plan_fn or planner.plan
+    tier = current.tier
+    slo_ttft, slo_tpot = _slo_targets(spec)
+
+    stale = observation is None or now - observation.time > policy.stale_after_seconds
+    if stale:
+        age = "no metrics" if observation is None else f"metrics {now - observation.time:.0f} s old"
+        if policy.missing_metrics == MissingMetrics.USE_HINTS and spec.traffic.expected_rps is not None:
+            hinted = _feasible(
+                plan_fn(spec, planner.load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor)
+            )
+            if hinted is not None and hinted.replicas > current.replicas:
+                target = _with_replicas(
+                    hinted, min(hinted.replicas, current.replicas + policy.max_scale_up_step)
+                )
+                reason = f"scaled {tier} {current.replicas}→{target.replicas}: {age}, planned from spec hints"
+                return Decision(target, replace(state, last_scale_time=now), "scale", reason, False, None)
+        reason = f"holding {tier} at {current.replicas}: {age}, never scaling down without them"
+        return Decision(current, state, "hold", reason, False, None)
+    assert observation is not None
+    obs = observation
+
+    state = _calibrate(spec, policy, current, obs, state)
+    load, demand_rps, anticipated_rps = _anticipated_load(spec, policy, obs, state, now, slo_ttft)
+    state = replace(state, load_history=_remember(state.load_history, now, demand_rps, policy))
+
+    result = plan_fn(spec, load, policy, state.ttft_factor, state.tpot_factor)
+    planned = _choose(result, current, policy)
+    limited = planned is None
+    if planned is None:  # nothing meets the SLO at this load: run the largest fleet we may
+        planned = _with_replicas(current, spec.scaling.max_replicas)
+
+    breach = _breach(obs, slo_ttft, slo_tpot)
+    raw = planned.replicas
+    reactive = ""
+    if breach and obs.ready_replicas:
+        ratio = max(
+            (obs.ttft_p95_ms or 0.0) / slo_ttft if obs.ttft_p95_ms is not None else 0.0,
+            (obs.tpot_p95_ms or 0.0) / slo_tpot if obs.tpot_p95_ms is not None else 0.0,
+        )
+        if obs.queue_depth and obs.queue_depth > 0:
+            raw = max(raw, math.ceil(obs.ready_replicas * min(ratio, 2.0)))
+            reactive = breach
+    raw = min(max(raw, spec.scaling.min_replicas), spec.scaling.max_replicas)
+
+    recs = (*((t, r) for t, r in state.recommendations if t > now - _keep(policy)), (now, raw))
+    state = replace(state, recommendations=recs)
+    target = _stabilize(policy, current.replicas, recs, now, state.last_scale_time)
+    target = min(max(target, spec.scaling.min_replicas), spec.scaling.max_replicas)
+
+    slo_met = None if breach is None and obs.requests == 0 else breach is None
+    rollout = (planned.accelerator, planned.tensor_parallel) != (current.accelerator, current.tensor_parallel)
+    new_plan = _with_replicas(planned, target)
+    at = f"at {obs.rps:.3g} rps"
+    if rollout:
+        saving = 1.0 - planned.cost_per_hour / max(_cost_at(current, planned.replicas), 1e-9)
+        reason = (
+            f"rolling out {tier} to {planned.tensor_parallel}×{planned.accelerator} ×{target}: "
+            f"predicted saving {saving:.0%} ≥ {policy.rollout_saving_threshold:.0%} {at}"
+        )
+        return Decision(new_plan, replace(state, last_scale_time=now), "rollout", reason, True, slo_met)
+    if target != current.replicas:
+        verb = "scaled"
+        if reactive:
+            why = reactive
+        elif limited:
+            why = f"no configuration meets the SLO at {anticipated_rps:.3g} rps (capacity limited)"
+        elif target > current.replicas:
+            why = f"planned for {anticipated_rps:.3g} rps"
+        else:
+            why = f"load fell to {demand_rps:.3g} rps for {policy.scale_down_stabilization_seconds:.0f} s"
+        reason = f"{verb} {tier} {current.replicas}→{target}: {why} {at}"
+        return Decision(new_plan, replace(state, last_scale_time=now), "scale", reason, True, slo_met)
+    if (new_plan.max_batch, new_plan.batch_window_ms) != (current.max_batch, current.batch_window_ms):
+        reason = (
+            f"retuned {tier}: max batch {current.max_batch}→{new_plan.max_batch}, batch window "
+            f"{current.batch_window_ms:g}→{new_plan.batch_window_ms:g} ms {at}"
+        )
+        return Decision(new_plan, state, "retune", reason, True, slo_met)
+    held = f"holding {tier} at {current.replicas}"
+    if raw < current.replicas:
+        reason = f"{held}: scale-down to {raw} waits for stabilization {at}"
+    elif raw > current.replicas:
+        reason = f"{held}: scale-up to {raw} waits for stabilization {at}"
+    else:
+        reason = f"{held}: planned for {anticipated_rps:.3g} rps {at}"
+    return Decision(new_plan, state, "hold", reason, True, slo_met)
+
+
+def _slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:
+    slo = spec.slo
+    ttft = slo.ttft_p95_ms if slo.ttft_p95_ms is not None else slo.ttft_p99_ms
+    tpot = slo.tpot_p95_ms if slo.tpot_p95_ms is not None else slo.tpot_p99_ms
+    assert ttft is not None and tpot is not None  # the CRD requires one of each
+    return ttft, tpot
+
+
+def _breach(obs: Observation, slo_ttft: float, slo_tpot: float) -> str | None:
+    """The readable breach, or None when both observed p95s meet their targets (or are unknown)."""
+    if obs.ttft_p95_ms is not None and obs.ttft_p95_ms > slo_ttft:
+        return f"TTFT p95 {obs.ttft_p95_ms:.0f} ms > {slo_ttft:.0f} ms"
+    if obs.tpot_p95_ms is not None and obs.tpot_p95_ms > slo_tpot:
+        return f"TPOT p95 {obs.tpot_p95_ms:.1f} ms > {slo_tpot:.0f} ms"
+    return None
+
+
+def _token_samples(p50: float | None, p95: float | None, fallback: np.ndarray) -> np.ndarray:
+    """A deterministic log-normal sample through the observed p50 and p95; the spec's samples when unknown."""
+    if p50 is None or p95 is None or p50 <= 0:
+        return fallback
+    # two significant digits, so windows with the same mix share a plan
+    p50, p95 = float(f"{p50:.2g}"), float(f"{max(p95, p50):.2g}")
+    sigma = math.log(p95 / p50) / _Z95
+    return np.maximum(np.round(np.exp(math.log(p50) + sigma * _Z)), 1).astype(int)
+
+
+def _anticipated_load(
+    spec: InferenceServiceSpec,
+    policy: SLOPolicySpec,
+    obs: Observation,
+    state: ScalerState,
+    now: float,
+    slo_ttft_ms: float,
+) -> tuple[Load, float, float]:
+    """The load to plan for: current demand, or a recent peak discounted by its age, whichever is larger.
+
+    Demand counts completions plus the backlog, which must drain within the TTFT target.
+    """
+    backlog = (obs.queue_depth or 0.0) / max(slo_ttft_ms / 1000.0, 1e-3)
+    demand = obs.rps + backlog
+    half_life = max(policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds)
+    remembered = [r * 0.5 ** ((now - t) / half_life) for t, r in state.load_history]
+    anticipated = max([demand, *remembered])
+    hint = planner.load_from_spec(spec)
+    # quantize upwards on a 5% grid, so nearby rates share a plan and rounding never under-provisions
+    rps = 0.0 if anticipated <= 0 else 1.05 ** math.ceil(math.log(anticipated) / math.log(1.05))
+    load = Load(
+        rps=rps,
+        prompt_tokens=_token_samples(obs.prompt_tokens_p50, obs.prompt_tokens_p95, hint.prompt_tokens),
+        output_tokens=_token_samples(obs.output_tokens_p50, obs.output_tokens_p95, hint.output_tokens),
+        batch_fraction=_batch_fraction(obs, hint.batch_fraction),
+    )
+    return load, demand, anticipated
+
+
+def _batch_fraction(obs: Observation, default: float) -> float:
+    batch = obs.per_tier.get("batch")
+    if batch is None or obs.requests <= 0:
+        return default
+    return min(max(batch.requests / obs.requests, 0.0), 1.0)
+
+
+def _remember(
+    history: tuple[tuple[float, float], ...], now: float, rps: float, policy: SLOPolicySpec
+) -> tuple[tuple[float, float], ...]:
+    horizon = PEAK_MEMORY_WINDOWS * max(
+        policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds
+    )
+    kept = [(t, r) for t, r in history if t > now - horizon]
+    # keep only points not dominated by a later, larger one: the decayed maximum never needs them
+    kept.append((now, rps))
+    out: list[tuple[float, float]] = []
+    for t, r in reversed(kept):
+        if not out or r > max(x for _, x in out):
+            out.append((t, r))
+    return tuple(reversed(out))
+
+
+def _feasible(result: PlanResult) -> Candidate | None:
+    return result.chosen if result.chosen is not None and result.chosen.feasible else None
+
+
+def _choose(result: PlanResult, current: Candidate, policy: SLOPolicySpec) -> Candidate | None:
+    """The planner's choice, unless it changes accelerator or TP for less than the rollout threshold saves."""
+    best = _feasible(result)
+    if best is None:
+        return None
+    same = (current.accelerator, current.tensor_parallel)
+    if (best.accelerator, best.tensor_parallel) == same:
+        return best
+    stay = next(
+        (
+            c
+            for c in (result.chosen, *result.alternatives)
+            if c is not None and c.feasible and (c.accelerator, c.tensor_parallel) == same
+        ),
+        None,
+    )
+    if stay is None:
+        return best
+    saving = 1.0 - best.cost_per_hour / max(stay.cost_per_hour, 1e-9)
+    return best if saving >= policy.rollout_saving_threshold else stay
+
+
+def _cost_at(c: Candidate, replicas: int) -> float:
+    return c.cost_per_hour / max(c.replicas, 1) * replicas
+
+
+def _with_replicas(c: Candidate, replicas: int) -> Candidate:
+    """The candidate at another replica count: cost scales, tiers are split in the plan's proportions."""
+    if replicas == c.replicas:
+        return c
+    tiers = _split(c.tiers, replicas)
+    per = c.cost_per_hour / c.replicas if c.replicas else 0.0
+    return replace(c, replicas=replicas, tiers=tiers, cost_per_hour=per * replicas)
+
+
+def _split(tiers: tuple[TierConfig, ...], total: int) -> tuple[TierConfig, ...]:
+    """Largest-remainder split of `total` replicas over tiers in proportion to the planned split."""
+    if not tiers:
+        return tiers
+    planned = sum(t.replicas for t in tiers)
+    weights = [t.replicas / planned if planned else 1.0 / len(tiers) for t in tiers]
+    exact = [w * total for w in weights]
+    counts = [math.floor(x) for x in exact]
+    for i in sorted(range(len(tiers)), key=lambda i: exact[i] - counts[i], reverse=True)[
+        : total - sum(counts)
+    ]:
+        counts[i] += 1
+    if total >= len(tiers):  # every planned tier keeps at least one replica
+        for i, t in enumerate(tiers):
+            if t.replicas > 0 and counts[i] == 0:
+                donor = max(range(len(tiers)), key=lambda j: counts[j])
+                counts[donor] -= 1
+                counts[i] = 1
+    return tuple(replace(t, replicas=n) for t, n in zip(tiers, counts, strict=True))
+
+
+def _keep(policy: SLOPolicySpec) -> float:
+    return max(policy.scale_down_stabilization_seconds, policy.scale_up_stabilization_seconds) + 1e-6
+
+
+def _stabilize(
+    policy: SLOPolicySpec,
+    current: int,
+    recs: tuple[tuple[float, int], ...],
+    now: float,
+    last_scale: float | None,
+) -> int:
+    """HPA-style: up to the lowest recommendation of the up window, down to the highest of the down window."""
+    up = [r for t, r in recs if t > now - policy.scale_up_stabilization_seconds - 1e-6] or [recs[-1][1]]
+    down = [r for t, r in recs if t > now - policy.scale_down_stabilization_seconds - 1e-6]
+    cooled = last_scale is None or now - last_scale >= policy.cooldown_seconds - 1e-6
+    if min(up) > current:
+        return min(min(up), current + policy.max_scale_up_step)
+    if max(down) < current and cooled:
+        return max(max(down), current - policy.max_scale_down_step)
+    return current
+
+
+def _calibrate(
+    spec: InferenceServiceSpec,
+    policy: SLOPolicySpec,
+    current: Candidate,
+    obs: Observation,
+    state: ScalerState,
+) -> ScalerState:
+    """EWMA of observed/predicted for the running configuration, from steady windows only.
+
+    A window counts when it holds enough requests and no backlog: then TTFT is window plus prefill and TPOT
+    is the step time, which is what the factors correct; queueing transients of a burst are not model error.
+    """
+    cal = policy.calibration
+    ready = obs.ready_replicas or current.replicas
+    if not cal.enabled or obs.requests < cal.min_requests or ready <= 0:
+        return state
+    if (obs.queue_depth or 0.0) > ready:
+        return state
+    predicted = _predict(spec, current, obs, state, obs.rps / ready)
+    if predicted is None:
+        return state
+    ttft_pred, tpot_pred = predicted
+
+    def update(factor: float, observed: float | None, pred: float) -> float:
+        if observed is None or not math.isfinite(pred) or pred <= 0:
+            return factor
+        target = factor * observed / pred
+        new = (1 - cal.smoothing) * factor + cal.smoothing * target
+        return min(max(new, cal.min_factor), cal.max_factor)
+
+    return replace(
+        state,
+        ttft_factor=update(state.ttft_factor, obs.ttft_p95_ms, ttft_pred),
+        tpot_factor=update(state.tpot_factor, obs.tpot_p95_ms, tpot_pred),
+        calibration_samples=state.calibration_samples + 1,
+    )
+
+
+def _predict(
+    spec: InferenceServiceSpec,
+    current: Candidate,
+    obs: Observation,
+    state: ScalerState,
+    rps_per_replica: float,
+) -> tuple[float, float] | None:
+    """Predicted TTFT and TPOT p95 (ms) of the running configuration at the observed per-replica rate."""
+    hint = planner.load_from_spec(spec)
+    prompts = _token_samples(obs.prompt_tokens_p50, obs.prompt_tokens_p95, hint.prompt_tokens)
+    outputs = _token_samples(obs.output_tokens_p50, obs.output_tokens_p95, hint.output_tokens)
+    model = StepModel(
+        profile_for(spec.model),
+        accelerator(current.accelerator),
+        current.tensor_parallel,
+        state.ttft_factor,
+        state.tpot_factor,
+    )
+    predictor = ReplicaPredictor(
+        model, TokenStats.from_samples(prompts, outputs), current.chunk_tokens, current.max_batch
+    )
+    p = predictor.predict(
+        np.array([[max(rps_per_replica, 1e-6)]]),
+        np.array([current.max_batch]),
+        np.array([current.batch_window_ms / 1000.0]),
+    )
+    ttft, tpot = float(p.ttft.ravel()[0]), float(p.tpot.ravel()[0])
+    if not (math.isfinite(ttft) and math.isfinite(tpot)):
+        return None
+    return ttft * 1000.0, tpot * 1000.0

@@ -1,0 +1,340 @@
+"""The trace-replay comparison: goodput's autoscaler against HPA, KEDA, static and the hindsight oracle.
+
+Every policy replays the same trace on the same simulated fleet (same perf model, start delay, routing seed);
+each baseline is swept over its main knob, and its headline figures are those of its cheapest setting that
+reaches the attainment target (or its highest-attainment setting when none does).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+from crds.inferenceservice import InferenceServiceSpec
+from crds.slopolicy import SLOPolicySpec
+from policies import planner
+from policies.autoscale import autoscale
+from policies.baselines import HPA, KEDA, Static, oracle
+from policies.catalog import accelerator, price_of
+from policies.latency import ReplicaPredictor, TokenStats
+from policies.perfmodel import StepModel
+from policies.profiles import profile_for
+from policies.simulator import (
+    Actuation,
+    EngineConfig,
+    FleetView,
+    SimConfig,
+    SimResult,
+    SLOTarget,
+    StepProfile,
+    simulate,
+)
+from policies.types import Candidate, Load, Observation, PlanResult, ScalerState
+from policies.workloads import CITATION, Trace
+
+POLICIES = ("goodput", "hpa", "keda", "static", "oracle")
+HPA_TARGETS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # vllm:num_requests_running per pod
+KEDA_THRESHOLDS = (1.0, 2.0, 4.0, 8.0, 16.0)  # vllm:num_requests_waiting per replica
+STATIC_FRACTIONS = (0.5, 0.75, 1.0, 1.25, 1.5)  # of the replicas planned for the trace's peak 15 s rate
+
+
+def benchmark_service(expected_rps: float, max_replicas: int = 64) -> InferenceServiceSpec:
+    """A Llama-3-8B class service on H100 SXM with interactive SLOs, as a platform team would apply it."""
+    return InferenceServiceSpec.model_validate(
+        {
+            "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
+            "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
+            "traffic": {"class": "interactive", "expectedRps": round(expected_rps, 3)},
+            "accelerators": [{"type": "H100-SXM", "maxCount": max_replicas}],
+            "scaling": {"minReplicas": 1, "maxReplicas": max_replicas, "maxTensorParallel": 1},
+        }
+    )
+
+
+class _MemoPlan:
+    """The planner, memoized on its inputs: a replay asks for the same quantized load many times."""
+
+    def __init__(self) -> None:
+        self.cache: dict[tuple[Any, ...], PlanResult] = {}
+
+    def __call__(
+        self, spec: InferenceServiceSpec, load: Load, policy: SLOPolicySpec, ttft_f: float, tpot_f: float
+    ) -> PlanResult:
+        key = (
+            load.rps,
+            load.prompt_tokens.tobytes(),
+            load.output_tokens.tobytes(),
+            load.batch_fraction,
+            round(ttft_f, 2),
+            round(tpot_f, 2),
+        )
+        if key not in self.cache:
+            self.cache[key] = planner.plan(spec, load, policy, round(ttft_f, 2), round(tpot_f, 2))
+        return self.cache[key]
+
+
+@dataclass
+class GoodputController:
+    """Runs `policies.autoscale` exactly as the operator does, and actuates its plan on the simulated fleet."""
+
+    spec: InferenceServiceSpec
+    policy: SLOPolicySpec
+    plan: Candidate
+    state: ScalerState
+    plan_fn: Callable[..., PlanResult]
+    name: str = "goodput"
+
+    def decide(self, now: float, obs: Observation | None, fleet: FleetView) -> Actuation:
+        decision = autoscale(self.spec, self.policy, self.plan, obs, self.state, now, plan_fn=self.plan_fn)
+        self.plan, self.state = decision.plan, decision.state
+        return Actuation(decision.plan.replicas, engine_of(decision.plan))
+
+
+def engine_of(c: Candidate) -> EngineConfig:
+    return EngineConfig(
+        max_batch=c.max_batch, batch_window_s=c.batch_window_ms / 1000.0, chunk_tokens=c.chunk_tokens
+    )
+
+
+@dataclass(frozen=True)
+class Setup:
+    spec: InferenceServiceSpec
+    policy: SLOPolicySpec
+    initial: Candidate
+    sim: SimConfig
+    peak_replicas: int
+    capacity_rps: float
+
+
+def setup(trace: Trace, start_delay_s: float = 90.0, seed: int = 0) -> Setup:
+    """The service, its initial plan (from the trace's mean rate as a spec hint) and the simulated fleet."""
+    mean_rps = len(trace) / max(trace.duration_s, 1.0)
+    spec = benchmark_service(mean_rps)
+    policy = SLOPolicySpec()
+    hint = planner.load_from_spec(spec)
+    trace_load = Load(rps=mean_rps, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens)
+    initial = planner.plan(
+        spec,
+        replace(hint, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens),
+        policy,
+        1.0,
+        1.0,
+    ).chosen
+    if initial is None:
+        raise ValueError("the planner finds no feasible configuration at the trace's mean rate")
+    peak_rps = float(trace.rate_per_window(15.0).max())
+    peak = planner.plan(spec, replace(trace_load, rps=peak_rps), policy, 1.0, 1.0).chosen
+    peak_replicas = peak.replicas if peak is not None else spec.scaling.max_replicas
+    acc = accelerator(initial.accelerator)
+    model = StepModel(profile_for(spec.model), acc, initial.tensor_parallel)
+    profile = StepProfile.from_model(model, initial.max_batch, initial.chunk_tokens)
+    predictor = ReplicaPredictor(
+        model,
+        TokenStats.from_samples(trace.prompt_tokens, trace.output_tokens),
+        initial.chunk_tokens,
+        initial.max_batch,
+    )
+    capacity = float(predictor.saturation_rps(np.array([initial.max_batch]))[0])
+    slo = SLOTarget(
+        ttft_ms=spec.slo.ttft_p95_ms or 0.0,
+        tpot_ms=spec.slo.tpot_p95_ms or 0.0,
+        attainment=spec.slo.attainment,
+    )
+    sim = SimConfig(
+        profile=profile,
+        engine=engine_of(initial),
+        slo=slo,
+        gpus_per_replica=initial.tensor_parallel,
+        price_per_gpu_hour=price_of(spec.accelerators[0]),
+        start_delay_s=start_delay_s,
+        interval_s=policy.evaluation_interval_seconds,
+        initial_replicas=initial.replicas,
+        seed=seed,
+    )
+    return Setup(spec, policy, initial, sim, peak_replicas, capacity)
+
+
+def _best(results: list[SimResult], target: float) -> SimResult:
+    meeting = [r for r in results if r.attainment >= target]
+    if meeting:
+        return min(meeting, key=lambda r: r.gpu_hours)
+    return max(results, key=lambda r: (r.attainment, -r.gpu_hours))
+
+
+def run(
+    trace: Trace, policies: tuple[str, ...] = POLICIES, start_delay_s: float = 90.0, seed: int = 0
+) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
+    """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results."""
+    started = time.perf_counter()
+    s = setup(trace, start_delay_s, seed)
+    target = s.sim.slo.attainment
+    runs: dict[str, list[SimResult]] = {}
+    for name in policies:
+        if name == "goodput":
+            ctl = GoodputController(s.spec, s.policy, s.initial, ScalerState(), _MemoPlan())
+            runs[name] = [simulate(trace, ctl, s.sim, "autoscale")]
+        elif name == "hpa":
+            runs[name] = [simulate(trace, HPA(target=t), s.sim, f"running/pod={t:g}") for t in HPA_TARGETS]
+        elif name == "keda":
+            runs[name] = [
+                simulate(trace, KEDA(threshold=t), s.sim, f"waiting/replica={t:g}") for t in KEDA_THRESHOLDS
+            ]
+        elif name == "static":
+            counts = sorted({max(1, round(f * s.peak_replicas)) for f in STATIC_FRACTIONS})
+            runs[name] = [
+                simulate(trace, Static(n), replace(s.sim, initial_replicas=n), f"replicas={n}")
+                for n in counts
+            ]
+        elif name == "oracle":
+            runs[name] = [oracle(trace, s.sim, s.capacity_rps)[0]]
+        else:
+            raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    report: dict[str, Any] = {"policies": {}}
+    for name, results in runs.items():
+        best = _best(results, target)
+        entry = {k: v for k, v in best.summary().items()}
+        if len(results) > 1:
+            entry["sweep"] = [r.summary() for r in results]
+        report["policies"][name] = entry
+    report["targets"] = _targets(report["policies"], target)
+    report["workload"] = {
+        "name": trace.name,
+        "requests": len(trace),
+        "duration_s": round(trace.duration_s, 1),
+        "peak_rps_15s": round(float(trace.rate_per_window(15.0).max()), 2),
+        "mean_rps": round(len(trace) / max(trace.duration_s, 1.0), 3),
+        "data": CITATION,
+    }
+    report["setup"] = {
+        "model": s.spec.model.name,
+        "accelerator": s.initial.accelerator,
+        "tensor_parallel": s.initial.tensor_parallel,
+        "slo": {"ttft_p95_ms": s.sim.slo.ttft_ms, "tpot_p95_ms": s.sim.slo.tpot_ms, "attainment": target},
+        "start_delay_s": start_delay_s,
+        "interval_s": s.sim.interval_s,
+        "peak_replicas_planned": s.peak_replicas,
+        "price_per_gpu_hour": s.sim.price_per_gpu_hour,
+    }
+    report["wall_s"] = round(time.perf_counter() - started, 2)
+    return report, runs
+
+
+def _targets(p: dict[str, dict[str, Any]], target: float) -> dict[str, Any]:
+    """Issue 6's acceptance figures for the goodput policy, each with whether it is met."""
+    if "goodput" not in p:
+        return {}
+    g = p["goodput"]
+    out: dict[str, Any] = {
+        "attainment": {"value": g["attainment"], "goal": target, "met": g["attainment"] >= target}
+    }
+    reaching = [
+        s
+        for name in ("hpa", "keda")
+        if name in p
+        for s in p[name].get("sweep", [p[name]])
+        if s["attainment"] >= target
+    ]
+    if reaching:
+        cheapest = min(s["gpu_hours"] for s in reaching)
+        saving = 1.0 - g["gpu_hours"] / cheapest
+        out["vs_cheapest_hpa_keda_at_target"] = {
+            "saving": round(saving, 4),
+            "goal": 0.25,
+            "met": saving >= 0.25 and g["attainment"] >= target,
+        }
+    elif any(name in p for name in ("hpa", "keda")):
+        sweep = [s for name in ("hpa", "keda") if name in p for s in p[name].get("sweep", [p[name]])]
+        dominated = all(g["attainment"] > s["attainment"] or g["gpu_hours"] > s["gpu_hours"] for s in sweep)
+        no_more = [s for s in sweep if s["gpu_hours"] >= g["gpu_hours"]]
+        out["vs_hpa_keda_none_at_target"] = {
+            "met": dominated
+            and all(g["attainment"] > s["attainment"] for s in no_more)
+            and all(g["attainment"] > s["attainment"] for s in sweep),
+            "note": "no HPA/KEDA setting reaches the target: goodput must beat every setting's attainment "
+            "at no more GPU-hours",
+        }
+    if "static" in p:
+        ratio = g["gpu_hours"] / p["static"]["gpu_hours"]
+        out["vs_static"] = {"ratio": round(ratio, 4), "goal": 0.75, "met": ratio <= 0.75}
+    if "oracle" in p:
+        ratio = g["gpu_hours"] / p["oracle"]["gpu_hours"]
+        out["vs_oracle"] = {"ratio": round(ratio, 4), "goal_diurnal": 1.25, "met": ratio <= 1.25}
+    return out
+
+
+def table(report: dict[str, Any]) -> str:
+    """One row per policy and setting."""
+    head = f"{'policy':8} {'setting':22} {'attain':>7} {'TTFT p95':>9} {'TPOT p95':>9} {'GPU-h':>7} {'cost $':>8} {'events':>6}"
+    lines = [head, "-" * len(head)]
+    for name, entry in report["policies"].items():
+        for row in entry.get("sweep", [entry]):
+            mark = (
+                "*" if row is not entry and row["setting"] == entry["setting"] and "sweep" in entry else " "
+            )
+            lines.append(
+                f"{name:8} {row['setting'] + mark:22} {row['attainment']:7.2%} {row['ttft_p95_ms']:8.0f}m "
+                f"{row['tpot_p95_ms']:8.1f}m {row['gpu_hours']:7.2f} {row['cost']:8.2f} {row['scale_events']:6d}"
+            )
+    lines.append("(* the setting reported for the baseline; ms in TTFT/TPOT columns)")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], runs: dict[str, list[SimResult]], path: str) -> None:
+    """The frontier (GPU-hours against attainment) and, over time, load, replicas and p95 against the SLO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(10, 12))
+    for name, results in runs.items():
+        ax0.plot([r.gpu_hours for r in results], [100 * r.attainment for r in results], "o-", label=name)
+    ax0.axhline(100 * report["setup"]["slo"]["attainment"], color="grey", ls="--", lw=0.8)
+    ax0.set_xlabel("GPU-hours")
+    ax0.set_ylabel("SLO attainment (%)")
+    ax0.set_title(f"{report['workload']['name']}: cost against attainment")
+    ax0.legend()
+    shown = {name: _pick(results, report["policies"][name]["setting"]) for name, results in runs.items()}
+    first = next(iter(shown.values()))
+    ax1.plot(first.timeline.time / 60, first.timeline.rps, color="grey", lw=0.7, label="offered rps")
+    ax1.set_ylabel("requests/s")
+    twin = ax1.twinx()
+    for name, r in shown.items():
+        twin.step(r.timeline.time / 60, r.timeline.ready, where="post", label=f"{name} ready")
+    twin.set_ylabel("ready replicas")
+    twin.legend(loc="upper right", fontsize=8)
+    for name, r in shown.items():
+        ax2.plot(r.timeline.time / 60, r.timeline.ttft_p95_ms, lw=0.8, label=f"{name} TTFT p95")
+    ax2.axhline(report["setup"]["slo"]["ttft_p95_ms"], color="red", ls="--", lw=0.8, label="SLO")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("minutes")
+    ax2.set_ylabel("ms (observed per interval)")
+    ax2.legend(fontsize=8)
+    fig.text(0.01, 0.005, report["workload"]["data"], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pick(results: list[SimResult], setting: str) -> SimResult:
+    return next((r for r in results if r.setting == setting), results[0])
+
+
+def json_ready(report: dict[str, Any]) -> dict[str, Any]:
+    """Replace non-finite floats (an unfinished request's p95) with None so the JSON is standard."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    return clean(report)
