@@ -32,6 +32,7 @@ import ssl
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -266,10 +267,11 @@ class Kubelet:
                     if src.get("optional"):
                         continue
                     raise RuntimeError(f"{kind} {src[ref_key]} not found")
-                data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
                 if kind == "configMap":
                     data = {k: v.encode() for k, v in (obj.get("data") or {}).items()}
                     data |= {k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()}
+                else:
+                    data = {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
                 items = src.get("items") or [{"key": k, "path": k} for k in data]
                 for item in items:
                     target = path / item["path"]
@@ -583,7 +585,10 @@ class Kubelet:
         for uid in [u for u in self.pods if u not in mine]:
             self.forget(uid)
         for pod in mine.values():
-            self.sync(pod)
+            try:
+                self.sync(pod)
+            except Exception:  # one broken pod must not take the node down; its status shows it stuck
+                print(f"sync {pod['metadata']['name']} failed:\n{traceback.format_exc()}", flush=True)
         if time.monotonic() - self.last_heartbeat > HEARTBEAT_S:
             self.heartbeat()
 

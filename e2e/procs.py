@@ -44,7 +44,8 @@ def start(
 ) -> subprocess.Popen[bytes]:
     """Start ``argv`` as a session leader logging to ``log``.
 
-    ``tied`` makes it die with its parent; the `up` CLI clears it so the stack outlives the command.
+    ``tied`` SIGKILLs it when its parent dies (the safety net; orderly stops go through :func:`stop`);
+    the `up` CLI clears it so the stack outlives the command.
     """
     with open(log, "ab") as out:
         return subprocess.Popen(
@@ -55,7 +56,7 @@ def start(
             env=env,
             cwd=cwd,
             start_new_session=True,
-            preexec_fn=_die_with_parent(signal.SIGTERM) if tied else None,
+            preexec_fn=_die_with_parent(signal.SIGKILL) if tied else None,
         )
 
 

@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import kubernetes
@@ -49,7 +49,7 @@ class Stack:
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
 
     def save(self) -> None:
-        data = {k: v for k, v in asdict(self).items() if k != "_procs"}
+        data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_procs"}
         (self.state_dir / "stack.json").write_text(json.dumps(data, default=str, indent=2))
 
     @classmethod
@@ -81,24 +81,24 @@ def start_stack(
             )
         if kubelet:
             started["kubelet"] = start_kubelet(plane, tied)
+        stack = Stack(
+            state_dir=state_dir,
+            kubeconfig=plane.kubeconfig,
+            server=plane.server,
+            version=build.kube_version(),
+            prometheus_url=prom_url,
+            start_seconds=round(time.monotonic() - began, 2),
+            pids={name: p.pid for name, p in started.items()},
+            ports=plane.ports,
+            _procs=dict(started),
+        )
+        stack.save()
     except BaseException:
         for name in STOP_ORDER:
             if name in started:
                 procs.stop(started[name].pid, grace=5, proc=started[name])
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
-    stack = Stack(
-        state_dir=state_dir,
-        kubeconfig=plane.kubeconfig,
-        server=plane.server,
-        version=build.kube_version(),
-        prometheus_url=prom_url,
-        start_seconds=round(time.monotonic() - began, 2),
-        pids={name: p.pid for name, p in started.items()},
-        ports=plane.ports,
-        _procs=dict(started),
-    )
-    stack.save()
     return stack
 
 
