@@ -4,7 +4,8 @@
 
 - `rules.yaml`: plain rule groups, for `promtool` and for a Prometheus configured with `rule_files`;
 - `prometheus-rules.yaml`: the same groups as a `monitoring.coreos.com/v1` PrometheusRule;
-- `goodput-dashboard.json`: the Grafana dashboard; its panels read the series the rules record.
+- `goodput-dashboard.json`: the Grafana dashboard; its panels read the series the rules record;
+- `monitors.yaml`: PodMonitors that scrape the workers and the operator with the labels the rules expect.
 
 The SLO of each service reaches Prometheus through the operator's gauges `goodput_slo_ttft_target_seconds`
 and `goodput_slo_tpot_target_seconds` (labels namespace, inferenceservice, percentile="95"|"99"). A p95
@@ -31,6 +32,7 @@ HERE = Path(__file__).resolve().parent
 RULES_FILE = HERE / "rules.yaml"
 PROMETHEUS_RULE_FILE = HERE / "prometheus-rules.yaml"
 DASHBOARD_FILE = HERE / "goodput-dashboard.json"
+MONITORS_FILE = HERE / "monitors.yaml"
 RUNBOOK = "https://github.com/goodput/goodput/blob/main/docs/oncall.md"
 
 SERVICE = "namespace, inferenceservice"
@@ -38,12 +40,16 @@ TARGET = f"{SERVICE}, percentile"
 WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 PERCENTILES = ("95", "99")  # the SLO fields ttftP95Ms/ttftP99Ms and tpotP95Ms/tpotP99Ms
 
-# What the operator exports on its own /metrics (controllers/).
-DECISIONS = "goodput_decisions_total"  # {namespace, inferenceservice, action}
-RECONCILE_ERRORS = "goodput_reconcile_errors_total"  # {namespace, inferenceservice}
-POLL_DURATION = "goodput_poll_duration_seconds"  # histogram
-DESIRED_REPLICAS = "goodput_desired_replicas"  # {namespace, inferenceservice, tier}
-ATTAINMENT = "goodput_slo_attainment_ratio"  # {namespace, inferenceservice}
+# The operator's own /metrics (controllers/metrics.py). Its per-service series carry `namespace` and
+# `inferenceservice` labels, so its scrape job must keep them: honor_labels (PodMonitor honorLabels: true).
+DECISIONS = (
+    "goodput_operator_decisions_total"  # {action, mode}; per service also {namespace, inferenceservice}
+)
+RECONCILE_ERRORS = "goodput_operator_reconcile_errors_total"  # {stage}
+POLL_DURATION = "goodput_operator_poll_duration_seconds"  # histogram
+PROMETHEUS_UP = "goodput_operator_prometheus_up"  # 1 when the last interval's queries succeeded
+SERVICES_MANAGED = "goodput_operator_services"
+PLAN_REPLICAS = "goodput_plan_replicas"  # {namespace, inferenceservice, tier}: the plan's replicas per tier
 
 
 @dataclass(frozen=True)
@@ -270,13 +276,30 @@ def operations_alerts() -> list[dict[str, Any]]:
         },
         {
             "alert": "GoodputReconcileErrors",
-            "expr": f"sum by ({SERVICE}) (increase({RECONCILE_ERRORS}[15m])) > 0",
+            "expr": f"sum by (stage) (rate({RECONCILE_ERRORS}[15m])) > 0",
             "for": "15m",
             "labels": {"severity": "warning"},
             "annotations": {
-                "summary": f"{service}: the operator fails to reconcile",
-                "description": "Reconcile errors for 15 minutes: the service's children may not match its plan.",
+                "summary": "the goodput operator keeps failing at stage {{ $labels.stage }}",
+                "description": (
+                    "Reconcile errors for 15 minutes: children may not match their plans. Read the operator's "
+                    "log and the Events of the affected InferenceServices."
+                ),
                 "runbook_url": f"{RUNBOOK}#reading-status-and-events",
+            },
+        },
+        {
+            "alert": "GoodputOperatorBlind",
+            "expr": f"max({PROMETHEUS_UP}) == 0",
+            "for": "5m",
+            "labels": {"severity": "warning"},
+            "annotations": {
+                "summary": "the goodput operator cannot query Prometheus",
+                "description": (
+                    "Every service's MetricsAvailable is False: the operator holds (or follows hints, per "
+                    "SLOPolicy missingMetrics) instead of scaling on live load."
+                ),
+                "runbook_url": f"{RUNBOOK}#metricsavailable",
             },
         },
     ]
@@ -310,6 +333,50 @@ def prometheus_rule(groups: list[dict[str, Any]]) -> dict[str, Any]:
         },
         "spec": {"groups": groups},
     }
+
+
+def pod_monitors() -> list[dict[str, Any]]:
+    """Scrape configs for the Prometheus Operator: workers (pod labels to series labels) and the operator.
+
+    The worker relabelling matches e2e/prometheus.py, so both stacks give the series the same labels. The
+    operator's series name services in their own `namespace` label, hence honorLabels.
+    """
+    labels = {"app.kubernetes.io/name": "goodput", "app.kubernetes.io/component": "observability"}
+    workers = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": "goodput-workers", "labels": labels},
+        "spec": {
+            "namespaceSelector": {"any": True},
+            "selector": {"matchExpressions": [{"key": "goodput.dev/inferenceservice", "operator": "Exists"}]},
+            "podMetricsEndpoints": [
+                {
+                    "port": "http",
+                    "path": "/metrics",
+                    "interval": "15s",
+                    "relabelings": [
+                        {
+                            "sourceLabels": [f"__meta_kubernetes_pod_label_goodput_dev_{name}"],
+                            "targetLabel": name,
+                        }
+                        for name in ("inferenceservice", "tier")
+                    ],
+                }
+            ],
+        },
+    }
+    operator = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": "goodput-operator", "labels": labels},
+        "spec": {
+            "selector": {"matchLabels": {"app.kubernetes.io/name": "goodput-operator"}},
+            "podMetricsEndpoints": [
+                {"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
+            ],
+        },
+    }
+    return [workers, operator]
 
 
 # --- dashboard ------------------------------------------------------------------------------------------
@@ -431,7 +498,7 @@ def service_panels() -> list[dict[str, Any]]:
             [
                 (f"count by (namespace, tier) (up{{{per_tier}}} == 1)", "{{tier}} ready {{namespace}}"),
                 (
-                    f"max by (namespace, tier) ({DESIRED_REPLICAS}{{{per_tier}}})",
+                    f"max by (namespace, tier) ({PLAN_REPLICAS}{{{per_tier}}})",
                     "{{tier}} desired {{namespace}}",
                 ),
             ],
@@ -468,8 +535,9 @@ def service_panels() -> list[dict[str, Any]]:
             ],
         ),
         timeseries(
-            "Operator decisions",
-            "Decisions per interval by action: hold, scale, retune (engine knobs), rollout (TP or accelerator).",
+            "Decisions",
+            "This service's decisions per interval by action: scale (replicas), retune (engine knobs), rollout "
+            "(TP or accelerator).",
             "short",
             [
                 (
@@ -498,19 +566,26 @@ def fleet_panels() -> list[dict[str, Any]]:
             burns,
         ),
         timeseries(
-            "Reconcile errors",
-            "Failed reconciles per second of the operator.",
-            "ops",
+            "Operator decisions",
+            "Decisions that changed a plan, by action (scale, retune, rollout) and mode (auto acts, recommend "
+            "only writes status).",
+            "short",
+            [(f"sum by (action, mode) (increase({DECISIONS}[$__rate_interval]))", "{{action}} ({{mode}})")],
+            bars=True,
+        ),
+        timeseries(
+            "Operator health",
+            "Reconcile errors per second by stage; whether the last Prometheus poll succeeded (1); services managed.",
+            "short",
             [
-                (
-                    f"sum by ({SERVICE}) (rate({RECONCILE_ERRORS}{{{SELECTED}}}[$__rate_interval]))",
-                    "{{namespace}}/{{inferenceservice}}",
-                )
+                (f"sum by (stage) (rate({RECONCILE_ERRORS}[$__rate_interval]))", "errors/s {{stage}}"),
+                (f"max({PROMETHEUS_UP})", "Prometheus reachable"),
+                (f"max({SERVICES_MANAGED})", "services managed"),
             ],
         ),
         timeseries(
-            "Prometheus poll duration",
-            "How long the operator's batched query set takes per interval (p50, p95).",
+            "Control interval duration",
+            "Wall time of one control interval for all services: the batched queries, decisions, writes.",
             "s",
             [
                 (
@@ -656,6 +731,7 @@ def rendered() -> dict[Path, str]:
     return {
         RULES_FILE: to_yaml({"groups": groups}),
         PROMETHEUS_RULE_FILE: to_yaml(prometheus_rule(groups)),
+        MONITORS_FILE: HEADER + yaml.dump_all(pod_monitors(), Dumper=_Dumper, sort_keys=False, width=4096),
         DASHBOARD_FILE: json.dumps(dashboard(), indent=2) + "\n",
     }
 
