@@ -338,3 +338,42 @@ def json_ready(report: dict[str, Any]) -> dict[str, Any]:
         return x
 
     return clean(report)
+
+
+def add_arguments(parser: Any) -> None:
+    """The `goodput simulate` options (an argparse parser)."""
+    parser.add_argument("--trace", required=True, help="a trace CSV (Azure LLM format) or synthetic:diurnal")
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the trace's request rate")
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES)
+    )
+    parser.add_argument("--start-delay", type=float, default=90.0, help="seconds from pod creation to ready")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", dest="json_path", help="write the report as JSON here")
+    parser.add_argument("--plot", help="write the frontier and timeline plot (PNG) here")
+
+
+def command(args: Any) -> int:
+    """`goodput simulate`: replay a trace under each policy and print one row per policy and setting."""
+    import json
+
+    from policies.workloads import resolve
+
+    names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown:
+        raise SystemExit(f"unknown policies: {', '.join(unknown)}; known: {', '.join(POLICIES)}")
+    trace = resolve(args.trace, scale=args.scale, seed=args.seed)
+    report, runs = run(trace, names, start_delay_s=args.start_delay, seed=args.seed)
+    print(table(report))
+    for key, figure in report["targets"].items():
+        print(f"target {key}: {figure}")
+    print(
+        f"{len(trace)} requests over {trace.duration_s / 3600:.2f} h simulated in {report['wall_s']} s. Data: {CITATION}"
+    )
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(json_ready(report), f, indent=2)
+    if args.plot:
+        plot(report, runs, args.plot)
+    return 0

@@ -152,16 +152,19 @@ class _Engine:
         self.config = config
         self.rec = records
 
-    def _admit(self, r: _Replica) -> None:
-        cap = self.profile.kv_capacity_tokens
-        while r.waiting and len(r.running) < self.config.max_batch:
-            rid = r.waiting[0]
-            need = self.prompt[rid] + self.output[rid]
-            if r.kv_used + need > cap and r.running:
-                return
-            r.waiting.popleft()
-            r.kv_used += need
-            r.running.append([rid, self.prompt[rid], self.output[rid], 0])
+    def _admissible(self, r: _Replica) -> bool:
+        """A waiting request may join: a batch slot is free and its KV fits (or the replica is empty)."""
+        if not r.waiting or len(r.running) >= self.config.max_batch:
+            return False
+        rid = r.waiting[0]
+        return not r.running or r.kv_used + self.prompt[rid] + self.output[rid] <= self.profile.kv_capacity_tokens
+
+    def _admit(self, r: _Replica) -> list[int]:
+        rid = r.waiting.popleft()
+        r.kv_used += self.prompt[rid] + self.output[rid]
+        seq = [rid, self.prompt[rid], self.output[rid], 0]
+        r.running.append(seq)
+        return seq
 
     def _pull(self, r: _Replica, until: float) -> None:
         while r.inbox and self.arrival[r.inbox[0]] <= until:
@@ -190,17 +193,23 @@ class _Engine:
                     return
                 r.t = start
                 self._pull(r, r.t)
-            self._admit(r)
             decoding = [s for s in r.running if s[1] == 0]
             prefilling = [s for s in r.running if s[1] > 0]
-            if not prefilling and not (r.waiting and len(r.running) < cfg.max_batch):
+            budget = max(cfg.chunk_tokens - len(decoding), 0)
+            if not prefilling and (budget == 0 or not self._admissible(r)):
                 self._decode_run(r, t_end)
                 continue
-            budget = max(cfg.chunk_tokens - len(decoding), 0)
+            # vLLM's scheduler: partial prefills continue first, then waiting requests join while budget lasts
             takes = []
             for s in prefilling:
                 take = min(s[1], budget)
                 budget -= take
+                takes.append(take)
+            while budget > 0 and self._admissible(r):
+                s = self._admit(r)
+                take = min(s[1], budget)
+                budget -= take
+                prefilling.append(s)
                 takes.append(take)
             ctx = sum(s[3] for s in decoding)
             d = p.step_s(len(decoding), ctx, sum(takes))
