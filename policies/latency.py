@@ -1,0 +1,418 @@
+"""Tail latency of one replica under Poisson arrivals: a queueing approximation and the simulation it is
+checked against.
+
+The engine (both here and in worker_image/) runs continuous batching: every step decodes one token for each
+running sequence and prefills up to `chunk_tokens` prompt tokens, first come first served. A waiting request
+is admitted once a batch slot is free (at most `max_batch` sequences in flight) and the oldest waiting
+request has waited `batch_window` (so prefills arriving together are batched). TTFT ends with the step that
+prefills the last prompt token; TPOT is measured per output token (the inter-token latency histogram of the
+metrics contract), so its p95 includes the steps slowed by other requests' prefill chunks.
+
+`ReplicaPredictor` is what the planner uses: closed forms evaluated over a whole grid of (max batch, window,
+rate) at once, fast enough to search every configuration each control interval. `simulate_replica` is a
+discrete-event simulation of the same engine, step by step; tests hold the predictor to it.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from policies.perfmodel import StepModel
+
+# Quantile levels for the token-length nodes, denser in the upper tail that p95 TTFT depends on: (from, to, nodes).
+LEVEL_SEGMENTS = ((0.0, 0.8, 24), (0.8, 0.98, 24), (0.98, 1.0, 16))
+CHUNK_NODES = 12
+
+
+def tail_weighted_nodes(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile nodes of `samples` and their probability weights, finer towards the maximum."""
+    levels = np.concatenate([lo + (hi - lo) * (np.arange(k) + 0.5) / k for lo, hi, k in LEVEL_SEGMENTS])
+    weights = np.concatenate([np.full(k, (hi - lo) / k) for lo, hi, k in LEVEL_SEGMENTS])
+    return np.quantile(np.asarray(samples, dtype=float), levels), weights
+
+
+def _weighted_pick(values: np.ndarray, weights: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the entries at `count` evenly spaced weighted quantiles of `values`."""
+    order = np.argsort(values, kind="stable")
+    cdf = np.cumsum(weights[order]) / weights.sum()
+    return order[np.minimum(np.searchsorted(cdf, (np.arange(count) + 0.5) / count), len(order) - 1)]
+
+
+@dataclass(frozen=True)
+class TokenStats:
+    """What the approximation needs of the token-length distributions."""
+
+    prompts: np.ndarray  # prompt-length quantile nodes
+    weights: np.ndarray  # their probabilities (sum to 1)
+    decode_tokens: float  # E[output − 1]: decode steps a request takes after its prefill step
+    decode_context: float  # mean context of a decoding sequence, weighted by tokens decoded
+
+    @classmethod
+    def from_samples(cls, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> TokenStats:
+        p = np.maximum(np.asarray(prompt_tokens, dtype=float), 1.0)
+        o = np.maximum(np.asarray(output_tokens, dtype=float), 1.0)
+        d = o - 1.0
+        context = float((d * p + d * o / 2).sum() / d.sum()) if d.sum() > 0 else float(p.mean())
+        nodes, weights = tail_weighted_nodes(p)
+        return cls(nodes, weights, float(d.mean()), context)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Predicted tails on a grid; axes (max_batch, window, rate) for TTFT, (max_batch, rate) otherwise."""
+
+    ttft: np.ndarray  # seconds, at the requested quantile; inf where the replica is overloaded
+    tpot: np.ndarray
+    utilisation: np.ndarray  # of the busier resource: batch slots or the prefill chunk budget
+    mean_batch: np.ndarray  # mean number of decoding sequences
+
+
+def _poisson_pmf(mean: np.ndarray, support: int) -> np.ndarray:
+    """Poisson pmf over 0..support-1 for each mean (last axis appended)."""
+    n = np.arange(support, dtype=float)
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, support, dtype=float)))))
+    m = np.maximum(mean, 1e-12)[..., None]
+    return np.exp(n * np.log(m) - m - log_fact)
+
+
+def _truncate(pmf: np.ndarray, cap: np.ndarray) -> np.ndarray:
+    """Move the mass above `cap` (batch slots) onto `cap`: sequences beyond it wait instead of decoding."""
+    n = np.arange(pmf.shape[-1])
+    capb = cap[..., None]
+    inside = np.where(n < capb, pmf, 0.0)
+    return inside + np.where(n == capb, 1.0 - inside.sum(-1, keepdims=True), 0.0)
+
+
+def _sum_tail(x: np.ndarray, pa: np.ndarray, ta: np.ndarray, pb: np.ndarray, tb: np.ndarray) -> np.ndarray:
+    """P(A + B > x), x ≥ 0, for independent A, B that are 0 or else exponential: A ~ pa·Exp(mean ta)."""
+    ea, eb = np.exp(-x / ta), np.exp(-x / tb)
+    close = np.abs(ta - tb) < 1e-6 * np.maximum(ta, tb)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        both = np.where(close, (1.0 + x / ta) * ea, (ta * ea - tb * eb) / (ta - tb))
+    return pa * (1 - pb) * ea + pb * (1 - pa) * eb + pa * pb * both
+
+
+class ReplicaPredictor:
+    """Closed-form quantiles of TTFT and TPOT for one replica of one (model, accelerator, TP, chunk size).
+
+    Decoding sequences: M/G/∞ occupancy (Poisson) capped at max batch, its mean from Little's law at the step
+    time it implies (fixed point). TPOT: the step-time distribution seen by decoded tokens, mixing batch sizes
+    (size-biased) and the share of steps that carry a prefill chunk. TTFT: waiting for the prefill chunk budget
+    (M/G/1, Pollaczek–Khinchine mean, exponential tail) plus waiting for a batch slot (M/G/c, Erlang C), plus
+    the window, the end of the current step and the request's own chunked prefill, mixed over prompt lengths.
+    """
+
+    def __init__(self, model: StepModel, tokens: TokenStats, chunk_tokens: int, max_batch_cap: int) -> None:
+        self.model, self.tokens, self.chunk = model, tokens, chunk_tokens
+        support = max_batch_cap + 1
+        n = np.arange(support, dtype=float)
+        kv = n * tokens.decode_context
+        p, w, c = tokens.prompts, tokens.weights, float(chunk_tokens)
+        full, rest = np.floor(p / c), np.mod(p, c)
+        self.prefill_steps = float(w @ (full + (rest > 0)))
+        self.packed_steps = float(w @ (p / c))
+        # Every chunk of every prompt node (size, tokens it attends to, weight), reduced to a few by cost.
+        counts = full.astype(int)
+        sizes = np.concatenate([np.full(counts.sum(), c), rest[rest > 0]])
+        contexts = np.concatenate(
+            [
+                np.concatenate([np.arange(k) * c + c / 2 for k in counts]),
+                full[rest > 0] * c + rest[rest > 0] / 2,
+            ]
+        )
+        chunk_w = np.concatenate([np.repeat(w, counts), w[rest > 0]])
+        pick = _weighted_pick(np.asarray(model.step_time(0.0, sizes, 0.0, contexts)), chunk_w, CHUNK_NODES)
+        self.decode_only = np.asarray(model.step_time(n, 0.0, kv))  # (support,)
+        self.with_chunk = np.asarray(
+            model.step_time(n[:, None], sizes[pick][None, :], kv[:, None], contexts[pick][None, :])
+        )  # (support, CHUNK_NODES)
+        # Own prefill time of each prompt node as a function of the decode batch it shares steps with, in
+        # whole chunks (ceil) and packed (a backlog fills every step's budget).
+        nb, kvb = n[None, :], kv[:, None].T
+        ceil_full = model.step_time(nb, c, kvb, (full * c / 2)[:, None])
+        ceil_rest = model.step_time(nb, rest[:, None], kvb, (full * c + rest / 2)[:, None])
+        self.prefill = full[:, None] * ceil_full + ceil_rest  # (nodes, support)
+        self.packed = (p / c)[:, None] * model.step_time(nb, c, kvb, (p / 2)[:, None])
+        table = np.concatenate([self.decode_only[:, None], self.with_chunk], axis=1).ravel()
+        self._order = np.argsort(table, kind="stable")
+        self._sorted = table[self._order]
+
+    def _occupancy(self, lam: np.ndarray, cap: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Fixed point: mean decoding sequences = rate · decode steps · mean step they see (Little's law).
+
+        Returns the mean, the token-weighted batch-size distribution, the mean step a decoded token sees and
+        the share of steps that carry a prefill chunk.
+        """
+        support = self.decode_only.shape[0]
+        t, n = self.tokens, np.arange(support)
+        idle_prefill = t.weights @ self.prefill[:, 0]
+        chunk_mean = self.with_chunk.mean(axis=1)
+        mean = lam * t.decode_tokens * self.decode_only[1]
+        for _ in range(30):
+            pmf = _truncate(_poisson_pmf(mean, support), cap)
+            token_w = pmf * n
+            token_w /= np.maximum(token_w.sum(-1, keepdims=True), 1e-300)
+            backlog = np.clip(lam * idle_prefill, 0.0, 1.0)
+            rate = lam * (self.packed_steps + (self.prefill_steps - self.packed_steps) * (1 - backlog))
+            # Share q of steps with a chunk: q = rate · mean step, mean step = (1 − q)·s_decode + q·s_chunk.
+            s_decode, s_chunk = pmf @ self.decode_only, pmf @ chunk_mean
+            chunk_share = np.clip(
+                rate * s_decode / np.maximum(1 - rate * (s_chunk - s_decode), 1e-9), 0.0, 1.0
+            )
+            decode_step = token_w @ self.decode_only
+            seen = decode_step * (1 - chunk_share) + chunk_share * (token_w @ chunk_mean)
+            mean = 0.5 * mean + 0.5 * np.minimum(lam * t.decode_tokens * seen, cap + 50.0)
+        return np.minimum(mean, cap), token_w, seen, chunk_share
+
+    def _prefill_load(self, lam: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, ...]:
+        """Each prompt node's own prefill time, and the moments of the work it adds to the chunk queue."""
+        support = self.decode_only.shape[0]
+        lo = np.minimum(np.floor(mean).astype(int), support - 1)
+        hi = np.minimum(lo + 1, support - 1)
+        frac = (mean - lo)[..., None]
+
+        def at_mean(table: np.ndarray) -> np.ndarray:  # (nodes, support) -> (..., nodes)
+            return np.moveaxis(table[:, lo], 0, -1) * (1 - frac) + np.moveaxis(table[:, hi], 0, -1) * frac
+
+        w = self.tokens.weights
+        own, packed = at_mean(self.prefill), at_mean(self.packed)
+        rho_own = np.minimum(lam * (own @ w), 1.0)[..., None]
+        work = packed + (own - packed) * (
+            1 - rho_own
+        )  # a backlog packs chunks; an empty queue wastes the rest
+        return own, work @ w, work**2 @ w
+
+    def _slot_wait(
+        self,
+        lam: np.ndarray,
+        cap: np.ndarray,
+        residence: np.ndarray,
+        seen: np.ndarray,
+        chunk_share: np.ndarray,
+        mean: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """P(all batch slots taken) and the rate slots free then, from a birth–death chain on occupied slots.
+
+        Slots free at k / residence(k), where residence grows with k because bigger batches step slower; this
+        feedback is what makes a nearly full replica queue far more than a fixed-rate M/M/c would.
+        """
+        support = self.decode_only.shape[0]
+        k = np.arange(1, support, dtype=float)
+        decoding = np.minimum(mean / np.maximum(lam * residence, 1e-12), 1.0)[
+            ..., None
+        ]  # share of slots decoding
+        n = np.minimum(np.rint(k * decoding), support - 1).astype(int)
+        step = (1 - chunk_share)[..., None] * self.decode_only[n] + chunk_share[
+            ..., None
+        ] * self.with_chunk.mean(-1)[n]
+        base = (residence - self.tokens.decode_tokens * seen)[..., None]
+        rate = k / (base + self.tokens.decode_tokens * step)  # (B, R, support - 1): completions/s at k slots
+        inside = k <= cap[..., None]
+        log_pi = np.cumsum(
+            np.where(inside, np.log(np.maximum(lam, 1e-300))[..., None] - np.log(rate), 0.0), -1
+        )
+        log_pi = np.concatenate([np.zeros((*lam.shape, 1)), log_pi], -1)  # states 0..support-1
+        states = np.arange(support)
+        drain = np.take_along_axis(rate, (cap - 1)[..., None], -1)[..., 0]
+        rho_full = np.minimum(lam / drain, 1.0 - 1e-9)
+        peak = log_pi.max(-1, keepdims=True)
+        pi = np.where(states <= cap[..., None], np.exp(log_pi - peak), 0.0)
+        at_cap = np.take_along_axis(pi, cap[..., None], -1)[..., 0]
+        queued = at_cap * rho_full / (1 - rho_full)  # states above cap: geometric
+        return (at_cap + queued) / (pi.sum(-1) + queued), drain
+
+    def utilisation(self, rps: np.ndarray, max_batch: np.ndarray) -> np.ndarray:
+        """Load on the busier resource, batch slots or the prefill chunk budget (1 = saturated)."""
+        lam = np.asarray(rps, dtype=float)
+        cap = np.broadcast_to(np.asarray(max_batch), lam.shape)
+        mean, _, seen, _ = self._occupancy(lam, cap)
+        own, ex, ex2 = self._prefill_load(lam, mean)
+        return np.maximum(lam * self._residence(lam, own, ex, ex2, seen) / cap, lam * ex)
+
+    def _residence(
+        self, lam: np.ndarray, own: np.ndarray, ex: np.ndarray, ex2: np.ndarray, seen: np.ndarray
+    ) -> np.ndarray:
+        """Mean time a request holds a batch slot: queued for the chunk budget, prefilling, decoding."""
+        queued = lam * ex2 / (2 * np.maximum(1 - lam * ex, 1e-9))
+        return queued + own @ self.tokens.weights + self.tokens.decode_tokens * seen
+
+    def saturation_rps(self, max_batch: np.ndarray) -> np.ndarray:
+        """The rate at which a replica saturates (utilisation 1), per max batch."""
+        return self.rate_at_utilisation(1.0, max_batch)
+
+    def rate_at_utilisation(self, target: float, max_batch: np.ndarray) -> np.ndarray:
+        b = np.asarray(max_batch, dtype=float)
+        t = self.tokens
+        low = np.zeros_like(b)
+        high = np.minimum(
+            1.0 / (t.weights @ self.packed[:, 0]), b / (max(t.decode_tokens, 1.0) * self.decode_only[1])
+        )
+        high = high * max(target, 1.0)
+        for _ in range(24):
+            mid = (low + high) / 2
+            over = self.utilisation(mid, b) >= target
+            low, high = np.where(over, low, mid), np.where(over, mid, high)
+        return low
+
+    def predict(
+        self,
+        rps: np.ndarray,
+        max_batch: np.ndarray,
+        window_s: np.ndarray,
+        ttft_quantile: float = 0.95,
+        tpot_quantile: float = 0.95,
+    ) -> Prediction:
+        """Tails at `rps` (shape (B, R): a row of rates per max batch), for each max batch and each window."""
+        b = np.asarray(max_batch, dtype=int)
+        lam = np.asarray(rps, dtype=float).reshape(len(b), -1)
+        cap = np.broadcast_to(b[:, None], lam.shape)
+        w = self.tokens.weights
+        mean, token_w, seen, chunk_share = self._occupancy(lam, cap)
+
+        # TPOT: quantile of the step time over decoded tokens.
+        weights = np.concatenate(
+            [
+                (token_w * (1 - chunk_share)[..., None])[..., None],
+                (token_w * (chunk_share / CHUNK_NODES)[..., None])[..., None].repeat(CHUNK_NODES, -1),
+            ],
+            axis=-1,
+        ).reshape((*lam.shape, -1))
+        cdf = np.cumsum(weights[..., self._order], axis=-1)
+        tpot = self._sorted[np.minimum((cdf < tpot_quantile).sum(-1), len(self._sorted) - 1)]
+
+        # TTFT.
+        own, ex, ex2 = self._prefill_load(lam, mean)
+        rho_p = lam * ex
+        theta_p = ex2 / (2 * ex * np.maximum(1 - rho_p, 1e-9))
+        residence = self._residence(lam, own, ex, ex2, seen)
+        offered = lam * residence
+        wait_slot, drain = self._slot_wait(lam, cap, residence, seen, chunk_share, mean)
+        theta_s = 1.0 / np.maximum(drain - lam, 1e-9)
+        busy = 1.0 - np.exp(-mean) * (1 - np.minimum(rho_p, 1.0))
+        window = np.asarray(window_s, dtype=float)[None, :, None, None]
+        fixed = (busy * seen / 2)[:, None, :, None] + window + own[:, None, :, :]
+        pa, ta = np.minimum(rho_p, 1.0)[:, None, :, None], np.maximum(theta_p, 1e-12)[:, None, :, None]
+        pb, tb = wait_slot[:, None, :, None], np.maximum(theta_s, 1e-12)[:, None, :, None]
+
+        def exceed(x: np.ndarray) -> np.ndarray:
+            slack = x[..., None] - fixed
+            return np.where(slack < 0, 1.0, _sum_tail(np.maximum(slack, 0.0), pa, ta, pb, tb)) @ w
+
+        low = np.broadcast_to(fixed.min(-1), (len(b), window.shape[1], lam.shape[1])).copy()
+        high = fixed.max(-1) + 50.0 * np.maximum(theta_p, theta_s)[:, None, :]
+        for _ in range(36):
+            mid = (low + high) / 2
+            over = exceed(mid) > 1 - ttft_quantile
+            low, high = np.where(over, mid, low), np.where(over, high, mid)
+        stable = (rho_p < 1.0) & (offered < cap) & (lam < drain)
+        return Prediction(
+            ttft=np.where(stable[:, None, :], high, np.inf),
+            tpot=np.where(stable, tpot, np.inf),
+            utilisation=np.maximum(offered / cap, rho_p),
+            mean_batch=mean,
+        )
+
+
+@dataclass(frozen=True)
+class SimResult:
+    ttft: np.ndarray  # seconds, per request
+    step_durations: np.ndarray  # seconds, per decoding step
+    step_decodes: np.ndarray  # tokens decoded in that step (the weight of its duration in the ITL histogram)
+
+    def ttft_quantile(self, q: float) -> float:
+        return float(np.quantile(self.ttft, q))
+
+    def tpot_quantile(self, q: float) -> float:
+        order = np.argsort(self.step_durations)
+        cdf = np.cumsum(self.step_decodes[order]) / self.step_decodes.sum()
+        return float(self.step_durations[order][min(np.searchsorted(cdf, q), len(cdf) - 1)])
+
+
+def simulate_replica(
+    model: StepModel,
+    rps: float,
+    prompt_tokens: np.ndarray,
+    output_tokens: np.ndarray,
+    max_batch: int,
+    batch_window_s: float,
+    chunk_tokens: int,
+    requests: int = 4000,
+    seed: int = 0,
+    warmup: float = 0.1,
+) -> SimResult:
+    """Step-by-step discrete-event simulation of one replica; same seed, same arrivals and lengths (CRN).
+
+    The first `warmup` share of requests is left out of the statistics so the empty start does not flatter
+    the tails.
+    """
+    rng = np.random.default_rng(seed)
+    arrivals = np.cumsum(rng.exponential(1.0, requests)) / rps
+    pick = rng.integers(0, len(prompt_tokens), requests)
+    prompts = np.maximum(np.asarray(prompt_tokens)[pick].astype(int), 1)
+    outputs = np.maximum(np.asarray(output_tokens)[pick].astype(int), 1)
+    step_time = model.step_time
+
+    ttft = np.full(requests, np.nan)
+    durations: list[float] = []
+    ends: list[float] = []
+    decodes: list[int] = []
+    waiting: deque[int] = deque()
+    prefilling: deque[list[int]] = deque()  # [request, prompt tokens left]
+    running: list[tuple[int, int]] = []  # heap of (step of its last token, context to free)
+    now, step, next_arrival, done, kv = 0.0, 0, 0, 0, 0
+    while done < requests:
+        while next_arrival < requests and arrivals[next_arrival] <= now:
+            waiting.append(next_arrival)
+            next_arrival += 1
+        if waiting and now - arrivals[waiting[0]] >= batch_window_s - 1e-12:
+            while waiting and len(running) + len(prefilling) < max_batch:
+                i = waiting.popleft()
+                prefilling.append([i, int(prompts[i])])
+        if not running and not prefilling:
+            eligible = arrivals[waiting[0]] + batch_window_s if waiting else math.inf
+            now = max(now, min(arrivals[next_arrival] if next_arrival < requests else math.inf, eligible))
+            continue
+        budget, chunk, finished_prefill = chunk_tokens, 0, []
+        first, left = prefilling[0] if prefilling else (0, 0)
+        context = float(prompts[first] - left) + min(budget, left) / 2  # tokens a prefill token attends to
+        for entry in prefilling:
+            take = min(budget, entry[1])
+            entry[1] -= take
+            budget -= take
+            chunk += take
+            if entry[1] == 0:
+                finished_prefill.append(entry[0])
+            if budget == 0:
+                break
+        n = len(running)
+        duration = float(step_time(n, chunk, kv, context))
+        now += duration
+        step += 1
+        kv += n + chunk
+        if n:
+            durations.append(duration)
+            decodes.append(n)
+            ends.append(now)
+        while running and running[0][0] <= step:
+            kv -= heapq.heappop(running)[1]
+            done += 1
+        for i in finished_prefill:
+            prefilling.popleft()
+            ttft[i] = now - arrivals[i]
+            if outputs[i] == 1:
+                kv -= int(prompts[i])
+                done += 1
+            else:
+                heapq.heappush(running, (step + int(outputs[i]) - 1, int(prompts[i] + outputs[i] - 1)))
+    skip = int(warmup * requests)
+    first_step = int(np.searchsorted(np.asarray(ends), arrivals[skip]))
+    return SimResult(
+        ttft=ttft[skip:],
+        step_durations=np.asarray(durations[first_step:]),
+        step_decodes=np.asarray(decodes[first_step:], dtype=float),
+    )
