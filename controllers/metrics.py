@@ -24,6 +24,12 @@ POLL_DURATION = Histogram(
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
     registry=REGISTRY,
 )
+LAST_POLL_DURATION = Gauge(
+    "goodput_operator_last_poll_duration_seconds",
+    "Wall time of the latest control interval.",
+    registry=REGISTRY,
+)
+INTERVALS = Counter("goodput_operator_intervals", "Control intervals run.", registry=REGISTRY)
 PROMETHEUS_QUERIES = Counter(
     "goodput_operator_prometheus_queries",
     "PromQL queries sent (a fixed number per interval, whatever the number of services).",

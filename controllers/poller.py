@@ -13,7 +13,15 @@ import time
 from collections import defaultdict
 
 from controllers import reconcile
-from controllers.metrics import POLL_DURATION, PROMETHEUS_QUERIES, PROMETHEUS_UP, RECONCILE_ERRORS, SERVICES
+from controllers.metrics import (
+    INTERVALS,
+    LAST_POLL_DURATION,
+    POLL_DURATION,
+    PROMETHEUS_QUERIES,
+    PROMETHEUS_UP,
+    RECONCILE_ERRORS,
+    SERVICES,
+)
 from controllers.prometheus import PrometheusError, ServiceKey, Snapshot
 from controllers.runtime import Runtime, ServiceRecord
 
@@ -70,7 +78,10 @@ async def run_interval(rt: Runtime, now: float) -> int:
             due.append(record)
     await asyncio.gather(*(_evaluate(rt, record, snapshot, ready, now) for record in due))
     SERVICES.set(len(rt.services))
-    POLL_DURATION.observe(time.perf_counter() - started)
+    elapsed = time.perf_counter() - started
+    POLL_DURATION.observe(elapsed)
+    LAST_POLL_DURATION.set(elapsed)
+    INTERVALS.inc()
     rt.last_interval_end = time.time()
     return len(due)
 

@@ -11,6 +11,8 @@ benchmarks (kmock is a dev dependency).
 
 from __future__ import annotations
 
+import argparse
+import asyncio
 import copy
 import datetime
 import itertools
@@ -185,3 +187,15 @@ class ApiServer(kmock.KubernetesEmulator):
         meta = request.data.get("metadata", {})
         key = (request.resource, request.namespace or meta.get("namespace"), meta.get("name"))
         return self.objects[key].last.raw
+
+
+async def serve(port: int) -> None:
+    """Run the emulated API server on 127.0.0.1:`port` until cancelled (the benchmark's separate process)."""
+    async with ApiServer() as api, kmock.Server(api, port=port):
+        await asyncio.Event().wait()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description="An emulated Kubernetes API server on loopback.")
+    parser.add_argument("--port", type=int, required=True)
+    asyncio.run(serve(parser.parse_args().port))

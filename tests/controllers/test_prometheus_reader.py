@@ -1,0 +1,73 @@
+"""The reader's fixed query set and the parsing of Prometheus answers into per-tier windows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from controllers.prometheus import parse, queries
+from policies.observe import build_observation
+
+
+def test_a_fixed_small_query_set_grouped_for_all_services() -> None:
+    promql = queries(60)
+    assert len(promql) <= 5
+    for text in promql.values():
+        assert "namespace, inferenceservice, tier" in text
+        assert "inferenceservice=" not in text  # never one query per service
+    assert "[60s]" in promql["latency"]
+
+
+def _row(series: str | None, value: float, **labels: str) -> dict[str, Any]:
+    metric = {"namespace": "ns", "inferenceservice": "chat", "tier": "interactive", **labels}
+    if series is not None:
+        metric["series"] = series
+    return {"metric": metric, "value": [1000.0, repr(value)]}
+
+
+def _histogram(series: str, cumulative: list[tuple[str, float]], **labels: str) -> list[dict[str, Any]]:
+    return [_row(series, count, le=le, **labels) for le, count in cumulative]
+
+
+def test_rows_become_observations() -> None:
+    ttft = [("0.1", 50.0), ("0.25", 90.0), ("0.5", 100.0), ("+Inf", 100.0)]
+    itl = [("0.005", 800.0), ("0.01", 1000.0), ("+Inf", 1000.0)]
+    results = {
+        "latency": _histogram("ttft", ttft) + _histogram("itl", itl),
+        "tokens": [],
+        "requests": [_row(None, 100.0)],
+        "gauges": [
+            _row("running", 6.0),
+            _row("waiting", 2.0),
+            _row("kv_cache_usage", 0.4),
+            _row("pods", 2.0),
+            _row("newest", 995.0),
+        ],
+    }
+    snapshot = parse(results, time=1000.0, window_s=50.0)
+    assert snapshot.age(("ns", "chat")) == pytest.approx(5.0)
+    assert snapshot.age(("ns", "other")) is None
+    window = snapshot.services[("ns", "chat")]["interactive"]
+    assert (window.requests, window.waiting, window.ready_replicas) == (100.0, 2.0, 2)
+    observation = build_observation(snapshot.time, snapshot.window_s, snapshot.services[("ns", "chat")])
+    assert observation is not None
+    assert observation.rps == pytest.approx(2.0)
+    assert observation.ttft_p95_ms == pytest.approx(250 + 250 * 5 / 10)  # rank 95 in the (0.25, 0.5] bucket
+    assert observation.queue_depth == 2.0
+
+
+def test_services_and_tiers_stay_apart_and_nan_is_missing() -> None:
+    results = {
+        "requests": [
+            _row(None, 10.0),
+            _row(None, 4.0, tier="batch"),
+            _row(None, 7.0, inferenceservice="summarize"),
+            _row(None, float("nan"), inferenceservice="broken"),
+        ],
+        "gauges": [_row("newest", 999.0, inferenceservice="summarize")],
+    }
+    snapshot = parse(results, time=1000.0, window_s=60.0)
+    assert set(snapshot.services[("ns", "chat")]) == {"interactive", "batch"}
+    assert snapshot.services[("ns", "summarize")]["interactive"].requests == 7.0
+    assert ("ns", "broken") not in snapshot.services  # NaN is no data, not zero traffic

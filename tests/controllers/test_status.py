@@ -1,0 +1,97 @@
+"""Status on the wire: conditions per the API conventions, plans and scaler state that survive a restart."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from controllers import conditions, status
+from controllers.conditions import Cond
+from crds.inferenceservice import InferenceServiceStatus
+from policies.types import Observation, ScalerState
+
+T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "moves"),
+    [
+        (
+            Cond("Ready", "True", "ReplicasReady", "ok"),
+            Cond("Ready", "True", "ReplicasReady", "still ok"),
+            False,
+        ),
+        (
+            Cond("Ready", "True", "ReplicasReady", "ok"),
+            Cond("Ready", "False", "ReplicasNotReady", "1/2"),
+            True,
+        ),
+        (Cond("SLOMet", "Unknown", "NoObservation", "-"), Cond("SLOMet", "True", "Met", "ok"), True),
+    ],
+)
+def test_transition_time_moves_only_with_the_status(first: Cond, second: Cond, moves: bool) -> None:
+    before = conditions.merge([], [first], 1, T0)
+    after = conditions.merge(before, [second], 2, T0 + timedelta(minutes=5))
+    (entry,) = after
+    assert entry["message"] == second.message
+    assert entry["observedGeneration"] == 2
+    expected = T0 + timedelta(minutes=5) if moves else T0
+    assert entry["lastTransitionTime"] == conditions.timestamp(expected)
+
+
+def test_conditions_keep_a_stable_order_and_validate() -> None:
+    merged = conditions.merge(
+        [],
+        [
+            Cond("InvalidSpec", "False", "SpecValid", "ok"),
+            Cond("MetricsAvailable", "False", "Stale", "old"),
+            Cond("Ready", "True", "ReplicasReady", "ok"),
+        ],
+        3,
+        T0,
+    )
+    assert [c["type"] for c in merged] == ["Ready", "MetricsAvailable", "InvalidSpec"]
+    InferenceServiceStatus.model_validate({"conditions": merged})
+
+
+def test_plan_round_trips_through_status(make_plan: Any) -> None:
+    plan = make_plan(accelerator="L40S", tp=2, tiers=(("interactive", 3, 32, 3.0), ("batch", 1, 128, 30.0)))
+    wire = status.plan_status(plan)
+    assert wire["tensorParallel"] == 2
+    assert [t["tier"] for t in wire["tiers"]] == ["interactive", "batch"]
+    back = status.plan_from_status(wire, utilisation=plan.utilisation)
+    assert back == plan
+
+
+def test_scaler_state_survives_a_restart() -> None:
+    state = ScalerState(ttft_factor=1.3, tpot_factor=0.8, calibration_samples=12)
+    now = T0.timestamp()
+    stored = {
+        "calibration": status.calibration_status(state, now),
+        "lastDecision": status.decision_status(now - 40, 2, 4, "scaled interactive 2→4"),
+    }
+    restored = status.state_from_status(stored)
+    assert (restored.ttft_factor, restored.tpot_factor, restored.calibration_samples) == (1.3, 0.8, 12)
+    assert restored.last_scale_time == pytest.approx(now - 40)
+    assert status.state_from_status({}).last_scale_time is None
+
+
+def test_observed_status_validates_and_keeps_zero_traffic() -> None:
+    observation = Observation(
+        time=T0.timestamp(),
+        window_s=60,
+        rps=0.0,
+        requests=0,
+        ttft_p95_ms=None,
+        tpot_p95_ms=None,
+        kv_cache_usage=0.0,
+        queue_depth=0.0,
+        running=0.0,
+        ready_replicas=2,
+    )
+    wire = status.observed_status(observation)
+    assert wire["rps"] == 0.0
+    assert "ttftP95Ms" not in wire
+    assert wire["readyReplicas"] == 2
