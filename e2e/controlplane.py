@@ -63,10 +63,12 @@ class ControlPlane:
         (self.state_dir / "logs").mkdir(exist_ok=True)
         self.ports = {name: procs.free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm")}
         self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
-        write_kubeconfig(self.kubeconfig, self.server, self.creds.ca.cert, self.creds.admin, "admin")
+        write_kubeconfig(
+            self.kubeconfig, self.server, self.creds.ca.cert, cert_user(self.creds.admin), "admin"
+        )
         kcm_kubeconfig = self.state_dir / "controller-manager.kubeconfig"
         write_kubeconfig(
-            kcm_kubeconfig, self.server, self.creds.ca.cert, self.creds.controller_manager, "kcm"
+            kcm_kubeconfig, self.server, self.creds.ca.cert, cert_user(self.creds.controller_manager), "kcm"
         )
         self._start_etcd()
         self._start_apiserver()
@@ -172,16 +174,19 @@ class ControlPlane:
         return httpx.Client(base_url=self.server, verify=ctx)
 
 
-def write_kubeconfig(path: Path, server: str, ca: Path, client: pki.CertPair, user: str) -> None:
+def cert_user(pair: pki.CertPair) -> dict[str, str]:
+    return {"client-certificate": str(pair.cert), "client-key": str(pair.key)}
+
+
+def write_kubeconfig(path: Path, server: str, ca: Path, credentials: dict[str, str], user: str) -> None:
+    """A kubeconfig for ``user``: ``credentials`` is its kubeconfig user entry (client cert or token)."""
     config = {
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [
             {"name": "goodput-e2e", "cluster": {"server": server, "certificate-authority": str(ca)}}
         ],
-        "users": [
-            {"name": user, "user": {"client-certificate": str(client.cert), "client-key": str(client.key)}}
-        ],
+        "users": [{"name": user, "user": credentials}],
         "contexts": [{"name": "goodput-e2e", "context": {"cluster": "goodput-e2e", "user": user}}],
         "current-context": "goodput-e2e",
     }

@@ -6,9 +6,11 @@ There is no container runtime here, so this stands in for kubelet + scheduler on
 - binds every pending pod that names the default scheduler, whose nodeSelector matches the node's
   labels and whose requests fit what is left (all namespaces: every pod on this stack is a test's);
 - runs each container's command + args as a process (``python``/``goodput`` map to this venv) with
-  the pod's env (literals, fieldRef, configMap/secret refs, envFrom), in a session of its own, on
-  127.0.0.N (``status.podIP``); configMap, secret, emptyDir and hostPath volumes are materialised
-  and their mountPaths rewritten in command, args and env;
+  the pod's env (literals, fieldRef, configMap/secret refs, envFrom), in a session of its own; the
+  pod gets its own loopback address (``status.podIP``) from ``--pod-subnet`` (default 127.0.0.0/24;
+  the stack picks a random 127.X.Y.0/24 so concurrent stacks never collide) and binds to it through
+  its env (fieldRef status.podIP); configMap, secret, emptyDir and hostPath volumes are materialised
+  and their mountPaths rewritten in command, args and env (there is no mount namespace);
 - reports phase, podIP, container statuses and Ready (readiness probes: httpGet, tcpSocket, exec),
   restarts per restartPolicy with a short backoff (1 s doubling to 30 s), restarts on liveness failure;
 - on deletion sends SIGTERM, SIGKILLs after the grace period, then deletes the pod with grace 0.
@@ -124,9 +126,16 @@ def quantity_sum(pods: list[Obj], resource: str) -> float:
 
 class Kubelet:
     def __init__(
-        self, api: Api, state_dir: Path, node: str, capacity: dict[str, str], labels: dict[str, str]
+        self,
+        api: Api,
+        state_dir: Path,
+        node: str,
+        capacity: dict[str, str],
+        labels: dict[str, str],
+        pod_subnet: ipaddress.IPv4Network = ipaddress.IPv4Network("127.0.0.0/24"),
     ):
         self.api = api
+        self.pod_subnet = pod_subnet
         self.state_dir = state_dir
         self.node = node
         self.capacity = capacity
@@ -220,12 +229,11 @@ class Kubelet:
     # --- pod lifecycle ----------------------------------------------------------------------
 
     def free_ip(self) -> str:
-        used = {rec.ip for rec in self.pods.values()}
-        for n in range(2, 65000):
-            ip = str(ipaddress.IPv4Address("127.0.0.0") + n)
-            if ip not in used and not ip.endswith((".0", ".255")):
-                return ip
-        raise RuntimeError("out of loopback addresses")
+        used = {rec.ip for rec in self.pods.values()} | {"127.0.0.1"}
+        for host in self.pod_subnet.hosts():
+            if str(host) not in used:
+                return str(host)
+        raise RuntimeError(f"pod subnet {self.pod_subnet} is full")
 
     def admit(self, pod: Obj) -> PodRecord:
         meta = pod["metadata"]
@@ -632,10 +640,16 @@ def main() -> None:
     parser.add_argument("--gpus", default="8")
     parser.add_argument("--max-pods", default="110")
     parser.add_argument("--label", action="append", default=[], help="extra node label k=v (repeatable)")
+    parser.add_argument(
+        "--pod-subnet",
+        type=ipaddress.IPv4Network,
+        default=ipaddress.IPv4Network("127.0.0.0/24"),
+        help="loopback range for pod IPs; stacks running side by side each get their own",
+    )
     args = parser.parse_args()
     capacity = {"cpu": args.cpu, "memory": args.memory, "nvidia.com/gpu": args.gpus, "pods": args.max_pods}
     labels = dict(item.split("=", 1) for item in args.label)
-    kubelet = Kubelet(Api(args.kubeconfig), args.state_dir, args.node_name, capacity, labels)
+    kubelet = Kubelet(Api(args.kubeconfig), args.state_dir, args.node_name, capacity, labels, args.pod_subnet)
 
     def stop(signum: int, frame: object) -> None:
         kubelet.stopping = True

@@ -8,6 +8,7 @@ saved in ``stack.json`` so a later command can find and stop the processes.
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -19,9 +20,10 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import kubernetes
+from kubernetes.client import CoreV1Api
 
 from e2e import build, procs, prometheus
-from e2e.controlplane import ControlPlane
+from e2e.controlplane import ControlPlane, write_kubeconfig
 
 REPO = Path(__file__).resolve().parent.parent
 STOP_ORDER = ["kubelet", "prometheus", "kube-controller-manager", "kube-apiserver", "etcd"]
@@ -47,6 +49,19 @@ class Stack:
     def api_client(self) -> kubernetes.client.ApiClient:
         """A fresh admin client (the official `kubernetes` package)."""
         return kubernetes.config.new_client_from_config(config_file=str(self.kubeconfig))
+
+    def service_account_kubeconfig(self, namespace: str, name: str, hours: int = 24) -> Path:
+        """A kubeconfig holding a TokenRequest token for ServiceAccount ``namespace/name``.
+
+        For running a component (the operator) under its own identity, bound only by its RBAC.
+        """
+        with self.api_client() as client:
+            request = {"spec": {"expirationSeconds": hours * 3600}}
+            token = CoreV1Api(client).create_namespaced_service_account_token(name, namespace, request)
+        path = self.state_dir / f"sa-{namespace}-{name}.kubeconfig"
+        ca = self.state_dir / "pki" / "ca.crt"
+        write_kubeconfig(path, self.server, ca, {"token": token.status.token}, f"{namespace}:{name}")
+        return path
 
     def save(self) -> None:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_procs"}
@@ -102,6 +117,12 @@ def start_stack(
     return stack
 
 
+def pod_subnet() -> str:
+    """A random 127.X.Y.0/24, so pods of stacks running side by side (other test sessions) never collide."""
+    rng = random.SystemRandom()
+    return f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.0/24"
+
+
 def start_kubelet(plane: ControlPlane, tied: bool) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
@@ -109,6 +130,7 @@ def start_kubelet(plane: ControlPlane, tied: bool) -> subprocess.Popen[bytes]:
         "e2e.kubelet",
         f"--kubeconfig={plane.kubeconfig}",
         f"--state-dir={plane.state_dir}",
+        f"--pod-subnet={pod_subnet()}",
     ]
     proc = procs.start(argv, plane.state_dir / "logs" / "kubelet.log", cwd=REPO, tied=tied)
 

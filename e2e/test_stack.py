@@ -123,6 +123,35 @@ def test_deployment_runs_is_scraped_and_is_garbage_collected(
     assert not procs.alive(pid)
 
 
+def test_service_account_kubeconfig_is_bound_by_rbac(
+    k8s: kubernetes.client.ApiClient, cluster: Stack
+) -> None:
+    core, rbac = CoreV1Api(k8s), kubernetes.client.RbacAuthorizationV1Api(k8s)
+    name = f"reader-{uuid.uuid4().hex[:6]}"
+    core.create_namespaced_service_account("default", {"metadata": {"name": name}})
+    kubeconfig = cluster.service_account_kubeconfig("default", name)
+    with kubernetes.config.new_client_from_config(config_file=str(kubeconfig)) as client:
+        as_sa = CoreV1Api(client)
+        with pytest.raises(kubernetes.client.ApiException) as denied:
+            as_sa.list_namespaced_config_map("default")
+        assert denied.value.status == 403
+        role = {
+            "metadata": {"name": name},
+            "rules": [{"apiGroups": [""], "resources": ["configmaps"], "verbs": ["list"]}],
+        }
+        rbac.create_namespaced_role("default", role)
+        subject = {"kind": "ServiceAccount", "name": name, "namespace": "default"}
+        binding = {
+            "metadata": {"name": name},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [subject],
+        }
+        rbac.create_namespaced_role_binding("default", binding)
+        procs.wait_until(lambda: as_sa.list_namespaced_config_map("default") is not None, 10, "RBAC grant")
+        with pytest.raises(kubernetes.client.ApiException):
+            as_sa.list_namespaced_secret("default")
+
+
 def one_shot_pod(name: str, code: str, restart: str, **extra: object) -> dict:
     container = {"name": "main", "image": "python:3.11", "command": ["python", "-c", code], **extra}
     return {"metadata": {"name": name}, "spec": {"restartPolicy": restart, "containers": [container]}}
@@ -138,7 +167,7 @@ def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, namespace: str
     check = (
         "import os, sys; e = os.environ; "
         f"sys.exit(0 if (e['NAME'], e['NS'], e['GREETING'], e['MSG']) == ('envcheck', '{namespace}', 'hi', 'hi!') "
-        "and e['IP'].startswith('127.0.0.') else 1)"
+        "and e['IP'].startswith('127.') and e['IP'] != '127.0.0.1' else 1)"
     )
     env = [
         {"name": "NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
