@@ -26,7 +26,8 @@ from policies.perfmodel import StepModel
 
 # Quantile levels for the token-length nodes, denser in the upper tail that p95 TTFT depends on: (from, to, nodes).
 LEVEL_SEGMENTS = ((0.0, 0.8, 24), (0.8, 0.98, 24), (0.98, 1.0, 16))
-CHUNK_NODES = 12
+CHUNK_NODES = 8
+OCCUPANCY_ITERATIONS = 20
 
 
 def tail_weighted_nodes(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -70,6 +71,7 @@ class Prediction:
     tpot: np.ndarray
     utilisation: np.ndarray  # of the busier resource: batch slots or the prefill chunk budget
     mean_batch: np.ndarray  # mean number of decoding sequences
+    slot_occupancy: np.ndarray  # mean share of the max batch's slots taken
 
 
 def _poisson_pmf(mean: np.ndarray, support: int) -> np.ndarray:
@@ -153,7 +155,7 @@ class ReplicaPredictor:
         idle_prefill = t.weights @ self.prefill[:, 0]
         chunk_mean = self.with_chunk.mean(axis=1)
         mean = lam * t.decode_tokens * self.decode_only[1]
-        for _ in range(30):
+        for _ in range(OCCUPANCY_ITERATIONS):
             pmf = _truncate(_poisson_pmf(mean, support), cap)
             token_w = pmf * n
             token_w /= np.maximum(token_w.sum(-1, keepdims=True), 1e-300)
@@ -166,7 +168,7 @@ class ReplicaPredictor:
             )
             decode_step = token_w @ self.decode_only
             seen = decode_step * (1 - chunk_share) + chunk_share * (token_w @ chunk_mean)
-            mean = 0.5 * mean + 0.5 * np.minimum(lam * t.decode_tokens * seen, cap + 50.0)
+            mean = np.minimum(lam * t.decode_tokens * seen, cap + 50.0)  # increasing map: climbs from below
         return np.minimum(mean, cap), token_w, seen, chunk_share
 
     def _prefill_load(self, lam: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, ...]:
@@ -245,14 +247,18 @@ class ReplicaPredictor:
         """The rate at which a replica saturates (utilisation 1), per max batch."""
         return self.rate_at_utilisation(1.0, max_batch)
 
-    def rate_at_utilisation(self, target: float, max_batch: np.ndarray) -> np.ndarray:
-        b = np.asarray(max_batch, dtype=float)
+    def rate_upper_bound(self, max_batch: np.ndarray) -> np.ndarray:
+        """A rate at which the replica is surely saturated: prefill alone, or full batches of the fastest step."""
         t = self.tokens
-        low = np.zeros_like(b)
-        high = np.minimum(
+        b = np.asarray(max_batch, dtype=float)
+        return np.minimum(
             1.0 / (t.weights @ self.packed[:, 0]), b / (max(t.decode_tokens, 1.0) * self.decode_only[1])
         )
-        high = high * max(target, 1.0)
+
+    def rate_at_utilisation(self, target: float, max_batch: np.ndarray) -> np.ndarray:
+        b = np.asarray(max_batch, dtype=float)
+        low = np.zeros_like(b)
+        high = self.rate_upper_bound(b) * max(target, 1.0)
         for _ in range(24):
             mid = (low + high) / 2
             over = self.utilisation(mid, b) >= target
@@ -305,7 +311,7 @@ class ReplicaPredictor:
 
         low = np.broadcast_to(fixed.min(-1), (len(b), window.shape[1], lam.shape[1])).copy()
         high = fixed.max(-1) + 50.0 * np.maximum(theta_p, theta_s)[:, None, :]
-        for _ in range(36):
+        for _ in range(28):
             mid = (low + high) / 2
             over = exceed(mid) > 1 - ttft_quantile
             low, high = np.where(over, mid, low), np.where(over, high, mid)
@@ -315,6 +321,7 @@ class ReplicaPredictor:
             tpot=np.where(stable, tpot, np.inf),
             utilisation=np.maximum(offered / cap, rho_p),
             mean_batch=mean,
+            slot_occupancy=offered / cap,
         )
 
 
