@@ -124,7 +124,7 @@ def go_build(target: Target) -> None:
     partial = target.path.with_suffix(".partial")
     cmd = [go, "build", "-p", str(os.cpu_count() or 2), "-v", "-trimpath", "-tags", target.tags]
     cmd += ["-ldflags", f"-s -w {target.ldflags}".strip(), "-o", str(partial), target.package]
-    env = {**os.environ, "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"}
+    env = {**os.environ, "GOFLAGS": f"{os.environ.get('GOFLAGS', '')} -mod=mod".strip(), "CGO_ENABLED": "0"}
     log(f"building {target.name} {target.version} -> {target.path}")
     start = time.monotonic()
     proc = subprocess.Popen(

@@ -11,12 +11,16 @@ from collections.abc import Iterator
 import kubernetes
 import pytest
 
+from e2e import build
 from e2e.stack import Stack, running_stack
 
 
 @pytest.fixture(scope="session")
-def cluster() -> Iterator[Stack]:
+def cluster(pytestconfig: pytest.Config) -> Iterator[Stack]:
     """The running stack: ``.kubeconfig``, ``.server``, ``.prometheus_url``, ``.api_client()``."""
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled():  # a first build takes minutes: show its progress
+        build.ensure_binaries()
     with running_stack() as stack:
         yield stack
 

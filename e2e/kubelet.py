@@ -109,6 +109,7 @@ class PodRecord:
     dir: Path
     start_time: str
     containers: list[Container]
+    grace: float = 30.0  # spec.terminationGracePeriodSeconds, for liveness kills
     mounts: dict[str, Path] = field(default_factory=dict)
     terminating: bool = False
     transitions: dict[str, tuple[str, str]] = field(default_factory=dict)
@@ -247,6 +248,7 @@ class Kubelet:
             dir=pod_dir,
             start_time=now_iso(),
             containers=[Container(spec=c) for c in pod["spec"]["containers"]],
+            grace=float(pod["spec"].get("terminationGracePeriodSeconds", 30)),
         )
         try:
             rec.mounts = self.materialise_volumes(pod, pod_dir)
@@ -467,7 +469,7 @@ class Kubelet:
             c.live_fail = 0 if self.probe(live_spec, rec, c) else c.live_fail + 1
             if c.live_fail >= int(live_spec.get("failureThreshold", 3)):
                 print(f"liveness failed {rec.namespace}/{rec.name}/{c.spec['name']}", flush=True)
-                self.terminate(c, float(live_spec.get("terminationGracePeriodSeconds", 30)))
+                self.terminate(c, float(live_spec.get("terminationGracePeriodSeconds", rec.grace)))
 
     def sync(self, pod: Obj) -> None:
         meta, spec = pod["metadata"], pod["spec"]

@@ -63,6 +63,11 @@ class Stack:
         write_kubeconfig(path, self.server, ca, {"token": token.status.token}, f"{namespace}:{name}")
         return path
 
+    def pod_logs(self, namespace: str, name: str) -> str:
+        """Everything the pod's containers wrote (there is no `kubectl logs`: no kubelet server)."""
+        logs = sorted((self.state_dir / "pods").glob(f"{namespace}_{name}_*/*.log"))
+        return "".join(f"==> {log.name} <==\n{log.read_text(errors='replace')}" for log in logs)
+
     def save(self) -> None:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_procs"}
         (self.state_dir / "stack.json").write_text(json.dumps(data, default=str, indent=2))

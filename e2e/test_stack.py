@@ -161,7 +161,7 @@ def pod_phase(core: CoreV1Api, namespace: str, name: str) -> str:
     return core.read_namespaced_pod(name, namespace).status.phase
 
 
-def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, namespace: str) -> None:
+def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, cluster: Stack, namespace: str) -> None:
     core = CoreV1Api(k8s)
     core.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"greeting": "hi"}})
     check = (
@@ -178,7 +178,9 @@ def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, namespace: str
     ]
     core.create_namespaced_pod(namespace, one_shot_pod("envcheck", check, "Never", env=env))
     core.create_namespaced_pod(namespace, one_shot_pod("fails", "raise SystemExit(3)", "Never"))
-    core.create_namespaced_pod(namespace, one_shot_pod("crashloop", "raise SystemExit(3)", "Always"))
+    core.create_namespaced_pod(
+        namespace, one_shot_pod("crashloop", "print('boom'); raise SystemExit(3)", "Always")
+    )
 
     procs.wait_until(lambda: pod_phase(core, namespace, "envcheck") == "Succeeded", 30, "envcheck Succeeded")
     procs.wait_until(lambda: pod_phase(core, namespace, "fails") == "Failed", 30, "fails Failed")
@@ -191,6 +193,23 @@ def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, namespace: str
 
     procs.wait_until(restarted, 30, "crashloop restarted twice")
     assert pod_phase(core, namespace, "crashloop") == "Running"
+    assert cluster.pod_logs(namespace, "crashloop").count("boom") >= 3
+
+
+def test_failing_liveness_probe_restarts_the_container(
+    k8s: kubernetes.client.ApiClient, namespace: str
+) -> None:
+    core = CoreV1Api(k8s)
+    probe = {"tcpSocket": {"port": 9}, "periodSeconds": 1, "failureThreshold": 2}
+    pod = one_shot_pod("unhealthy", "import time; time.sleep(600)", "Always", livenessProbe=probe)
+    pod["spec"]["terminationGracePeriodSeconds"] = 1
+    core.create_namespaced_pod(namespace, pod)
+
+    def restarted() -> bool:
+        status = core.read_namespaced_pod("unhealthy", namespace).status.container_statuses
+        return bool(status) and status[0].restart_count >= 1
+
+    procs.wait_until(restarted, 30, "a liveness restart")
 
 
 def test_gpu_requests_schedule_only_within_allocatable(
