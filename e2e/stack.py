@@ -63,6 +63,12 @@ class Stack:
         write_kubeconfig(path, self.server, ca, {"token": token.status.token}, f"{namespace}:{name}")
         return path
 
+    def kubectl(self, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the stack's own kubectl (same release) as admin; check ``returncode`` yourself."""
+        kubectl = next(t.path for t in build.targets() if t.name == "kubectl")
+        argv = [str(kubectl), f"--kubeconfig={self.kubeconfig}", *args]
+        return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+
     def pod_logs(self, namespace: str, name: str) -> str:
         """Everything the pod's containers wrote (there is no `kubectl logs`: no kubelet server)."""
         logs = sorted((self.state_dir / "pods").glob(f"{namespace}_{name}_*/*.log"))

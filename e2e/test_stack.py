@@ -71,6 +71,8 @@ def test_version_reports_the_release(k8s: kubernetes.client.ApiClient, cluster: 
     info = VersionApi(k8s).get_code()
     assert info.git_version == cluster.version == build.kube_version()
     assert (info.major, info.minor) == tuple(cluster.version.lstrip("v").split(".")[:2])
+    client = cluster.kubectl("version", "--client", "-o", "json")
+    assert client.returncode == 0 and f'"gitVersion": "{cluster.version}"' in client.stdout
 
 
 def test_deployment_runs_is_scraped_and_is_garbage_collected(
