@@ -114,17 +114,24 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-class StreamOptions(BaseModel):
+class _StrictBody(BaseModel):
+    """Request bodies: JSON types as declared (no "1" for 1, no false for 0); unknown OpenAI fields are
+    ignored, as vLLM does."""
+
+    model_config = ConfigDict(extra="ignore", strict=True)
+
+
+class StreamOptions(_StrictBody):
     include_usage: bool = False
 
 
 PriorityName = Literal["interactive", "batch"]
+NonEmptyStr = Annotated[str, Field(min_length=1)]
+TokenIds = Annotated[list[Annotated[int, Field(ge=0)]], Field(min_length=1)]
 
 
-class _GenerationRequest(BaseModel):
-    """Fields shared by completions and chat. Unknown OpenAI fields are ignored, as vLLM does."""
-
-    model_config = ConfigDict(extra="ignore")
+class _GenerationRequest(_StrictBody):
+    """Fields shared by completions and chat."""
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -132,7 +139,7 @@ class _GenerationRequest(BaseModel):
     top_p: float = Field(default=1.0, gt=0.0, le=1.0)
     top_k: int = Field(default=0, ge=0, description="0 disables top-k (vLLM extension)")
     seed: int | None = None
-    stop: str | list[str] | None = None
+    stop: NonEmptyStr | list[NonEmptyStr] | None = None
     stop_token_ids: list[Annotated[int, Field(ge=0)]] | None = None
     ignore_eos: bool = False
     n: Literal[1] = 1
@@ -143,17 +150,24 @@ class _GenerationRequest(BaseModel):
 
 
 class CompletionRequest(_GenerationRequest):
-    prompt: str | list[Annotated[int, Field(ge=0)]] | list[str] | list[list[Annotated[int, Field(ge=0)]]]
+    prompt: (
+        NonEmptyStr
+        | TokenIds
+        | Annotated[list[NonEmptyStr], Field(min_length=1, max_length=1)]
+        | Annotated[list[TokenIds], Field(min_length=1, max_length=1)]
+    ) = Field(description="One prompt: text or token ids, optionally in a one-element list")
     logprobs: int | None = Field(default=None, ge=0, le=20)
-    echo: Literal[False] = False
+    echo: bool = Field(
+        default=False, description="Not supported: must be false", json_schema_extra={"enum": [False]}
+    )
 
 
-class TextPart(BaseModel):
+class TextPart(_StrictBody):
     type: Literal["text"]
     text: str
 
 
-class ChatMessage(BaseModel):
+class ChatMessage(_StrictBody):
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
     name: str | None = None
@@ -597,10 +611,10 @@ async def _completion(
     state: WorkerState = request.app.state.worker
     runner = state.admit()
     _check_model(state, body)
+    if body.echo:
+        raise bad_request("echo is not supported", "echo")
     prompt = body.prompt
-    if isinstance(prompt, list) and prompt and isinstance(prompt[0], str | list):
-        if len(prompt) != 1:
-            raise bad_request("only one prompt per request is supported", "prompt")
+    if isinstance(prompt, list) and isinstance(prompt[0], str | list):
         prompt = prompt[0]
     tokenizer = runner.engine.tokenizer
     prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
@@ -774,8 +788,14 @@ _AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "Missing or wrong API key"}
 }
 _BEARER = HTTPBearer(auto_error=False, description="The API key, when the worker is started with one")
+_SSE_EVENT = {
+    "type": "object",
+    "description": "One server-sent event; `data` is a JSON chunk, or [DONE] last",
+    "properties": {"data": {"type": "string"}, "event": {"type": "string"}, "id": {"type": "string"}},
+    "required": ["data"],
+}
 _SSE = {
-    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+    "content": {"text/event-stream": {"schema": _SSE_EVENT}},
     "description": "JSON, or SSE when stream",
 }
 
@@ -838,14 +858,15 @@ def create_app(
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        """400, not FastAPI's 422; `param` is the top-level field, the message has the full location."""
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
-        loc = [str(part) for part in first.get("loc", ()) if part not in ("body", "header")]
         if first.get("type") == "json_invalid":
             return bad_request(
                 f"malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}"
             ).response()
-        param = ".".join(loc) or None
-        message = f"{param}: {first['msg']}" if param else str(first["msg"])
+        loc = [str(part) for part in first.get("loc", ())[1:]]  # after "body", "header" or "query"
+        param = loc[0] if loc else None
+        message = f"{'.'.join(loc)}: {first['msg']}" if loc else str(first["msg"])
         return bad_request(message, param).response()
 
     @app.exception_handler(StarletteHTTPException)
@@ -942,6 +963,10 @@ def create_app(
             for operations in schema["paths"].values():
                 for operation in operations.values():
                     operation.get("responses", {}).pop("422", None)
+                    for parameter in operation.get("parameters", []):  # a header is absent, never null
+                        options = parameter["schema"].pop("anyOf", None)
+                        if options:
+                            parameter["schema"] |= next(o for o in options if o.get("type") != "null")
             for name in ("CompletionRequest", "ChatCompletionRequest"):
                 schema["components"]["schemas"][name]["properties"]["model"] = {
                     "anyOf": [{"type": "string", "enum": [model_name]}, {"type": "null"}],

@@ -158,7 +158,7 @@ BAD_REQUESTS = {
     "bad role": (
         "/v1/chat/completions",
         {"messages": [{"role": "robot", "content": "x"}]},
-        "messages.0.role",
+        "messages",
     ),
     "chat too long": (
         "/v1/chat/completions",
