@@ -76,9 +76,11 @@ class APIError(Exception):
         self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
         self.headers = headers or {}
 
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
-        return JSONResponse(body, status_code=self.status, headers=self.headers)
+        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
 def bad_request(message: str, param: str | None = None) -> APIError:
@@ -562,8 +564,22 @@ class EventStreamResponse(StreamingResponse):
     """Server-sent events whose request is aborted in the engine however the response ends."""
 
     def __init__(self, content: AsyncIterator[str], stream: RequestStream) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        super().__init__(
+            self._errors_as_events(content),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
         self._stream = stream
+
+    @staticmethod
+    async def _errors_as_events(content: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Once the 200 is sent, a failure (engine error, drain timeout) can only be told in the stream."""
+        try:
+            async for event in content:
+                yield event
+        except APIError as exc:
+            yield _sse(exc.body())
+            yield _sse("[DONE]")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:

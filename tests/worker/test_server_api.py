@@ -222,3 +222,22 @@ def test_openapi_describes_the_api(server: tuple[str, WorkerState]) -> None:
     request_schema = doc["components"]["schemas"]["CompletionRequest"]
     assert request_schema["properties"]["model"]["anyOf"][0]["enum"] == [MODEL]
     assert "prompt" in request_schema["required"]
+
+
+def test_logprobs(client: openai.OpenAI) -> None:
+    completion = client.completions.create(model=MODEL, prompt="log", max_tokens=5, temperature=0, logprobs=2)
+    logprobs = completion.choices[0].logprobs
+    assert logprobs is not None and completion.usage is not None
+    assert (
+        len(logprobs.tokens or []) == len(logprobs.token_logprobs or []) == completion.usage.completion_tokens
+    )
+    for chosen, top in zip(logprobs.token_logprobs or [], logprobs.top_logprobs or [], strict=True):
+        assert 1 <= len(top) <= 2
+        assert chosen <= 0 and chosen >= max(top.values()) - 1e-4  # greedy picks the most likely token
+
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": "hi"}], max_tokens=3, logprobs=True, top_logprobs=2
+    )
+    content = chat.choices[0].logprobs.content if chat.choices[0].logprobs else None
+    assert content is not None and chat.usage is not None and len(content) == chat.usage.completion_tokens
+    assert all(len(entry.top_logprobs) == 2 for entry in content)
