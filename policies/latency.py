@@ -140,6 +140,8 @@ class ReplicaPredictor:
         ceil_rest = model.step_time(nb, rest[:, None], kvb, (full * c + rest / 2)[:, None])
         self.prefill = full[:, None] * ceil_full + ceil_rest  # (nodes, support)
         self.packed = (p / c)[:, None] * model.step_time(nb, c, kvb, (p / 2)[:, None])
+        # A full chunk of a backlog, its prompt token attending to E[p²] / 2E[p] tokens (long prompts have more chunks).
+        self.full_chunk = np.asarray(model.step_time(n, c, kv, float(w @ p**2) / (2 * float(w @ p))))
         table = np.concatenate([self.decode_only[:, None], self.with_chunk], axis=1).ravel()
         self._order = np.argsort(table, kind="stable")
         self._sorted = table[self._order]
@@ -152,22 +154,22 @@ class ReplicaPredictor:
         """
         support = self.decode_only.shape[0]
         t, n = self.tokens, np.arange(support)
-        idle_prefill = t.weights @ self.prefill[:, 0]
         chunk_mean = self.with_chunk.mean(axis=1)
         mean = lam * t.decode_tokens * self.decode_only[1]
         for _ in range(OCCUPANCY_ITERATIONS):
             pmf = _truncate(_poisson_pmf(mean, support), cap)
             token_w = pmf * n
             token_w /= np.maximum(token_w.sum(-1, keepdims=True), 1e-300)
-            backlog = np.clip(lam * idle_prefill, 0.0, 1.0)
-            rate = lam * (self.packed_steps + (self.prefill_steps - self.packed_steps) * (1 - backlog))
-            # Share q of steps with a chunk: q = rate · mean step, mean step = (1 − q)·s_decode + q·s_chunk.
-            s_decode, s_chunk = pmf @ self.decode_only, pmf @ chunk_mean
-            chunk_share = np.clip(
-                rate * s_decode / np.maximum(1 - rate * (s_chunk - s_decode), 1e-9), 0.0, 1.0
-            )
+            # The prefill queue is busy a share rho of the time; chunk steps last s_chunk, the rest s_decode,
+            # so the share of steps with a chunk is rho·s_decode / (rho·s_decode + (1 − rho)·s_chunk).
+            _, work, _, _ = self._prefill_load(lam, mean)
+            rho = np.clip(lam * work, 0.0, 1.0)
+            # A backlog fills every chunk to the budget; an idle queue leaves chunks at their own sizes.
+            chunk_cost = (1 - rho)[..., None] * chunk_mean + rho[..., None] * self.full_chunk
+            s_decode, s_chunk = pmf @ self.decode_only, (pmf * chunk_cost).sum(-1)
+            chunk_share = rho * s_decode / np.maximum(rho * s_decode + (1 - rho) * s_chunk, 1e-300)
             decode_step = token_w @ self.decode_only
-            seen = decode_step * (1 - chunk_share) + chunk_share * (token_w @ chunk_mean)
+            seen = decode_step * (1 - chunk_share) + chunk_share * (token_w * chunk_cost).sum(-1)
             mean = np.minimum(lam * t.decode_tokens * seen, cap + 50.0)  # increasing map: climbs from below
         return np.minimum(mean, cap), token_w, seen, chunk_share
 
@@ -183,11 +185,12 @@ class ReplicaPredictor:
 
         w = self.tokens.weights
         own, packed = at_mean(self.prefill), at_mean(self.packed)
-        rho_own = np.minimum(lam * (own @ w), 1.0)[..., None]
-        work = packed + (own - packed) * (
-            1 - rho_own
-        )  # a backlog packs chunks; an empty queue wastes the rest
-        return own, work @ w, work**2 @ w
+        # A last partial chunk wastes the rest of its step's budget unless another prompt waits (chance rho):
+        # work = packed + (own − packed)·(1 − rho) with rho = lam·E[work], solved in closed form.
+        e_own, e_packed = own @ w, packed @ w
+        rho = np.minimum(lam * e_own / (1 + lam * (e_own - e_packed)), 1.0)[..., None]
+        work = packed + (own - packed) * (1 - rho)
+        return own, work @ w, work**2 @ w, work**3 @ w
 
     def _slot_wait(
         self,
@@ -233,7 +236,7 @@ class ReplicaPredictor:
         lam = np.asarray(rps, dtype=float)
         cap = np.broadcast_to(np.asarray(max_batch), lam.shape)
         mean, _, seen, _ = self._occupancy(lam, cap)
-        own, ex, ex2 = self._prefill_load(lam, mean)
+        own, ex, ex2, _ = self._prefill_load(lam, mean)
         return np.maximum(lam * self._residence(lam, own, ex, ex2, seen) / cap, lam * ex)
 
     def _residence(
@@ -292,9 +295,14 @@ class ReplicaPredictor:
         tpot = self._sorted[np.minimum((cdf < tpot_quantile).sum(-1), len(self._sorted) - 1)]
 
         # TTFT.
-        own, ex, ex2 = self._prefill_load(lam, mean)
+        own, ex, ex2, ex3 = self._prefill_load(lam, mean)
         rho_p = lam * ex
-        theta_p = ex2 / (2 * ex * np.maximum(1 - rho_p, 1e-9))
+        # M/G/1 wait: P(W > 0) = rho, then exponential. Its scale matches E[W²] (Takács), not E[W]: prompt
+        # lengths are skewed, so the conditional wait is more variable than exponential and the tail longer.
+        slack = np.maximum(1 - rho_p, 1e-9)
+        mean_wait = lam * ex2 / (2 * slack)
+        second = 2 * mean_wait**2 + lam * ex3 / (3 * slack)
+        theta_p = np.sqrt(second / (2 * np.maximum(rho_p, 1e-12)))
         residence = self._residence(lam, own, ex, ex2, seen)
         offered = lam * residence
         wait_slot, drain = self._slot_wait(lam, cap, residence, seen, chunk_share, mean)

@@ -36,7 +36,7 @@ from policies.types import Candidate, Load, PlanResult, TierConfig
 TENSOR_PARALLEL = (1, 2, 4, 8)
 MAX_BATCHES = (4, 8, 16, 32, 64, 128, 256)
 CHUNK_TOKENS = {Tier.INTERACTIVE: 512, Tier.BATCH: 2048}  # prefill tokens per step: latency vs throughput
-SLOT_LIMIT = 0.6  # most batch-slot occupancy planned: the predictor underestimates queueing beyond it
+SLOT_LIMIT = 0.5  # most batch-slot occupancy planned: beyond it the predictor underestimates slot queueing
 DEFAULT_PROMPT = (512, 2048)  # (p50, p95) tokens when the manifest gives no hint
 DEFAULT_OUTPUT = (128, 512)
 DEFAULT_RPS = 1.0
