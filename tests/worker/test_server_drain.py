@@ -45,7 +45,7 @@ def test_sigterm_drains_in_flight_then_exits_zero() -> None:
         done: list[str] = []
 
         def stream() -> None:
-            body = {"prompt": "drain me", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+            body = {"prompt": "drain me", "max_tokens": 500, "ignore_eos": True, "stream": True}
             with httpx.stream("POST", url + "/v1/completions", json=body, timeout=120) as response:
                 for line in response.iter_lines():
                     if line == "data: [DONE]":
@@ -72,6 +72,32 @@ def test_sigterm_drains_in_flight_then_exits_zero() -> None:
         reader.join(timeout=120)
         assert done == ["data: [DONE]"]
         assert chunks[-1]["choices"][0]["finish_reason"] == "length"
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_drain_timeout_ends_streams_with_an_error_event_and_exits_zero() -> None:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    command = [sys.executable, "-m", "worker_image", "--model", "random:tiny", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--drain-timeout-s", "0.2", "--max-model-len", "4096"]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(url, process)
+        body = {"prompt": "too long to finish", "max_tokens": 4000, "ignore_eos": True, "stream": True}
+        events: list[str] = []
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    if not events:
+                        process.send_signal(signal.SIGTERM)
+                    events.append(line[6:])
+        assert events[-1] == "[DONE]"
+        assert json.loads(events[-2])["error"]["code"] == "shutdown"
         assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
