@@ -187,10 +187,15 @@ class ChatCompletionRequest(_GenerationRequest):
     top_logprobs: int | None = Field(default=None, ge=0, le=20)
 
 
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens served from the prefix cache")
+
+
 class Usage(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
 
 
 class CompletionLogprobs(BaseModel):
@@ -536,6 +541,7 @@ def _usage(output: RequestOutput) -> Usage:
         prompt_tokens=output.num_prompt_tokens,
         completion_tokens=output.num_output_tokens,
         total_tokens=output.num_prompt_tokens + output.num_output_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=output.num_cached_tokens),
     )
 
 

@@ -241,3 +241,13 @@ def test_logprobs(client: openai.OpenAI) -> None:
     content = chat.choices[0].logprobs.content if chat.choices[0].logprobs else None
     assert content is not None and chat.usage is not None and len(content) == chat.usage.completion_tokens
     assert all(len(entry.top_logprobs) == 2 for entry in content)
+
+
+def test_usage_reports_prefix_cache_hits(client: openai.OpenAI) -> None:
+    shared = "A long shared system prompt that fills several KV blocks. " * 3
+    first = client.completions.create(model=MODEL, prompt=shared + "one", max_tokens=2)
+    second = client.completions.create(model=MODEL, prompt=shared + "two", max_tokens=2)
+    assert first.usage is not None and second.usage is not None
+    assert second.usage.prompt_tokens_details is not None
+    cached = second.usage.prompt_tokens_details.cached_tokens or 0
+    assert 0 < cached <= len(shared.encode())
