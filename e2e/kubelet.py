@@ -188,18 +188,34 @@ class Kubelet:
 
     # --- scheduling -------------------------------------------------------------------------
 
-    def fits(self, pod: Obj, bound: list[Obj]) -> bool:
+    def unfit(self, pod: Obj, bound: list[Obj]) -> str:
+        """Why ``pod`` cannot join the pods already ``bound`` here, in the scheduler's words ("" if it fits)."""
         selector = pod["spec"].get("nodeSelector") or {}
         if any(self.labels.get(k) != v for k, v in selector.items()):
-            return False
+            return "0/1 nodes are available: 1 node(s) didn't match Pod's node affinity/selector."
         if len(bound) + 1 > int(self.capacity["pods"]):
-            return False
+            return "0/1 nodes are available: 1 Too many pods."
         for resource, cap in self.capacity.items():
-            if resource == "pods":
-                continue
-            if quantity_sum([*bound, pod], resource) > float(parse_quantity(cap)):
-                return False
-        return True
+            if resource != "pods" and quantity_sum([*bound, pod], resource) > float(parse_quantity(cap)):
+                return f"0/1 nodes are available: 1 Insufficient {resource}."
+        return ""
+
+    def mark_unschedulable(self, pod: Obj, message: str) -> None:
+        """Set PodScheduled=False/Unschedulable, as kube-scheduler does, once per distinct message."""
+        conditions = pod["status"].get("conditions") or []
+        if any(c["type"] == "PodScheduled" and c.get("message") == message for c in conditions):
+            return
+        meta = pod["metadata"]
+        condition = {
+            "type": "PodScheduled",
+            "status": "False",
+            "reason": "Unschedulable",
+            "message": message,
+            "lastTransitionTime": now_iso(),
+        }
+        body = {"metadata": {"uid": meta["uid"]}, "status": {"conditions": [condition]}}
+        path = f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status"
+        self.api.call("PATCH", path, body, "strategic-merge-patch")
 
     def bind_pending(self, pods: list[Obj]) -> None:
         live = [p for p in pods if p["status"].get("phase") not in ("Succeeded", "Failed")]
@@ -208,7 +224,11 @@ class Kubelet:
             spec, meta = pod["spec"], pod["metadata"]
             if spec.get("nodeName") or spec.get("schedulerName", "default-scheduler") != "default-scheduler":
                 continue
-            if meta.get("deletionTimestamp") or not self.fits(pod, bound):
+            if meta.get("deletionTimestamp"):
+                continue
+            reason = self.unfit(pod, bound)
+            if reason:
+                self.mark_unschedulable(pod, reason)
                 continue
             binding = {
                 "apiVersion": "v1",

@@ -195,7 +195,9 @@ def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, cluster: Stack
 
     procs.wait_until(restarted, 30, "crashloop restarted twice")
     assert pod_phase(core, namespace, "crashloop") == "Running"
-    assert cluster.pod_logs(namespace, "crashloop").count("boom") >= 3
+    assert (
+        cluster.pod_logs(namespace, "crashloop").count("boom") >= 2
+    )  # the third run may not have printed yet
 
 
 def test_failing_liveness_probe_restarts_the_container(
@@ -227,8 +229,14 @@ def test_gpu_requests_schedule_only_within_allocatable(
     core.create_namespaced_pod(namespace, gpu_pod("one-gpu", 1))
     core.create_namespaced_pod(namespace, gpu_pod("too-many", 1000))
     procs.wait_until(lambda: pod_phase(core, namespace, "one-gpu") == "Running", 30, "one-gpu Running")
-    assert core.read_namespaced_pod("too-many", namespace).spec.node_name is None
-    assert pod_phase(core, namespace, "too-many") == "Pending"
+    pending = core.read_namespaced_pod("too-many", namespace)
+    assert pending.spec.node_name is None and pending.status.phase == "Pending"
+
+    def unschedulable() -> bool:
+        conditions = core.read_namespaced_pod("too-many", namespace).status.conditions or []
+        return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions)
+
+    procs.wait_until(unschedulable, 10, "too-many marked Unschedulable")
 
 
 def test_deletion_sends_sigterm_then_sigkill_after_grace(

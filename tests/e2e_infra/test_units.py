@@ -27,13 +27,13 @@ def test_expand_follows_kubernetes_rules() -> None:
     assert expand("$(MISSING) $$(A) $$", env) == "$(MISSING) $(A) $"
 
 
-def test_fits_checks_selector_resources_and_pod_count(tmp_path: Path) -> None:
+def test_unfit_checks_selector_resources_and_pod_count(tmp_path: Path) -> None:
     k = kubelet(tmp_path)
-    assert k.fits(pod(gpus="2", selector={"pool": "h100"}), [])
-    assert not k.fits(pod(selector={"pool": "l4"}), [])
-    assert not k.fits(pod(gpus="1"), [pod(gpus="2")])
-    assert not k.fits(pod(cpu="500m"), [pod(cpu="3"), pod(cpu="600m")])
-    assert not k.fits(pod(cpu="0"), [pod(cpu="0")] * 3)
+    assert k.unfit(pod(gpus="2", selector={"pool": "h100"}), []) == ""
+    assert "selector" in k.unfit(pod(selector={"pool": "l4"}), [])
+    assert k.unfit(pod(gpus="1"), [pod(gpus="2")]).endswith("Insufficient nvidia.com/gpu.")
+    assert k.unfit(pod(cpu="500m"), [pod(cpu="3"), pod(cpu="600m")]).endswith("Insufficient cpu.")
+    assert "Too many pods" in k.unfit(pod(cpu="0"), [pod(cpu="0")] * 3)
 
 
 def test_rewrite_maps_mount_paths_at_path_boundaries(tmp_path: Path) -> None:
