@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from worker_image.config import ENV_PREFIX, EngineConfig
+from worker_image.presets import PRESETS
 from worker_image.server import ServeOptions, serve
 
 
@@ -90,6 +91,18 @@ def _api_key(flags: argparse.Namespace, env: Mapping[str, str]) -> str | None:
     return key
 
 
+def check_model_source(model: str) -> None:
+    """Fail before the server starts, not in the background loader, when the model cannot exist."""
+    if model.startswith("random:"):
+        preset = model.removeprefix("random:")
+        if preset not in PRESETS:
+            raise UsageError(
+                f"invalid engine config: model={model!r}: known presets are {', '.join(PRESETS)}"
+            )
+    elif not (Path(model) / "config.json").is_file():
+        raise UsageError(f"invalid engine config: model={model!r}: not a folder with config.json")
+
+
 def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) -> int:
     """Run the worker; returns the exit code (0 after a graceful drain, 2 for a bad setting)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -98,6 +111,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     try:
         options = parse_options(flags, env)
         config = EngineConfig.from_env_and_args(argv, env)
+        check_model_source(config.model)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

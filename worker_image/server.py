@@ -847,9 +847,11 @@ def create_app(
                 warm_up(loaded)
             except Exception as exc:
                 logger.exception("loading the model failed")
-                loop.call_soon_threadsafe(_load_failed, exc)
+                with contextlib.suppress(RuntimeError):  # the server already stopped
+                    loop.call_soon_threadsafe(_load_failed, exc)
                 return
-            loop.call_soon_threadsafe(attach, loaded)
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(attach, loaded)
 
         def _load_failed(exc: BaseException) -> None:
             state.load_error = exc

@@ -22,6 +22,8 @@ from worker_image.__main__ import main
         ),
         (["--model", "random:tiny"], {"GOODPUT_API_KEY": " "}, "GOODPUT_API_KEY"),
         ([], {}, "model is required"),
+        (["--model", "random:huge"], {}, "model='random:huge'"),
+        (["--model", "/nonexistent/model"], {}, "model='/nonexistent/model'"),
     ],
 )
 def test_bad_settings_exit_2_naming_the_value(
