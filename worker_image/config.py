@@ -30,6 +30,7 @@ class EngineConfig:
     max_waiting: int = 256
     seed: int = 0
     tensor_parallel_size: int = 1
+    cpu_threads: int | None = None  # torch threads on CPU; None: torch's default capped at the CPU quota
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -52,6 +53,8 @@ class EngineConfig:
             raise bad("kv_cache_memory_mb", "must be >= 1")
         if self.batch_window_ms < 0:
             raise bad("batch_window_ms", "must be >= 0")
+        if self.cpu_threads is not None and self.cpu_threads < 1:
+            raise bad("cpu_threads", "must be >= 1 or unset")
         if self.tensor_parallel_size != 1:
             raise bad("tensor_parallel_size", "only 1 is supported")
 

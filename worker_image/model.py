@@ -73,7 +73,7 @@ class DecodeGroup:
     start: int
     end: int
     block_tables: torch.Tensor  # [B, max_blocks] int64
-    mask: torch.Tensor  # [B, max_blocks * block_size] bool, True where the slot is beyond the context
+    mask: torch.Tensor  # [B, max_blocks * block_size] bool, True for slots inside the context
 
 
 @dataclass
@@ -148,15 +148,16 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         h = x.float()
         h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * h.to(x.dtype)
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = x.shape[-1] // 2
-    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
-    return x * cos + rotated * sin
+def rotate(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """Hugging Face's x * cos + rotate_half(x) * sin, with rotate_half's negation folded into the table."""
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, dims=-1), signed_sin)
 
 
 class Attention(nn.Module):
@@ -171,12 +172,16 @@ class Attention(nn.Module):
         self.k_cache = self.v_cache = torch.empty(0)  # [kv_heads, num_blocks, block_size, head_dim]
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttnMetadata):
-        t = x.shape[0]
-        q, k, v = self.qkv_proj(x).split([self.nh * self.hd, self.nkv * self.hd, self.nkv * self.hd], -1)
-        q, k, v = q.view(t, self.nh, self.hd), k.view(t, self.nkv, self.hd), v.view(t, self.nkv, self.hd)
+        t, nqk = x.shape[0], self.nh + self.nkv
+        qkv = self.qkv_proj(x)
+        qk, v = (
+            qkv[:, : nqk * self.hd].view(t, nqk, self.hd),
+            qkv[:, nqk * self.hd :].view(t, self.nkv, self.hd),
+        )
         if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = rotate(q, cos, sin), rotate(k, cos, sin)
+            qk = torch.cat((self.q_norm(qk[:, : self.nh]), self.k_norm(qk[:, self.nh :])), dim=1)
+        qk = rotate(qk, cos, sin)
+        q, k = qk[:, : self.nh], qk[:, self.nh :]
         kc, vc = self.k_cache, self.v_cache
         kc.view(self.nkv, -1, self.hd).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
         vc.view(self.nkv, -1, self.hd).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
@@ -189,15 +194,24 @@ class Attention(nn.Module):
             )
         return self.o_proj(out)
 
+    def _gather(self, cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
+        """[kv_heads, len(block_ids) * block_size, head_dim]: whole blocks copied row by row."""
+        kv, num_blocks, bs, hd = cache.shape
+        return cache.view(kv, num_blocks, bs * hd).index_select(1, block_ids).view(kv, -1, hd)
+
     def _decode(self, q: torch.Tensor, g: DecodeGroup) -> torch.Tensor:
         b = q.shape[0]
-        q = q.view(b, self.nkv, self.nh // self.nkv, self.hd).transpose(0, 1)  # [kv, B, group, D]
-        keys = self.k_cache[:, g.block_tables].view(self.nkv, b, -1, self.hd)  # [kv, B, L, D]
-        values = self.v_cache[:, g.block_tables].view(self.nkv, b, -1, self.hd)
-        scores = torch.matmul(q, keys.transpose(-1, -2)).mul_(self.scale)
-        scores.masked_fill_(g.mask[None, :, None, :], float("-inf"))
-        probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
-        return torch.matmul(probs, values).transpose(0, 1).reshape(b, self.nh * self.hd)
+        keys = self._gather(self.k_cache, g.block_tables.flatten()).view(self.nkv, b, -1, self.hd)
+        values = self._gather(self.v_cache, g.block_tables.flatten()).view(self.nkv, b, -1, self.hd)
+        o = F.scaled_dot_product_attention(
+            q.unsqueeze(2),  # [B, heads, 1, D]
+            keys.transpose(0, 1),
+            values.transpose(0, 1),
+            attn_mask=g.mask[:, None, None, :],
+            scale=self.scale,
+            enable_gqa=True,
+        )
+        return o.view(b, self.nh * self.hd)
 
     def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: PrefillChunk) -> torch.Tensor:
         n = q.shape[0]
@@ -208,8 +222,8 @@ class Attention(nn.Module):
             )
         else:
             total = p.context + n
-            keys = self.k_cache[:, p.block_table].view(self.nkv, -1, self.hd)[:, :total]
-            values = self.v_cache[:, p.block_table].view(self.nkv, -1, self.hd)[:, :total]
+            keys = self._gather(self.k_cache, p.block_table)[:, :total]
+            values = self._gather(self.v_cache, p.block_table)[:, :total]
             q_pos = torch.arange(p.context, total, device=q.device)
             mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]
             o = F.scaled_dot_product_attention(
@@ -266,8 +280,9 @@ class CausalLM(nn.Module):
     def build_rope(self, max_len: int, device: torch.device | str) -> None:
         inv_freq, scaling = rope_inv_freq(self.config, max_len)
         freqs = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
-        emb = torch.cat((freqs, freqs), dim=-1)
-        self.cos_table, self.sin_table = (emb.cos() * scaling).to(device), (emb.sin() * scaling).to(device)
+        cos, sin = freqs.cos() * scaling, freqs.sin() * scaling
+        self.cos_table = torch.cat((cos, cos), dim=-1).to(device)
+        self.sin_table = torch.cat((-sin, sin), dim=-1).to(device)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttnMetadata) -> torch.Tensor:
         """Final hidden states (before the last norm) of every token of the flat batch."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 import numpy as np
 import torch
 
@@ -14,10 +17,22 @@ from worker_image.sequence import Sequence
 DECODE_GROUP_SIZE = 16  # decodes sorted by length and gathered in groups, so padding stays small
 
 
+def cpu_quota() -> int:
+    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (a pod's CPU limit)."""
+    n = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        return n if quota == "max" else max(1, min(n, int(quota) // int(period)))
+    except (OSError, ValueError):
+        return n
+
+
 class ModelRunner:
     def __init__(self, config: EngineConfig) -> None:
         self.config = config
         self.device = torch.device(config.device)
+        if self.device.type == "cpu":
+            torch.set_num_threads(config.cpu_threads or min(torch.get_num_threads(), cpu_quota()))
         self.model, self.tokenizer, self.model_config = load_model(
             config.model, config.dtype, config.device, config.max_model_len, config.seed
         )
@@ -61,7 +76,7 @@ class ModelRunner:
             p = ctx - 1
             pos.append(p)
             slots.append(tables[np.arange(len(group)), p // bs] * bs + p % bs)
-            mask = np.arange(width * bs)[None, :] >= ctx[:, None]
+            mask = np.arange(width * bs)[None, :] < ctx[:, None]
             meta.decode_groups.append(
                 DecodeGroup(g, g + len(group), self._tensor(tables), torch.from_numpy(mask).to(self.device))
             )
