@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib.util
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import httpx
 import pytest
@@ -50,32 +53,51 @@ def prometheus_binary(kind: str) -> str:
     return str(built)
 
 
-@pytest.fixture(scope="module", params=["debian", "e2e-build"])
-def prometheus(
-    request: pytest.FixtureRequest, observability: ModuleType, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[str]:
-    """A real Prometheus on loopback with goodput's rules loaded and nothing to scrape; yields its URL."""
-    binary = prometheus_binary(request.param)
-    directory = tmp_path_factory.mktemp("prometheus")
-    config = directory / "prometheus.yml"
-    config.write_text(yaml.safe_dump({"rule_files": [str(observability.RULES_FILE)]}))
+@contextlib.contextmanager
+def running_prometheus(binary: str, directory: Path, config: dict[str, Any]) -> Iterator[str]:
+    """Prometheus on a free loopback port with `config`, stopped (with its process group) on exit."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
     port = procs.free_port()
     url = f"http://127.0.0.1:{port}"
     argv = [
         binary,
-        f"--config.file={config}",
+        f"--config.file={directory / 'prometheus.yml'}",
         f"--storage.tsdb.path={directory / 'data'}",
         f"--web.listen-address=127.0.0.1:{port}",
     ]
-    proc = procs.start(argv, directory / "prometheus.log", cwd=directory)
+    log = directory / "prometheus.log"
+    proc = procs.start(argv, log, cwd=directory)
     try:
 
         def ready() -> bool:
             if proc.poll() is not None:
-                raise procs.ProcessExited((directory / "prometheus.log").read_text()[-2000:])
+                raise procs.ProcessExited(log.read_text()[-2000:])
             return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
 
         procs.wait_until(ready, 30, "prometheus /-/ready")
         yield url
     finally:
         procs.stop(proc.pid, proc=proc)
+
+
+@pytest.fixture(scope="module", params=["debian", "e2e-build"])
+def prometheus_kind(request: pytest.FixtureRequest) -> str:
+    """The binary of each Prometheus we support: Debian's 2.x and the 3.x the e2e stack builds."""
+    return prometheus_binary(request.param)
+
+
+@pytest.fixture(scope="module")
+def prometheus(
+    prometheus_kind: str, observability: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """A real Prometheus with goodput's rules loaded and nothing to scrape; yields its URL."""
+    config = {"rule_files": [str(observability.RULES_FILE)]}
+    with running_prometheus(prometheus_kind, tmp_path_factory.mktemp("prometheus"), config) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def launch(prometheus_kind: str) -> Callable[[Path, dict[str, Any]], contextlib.AbstractContextManager[str]]:
+    """Start this module's Prometheus binary with a config of the test's own: `with launch(dir, cfg) as url`."""
+    return functools.partial(running_prometheus, prometheus_kind)
