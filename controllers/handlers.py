@@ -40,7 +40,7 @@ def runtime(memo: kopf.Memo) -> Runtime:
 @kopf.on.startup()
 async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, logger: kopf.Logger, **kwargs: Any) -> None:
     config = OperatorConfig.from_env()
-    info = kopf.login_via_client(logger=logger, settings=settings)
+    info = login(settings=settings, logger=logger)
     if info is None:
         raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
     rt = Runtime(
@@ -54,6 +54,19 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, logger: kopf.L
         memo["metrics_server"] = metrics.serve(config.metrics_port)
     rt.poller = asyncio.create_task(poller.poll_forever(rt), name="goodput-poller")
     logger.info(f"polling {config.prometheus_url} every {config.poll_interval_s:g} s")
+
+
+@kopf.on.login()
+def login(settings: kopf.OperatorSettings, logger: kopf.Logger, **_: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else $KUBECONFIG read now (Kopf's own readers), else the client library.
+
+    The operator's writes use the same credentials as Kopf's watches (see `start`).
+    """
+    return (
+        kopf.login_with_service_account(settings=settings, logger=logger)
+        or kopf.login_with_kubeconfig(settings=settings, logger=logger)
+        or kopf.login_via_client(settings=settings, logger=logger)
+    )
 
 
 @kopf.on.cleanup()

@@ -54,6 +54,11 @@ RESOURCES: dict[str, kmock.ResourceInfo] = {
     "policy/v1/poddisruptionbudgets": kmock.ResourceInfo(
         kind="PodDisruptionBudget", namespaced=True, verbs={"get", "create", "patch"}
     ),
+    # Discovered (never listed: scanning is off) so Kopf's backbone is complete, as on a real server.
+    "v1/namespaces": kmock.ResourceInfo(kind="Namespace", namespaced=False, verbs={"get", "list", "watch"}),
+    "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
+        kind="CustomResourceDefinition", namespaced=False, verbs={"get", "list", "watch"}
+    ),
 }
 STATUS_SUBRESOURCE = {inferenceservice.PLURAL, slopolicy.PLURAL, "deployments"}
 

@@ -59,7 +59,7 @@ class Cluster:
         self.api, self.url, self.workers, self.prom = api, url, workers, prom
 
     def get(self, resource: str, namespace: str | None, name: str) -> dict[str, Any] | None:
-        key = (resource, namespace, name)
+        key = (kmock.resource(resource), namespace, name)
         if key not in self.api.objects or self.api.objects[key].deleted:
             return None
         return self.api.objects[key].raw

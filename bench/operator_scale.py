@@ -1,0 +1,243 @@
+"""How the operator scales with the number of InferenceServices: queries, interval wall time, memory.
+
+    python bench/operator_scale.py --services 1000 --json out/operator_scale.json
+
+Three processes besides this one: the emulated API server (controllers.testing.apiserver), a real Prometheus
+(Debian's binary) scraping synthetic vLLM-named workers served from here, and the operator itself
+(`kopf run --standalone -A operator/main.py`). Once every service has a plan, the script reads the operator's
+own /metrics for a number of control intervals, changes the load of a tenth of the services half-way so
+decisions and writes happen, and reports:
+
+- queries_per_interval: PromQL queries per control interval (goal: at most 5, whatever the service count);
+- interval_seconds: the longest wall time of one control interval for all services (goal: under 5 s);
+- rss_mb: the operator's peak resident memory (VmHWM; goal: under 300 MB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from controllers.testing.prometheus import PrometheusProcess, free_port
+from controllers.testing.workers import SyntheticWorkers, Traffic
+
+ROOT = Path(__file__).resolve().parents[1]
+GROUP_PATH = "/apis/goodput.dev/v1alpha1"
+
+
+def _metrics(port: int) -> dict[str, float]:
+    """The operator's own metrics, unlabelled samples summed by name."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line.startswith("#") or not line.strip():
+            continue
+        name, value = line.rsplit(" ", 1)
+        name = name.split("{", 1)[0]
+        out[name] = out.get(name, 0.0) + float(value)
+    return out
+
+
+def _peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc status")
+
+
+async def _wait_http(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    async with aiohttp.ClientSession() as session:
+        while time.monotonic() < deadline:
+            try:
+                async with session.get(url) as response:
+                    if response.status < 500:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.2)
+    raise TimeoutError(url)
+
+
+async def _create_services(api: str, count: int, interval_s: float) -> list[str]:
+    template = yaml.safe_load((ROOT / "manifests/examples/tiny-cpu.yaml").read_text())
+    policy = {
+        "apiVersion": "goodput.dev/v1alpha1",
+        "kind": "SLOPolicy",
+        "metadata": {"name": "bench"},
+        "spec": {"evaluationIntervalSeconds": interval_s, "staleAfterSeconds": 6 * interval_s},
+    }
+    names = [f"svc-{i:04d}" for i in range(count)]
+    async with aiohttp.ClientSession(base_url=api) as session:
+        async with session.post(f"{GROUP_PATH}/slopolicies", json=policy) as response:
+            response.raise_for_status()
+        limit = asyncio.Semaphore(32)
+
+        async def create(name: str) -> None:
+            body = {**template, "metadata": {"name": name, "namespace": "bench"}}
+            body["spec"] = {**template["spec"], "policyRef": "bench"}
+            async with (
+                limit,
+                session.post(f"{GROUP_PATH}/namespaces/bench/inferenceservices", json=body) as r,
+            ):
+                r.raise_for_status()
+
+        await asyncio.gather(*(create(name) for name in names))
+    return names
+
+
+async def _planned(api: str) -> int:
+    async with (
+        aiohttp.ClientSession(base_url=api) as session,
+        session.get(f"{GROUP_PATH}/namespaces/bench/inferenceservices") as response,
+    ):
+        items = (await response.json())["items"]
+    return sum(1 for item in items if item.get("status", {}).get("plan"))
+
+
+def _sample_interval(port: int, last: dict[str, float]) -> tuple[dict[str, float], dict[str, float] | None]:
+    now = _metrics(port)
+    intervals = now.get("goodput_operator_intervals_total", 0.0) - last.get(
+        "goodput_operator_intervals_total", 0.0
+    )
+    if intervals < 1:
+        return last, None
+    sample = {
+        "intervals": intervals,
+        "queries": now["goodput_operator_prometheus_queries_total"]
+        - last.get("goodput_operator_prometheus_queries_total", 0.0),
+        "last_seconds": now["goodput_operator_last_poll_duration_seconds"],
+        "decisions": now.get("goodput_operator_decisions_total", 0.0)
+        - last.get("goodput_operator_decisions_total", 0.0),
+        "services": now.get("goodput_operator_services", 0.0),
+    }
+    return now, sample
+
+
+async def run(services: int, intervals: int, interval_s: float, scrape_s: float) -> dict[str, Any]:
+    workers = SyntheticWorkers()
+    workers_port = workers.serve()
+    api_port, metrics_port, probe_port = free_port(), free_port(), free_port()
+    api_url = f"http://127.0.0.1:{api_port}"
+    prom = PrometheusProcess([f"127.0.0.1:{workers_port}"], scrape_interval_s=scrape_s)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        processes.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "controllers.testing.apiserver", "--port", str(api_port)], cwd=ROOT
+            )
+        )
+        await _wait_http(f"{api_url}/version", 30)
+        names = await _create_services(api_url, services, interval_s)
+        for name in names:
+            workers.set(
+                ("bench", name, "interactive"), Traffic(rps=2.0, ttft_s=0.08, itl_s=0.004, running=1.0)
+            )
+        prom.start()
+        kubeconfig = Path(tempfile.mkdtemp(prefix="goodput-bench-")) / "kubeconfig"
+        kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "clusters": [{"name": "bench", "cluster": {"server": api_url}}],
+                    "users": [{"name": "bench", "user": {"token": "bench"}}],
+                    "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
+                    "current-context": "bench",
+                }
+            )
+        )
+        env = {
+            **os.environ,
+            "KUBECONFIG": str(kubeconfig),
+            "GOODPUT_OPERATOR_PROMETHEUS_URL": prom.url,
+            "GOODPUT_OPERATOR_POLL_INTERVAL_S": f"{interval_s:g}",
+            "GOODPUT_OPERATOR_WINDOW_S": str(int(max(4 * scrape_s, 2 * interval_s))),
+            "GOODPUT_OPERATOR_METRICS_PORT": str(metrics_port),
+        }
+        operator = subprocess.Popen(
+            [
+                sys.executable, "-m", "kopf", "run", "--standalone", "-A", "--quiet",
+                f"--liveness=http://127.0.0.1:{probe_port}/healthz", str(ROOT / "operator/main.py"),
+            ],
+            cwd=ROOT,
+            env=env,
+        )  # fmt: skip
+        processes.append(operator)
+        started = time.monotonic()
+        while await _planned(api_url) < services:
+            if operator.poll() is not None:
+                raise RuntimeError("the operator exited")
+            await asyncio.sleep(2)
+        startup_s = time.monotonic() - started
+        print(f"all {services} services planned and applied in {startup_s:.1f} s", flush=True)
+
+        samples: list[dict[str, float]] = []
+        last = _metrics(metrics_port)
+        changed = False
+        while len(samples) < intervals:
+            await asyncio.sleep(interval_s / 4)
+            last, sample = _sample_interval(metrics_port, last)
+            if sample is None:
+                continue
+            samples.append(sample)
+            print(json.dumps(sample), flush=True)
+            if not changed and len(samples) >= intervals // 2:  # a tenth of the services get busy
+                for name in names[: max(1, services // 10)]:
+                    workers.update(
+                        ("bench", name, "interactive"), rps=30.0, ttft_s=1.5, waiting=10.0, running=20.0
+                    )
+                changed = True
+        total_intervals = sum(s["intervals"] for s in samples)
+        return {
+            "services": services,
+            "queries_per_interval": sum(s["queries"] for s in samples) / total_intervals,
+            "interval_seconds": max(s["last_seconds"] for s in samples),
+            "interval_seconds_median": sorted(s["last_seconds"] for s in samples)[len(samples) // 2],
+            "rss_mb": round(_peak_rss_mb(operator.pid), 1),
+            "intervals_measured": int(total_intervals),
+            "decisions": sum(s["decisions"] for s in samples),
+            "startup_seconds": round(startup_s, 1),
+            "poll_interval_seconds": interval_s,
+            "scrape_interval_seconds": scrape_s,
+        }
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        prom.close()
+        workers.stop()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--services", type=int, default=1000)
+    parser.add_argument("--intervals", type=int, default=8, help="control intervals to measure")
+    parser.add_argument("--interval", type=float, default=5.0, help="the operator's poll interval, seconds")
+    parser.add_argument("--scrape", type=float, default=5.0, help="Prometheus scrape interval, seconds")
+    parser.add_argument("--json", type=Path, help="write the result here")
+    args = parser.parse_args()
+    result = asyncio.run(run(args.services, args.intervals, args.interval, args.scrape))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
