@@ -98,7 +98,7 @@ def test_profile_for_random_preset_and_config_json(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(QWEN3_8B))
     qwen = profile_for(ModelSpec(name="q", source=str(tmp_path), dtype="bfloat16"))
     assert (qwen.layers, qwen.kv_heads, qwen.head_dim) == (36, 8, 128)
-    with pytest.raises(ValueError, match="config.json"):
+    with pytest.raises(ValueError, match=r"config\.json"):
         profile_for(ModelSpec(name="x", source=str(tmp_path / "missing")))
     with pytest.raises(KeyError, match="unknown model preset"):
         profile_for(ModelSpec(name="x", source="random:nope"))
