@@ -650,16 +650,17 @@ def row(title: str, repeat: str | None = None) -> dict[str, Any]:
     return panel
 
 
-def layout(sections: list[tuple[dict[str, Any], list[dict[str, Any]]]]) -> list[dict[str, Any]]:
-    """Rows with their panels below, three panels per line, ids in order."""
+def layout(sections: list[tuple[dict[str, Any], list[dict[str, Any]], int]]) -> list[dict[str, Any]]:
+    """Rows with their panels below, `per_line` panels across the 24-column grid, ids in order."""
     panels, y = [], 0
-    for header, members in sections:
+    for header, members, per_line in sections:
         panels.append({**header, "gridPos": {"x": 0, "y": y, "w": 24, "h": 1}})
         y += 1
+        width = 24 // per_line
         for index, panel in enumerate(members):
-            x = (index % 3) * 8
-            panels.append({**panel, "gridPos": {"x": x, "y": y, "w": 8, "h": 8}})
-            if x == 16 or index == len(members) - 1:
+            column = index % per_line
+            panels.append({**panel, "gridPos": {"x": column * width, "y": y, "w": width, "h": 8}})
+            if column == per_line - 1 or index == len(members) - 1:
                 y += 8
     return [{**panel, "id": i + 1} for i, panel in enumerate(panels)]
 
@@ -736,8 +737,8 @@ def dashboard() -> dict[str, Any]:
         },
         "panels": layout(
             [
-                (row("Fleet"), fleet_panels()),
-                (row("$inferenceservice", repeat="inferenceservice"), service_panels()),
+                (row("Fleet"), fleet_panels(), 4),
+                (row("$inferenceservice", repeat="inferenceservice"), service_panels(), 3),
             ]
         ),
     }
