@@ -14,7 +14,6 @@ import json
 import logging
 import re
 import signal
-import sys
 import threading
 import time
 import uuid
@@ -41,9 +40,6 @@ from worker_image.sampling import Priority, SamplingParams
 logger = logging.getLogger("goodput.worker")
 
 RETRY_AFTER_S = 1
-# The engine thread holds the GIL through the Python parts of each step; a short switch interval lets the
-# event loop accept, parse and answer between them instead of waiting 5 ms (the default) per hand-over.
-SWITCH_INTERVAL_S = 0.0005
 
 
 @dataclass(frozen=True)
@@ -1049,7 +1045,6 @@ class DrainingServer(uvicorn.Server):
 
 def serve(config: EngineConfig, options: ServeOptions) -> int:
     """Serve until drained after SIGTERM; the process exit code."""
-    sys.setswitchinterval(SWITCH_INTERVAL_S)
     server: DrainingServer | None = None
 
     def on_fatal(exc: BaseException) -> None:
