@@ -153,6 +153,7 @@ BAD_REQUESTS = {
     "empty prompt": ("/v1/completions", {"prompt": ""}, "prompt"),
     "token id out of vocabulary": ("/v1/completions", {"prompt": [1, 10**9]}, "prompt"),
     "two prompts": ("/v1/completions", {"prompt": ["a", "b"]}, "prompt"),
+    "seed out of range": ("/v1/completions", {"prompt": "hi", "seed": 2**70}, "seed"),
     "empty stop string": ("/v1/completions", {"prompt": "hi", "stop": [""]}, "stop"),
     "no messages": ("/v1/chat/completions", {"messages": []}, "messages"),
     "bad role": (
