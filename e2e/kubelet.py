@@ -512,14 +512,13 @@ class Kubelet:
                 procs.signal_group(c.proc.pid, signal.SIGKILL)
             if c.proc is not None and c.proc.poll() is not None:
                 self.reap(rec, c, policy)
-            if rec.terminating:
-                continue
             waiting = c.waiting[0] in ("ContainerCreating", "CrashLoopBackOff", "StartError")
-            if c.proc is None and c.final is None and waiting and time.monotonic() >= c.backoff_until:
+            due = waiting and time.monotonic() >= c.backoff_until
+            if not rec.terminating and c.proc is None and c.final is None and due:
                 if c.last_terminated is not None:
                     c.restarts += 1
                 self.start_container(pod, rec, c)
-            self.run_probes(rec, c)
+            self.run_probes(rec, c)  # also while terminating: a draining worker turns itself unready
         if rec.terminating and all(c.proc is None for c in rec.containers):
             self.delete_pod(meta)
             del self.pods[rec.uid]
@@ -582,7 +581,7 @@ class Kubelet:
             phase = "Running"
         else:
             phase = "Pending"
-        ready = all(c.ready for c in rec.containers) and not rec.terminating
+        ready = all(c.ready for c in rec.containers)
         status = {
             "phase": phase,
             "hostIP": "127.0.0.1",

@@ -69,6 +69,27 @@ class Stack:
         argv = [str(kubectl), f"--kubeconfig={self.kubeconfig}", *args]
         return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
 
+    def service_backends(self, namespace: str, service: str) -> list[str]:
+        """``ip:port`` of each pod a Service would route to (Ready, not terminating), first port.
+
+        The stand-in for EndpointSlices: the API server rejects loopback endpoint addresses
+        ("may not be in the loopback range"), so the slices of this stack stay empty.
+        """
+        with self.api_client() as client:
+            core = CoreV1Api(client)
+            spec = core.read_namespaced_service(service, namespace).spec
+            selector = ",".join(f"{k}={v}" for k, v in (spec.selector or {}).items())
+            pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+        target = spec.ports[0].target_port
+        backends = []
+        for pod in pods:
+            conditions = {c.type: c.status for c in pod.status.conditions or []}
+            if conditions.get("Ready") != "True" or pod.metadata.deletion_timestamp:
+                continue
+            ports = {p.name: p.container_port for c in pod.spec.containers for p in c.ports or []}
+            backends.append(f"{pod.status.pod_ip}:{ports.get(target, target)}")
+        return sorted(backends)
+
     def pod_logs(self, namespace: str, name: str) -> str:
         """Everything the pod's containers wrote (there is no `kubectl logs`: no kubelet server)."""
         logs = sorted((self.state_dir / "pods").glob(f"{namespace}_{name}_*/*.log"))

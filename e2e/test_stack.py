@@ -253,6 +253,53 @@ def test_deletion_sends_sigterm_then_sigkill_after_grace(
     assert not procs.alive(pid)
 
 
+DRAINING_SERVER = """
+import http.server, os, signal, threading, time
+draining = threading.Event()
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(503 if draining.is_set() else 200)
+        self.end_headers()
+server = http.server.ThreadingHTTPServer((os.environ["POD_IP"], 8000), Handler)
+signal.signal(signal.SIGTERM, lambda *_: draining.set())
+threading.Thread(target=server.serve_forever, daemon=True).start()
+draining.wait()
+time.sleep(3)
+"""
+
+
+def test_terminating_pod_drains_out_of_service_backends(
+    k8s: kubernetes.client.ApiClient, cluster: Stack, namespace: str
+) -> None:
+    core = CoreV1Api(k8s)
+    probe = {"httpGet": {"path": "/", "port": "http"}, "periodSeconds": 1, "failureThreshold": 1}
+    env = [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+    pod = one_shot_pod("drainer", DRAINING_SERVER, "Always", env=env, readinessProbe=probe)
+    pod["metadata"]["labels"] = {"app": "drainer"}
+    pod["spec"]["containers"][0]["ports"] = [{"name": "http", "containerPort": 8000}]
+    core.create_namespaced_pod(namespace, pod)
+    ports = [{"port": 80, "targetPort": "http"}]
+    core.create_namespaced_service(
+        namespace, {"metadata": {"name": "drainer"}, "spec": {"selector": {"app": "drainer"}, "ports": ports}}
+    )
+
+    procs.wait_until(lambda: len(cluster.service_backends(namespace, "drainer")) == 1, 30, "one backend")
+    backend = cluster.service_backends(namespace, "drainer")[0]
+    assert backend.endswith(":8000") and httpx.get(f"http://{backend}/").status_code == 200
+    core.delete_namespaced_pod("drainer", namespace)
+
+    def draining() -> bool:
+        pod = core.read_namespaced_pod("drainer", namespace)
+        ready = next(c.status for c in pod.status.conditions if c.type == "Ready")
+        return ready == "False" and httpx.get(f"http://{backend}/").status_code == 503
+
+    procs.wait_until(draining, 10, "the terminating pod unready while it drains")
+    assert cluster.service_backends(namespace, "drainer") == []
+    procs.wait_until(
+        lambda: not core.list_namespaced_pod(namespace).items, 20, "drainer deleted after its drain"
+    )
+
+
 def listening(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
