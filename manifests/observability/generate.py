@@ -43,9 +43,8 @@ PERCENTILES = ("95", "99")  # the SLO fields ttftP95Ms/ttftP99Ms and tpotP95Ms/t
 
 # The operator's own /metrics (controllers/metrics.py). Its per-service series carry `namespace` and
 # `inferenceservice` labels, so its scrape job must keep them: honor_labels (PodMonitor honorLabels: true).
-DECISIONS = (
-    "goodput_operator_decisions_total"  # {action, mode}; per service also {namespace, inferenceservice}
-)
+# Decisions are {action, mode}; the per-service panel also needs {namespace, inferenceservice}.
+DECISIONS = "goodput_operator_decisions_total"
 RECONCILE_ERRORS = "goodput_operator_reconcile_errors_total"  # {stage}
 POLL_DURATION = "goodput_operator_poll_duration_seconds"  # histogram
 PROMETHEUS_UP = "goodput_operator_prometheus_up"  # 1 when the last interval's queries succeeded
@@ -114,8 +113,8 @@ SLOW_BURN = (BurnWindow("1d", "2h", 3), BurnWindow("3d", "6h", 1))  # 10% / 10% 
 def num(value: float) -> str:
     """A number for PromQL and for the canonical `le` label: no trailing ".0", no exponent.
 
-    The bucket-rate rules strip ".0" from `le` too, so "1" (Prometheus 2, text format) and "1.0" (Prometheus 3,
-    which normalises `le` on ingestion) both match the bound 1.
+    The bucket-rate rules strip ".0" from `le` too, so "1" (as Go clients write it) and "1.0" (as Python clients
+    write it, and as Prometheus 3 normalises every `le` on ingestion) both match the bound 1.
     """
     text = repr(float(value)).removesuffix(".0")
     if "e" in text:

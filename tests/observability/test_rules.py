@@ -274,3 +274,43 @@ def test_tpot_alerts_read_the_inter_token_histogram(
         ],
     }
     run_promtool_test(promtool, observability, tmp_path, [test])
+
+
+def test_operational_alerts(promtool: str, observability: ModuleType, tmp_path: Path) -> None:
+    """A saturated KV cache, a worker that stops answering, and a service whose SLO gauges are missing."""
+    up = {**worker("chat"), "job": "pods", "instance": "10.0.0.2:8000"}
+    down = {**worker("batch"), "job": "pods", "instance": "10.0.0.3:8000"}
+    series = [
+        {"series": selector("vllm:kv_cache_usage_perc", worker("chat")), "values": "0.5x10 0.99x30"},
+        {"series": selector("up", up), "values": "1x40"},
+        {"series": selector("up", down), "values": "1x10 0x30"},
+        *target_series("ttft", {"95": 0.5}, 40, service("chat")),
+    ]
+
+    def alert(name: str, labels: dict[str, str]) -> dict[str, Any]:
+        rule = next(r for g in observability.rule_groups() for r in g["rules"] if r.get("alert") == name)
+        full = {**labels, **rule["labels"]}
+        return {
+            "exp_labels": full,
+            "exp_annotations": {k: rendered(v, full) for k, v in rule["annotations"].items()},
+        }
+
+    checks = [
+        ("15m", "GoodputKVCacheSaturated", []),
+        (
+            "35m",
+            "GoodputKVCacheSaturated",
+            [alert("GoodputKVCacheSaturated", {**service(), "tier": "interactive"})],
+        ),
+        ("12m", "GoodputWorkerDown", []),
+        ("20m", "GoodputWorkerDown", [alert("GoodputWorkerDown", down)]),
+        ("30m", "GoodputSLOTargetsMissing", [alert("GoodputSLOTargetsMissing", service("batch"))]),
+    ]
+    test = {
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": at, "alertname": name, "exp_alerts": exp} for at, name, exp in checks
+        ],
+    }
+    run_promtool_test(promtool, observability, tmp_path, [test])
