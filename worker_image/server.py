@@ -30,7 +30,7 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from worker_image.config import EngineConfig
 from worker_image.engine import LLMEngine, QueueFullError, RequestOutput
@@ -40,6 +40,11 @@ from worker_image.sampling import Priority, SamplingParams
 logger = logging.getLogger("goodput.worker")
 
 RETRY_AFTER_S = 1
+
+
+def max_body_bytes(max_model_len: int) -> int:
+    """Room for a full context even as escaped JSON (up to ~32 bytes a token), plus the other fields."""
+    return 32 * max_model_len + 65536
 
 
 @dataclass(frozen=True)
@@ -590,16 +595,37 @@ class EventStreamResponse(StreamingResponse):
             self._stream.close()
 
 
-class StampArrival:
-    """Stamps each HTTP request's arrival before the body is read, so TTFT covers parsing as clients see it."""
+class RequestGate:
+    """Outermost ASGI layer: stamps each request's arrival before its body is read (so TTFT covers parsing,
+    as clients see it) and bounds the body, so one huge upload cannot exhaust the worker's memory."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]]) -> None:
+    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_body_bytes: int) -> None:
         self.app = app
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            scope.setdefault("state", {})["arrival"] = time.monotonic()
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        scope.setdefault("state", {})["arrival"] = time.monotonic()
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            error = APIError(
+                413, f"the request body exceeds {self.max_body_bytes} bytes", code="body_too_large"
+            )
+            await error.response()(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            received += len(message.get("body", b""))
+            if received > self.max_body_bytes:  # a chunked upload: FastAPI turns this into a 400
+                raise ValueError(f"the request body exceeds {self.max_body_bytes} bytes")
+            return message
+
+        await self.app(scope, bounded_receive, send)
 
 
 async def _until_disconnect(request: Request, stream: RequestStream, work: Awaitable[Response]) -> Response:
@@ -798,6 +824,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
     for code, why in {
         400: "Invalid request: malformed JSON, wrong types, invalid parameters or an over-long prompt",
         404: "Unknown model",
+        413: "The request body is too large for this model's context",
         429: "The request queue is full; see Retry-After",
         503: "Draining or still loading; see Retry-After",
     }.items()
@@ -870,7 +897,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.worker = state
-    app.add_middleware(StampArrival)
+    app.add_middleware(RequestGate, max_body_bytes=max_body_bytes(config.max_model_len))
 
     @app.exception_handler(APIError)
     async def on_api_error(_: Request, exc: APIError) -> JSONResponse:

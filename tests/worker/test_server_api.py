@@ -252,3 +252,15 @@ def test_usage_reports_prefix_cache_hits(client: openai.OpenAI) -> None:
     assert second.usage.prompt_tokens_details is not None
     cached = second.usage.prompt_tokens_details.cached_tokens or 0
     assert 0 < cached <= len(shared.encode())
+
+
+def test_oversized_bodies_are_refused(server: tuple[str, WorkerState]) -> None:
+    url = server[0] + "/v1/completions"
+    huge = json.dumps({"prompt": "z" * (40 * MAX_MODEL_LEN + 70000)}).encode()
+    declared = httpx.post(url, content=huge, headers={"content-type": "application/json"})
+    assert declared.status_code == 413 and declared.json()["error"]["code"] == "body_too_large"
+    chunked = httpx.post(
+        url, content=iter([huge[:65536], huge[65536:]]), headers={"content-type": "application/json"}
+    )
+    assert chunked.status_code == 400
+    assert httpx.post(url, json={"prompt": "fine", "max_tokens": 2}).status_code == 200
