@@ -923,14 +923,13 @@ def create_app(
         )
         return error.response()
 
+    api_key = (options.api_key or "").encode()
+
     async def require_api_key(
         credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_BEARER)],
     ) -> None:
-        expected = options.api_key
-        if expected is None:
-            return
-        given = credentials.credentials if credentials is not None else ""
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        given = credentials.credentials.encode() if credentials is not None else b""
+        if not hmac.compare_digest(given, api_key):
             raise APIError(
                 401,
                 "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
@@ -941,7 +940,11 @@ def create_app(
     guarded = [Depends(require_api_key)] if options.api_key else []
     errors = _ERRORS | (_AUTH_ERRORS if options.api_key else {})
 
-    @app.get("/health", summary="Liveness: 200 unless the engine failed")
+    @app.get(
+        "/health",
+        summary="Liveness: 200 unless the engine failed (also while the model loads)",
+        responses={503: {"description": "the engine failed; restart the worker"}},
+    )
     async def health() -> JSONResponse:
         if state.healthy:
             return JSONResponse({"status": "ok"})
