@@ -27,7 +27,7 @@ from policies.perfmodel import StepModel
 # Quantile levels for the token-length nodes, denser in the upper tail that p95 TTFT depends on: (from, to, nodes).
 LEVEL_SEGMENTS = ((0.0, 0.8, 24), (0.8, 0.98, 24), (0.98, 1.0, 16))
 CHUNK_NODES = 8
-OCCUPANCY_ITERATIONS = 20
+OCCUPANCY_ITERATIONS = 16
 
 
 def tail_weighted_nodes(samples: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -140,6 +140,8 @@ class ReplicaPredictor:
         ceil_rest = model.step_time(nb, rest[:, None], kvb, (full * c + rest / 2)[:, None])
         self.prefill = full[:, None] * ceil_full + ceil_rest  # (nodes, support)
         self.packed = (p / c)[:, None] * model.step_time(nb, c, kvb, (p / 2)[:, None])
+        self._prefill_by_batch, self._packed_by_batch = self.prefill.T.copy(), self.packed.T.copy()
+        self._own_mean, self._packed_mean = w @ self.prefill, w @ self.packed
         # A full chunk of a backlog, its prompt token attending to E[p²] / 2E[p] tokens (long prompts have more chunks).
         self.full_chunk = np.asarray(model.step_time(n, c, kv, float(w @ p**2) / (2 * float(w @ p))))
         table = np.concatenate([self.decode_only[:, None], self.with_chunk], axis=1).ravel()
@@ -162,8 +164,7 @@ class ReplicaPredictor:
             token_w /= np.maximum(token_w.sum(-1, keepdims=True), 1e-300)
             # The prefill queue is busy a share rho of the time; chunk steps last s_chunk, the rest s_decode,
             # so the share of steps with a chunk is rho·s_decode / (rho·s_decode + (1 − rho)·s_chunk).
-            _, work, _, _ = self._prefill_load(lam, mean)
-            rho = np.clip(lam * work, 0.0, 1.0)
+            rho = self._prefill_rho(lam, mean)
             # A backlog fills every chunk to the budget; an idle queue leaves chunks at their own sizes.
             chunk_cost = (1 - rho)[..., None] * chunk_mean + rho[..., None] * self.full_chunk
             s_decode, s_chunk = pmf @ self.decode_only, (pmf * chunk_cost).sum(-1)
@@ -173,6 +174,14 @@ class ReplicaPredictor:
             mean = np.minimum(lam * t.decode_tokens * seen, cap + 50.0)  # increasing map: climbs from below
         return np.minimum(mean, cap), token_w, seen, chunk_share
 
+    def _prefill_rho(self, lam: np.ndarray, mean: np.ndarray) -> np.ndarray:
+        """Utilisation of the prefill chunk budget. A last partial chunk wastes the rest of its step's budget
+        unless another prompt waits (chance rho): work = packed + (own − packed)·(1 − rho) with
+        rho = lam·E[work], solved in closed form."""
+        n = np.arange(self.decode_only.shape[0])
+        e_own, e_packed = np.interp(mean, n, self._own_mean), np.interp(mean, n, self._packed_mean)
+        return np.minimum(lam * e_own / (1 + lam * (e_own - e_packed)), 1.0)
+
     def _prefill_load(self, lam: np.ndarray, mean: np.ndarray) -> tuple[np.ndarray, ...]:
         """Each prompt node's own prefill time, and the moments of the work it adds to the chunk queue."""
         support = self.decode_only.shape[0]
@@ -180,15 +189,12 @@ class ReplicaPredictor:
         hi = np.minimum(lo + 1, support - 1)
         frac = (mean - lo)[..., None]
 
-        def at_mean(table: np.ndarray) -> np.ndarray:  # (nodes, support) -> (..., nodes)
-            return np.moveaxis(table[:, lo], 0, -1) * (1 - frac) + np.moveaxis(table[:, hi], 0, -1) * frac
+        def at_mean(table: np.ndarray) -> np.ndarray:  # (support, ...) -> (..., ...)
+            return table[lo] * (1 - frac) + table[hi] * frac
 
         w = self.tokens.weights
-        own, packed = at_mean(self.prefill), at_mean(self.packed)
-        # A last partial chunk wastes the rest of its step's budget unless another prompt waits (chance rho):
-        # work = packed + (own − packed)·(1 − rho) with rho = lam·E[work], solved in closed form.
-        e_own, e_packed = own @ w, packed @ w
-        rho = np.minimum(lam * e_own / (1 + lam * (e_own - e_packed)), 1.0)[..., None]
+        own, packed = at_mean(self._prefill_by_batch), at_mean(self._packed_by_batch)
+        rho = self._prefill_rho(lam, mean)[..., None]
         work = packed + (own - packed) * (1 - rho)
         return own, work @ w, work**2 @ w, work**3 @ w
 
@@ -319,7 +325,7 @@ class ReplicaPredictor:
 
         low = np.broadcast_to(fixed.min(-1), (len(b), window.shape[1], lam.shape[1])).copy()
         high = fixed.max(-1) + 50.0 * np.maximum(theta_p, theta_s)[:, None, :]
-        for _ in range(28):
+        for _ in range(18):
             mid = (low + high) / 2
             over = exceed(mid) > 1 - ttft_quantile
             low, high = np.where(over, mid, low), np.where(over, high, mid)

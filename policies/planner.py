@@ -34,15 +34,15 @@ from policies.profiles import ModelProfile, profile_for
 from policies.types import Candidate, Load, PlanResult, TierConfig
 
 TENSOR_PARALLEL = (1, 2, 4, 8)
-MAX_BATCHES = (4, 8, 16, 32, 64, 128, 256)
+MAX_BATCHES = (8, 16, 32, 64, 128, 256)
 CHUNK_TOKENS = {Tier.INTERACTIVE: 512, Tier.BATCH: 2048}  # prefill tokens per step: latency vs throughput
 SLOT_LIMIT = 0.5  # most batch-slot occupancy planned: beyond it the predictor underestimates slot queueing
 DEFAULT_PROMPT = (512, 2048)  # (p50, p95) tokens when the manifest gives no hint
 DEFAULT_OUTPUT = (128, 512)
 DEFAULT_RPS = 1.0
 SAMPLES = 4096
-COARSE = np.geomspace(1e-3, 1.0, 24)  # rate grid, as shares of an upper bound of the saturation rate
-FINE = 12
+COARSE = np.geomspace(1e-3, 1.0, 20)  # rate grid, as shares of an upper bound of the saturation rate
+FINE = 10
 
 
 @dataclass(frozen=True)
