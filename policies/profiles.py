@@ -135,7 +135,8 @@ def _preset(name: str, config: dict[str, Any]) -> ModelProfile:
     return from_config(config, name)
 
 
-# Shapes from the public config.json files; the random presets match the worker's random test models.
+# Shapes from the public config.json files; tiny, bench-small and qwen2.5-0.5b are the worker's random presets
+# (worker_image/presets.py; a test keeps the two in step, since policies may not import the worker).
 PRESETS: dict[str, ModelProfile] = {
     p.name: p
     for p in (
@@ -158,7 +159,7 @@ PRESETS: dict[str, ModelProfile] = {
                 model_type="llama",
                 hidden_size=512,
                 num_attention_heads=8,
-                num_key_value_heads=4,
+                num_key_value_heads=2,
                 num_hidden_layers=8,
                 vocab_size=32000,
                 intermediate_size=1408,

@@ -188,3 +188,15 @@ def test_step_time_broadcasts_over_grids():
     assert grid[0, 0] == 0.0  # nothing to do, no step
     assert np.all(np.diff(grid[1:, 0]) > 0)  # more sequences, more KV to read
     assert np.all(grid[:, 1] > grid[:, 0])  # a prefill chunk slows the step
+
+
+@pytest.mark.parametrize("name", ["tiny", "bench-small", "qwen2.5-0.5b"])
+def test_random_presets_match_the_worker(name):
+    presets = pytest.importorskip("worker_image.presets")
+    worker = from_config(presets.preset_config(name), name)
+    mine = PRESETS[name]
+    assert (worker.params, worker.layers, worker.kv_bytes_per_token // worker.bytes_per_element) == (
+        mine.params,
+        mine.layers,
+        mine.kv_bytes_per_token // mine.bytes_per_element,
+    )
