@@ -1,7 +1,8 @@
 """Fixtures for tests on the real local stack (mark them ``@pytest.mark.e2e``).
 
 ``cluster`` is session-scoped: one control plane, process kubelet and Prometheus for the whole run,
-torn down (processes stopped, state dir removed) when the session ends.
+torn down (processes stopped, state dir removed) when the session ends; the run then fails if any
+process, port or the state dir was left behind.
 """
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import kubernetes
 import pytest
 
 from e2e import build
-from e2e.stack import Stack, running_stack
+from e2e.stack import Stack, leftovers, running_stack
+
+STARTED: list[Stack] = []
 
 
 @pytest.fixture(scope="session")
@@ -22,7 +25,16 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[Stack]:
     with capture.global_and_fixture_disabled():  # a first build takes minutes: show its progress
         build.ensure_binaries()
     with running_stack() as stack:
+        STARTED.append(stack)
         yield stack
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Session fixtures are torn down by now: fail the run if the stack left anything behind."""
+    left = [item for stack in STARTED for item in leftovers(stack)]
+    if left:
+        print(f"\ne2e stack left behind: {', '.join(left)}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture(scope="session")

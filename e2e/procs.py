@@ -77,6 +77,24 @@ def mentions(pid: int, marker: str) -> bool:
         return False
 
 
+def processes_mentioning(marker: str) -> list[int]:
+    """Live processes whose command line or working directory contains ``marker``."""
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            text = (proc / "cmdline").read_bytes().decode(errors="replace") + str((proc / "cwd").readlink())
+        except OSError:
+            continue
+        if marker in text and alive(int(proc.name)):
+            found.append(int(proc.name))
+    return found
+
+
+def listening(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex((host, port)) == 0
+
+
 def signal_group(pid: int, sig: int) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, sig)

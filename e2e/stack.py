@@ -136,7 +136,7 @@ def start_stack(
             prometheus_url=prom_url,
             start_seconds=round(time.monotonic() - began, 2),
             pids={name: p.pid for name, p in started.items()},
-            ports=plane.ports,
+            ports={**plane.ports, **({"prometheus": int(prom_url.rsplit(":", 1)[1])} if prom_url else {})},
             _procs=dict(started),
         )
         stack.save()
@@ -187,6 +187,17 @@ def stop_stack(stack: Stack) -> None:
         if pid is not None and (proc is not None or procs.mentions(pid, str(stack.state_dir))):
             procs.stop(pid, grace=STOP_GRACE_S.get(name, 10.0), proc=proc)
     shutil.rmtree(stack.state_dir, ignore_errors=True)
+
+
+def leftovers(stack: Stack) -> list[str]:
+    """What a stopped stack left behind (processes, listening ports, its state dir); empty when clean."""
+    found = [f"process {pid} ({name})" for name, pid in stack.pids.items() if procs.alive(pid)]
+    found += [
+        f"process {pid} under {stack.state_dir}" for pid in procs.processes_mentioning(str(stack.state_dir))
+    ]
+    found += [f"port {port} ({name})" for name, port in stack.ports.items() if procs.listening(port)]
+    found += [f"directory {stack.state_dir}"] if stack.state_dir.exists() else []
+    return found
 
 
 @contextmanager

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
-import socket
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import kubernetes
@@ -14,7 +12,7 @@ import pytest
 from kubernetes.client import AppsV1Api, CoreV1Api, VersionApi
 
 from e2e import build, procs
-from e2e.stack import Stack, running_stack
+from e2e.stack import Stack, leftovers, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -300,24 +298,6 @@ def test_terminating_pod_drains_out_of_service_backends(
     )
 
 
-def listening(port: int) -> bool:
-    with socket.socket() as sock:
-        return sock.connect_ex(("127.0.0.1", port)) == 0
-
-
-def processes_under(directory: Path) -> list[int]:
-    """Processes whose command line or working directory mentions ``directory``."""
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            text = (proc / "cmdline").read_bytes().decode(errors="replace") + str((proc / "cwd").readlink())
-        except OSError:
-            continue
-        if str(directory) in text and procs.alive(int(proc.name)):
-            found.append(int(proc.name))
-    return found
-
-
 def test_teardown_leaves_no_process_port_or_directory() -> None:
     with running_stack() as stack:
         core = CoreV1Api(stack.api_client())
@@ -326,11 +306,9 @@ def test_teardown_leaves_no_process_port_or_directory() -> None:
         )
         procs.wait_until(lambda: pod_phase(core, "default", "sleeper") == "Running", 30, "sleeper Running")
         pod_pid = pid_of(core.read_namespaced_pod("sleeper", "default"))
-        pids = [*stack.pids.values(), pod_pid]
-        ports = [*stack.ports.values(), int(str(stack.prometheus_url).rsplit(":", 1)[1])]
-        assert all(procs.alive(pid) for pid in pids) and all(listening(p) for p in ports)
-        assert processes_under(stack.state_dir)
-    assert not [pid for pid in pids if procs.alive(pid)]
-    assert not [port for port in ports if listening(port)]
-    assert not stack.state_dir.exists()
-    assert not processes_under(stack.state_dir)
+        assert pod_pid in procs.processes_mentioning(str(stack.state_dir))
+        assert set(stack.ports) == {"etcd", "etcd-peer", "apiserver", "kcm", "prometheus"}
+        assert all(procs.listening(port) for port in stack.ports.values())
+        assert len(leftovers(stack)) > len(stack.ports)  # the check sees a running stack
+    assert leftovers(stack) == []
+    assert not procs.alive(pod_pid)
