@@ -191,6 +191,14 @@ def plan_report(spec: Any, load: Any, profile: Any, result: Any) -> dict[str, An
     }
 
 
+def _verdict(label: str, candidate: dict[str, Any], plan: dict[str, Any] | None) -> str:
+    if label == "plan":
+        return "chosen"
+    if plan is not None and candidate["cost_per_hour"] <= plan["cost_per_hour"] + 1e-9:
+        return "same cost, ranked after (more devices or TP)"
+    return "costlier"
+
+
 def _print_table(report: dict[str, Any], alternatives: int) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -235,7 +243,7 @@ def _print_table(report: dict[str, Any], alternatives: int) -> None:
             "—" if p["tpot_p95_ms"] is None else f"{p['tpot_p95_ms']:.1f} ms",
             "—" if c["cost_per_hour"] is None else f"{c['cost_per_hour']:.2f}",
             "—" if c["utilisation"] is None else f"{c['utilisation']:.0%}",
-            c.get("rejected") or ("chosen" if label == "plan" else "costlier"),
+            c.get("rejected") or _verdict(label, c, report["plan"]),
         )
     console.print(table)
 

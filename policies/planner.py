@@ -184,8 +184,10 @@ def size_tier(
     with np.errstate(divide="ignore"):
         need = np.where(usable > 0, np.ceil(tier_rps / np.maximum(usable, 1e-300) - 1e-9), np.inf)
     need = np.maximum(need, min_replicas)
-    # Fewest replicas; among equals the most capacity (lowest latency at the planned rate).
-    order = np.lexsort((-capacity.ravel(), need.ravel()))
+    # Fewest replicas; among equals the most capacity (lowest latency at the planned rate), then the largest
+    # max batch (room for bursts at no predicted cost).
+    largest = np.broadcast_to(-batches[:, None], capacity.shape)
+    order = np.lexsort((largest.ravel(), -np.round(capacity, 6).ravel(), need.ravel()))
     bi, wi = np.unravel_index(order[0], capacity.shape)
     replicas = int(need[bi, wi])
     per_replica = tier_rps / replicas if replicas else 0.0
