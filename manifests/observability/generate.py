@@ -50,6 +50,16 @@ POLL_DURATION = "goodput_operator_poll_duration_seconds"  # histogram
 PROMETHEUS_UP = "goodput_operator_prometheus_up"  # 1 when the last interval's queries succeeded
 SERVICES_MANAGED = "goodput_operator_services"
 PLAN_REPLICAS = "goodput_plan_replicas"  # {namespace, inferenceservice, tier}: the plan's replicas per tier
+PLANNED = "goodput:plan_replicas"
+
+
+def service_namespace(expr: str) -> str:
+    """`expr` with the service's namespace in `namespace`, however the operator was scraped.
+
+    A scrape job without honor_labels that sets `namespace` from the operator pod (as annotation-based pod
+    discovery does) renames the series' own `namespace` to `exported_namespace`; this moves it back.
+    """
+    return f'label_replace({expr}, "namespace", "$1", "exported_namespace", "(.+)")'
 
 
 @dataclass(frozen=True)
@@ -171,7 +181,7 @@ def weight_rules(sli: Sli) -> list[dict[str, Any]]:
 
 def target_rules(sli: Sli) -> list[dict[str, Any]]:
     rules: list[dict[str, Any]] = [
-        {"record": sli.target, "expr": f"max by ({TARGET}) ({sli.target_gauge})"},
+        {"record": sli.target, "expr": f"max by ({TARGET}) ({service_namespace(sli.target_gauge)})"},
     ]
     budgets = [
         f'{sli.target}{{percentile="{percentile}"}} * 0 + {num(round(1 - int(percentile) / 100, 6))}'
@@ -345,6 +355,15 @@ def rule_groups() -> list[dict[str, Any]]:
         burn.append(burn_alert(sli, "GoodputSLOSlowBurn", "ticket", SLOW_BURN, "steadily"))
     return [
         {"name": "goodput-slo", "interval": "30s", "rules": recording},
+        {
+            "name": "goodput-plan",
+            "rules": [
+                {
+                    "record": PLANNED,
+                    "expr": f"max by ({SERVICE}, tier) ({service_namespace(PLAN_REPLICAS)})",
+                }
+            ],
+        },
         {"name": "goodput-slo-alerts", "interval": "30s", "rules": burn},
         {"name": "goodput-operations", "rules": operations_alerts()},
     ]
@@ -477,7 +496,7 @@ def latency_panel(sli: Sli) -> dict[str, Any]:
             (quantile("95"), "p95 {{namespace}}"),
             (quantile("99"), "p99 {{namespace}}"),
             (
-                f"max by (namespace, percentile) ({sli.target_gauge}{{{SELECTED}}})",
+                f"max by (namespace, percentile) ({sli.target}{{{SELECTED}}})",
                 "SLO p{{percentile}} {{namespace}}",
             ),
         ],
@@ -535,7 +554,7 @@ def service_panels() -> list[dict[str, Any]]:
             [
                 (f"count by (namespace, tier) (up{{{per_tier}}} == 1)", "{{tier}} ready {{namespace}}"),
                 (
-                    f"max by (namespace, tier) ({PLAN_REPLICAS}{{{per_tier}}})",
+                    f"max by (namespace, tier) ({PLANNED}{{{per_tier}}})",
                     "{{tier}} desired {{namespace}}",
                 ),
             ],
@@ -578,7 +597,11 @@ def service_panels() -> list[dict[str, Any]]:
             "short",
             [
                 (
-                    f"sum by (namespace, action) (increase({DECISIONS}{{{per_tier}}}[$__rate_interval]))",
+                    "sum by (namespace, action) ("
+                    + service_namespace(
+                        f'increase({DECISIONS}{{inferenceservice=~"$inferenceservice"}}[$__rate_interval])'
+                    )
+                    + ")",
                     "{{action}} {{namespace}}",
                 )
             ],
