@@ -16,7 +16,7 @@ MODEL = "random:tiny"
 
 @pytest.fixture(scope="module")
 def worker() -> Iterator[tuple[str, WorkerState]]:
-    config = EngineConfig(model=MODEL, max_model_len=512, max_num_seqs=8)
+    config = EngineConfig(model=MODEL, max_model_len=128, max_num_seqs=8)
     with serve_in_thread(config, ServeOptions(host="127.0.0.1", port=0)) as running:
         yield running
 
