@@ -42,7 +42,7 @@ WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
 PERCENTILES = ("95", "99")  # the SLO fields ttftP95Ms/ttftP99Ms and tpotP95Ms/tpotP99Ms
 
 # The operator's own /metrics (controllers/metrics.py). Its per-service series carry `namespace` and
-# `inferenceservice` labels, so its scrape job must keep them: honor_labels (PodMonitor honorLabels: true).
+# `inferenceservice` labels; `service_namespace` reads them whether or not the scrape honours labels.
 # Decisions are {action, mode}; the per-service panel also needs {namespace, inferenceservice}.
 DECISIONS = "goodput_operator_decisions_total"
 RECONCILE_ERRORS = "goodput_operator_reconcile_errors_total"  # {stage}
