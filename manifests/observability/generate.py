@@ -416,6 +416,7 @@ def pod_monitors() -> list[dict[str, Any]]:
         "kind": "PodMonitor",
         "metadata": {"name": "goodput-operator", "labels": labels},
         "spec": {
+            "namespaceSelector": {"matchNames": ["goodput-system"]},  # manifests/operator/namespace.yaml
             "selector": {"matchLabels": {"app.kubernetes.io/name": "goodput-operator"}},
             "podMetricsEndpoints": [
                 {"port": "metrics", "path": "/metrics", "interval": "15s", "honorLabels": True}
