@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from types import ModuleType
 
+import yaml
+
 from controllers import naming
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def sd_label(pod_label: str) -> str:
@@ -28,3 +33,14 @@ def test_worker_monitor_maps_the_operators_pod_labels(observability: ModuleType)
 def test_operator_monitor_keeps_the_per_service_labels(observability: ModuleType) -> None:
     _, operator = observability.pod_monitors()
     assert operator["spec"]["podMetricsEndpoints"][0]["honorLabels"] is True
+
+
+def test_operator_monitor_finds_the_operator_deployment(observability: ModuleType) -> None:
+    deployment = yaml.safe_load((ROOT / "manifests" / "operator" / "deployment.yaml").read_text())
+    _, operator = observability.pod_monitors()
+    template = deployment["spec"]["template"]
+    selector = operator["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= template["metadata"]["labels"].items()
+    assert deployment["metadata"]["namespace"] in operator["spec"]["namespaceSelector"]["matchNames"]
+    ports = {p["name"] for c in template["spec"]["containers"] for p in c.get("ports", [])}
+    assert operator["spec"]["podMetricsEndpoints"][0]["port"] in ports
