@@ -1,9 +1,15 @@
-"""An engine failure is a server error: in-flight requests get a clean error, /health turns 503."""
+"""The worker's lifecycle: not ready while loading, fatal when loading fails, clean errors when the engine
+fails mid-request (in-flight requests get an error, /health turns 503)."""
 
 import json
+import threading
+import time
 
 import httpx
+import pytest
+from fastapi.testclient import TestClient
 
+from worker_image import server
 from worker_image.config import EngineConfig
 from worker_image.engine import RequestOutput
 from worker_image.server import ServeOptions, serve_in_thread
@@ -38,3 +44,44 @@ def test_engine_failure_fails_requests_cleanly_and_health() -> None:
         refused = httpx.post(url + "/v1/completions", json={"prompt": "next", "max_tokens": 2})
         assert refused.status_code == 503
         assert refused.json()["error"]["code"] == "engine_failed"
+
+
+def test_not_ready_while_the_model_loads_then_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    loaded = threading.Event()
+    real_engine = server.LLMEngine
+
+    def slow_engine(config: EngineConfig) -> server.LLMEngine:
+        assert loaded.wait(30)
+        return real_engine(config)
+
+    monkeypatch.setattr(server, "LLMEngine", slow_engine)
+    app = server.create_app(EngineConfig(model="random:tiny", max_model_len=128), ServeOptions())
+    with TestClient(app) as client:
+        assert client.get("/health").status_code == 200
+        assert client.get("/ready").json() == {"status": "loading"}
+        refused = client.post("/v1/completions", json={"prompt": "early"})
+        assert refused.status_code == 503 and refused.headers["retry-after"] == "1"
+        assert refused.json()["error"]["code"] == "loading"
+        loaded.set()
+        deadline = time.monotonic() + 60
+        while client.get("/ready").status_code != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert client.post("/v1/completions", json={"prompt": "now", "max_tokens": 2}).status_code == 200
+
+
+def test_a_model_that_fails_to_load_is_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken_engine(config: EngineConfig) -> server.LLMEngine:
+        raise ValueError("corrupt weights")
+
+    fatal: list[BaseException] = []
+    monkeypatch.setattr(server, "LLMEngine", broken_engine)
+    app = server.create_app(EngineConfig(model="random:tiny"), ServeOptions(), on_fatal=fatal.append)
+    with TestClient(app) as client:
+        deadline = time.monotonic() + 30
+        while not fatal:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        assert client.get("/health").status_code == 503
+        assert client.get("/ready").json() == {"status": "failed"}
+    assert "corrupt weights" in str(fatal[0])
