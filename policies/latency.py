@@ -323,9 +323,21 @@ class ReplicaPredictor:
             slack = x[..., None] - fixed
             return np.where(slack < 0, 1.0, _sum_tail(np.maximum(slack, 0.0), pa, ta, pb, tb)) @ w
 
-        low = np.broadcast_to(fixed.min(-1), (len(b), window.shape[1], lam.shape[1])).copy()
-        high = fixed.max(-1) + 50.0 * np.maximum(theta_p, theta_s)[:, None, :]
-        for _ in range(18):
+        # Bracket: TTFT ≥ its fixed part, so the fixed part's quantile is a floor; the sum of the three parts'
+        # quantiles at 1 − (1 − q)/3 is a ceiling (union bound). Nodes are sorted, so one index serves all rows.
+        share = (1 - ttft_quantile) / 3
+        cdf = np.cumsum(w)
+        low = fixed[..., min(int(np.searchsorted(cdf, ttft_quantile)), len(w) - 1)]
+
+        def wait_quantile(p: np.ndarray, scale: np.ndarray) -> np.ndarray:
+            return scale * np.log(np.maximum(p / share, 1.0))
+
+        high = (
+            fixed[..., min(int(np.searchsorted(cdf, 1 - share)), len(w) - 1)]
+            + wait_quantile(pa, ta)[..., 0]
+            + wait_quantile(pb, tb)[..., 0]
+        )
+        for _ in range(16):
             mid = (low + high) / 2
             over = exceed(mid) > 1 - ttft_quantile
             low, high = np.where(over, mid, low), np.where(over, high, mid)
