@@ -33,7 +33,8 @@ def up(args: argparse.Namespace) -> None:
     running = current()
     if running and any(procs.alive(pid) for pid in running.pids.values()):
         sys.exit(f"a stack is already running in {running.state_dir}; run `python -m e2e.cluster down` first")
-    stack = start_stack(kubelet=not args.no_kubelet, with_prometheus=not args.no_prometheus, tied=False)
+    nodes = [] if args.no_kubelet else None
+    stack = start_stack(nodes=nodes, with_prometheus=not args.no_prometheus, tied=False)
     POINTER.parent.mkdir(parents=True, exist_ok=True)
     POINTER.write_text(str(stack.state_dir))
     print(f"stack {stack.version} up in {stack.start_seconds:.1f}s: {stack.server}", file=sys.stderr)

@@ -26,9 +26,19 @@ from e2e import build, procs, prometheus
 from e2e.controlplane import ControlPlane, write_kubeconfig
 
 REPO = Path(__file__).resolve().parent.parent
-STOP_ORDER = ["kubelet", "prometheus", "kube-controller-manager", "kube-apiserver", "etcd"]
-STOP_GRACE_S = {"kubelet": 20.0}
-NODE_NAME = "goodput-node"
+STOP_ORDER = ["prometheus", "kube-controller-manager", "kube-apiserver", "etcd"]  # after the kubelets
+KUBELET_GRACE_S = 20.0  # a kubelet gives its pods 10 s to stop
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """One process kubelet: a Node with these labels and allocatable resources (e.g. an accelerator pool)."""
+
+    name: str = "goodput-node"
+    labels: dict[str, str] = field(default_factory=dict)
+    cpu: str = "64"
+    memory: str = "256Gi"
+    gpus: str = "8"
 
 
 @dataclass
@@ -43,7 +53,7 @@ class Stack:
     start_seconds: float
     pids: dict[str, int]
     ports: dict[str, int]
-    node: str = NODE_NAME
+    nodes: list[str]
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def api_client(self) -> kubernetes.client.ApiClient:
@@ -107,12 +117,18 @@ class Stack:
 
 
 def start_stack(
-    state_dir: Path | None = None, *, kubelet: bool = True, with_prometheus: bool = True, tied: bool = True
+    state_dir: Path | None = None,
+    *,
+    nodes: list[NodeSpec] | None = None,
+    with_prometheus: bool = True,
+    tied: bool = True,
 ) -> Stack:
     """Build (if needed) and start everything; on any failure, stop what started and re-raise.
 
-    ``tied`` processes die with the calling thread (tests); the CLI passes False so they outlive it.
+    ``nodes`` defaults to one :class:`NodeSpec`; pass ``[]`` for no kubelet. ``tied`` processes die
+    with the calling thread (tests); the CLI passes False so they outlive it.
     """
+    nodes = [NodeSpec()] if nodes is None else nodes
     binaries = build.ensure_binaries()
     began = time.monotonic()
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="goodput-e2e-"))
@@ -126,8 +142,8 @@ def start_stack(
             started["prometheus"], prom_url = prometheus.start(
                 binaries["prometheus"], state_dir, plane.server, plane.creds, tied=tied
             )
-        if kubelet:
-            started["kubelet"] = start_kubelet(plane, tied)
+        for node in nodes:
+            started[f"kubelet/{node.name}"] = start_kubelet(plane, node, tied)
         stack = Stack(
             state_dir=state_dir,
             kubeconfig=plane.kubeconfig,
@@ -136,14 +152,14 @@ def start_stack(
             prometheus_url=prom_url,
             start_seconds=round(time.monotonic() - began, 2),
             pids={name: p.pid for name, p in started.items()},
+            nodes=[node.name for node in nodes],
             ports={**plane.ports, **({"prometheus": int(prom_url.rsplit(":", 1)[1])} if prom_url else {})},
             _procs=dict(started),
         )
         stack.save()
     except BaseException:
-        for name in STOP_ORDER:
-            if name in started:
-                procs.stop(started[name].pid, grace=5, proc=started[name])
+        for name in stop_order(started):
+            procs.stop(started[name].pid, grace=5, proc=started[name])
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
     return stack
@@ -155,7 +171,7 @@ def pod_subnet() -> str:
     return f"127.{rng.randint(1, 254)}.{rng.randint(0, 255)}.0/24"
 
 
-def start_kubelet(plane: ControlPlane, tied: bool) -> subprocess.Popen[bytes]:
+def start_kubelet(plane: ControlPlane, node: NodeSpec, tied: bool) -> subprocess.Popen[bytes]:
     argv = [
         sys.executable,
         "-m",
@@ -163,29 +179,40 @@ def start_kubelet(plane: ControlPlane, tied: bool) -> subprocess.Popen[bytes]:
         f"--kubeconfig={plane.kubeconfig}",
         f"--state-dir={plane.state_dir}",
         f"--pod-subnet={pod_subnet()}",
+        f"--node-name={node.name}",
+        f"--cpu={node.cpu}",
+        f"--memory={node.memory}",
+        f"--gpus={node.gpus}",
+        *(f"--label={k}={v}" for k, v in node.labels.items()),
     ]
-    proc = procs.start(argv, plane.state_dir / "logs" / "kubelet.log", cwd=REPO, tied=tied)
+    log = plane.state_dir / "logs" / f"kubelet-{node.name}.log"
+    proc = procs.start(argv, log, cwd=REPO, tied=tied)
 
     def node_ready() -> bool:
         if proc.poll() is not None:
-            log = (plane.state_dir / "logs" / "kubelet.log").read_text()[-3000:]
-            raise procs.ProcessExited(f"kubelet exited with {proc.returncode}:\n{log}")
+            raise procs.ProcessExited(f"kubelet exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
         with plane.http() as client:
-            node = client.get(f"/api/v1/nodes/{NODE_NAME}", timeout=2).json()
-        conditions = node.get("status", {}).get("conditions", [])
-        return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+            status = client.get(f"/api/v1/nodes/{node.name}", timeout=2).json().get("status", {})
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions", []))
 
-    procs.wait_until(node_ready, 30, f"node {NODE_NAME} Ready")
+    procs.wait_until(node_ready, 30, f"node {node.name} Ready")
     return proc
+
+
+def stop_order(processes: dict[str, object]) -> list[str]:
+    """Kubelets first (so pods get their SIGTERM while the API is up), then the rest in STOP_ORDER."""
+    kubelets = [name for name in processes if name.startswith("kubelet/")]
+    return kubelets + [name for name in STOP_ORDER if name in processes]
 
 
 def stop_stack(stack: Stack) -> None:
     """Stop every process (kubelet first, so pods get their SIGTERM) and remove the state dir."""
-    for name in STOP_ORDER:
-        pid, proc = stack.pids.get(name), stack._procs.get(name)
+    for name in stop_order(stack.pids):
+        pid, proc = stack.pids[name], stack._procs.get(name)
         # A stack loaded from stack.json has bare pids: only signal those that are still ours.
-        if pid is not None and (proc is not None or procs.mentions(pid, str(stack.state_dir))):
-            procs.stop(pid, grace=STOP_GRACE_S.get(name, 10.0), proc=proc)
+        if proc is not None or procs.mentions(pid, str(stack.state_dir)):
+            grace = KUBELET_GRACE_S if name.startswith("kubelet/") else 10.0
+            procs.stop(pid, grace=grace, proc=proc)
     shutil.rmtree(stack.state_dir, ignore_errors=True)
 
 

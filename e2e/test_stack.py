@@ -12,7 +12,7 @@ import pytest
 from kubernetes.client import AppsV1Api, CoreV1Api, VersionApi
 
 from e2e import build, procs
-from e2e.stack import Stack, leftovers, running_stack
+from e2e.stack import NodeSpec, Stack, leftovers, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -94,7 +94,7 @@ def test_deployment_runs_is_scraped_and_is_garbage_collected(
     procs.wait_until(lambda: ready_pod() is not None, 60, "a Ready web pod")
     pod = ready_pod()
     assert pod is not None
-    assert pod.status.phase == "Running" and pod.spec.node_name == cluster.node
+    assert pod.status.phase == "Running" and pod.spec.node_name in cluster.nodes
     ip = ipaddress.ip_address(pod.status.pod_ip)
     assert ip.is_loopback and ip != ipaddress.ip_address("127.0.0.1")
     assert httpx.get(f"http://{ip}:8000/index.html").text == "ok"
@@ -296,6 +296,34 @@ def test_terminating_pod_drains_out_of_service_backends(
     procs.wait_until(
         lambda: not core.list_namespaced_pod(namespace).items, 20, "drainer deleted after its drain"
     )
+
+
+def test_node_pools_place_pods_by_selector_and_gpu_capacity() -> None:
+    pools = [
+        NodeSpec("cpu-node", {"goodput.dev/pool": "cpu"}, gpus="0"),
+        NodeSpec("h100-node", {"goodput.dev/pool": "h100"}, gpus="2"),
+    ]
+    sleeper = "import time; time.sleep(600)"
+    with running_stack(nodes=pools, with_prometheus=False) as stack, stack.api_client() as client:
+        core = CoreV1Api(client)
+        gpu = {"requests": {"nvidia.com/gpu": "1"}, "limits": {"nvidia.com/gpu": "1"}}
+        for name, pool, resources in [("a", "h100", gpu), ("b", "h100", gpu), ("c", "cpu", {})]:
+            pod = one_shot_pod(name, sleeper, "Always", resources=resources)
+            pod["spec"]["nodeSelector"] = {"goodput.dev/pool": pool}
+            core.create_namespaced_pod("default", pod)
+        procs.wait_until(
+            lambda: all(pod_phase(core, "default", n) == "Running" for n in "abc"), 30, "pods Running"
+        )
+        nodes = {n: core.read_namespaced_pod(n, "default").spec.node_name for n in "abc"}
+        assert nodes == {"a": "h100-node", "b": "h100-node", "c": "cpu-node"}
+        core.create_namespaced_pod("default", one_shot_pod("d", sleeper, "Always", resources=gpu))
+
+        def unschedulable() -> bool:
+            conditions = core.read_namespaced_pod("d", "default").status.conditions or []
+            return any(c.type == "PodScheduled" and c.reason == "Unschedulable" for c in conditions)
+
+        procs.wait_until(unschedulable, 10, "d marked Unschedulable: no node has a free GPU")
+        assert core.read_namespaced_pod("d", "default").spec.node_name is None
 
 
 def test_teardown_leaves_no_process_port_or_directory() -> None:
