@@ -267,9 +267,14 @@ def plot_frontiers(curves: Sequence[Any], spec: Any, path: str) -> None:
             at = curve.planned_rps / curve.replica_cost_per_hour
             left.plot([at], [np.interp(curve.planned_rps, curve.rps, curve.ttft_p95_ms)], "o", color=colour)
             right.plot([at], [np.interp(curve.planned_rps, curve.rps, curve.tpot_p95_ms)], "o", color=colour)
-    for axis, name, target in ((left, "TTFT", spec.slo.ttft_p95_ms), (right, "TPOT", spec.slo.tpot_p95_ms)):
-        if target:
-            axis.axhline(target, color="red", linestyle="--", label=f"SLO {name} p95 {target:g} ms")
+    slo = spec.slo
+    for axis, name, targets in (
+        (left, "TTFT", (("p95", slo.ttft_p95_ms), ("p99", slo.ttft_p99_ms))),
+        (right, "TPOT", (("p95", slo.tpot_p95_ms), ("p99", slo.tpot_p99_ms))),
+    ):
+        for (level, target), style in zip(targets, ("--", ":"), strict=True):
+            if target:
+                axis.axhline(target, color="red", linestyle=style, label=f"SLO {name} {level} {target:g} ms")
         axis.set_yscale("log")
         axis.set_xlabel("throughput per cost (req/s per $/h of a replica)")
         axis.set_ylabel(f"predicted {name} p95 (ms)")

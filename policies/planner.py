@@ -9,6 +9,9 @@ replicas = ceil(rate / ((1 − h) · capacity)), so "headroom 0.2 plans to 80%" 
 reported p95s are those at the planned per-replica rate. Mixed traffic gets an interactive and a batch tier,
 each sized for its share of the rate with its own window range and chunk size, on the same accelerator.
 
+Targets: the p95 TTFT/TPOT targets (and the p99 ones when set) are planned to directly; `attainment` is what
+the operator measures against them, not a planning input.
+
 Rejections, in the order they are checked: memory (weights plus a full batch of KV do not fit), ttft / tpot
 (no rate meets the target), max_count (more devices than the pool allows), max_replicas, budget.
 """
