@@ -49,6 +49,7 @@ Obj = dict[str, Any]
 LOOP_S = 0.5
 HEARTBEAT_S = 10.0
 BACKOFF_MAX_S = 30.0
+RETRIED = ("ContainerCreating", "CrashLoopBackOff", "StartError", "CreateContainerConfigError")
 PASS_ENV = ("HOME", "LANG", "LC_ALL", "TMPDIR", "HF_HOME", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -110,7 +111,7 @@ class PodRecord:
     start_time: str
     containers: list[Container]
     grace: float = 30.0  # spec.terminationGracePeriodSeconds, for liveness kills
-    mounts: dict[str, Path] = field(default_factory=dict)
+    mounts: dict[str, Path] | None = None  # volume name -> local dir, once materialised
     terminating: bool = False
     transitions: dict[str, tuple[str, str]] = field(default_factory=dict)
     last_status: Obj | None = None
@@ -270,11 +271,6 @@ class Kubelet:
             containers=[Container(spec=c) for c in pod["spec"]["containers"]],
             grace=float(pod["spec"].get("terminationGracePeriodSeconds", 30)),
         )
-        try:
-            rec.mounts = self.materialise_volumes(pod, pod_dir)
-        except (RuntimeError, KeyError) as exc:
-            for c in rec.containers:
-                c.waiting = ("CreateContainerConfigError", str(exc))
         print(f"admitted {rec.namespace}/{rec.name} at {rec.ip}", flush=True)
         return rec
 
@@ -374,9 +370,9 @@ class Kubelet:
     def rewrite(self, rec: PodRecord, spec: Obj, text: str) -> str:
         """Replace the container's mountPaths (at a path boundary) with the local volume directories."""
         for mount in sorted(spec.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"])):
-            if mount["name"] not in rec.mounts:
+            if mount["name"] not in (rec.mounts or {}):
                 continue
-            local = rec.mounts[mount["name"]] / mount.get("subPath", "")
+            local = (rec.mounts or {})[mount["name"]] / mount.get("subPath", "")
             text = re.sub(re.escape(mount["mountPath"].rstrip("/")) + r"(?=/|\s|$|,|;|:)", str(local), text)
         return text
 
@@ -396,10 +392,13 @@ class Kubelet:
                 "the process kubelet runs no images: set the container command",
             )
             return
-        try:
+        try:  # a missing ConfigMap or Secret is retried with backoff: it may be created later
+            if rec.mounts is None:
+                rec.mounts = self.materialise_volumes(pod, rec.dir)
             env = self.container_env(pod, rec, spec)
-        except RuntimeError as exc:
+        except (RuntimeError, KeyError) as exc:
             c.waiting = ("CreateContainerConfigError", str(exc))
+            c.backoff_until = time.monotonic() + self.backoff(c)
             return
         argv = [self.rewrite(rec, spec, expand(a, env)) for a in spec["command"] + (spec.get("args") or [])]
         argv[0] = self.executable(argv[0], env["PATH"])
@@ -512,7 +511,7 @@ class Kubelet:
                 procs.signal_group(c.proc.pid, signal.SIGKILL)
             if c.proc is not None and c.proc.poll() is not None:
                 self.reap(rec, c, policy)
-            waiting = c.waiting[0] in ("ContainerCreating", "CrashLoopBackOff", "StartError")
+            waiting = c.waiting[0] in RETRIED
             due = waiting and time.monotonic() >= c.backoff_until
             if not rec.terminating and c.proc is None and c.final is None and due:
                 if c.last_terminated is not None:

@@ -163,7 +163,6 @@ def pod_phase(core: CoreV1Api, namespace: str, name: str) -> str:
 
 def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, cluster: Stack, namespace: str) -> None:
     core = CoreV1Api(k8s)
-    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"greeting": "hi"}})
     check = (
         "import os, sys; e = os.environ; "
         f"sys.exit(0 if (e['NAME'], e['NS'], e['GREETING'], e['MSG']) == ('envcheck', '{namespace}', 'hi', 'hi!') "
@@ -177,6 +176,13 @@ def test_env_and_restart_policy(k8s: kubernetes.client.ApiClient, cluster: Stack
         {"name": "MSG", "value": "$(GREETING)!"},
     ]
     core.create_namespaced_pod(namespace, one_shot_pod("envcheck", check, "Never", env=env))
+
+    def config_error() -> bool:
+        statuses = core.read_namespaced_pod("envcheck", namespace).status.container_statuses or []
+        return bool(statuses) and statuses[0].state.waiting.reason == "CreateContainerConfigError"
+
+    procs.wait_until(config_error, 30, "envcheck waiting for its ConfigMap")
+    core.create_namespaced_config_map(namespace, {"metadata": {"name": "cfg"}, "data": {"greeting": "hi"}})
     core.create_namespaced_pod(namespace, one_shot_pod("fails", "raise SystemExit(3)", "Never"))
     core.create_namespaced_pod(
         namespace, one_shot_pod("crashloop", "print('boom'); raise SystemExit(3)", "Always")
