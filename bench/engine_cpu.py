@@ -106,19 +106,26 @@ def run_hf_static(model: torch.nn.Module, w: Workload, batch_size: int) -> dict:
     }
 
 
-def run_hf_continuous(model: torch.nn.Module, w: Workload) -> dict | None:
+def run_hf_continuous(model: torch.nn.Module, w: Workload, batch_tokens: int) -> dict | None:
     """transformers' own continuous batching (paged KV cache), per-request output lengths."""
     if not hasattr(model, "continuous_batching_context_manager"):
         return None
     from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+    # Bounded like ours: the default sizes its KV cache from free memory (14 GB here).
+    cb_cfg = ContinuousBatchingConfig(
+        num_blocks=256, max_batch_tokens=batch_tokens, max_requests_per_batch=64
+    )
     gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max(w.output_lens), eos_token_id=None)
     gen_cfg.pad_token_id = presets.BYTE_TOKENS["pad_token_id"]
     start = time.perf_counter()
     generated = 0
     with (
         torch.no_grad(),
-        model.continuous_batching_context_manager(generation_config=gen_cfg, block=True) as m,
+        model.continuous_batching_context_manager(
+            generation_config=gen_cfg, continuous_batching_config=cb_cfg, block=True
+        ) as m,
     ):
         ids = [
             m.add_request(p, max_new_tokens=n, eos_token_id=[])
@@ -249,7 +256,7 @@ def main() -> None:
         result["ratio_vs_static"] = ours["output_tokens_per_s"] / result["hf_static"]["output_tokens_per_s"]
         print(f"hf static: {result['hf_static']['output_tokens_per_s']:.1f} tok/s", flush=True)
         try:
-            result["hf_continuous"] = run_hf_continuous(model, offline)
+            result["hf_continuous"] = run_hf_continuous(model, offline, config.max_num_batched_tokens)
         except Exception as exc:  # a baseline that breaks is reported, not fatal
             result["hf_continuous_error"] = repr(exc)
         if result["hf_continuous"]:
