@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -71,6 +72,11 @@ async def _wait_http(url: str, timeout_s: float) -> None:
     raise TimeoutError(url)
 
 
+def hinted_rps(index: int) -> float:
+    """Services differ in load, as a real fleet's do: 40 levels from 0.5 to 10.25 rps."""
+    return 0.5 + (index % 40) * 0.25
+
+
 async def _create_services(api: str, count: int, interval_s: float) -> list[str]:
     template = yaml.safe_load((ROOT / "manifests/examples/tiny-cpu.yaml").read_text())
     policy = {
@@ -85,16 +91,17 @@ async def _create_services(api: str, count: int, interval_s: float) -> list[str]
             response.raise_for_status()
         limit = asyncio.Semaphore(32)
 
-        async def create(name: str) -> None:
+        async def create(index: int, name: str) -> None:
             body = {**template, "metadata": {"name": name, "namespace": "bench"}}
-            body["spec"] = {**template["spec"], "policyRef": "bench"}
+            traffic = {**template["spec"]["traffic"], "expectedRps": hinted_rps(index)}
+            body["spec"] = {**template["spec"], "policyRef": "bench", "traffic": traffic}
             async with (
                 limit,
                 session.post(f"{GROUP_PATH}/namespaces/bench/inferenceservices", json=body) as r,
             ):
                 r.raise_for_status()
 
-        await asyncio.gather(*(create(name) for name in names))
+        await asyncio.gather(*(create(index, name) for index, name in enumerate(names)))
     return names
 
 
@@ -105,6 +112,16 @@ async def _planned(api: str) -> int:
     ):
         items = (await response.json())["items"]
     return sum(1 for item in items if item.get("status", {}).get("plan"))
+
+
+async def _after_next_interval(port: int, interval_s: float) -> dict[str, float]:
+    """Metrics read just after an interval ends, so each later sample covers whole intervals only."""
+    first = _metrics(port).get("goodput_operator_intervals_total", 0.0)
+    while True:
+        await asyncio.sleep(interval_s / 20)
+        now = _metrics(port)
+        if now.get("goodput_operator_intervals_total", 0.0) > first:
+            return now
 
 
 def _sample_interval(port: int, last: dict[str, float]) -> tuple[dict[str, float], dict[str, float] | None]:
@@ -166,6 +183,7 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
             "GOODPUT_OPERATOR_POLL_INTERVAL_S": f"{interval_s:g}",
             "GOODPUT_OPERATOR_WINDOW_S": str(int(max(4 * scrape_s, 2 * interval_s))),
             "GOODPUT_OPERATOR_METRICS_PORT": str(metrics_port),
+            "MALLOC_ARENA_MAX": "2",  # as in manifests/operator/deployment.yaml
         }
         operator = subprocess.Popen(
             [
@@ -185,10 +203,10 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
         print(f"all {services} services planned and applied in {startup_s:.1f} s", flush=True)
 
         samples: list[dict[str, float]] = []
-        last = _metrics(metrics_port)
+        last = await _after_next_interval(metrics_port, interval_s)  # the startup interval is not measured
         changed = False
         while len(samples) < intervals:
-            await asyncio.sleep(interval_s / 4)
+            await asyncio.sleep(interval_s / 20)
             last, sample = _sample_interval(metrics_port, last)
             if sample is None:
                 continue
@@ -232,6 +250,7 @@ def main() -> None:
     parser.add_argument("--scrape", type=float, default=5.0, help="Prometheus scrape interval, seconds")
     parser.add_argument("--json", type=Path, help="write the result here")
     args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the child processes
     result = asyncio.run(run(args.services, args.intervals, args.interval, args.scrape))
     print(json.dumps(result, indent=2))
     if args.json:

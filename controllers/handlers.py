@@ -135,7 +135,7 @@ async def policy_changed(
     name: str, spec: kopf.Spec, reason: str, memo: kopf.Memo, services_by_policy: kopf.Index, **_: Any
 ) -> None:
     rt = runtime(memo)
-    rt.policies[name] = SLOPolicySpec.model_validate(dict(spec))
+    rt.set_policy(name, SLOPolicySpec.model_validate(copy.deepcopy(dict(spec))))
     if str(reason) == "resume":
         return  # services resume on their own; nothing about the policy changed
     await _replan_users(rt, name, services_by_policy)
@@ -144,7 +144,7 @@ async def policy_changed(
 @kopf.on.delete(GROUP, VERSION, POLICIES, optional=True)
 async def policy_deleted(name: str, memo: kopf.Memo, services_by_policy: kopf.Index, **_: Any) -> None:
     rt = runtime(memo)
-    rt.policies.pop(name, None)
+    rt.drop_policy(name)
     if name == DEFAULT_POLICY_NAME:
         await _replan_users(rt, name, services_by_policy)  # the built-in default applies now
 

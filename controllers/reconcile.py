@@ -12,19 +12,20 @@ import math
 import time
 from typing import Any
 
-from policies.planner import load_from_spec, plan
 from pydantic import ValidationError
 
 from controllers import actuate, conditions, status
 from controllers.conditions import Cond
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
 from controllers.naming import MAX_LABEL_VALUE
+from controllers.planning import off_loop
 from controllers.prometheus import Snapshot
 from controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
 from crds.inferenceservice import InferenceServiceSpec, Mode
 from crds.slopolicy import SLOPolicySpec
 from policies.autoscale import autoscale
 from policies.observe import build_observation
+from policies.planner import load_from_spec
 from policies.types import Candidate, Decision, Observation, PlanResult
 
 log = logging.getLogger("goodput.operator")
@@ -62,7 +63,8 @@ def compose(
     record: ServiceRecord, updates: list[Cond], now: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The full status to write: earlier fields kept, conditions merged, this generation observed."""
-    out = {k: v for k, v in record.status.items() if k in ("observed", "plan", "lastDecision", "calibration")}
+    kept = ("observed", "plan", "lastDecision", "calibration", "replicas")
+    out = {k: v for k, v in record.status.items() if k in kept}
     out["observedGeneration"] = record.generation
     out["conditions"] = conditions.merge(
         record.status.get("conditions", []), updates, record.generation, status.utc(now)
@@ -154,7 +156,7 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             raise
         keep_running = cause == "resume" and record.plan is not None
         if not keep_running:
-            decided = _plan_now(record, policy, now)
+            decided = await _plan_now(rt, record, policy, now)
             if isinstance(decided, PlanResult):
                 await actuate.write_status(
                     rt.kube, record, compose(record, infeasible_conditions(decided), now), now
@@ -198,17 +200,22 @@ def _summary(plan: Candidate) -> str:
     )
 
 
-def _plan_now(record: ServiceRecord, policy: SLOPolicySpec, now: float) -> Candidate | PlanResult:
+async def _plan_now(
+    rt: Runtime, record: ServiceRecord, policy: SLOPolicySpec, now: float
+) -> Candidate | PlanResult:
     """A new plan for a changed spec or policy: from the live load when observed, else from the hints.
 
     Returns the infeasible PlanResult when nothing fits (the caller writes conditions and builds nothing).
     """
+    spec, state = record.spec, record.state
     if record.plan is not None and record.observation is not None:
-        decision = autoscale(record.spec, policy, record.plan, record.observation, record.state, now)
+        decision = await off_loop(
+            autoscale, spec, policy, record.plan, record.observation, state, now, rt.plans
+        )
         record.state = decision.state
         return decision.plan
-    result = plan(
-        record.spec, load_from_spec(record.spec), policy, record.state.ttft_factor, record.state.tpot_factor
+    result = await off_loop(
+        rt.plans, spec, load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor
     )
     if result.chosen is None:
         return result
@@ -296,10 +303,14 @@ async def evaluate(
         observation, metrics_cond = observation_for(record, snapshot, policy)
         record.observation = observation
         previous = record.plan
-        decision = autoscale(record.spec, policy, previous, observation, record.state, now)
+        decision = await off_loop(
+            autoscale, record.spec, policy, previous, observation, record.state, now, rt.plans
+        )
         record.state = decision.state
         action = decision.action if decision.plan != previous else "hold"
         extra: dict[str, Any] = {}
+        if record.spec.mode == Mode.AUTO and ready:
+            extra["replicas"] = sum(available for _, available in ready.values())
         if observation is not None:
             extra["observed"] = status.observed_status(observation)
         if action != "hold":

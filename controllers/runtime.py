@@ -12,6 +12,7 @@ from typing import Any
 
 from controllers.config import OperatorConfig
 from controllers.kube import KubeClient, KubeError
+from controllers.planning import PlanCache
 from controllers.prometheus import PrometheusReader, ServiceKey
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
@@ -45,6 +46,9 @@ class ServiceRecord:
         return self.spec.policy_ref or DEFAULT_POLICY_NAME
 
 
+BUILT_IN_DEFAULT = SLOPolicySpec()
+
+
 class PolicyNotFound(LookupError):
     pass
 
@@ -56,6 +60,8 @@ class Runtime:
     prometheus: PrometheusReader
     services: dict[ServiceKey, ServiceRecord] = field(default_factory=dict)
     policies: dict[str, SLOPolicySpec] = field(default_factory=dict)  # kept current by the SLOPolicy handlers
+    absent_policies: set[str] = field(default_factory=set)  # looked up once, not found; handlers clear them
+    plans: PlanCache = field(default_factory=PlanCache)  # memoized planner shared by all services
     ready_replicas: Any = None  # kopf.Index: (namespace, service) → (tier, desired, ready), from Deployments
     last_interval_end: float | None = None
     poller: asyncio.Task[None] | None = None
@@ -65,17 +71,27 @@ class Runtime:
         wanted = name or DEFAULT_POLICY_NAME
         if wanted in self.policies:
             return self.policies[wanted]
-        try:
-            body = await self.kube.get("SLOPolicy", None, wanted)
-        except KubeError as error:
-            if not error.not_found:
-                raise
-            if name is None or name == DEFAULT_POLICY_NAME:
-                return SLOPolicySpec()
-            raise PolicyNotFound(f"SLOPolicy {wanted!r} does not exist") from None
-        spec = SLOPolicySpec.model_validate(body.get("spec") or {})
-        self.policies[wanted] = spec
-        return spec
+        if wanted not in self.absent_policies:
+            try:
+                body = await self.kube.get("SLOPolicy", None, wanted)
+            except KubeError as error:
+                if not error.not_found:
+                    raise
+                self.absent_policies.add(wanted)
+            else:
+                self.set_policy(wanted, SLOPolicySpec.model_validate(body.get("spec") or {}))
+                return self.policies[wanted]
+        if wanted == DEFAULT_POLICY_NAME:
+            return BUILT_IN_DEFAULT
+        raise PolicyNotFound(f"SLOPolicy {wanted!r} does not exist")
+
+    def set_policy(self, name: str, spec: SLOPolicySpec) -> None:
+        self.policies[name] = spec
+        self.absent_policies.discard(name)
+
+    def drop_policy(self, name: str) -> None:
+        self.policies.pop(name, None)
+        self.absent_policies.add(name)
 
     async def close(self) -> None:
         if self.poller is not None:

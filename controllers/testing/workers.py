@@ -10,18 +10,20 @@ from __future__ import annotations
 import math
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CONTENT_TYPE_LATEST
 
 from policies.observe import ITL_BUCKETS, TTFT_BUCKETS, token_buckets
 
 TOKEN_BUCKETS = token_buckets(100_000)
-LABELS = ["namespace", "inferenceservice", "tier", "model_name"]
+HISTOGRAMS = (
+    ("vllm:time_to_first_token_seconds", TTFT_BUCKETS),
+    ("vllm:inter_token_latency_seconds", ITL_BUCKETS),
+    ("vllm:request_prompt_tokens", TOKEN_BUCKETS),
+    ("vllm:request_generation_tokens", TOKEN_BUCKETS),
+)
 Key = tuple[str, str, str]  # (namespace, inferenceservice, tier)
 
 
@@ -52,12 +54,10 @@ def _bucket_counts(bounds: tuple[float, ...], value: float, count: float) -> lis
     return [(repr(float(le)), count if value <= le else 0.0) for le in bounds] + [("+Inf", count)]
 
 
-class SyntheticWorkers(Collector):
+class SyntheticWorkers:
     def __init__(self) -> None:
         self._series: dict[Key, _Series] = {}
         self._lock = threading.Lock()
-        self.registry = CollectorRegistry()
-        self.registry.register(self)
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
 
@@ -85,52 +85,55 @@ class SyntheticWorkers(Collector):
         series.requests += series.traffic.rps * max(0.0, now - series.last)
         series.last = now
 
-    def collect(self) -> Iterator[Metric]:
+    def render(self) -> bytes:
+        """The Prometheus text exposition of every series, written directly: fast enough for 1000 services."""
         now = time.time()
-        families = {
-            "ttft": HistogramMetricFamily("vllm:time_to_first_token_seconds", "TTFT", labels=LABELS),
-            "itl": HistogramMetricFamily("vllm:inter_token_latency_seconds", "ITL", labels=LABELS),
-            "prompt": HistogramMetricFamily("vllm:request_prompt_tokens", "prompt tokens", labels=LABELS),
-            "output": HistogramMetricFamily("vllm:request_generation_tokens", "output tokens", labels=LABELS),
-        }
-        success = CounterMetricFamily(
-            "vllm:request_success", "finished requests", labels=[*LABELS, "finished_reason"]
-        )
-        running = GaugeMetricFamily("vllm:num_requests_running", "running", labels=LABELS)
-        waiting = GaugeMetricFamily("vllm:num_requests_waiting", "waiting", labels=LABELS)
-        kv = GaugeMetricFamily("vllm:kv_cache_usage_perc", "KV usage", labels=LABELS)
+        histograms: dict[str, list[str]] = {name: [] for name, _ in HISTOGRAMS}
+        success, running, waiting, kv = [], [], [], []
         with self._lock:
             for (namespace, service, tier), series in self._series.items():
                 self._advance(series, now)
                 t = series.traffic
-                labels = [namespace, service, tier, t.model_name]
+                labels = f'namespace="{namespace}",inferenceservice="{service}",tier="{tier}",model_name="{t.model_name}"'
                 n = float(math.floor(series.requests))
-                tokens = n * t.output_tokens
-                for name, bounds, value, count in (
-                    ("ttft", TTFT_BUCKETS, t.ttft_s, n),
-                    ("itl", ITL_BUCKETS, t.itl_s, tokens),
-                    ("prompt", TOKEN_BUCKETS, float(t.prompt_tokens), n),
-                    ("output", TOKEN_BUCKETS, float(t.output_tokens), n),
+                for (name, bounds), value, count in zip(
+                    HISTOGRAMS,
+                    (t.ttft_s, t.itl_s, float(t.prompt_tokens), float(t.output_tokens)),
+                    (n, n * t.output_tokens, n, n),
+                    strict=True,
                 ):
-                    families[name].add_metric(labels, _bucket_counts(bounds, value, count), value * count)
-                success.add_metric([*labels, "stop"], n)
-                running.add_metric(labels, t.running)
-                waiting.add_metric(labels, t.waiting)
-                kv.add_metric(labels, t.kv_cache_usage)
-        yield from families.values()
-        yield from (success, running, waiting, kv)
+                    lines = histograms[name]
+                    for le, cumulative in _bucket_counts(bounds, value, count):
+                        lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
+                    lines.append(f"{name}_sum{{{labels}}} {value * count}")
+                    lines.append(f"{name}_count{{{labels}}} {count}")
+                success.append(f'vllm:request_success_total{{{labels},finished_reason="stop"}} {n}')
+                running.append(f"vllm:num_requests_running{{{labels}}} {t.running}")
+                waiting.append(f"vllm:num_requests_waiting{{{labels}}} {t.waiting}")
+                kv.append(f"vllm:kv_cache_usage_perc{{{labels}}} {t.kv_cache_usage}")
+        out: list[str] = []
+        for name, _ in HISTOGRAMS:
+            out += [f"# TYPE {name} histogram", *histograms[name]]
+        out += ["# TYPE vllm:request_success_total counter", *success]
+        for name, lines in (
+            ("vllm:num_requests_running", running),
+            ("vllm:num_requests_waiting", waiting),
+            ("vllm:kv_cache_usage_perc", kv),
+        ):
+            out += [f"# TYPE {name} gauge", *lines]
+        return ("\n".join(out) + "\n").encode()
 
     def serve(self, address: str = "127.0.0.1") -> int:
         """Serve /metrics in the text format, as the worker does.
 
-        Not prometheus_client's own server: it answers Prometheus in OpenMetrics, whose encoder rewrites
+        Not prometheus_client's server: it answers Prometheus in OpenMetrics, whose encoder (0.26) rewrites
         `vllm:` names to `vllm_`, and the operator would find no series.
         """
-        registry = self.registry
+        workers = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                body = generate_latest(registry)
+                body = workers.render()
                 self.send_response(200)
                 self.send_header("Content-Type", CONTENT_TYPE_LATEST)
                 self.send_header("Content-Length", str(len(body)))
