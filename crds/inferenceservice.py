@@ -51,13 +51,15 @@ class Architecture(Resource):
     """Model shape; read from config.json when the manifest leaves it out."""
 
     params: PositiveInt = Field(description="Total parameter count.")
-    layers: PositiveInt
-    hidden_size: PositiveInt
-    heads: PositiveInt
-    kv_heads: PositiveInt
-    head_dim: PositiveInt
-    vocab_size: PositiveInt
-    intermediate_size: PositiveInt | None = None
+    layers: PositiveInt = Field(description="Decoder layers.")
+    hidden_size: PositiveInt = Field(description="Model (embedding) dimension.")
+    heads: PositiveInt = Field(description="Attention (query) heads.")
+    kv_heads: PositiveInt = Field(
+        description="Key/value heads; fewer than heads under grouped-query attention."
+    )
+    head_dim: PositiveInt = Field(description="Dimension of one attention head.")
+    vocab_size: PositiveInt = Field(description="Vocabulary size (embedding and LM-head rows).")
+    intermediate_size: PositiveInt | None = Field(default=None, description="MLP inner dimension.")
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -81,16 +83,27 @@ class ModelSpec(Resource):
     architecture: Architecture | None = Field(
         default=None, description="Model shape; read from config.json or the preset when omitted."
     )
-    dtype: Literal["bfloat16", "float16", "float32", "fp8"] = "bfloat16"
+    dtype: Literal["bfloat16", "float16", "float32", "fp8"] = Field(
+        default="bfloat16",
+        description="Weight and KV-cache precision; sets bytes per parameter and per KV element.",
+    )
 
 
 class SLO(Resource):
     """Latency objectives. Give a p95 or a p99 target for each of TTFT and TPOT."""
 
-    ttft_p95_ms: float | None = Field(default=None, gt=0, le=600_000)
-    tpot_p95_ms: float | None = Field(default=None, gt=0, le=60_000)
-    ttft_p99_ms: float | None = Field(default=None, gt=0, le=600_000)
-    tpot_p99_ms: float | None = Field(default=None, gt=0, le=60_000)
+    ttft_p95_ms: float | None = Field(
+        default=None, gt=0, le=600_000, description="Time to first token, 95th percentile target, in ms."
+    )
+    tpot_p95_ms: float | None = Field(
+        default=None, gt=0, le=60_000, description="Time per output token, 95th percentile target, in ms."
+    )
+    ttft_p99_ms: float | None = Field(
+        default=None, gt=0, le=600_000, description="Time to first token, 99th percentile target, in ms."
+    )
+    tpot_p99_ms: float | None = Field(
+        default=None, gt=0, le=60_000, description="Time per output token, 99th percentile target, in ms."
+    )
     attainment: float = Field(
         default=0.99, gt=0, lt=1, description="Fraction of requests that must meet both targets."
     )
@@ -124,12 +137,19 @@ class TokenPercentiles(Resource):
 
 
 class Traffic(Resource):
-    traffic_class: TrafficClass = Field(alias="class")
+    traffic_class: TrafficClass = Field(
+        alias="class",
+        description="interactive: latency first (2-5 ms batch window); batch: throughput first; mixed: both tiers.",
+    )
     expected_rps: float | None = Field(
         default=None, ge=0, description="Cold-start hint: requests per second before any observation."
     )
-    prompt_tokens: TokenPercentiles | None = None
-    output_tokens: TokenPercentiles | None = None
+    prompt_tokens: TokenPercentiles | None = Field(
+        default=None, description="Cold-start hint: prompt lengths."
+    )
+    output_tokens: TokenPercentiles | None = Field(
+        default=None, description="Cold-start hint: output lengths."
+    )
     batch_fraction: float | None = Field(
         default=None, ge=0, le=1, description="For mixed traffic: the share of requests that are batch."
     )
@@ -144,19 +164,25 @@ class Traffic(Resource):
 
 
 class AcceleratorPool(Resource):
-    type: AcceleratorType
+    type: AcceleratorType = Field(description="Accelerator model, resolved against the hardware catalog.")
     price_per_hour: float | None = Field(
         default=None, ge=0, description="USD per GPU-hour; the catalog's list price when omitted."
     )
     max_count: PositiveInt = Field(default=8, description="GPUs of this type the service may use.")
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, str] = Field(
+        default_factory=dict, description="Node labels that place workers on this pool's nodes."
+    )
 
 
 class Scaling(Resource):
-    min_replicas: int = Field(default=1, ge=0, le=1000)
-    max_replicas: int = Field(default=8, ge=1, le=1000)
-    max_tensor_parallel: Literal[1, 2, 4, 8] = 8
-    max_cost_per_hour: float | None = Field(default=None, gt=0)
+    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas over all tiers.")
+    max_replicas: int = Field(default=8, ge=1, le=1000, description="Most replicas over all tiers.")
+    max_tensor_parallel: Literal[1, 2, 4, 8] = Field(
+        default=8, description="Largest tensor-parallel degree to consider."
+    )
+    max_cost_per_hour: float | None = Field(
+        default=None, gt=0, description="Budget in USD per hour; plans above it are ruled out."
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -168,12 +194,14 @@ class Scaling(Resource):
 
 
 class SecretKeyRef(Resource):
-    name: str = Field(min_length=1, max_length=253)
-    key: str = Field(min_length=1, max_length=253)
+    name: str = Field(min_length=1, max_length=253, description="Secret in the service's namespace.")
+    key: str = Field(min_length=1, max_length=253, description="Key within the Secret.")
 
 
 class WorkerSpec(Resource):
-    image: str = Field(default="ghcr.io/goodput/worker:0.1.0", min_length=1)
+    image: str = Field(
+        default="ghcr.io/goodput/worker:0.1.0", min_length=1, description="Worker container image."
+    )
     api_key_secret: SecretKeyRef | None = Field(
         default=None, description="Secret key holding the API key the worker requires of clients."
     )
@@ -190,7 +218,10 @@ class InferenceServiceSpec(Resource):
         max_length=253,
         description="Name of a cluster-scoped SLOPolicy; the default applies when absent.",
     )
-    mode: Mode = Mode.AUTO
+    mode: Mode = Field(
+        default=Mode.AUTO,
+        description="auto: the operator actuates its plan; recommend: status and events only.",
+    )
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (

@@ -37,12 +37,12 @@ class TierWindows(Resource):
 
 
 class CalibrationPolicy(Resource):
-    enabled: bool = True
+    enabled: bool = Field(default=True, description="Fit observed/predicted latency factors online.")
     smoothing: float = Field(
         default=0.3, gt=0, le=1, description="Weight of the newest observed/predicted ratio (EWMA)."
     )
-    min_factor: float = Field(default=0.5, gt=0)
-    max_factor: float = Field(default=3.0, gt=0)
+    min_factor: float = Field(default=0.5, gt=0, description="Lower clamp of a calibration factor.")
+    max_factor: float = Field(default=3.0, gt=0, description="Upper clamp of a calibration factor.")
     min_requests: int = Field(default=50, ge=1, description="Requests in a window before it counts.")
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
@@ -58,17 +58,34 @@ class SLOPolicySpec(Resource):
     headroom: float = Field(
         default=0.2, ge=0, lt=1, description="Share of capacity kept free when planning (0.2 plans to 80%)."
     )
-    evaluation_interval_seconds: float = Field(default=15, ge=1, le=3600)
-    scale_up_stabilization_seconds: float = Field(default=0, ge=0, le=3600)
-    scale_down_stabilization_seconds: float = Field(default=300, ge=0, le=86400)
+    evaluation_interval_seconds: float = Field(
+        default=15,
+        ge=1,
+        le=3600,
+        description="Control interval: how often observations are read and decisions made.",
+    )
+    scale_up_stabilization_seconds: float = Field(
+        default=0, ge=0, le=3600, description="Scale up only to the least recommendation of this window."
+    )
+    scale_down_stabilization_seconds: float = Field(
+        default=300,
+        ge=0,
+        le=86400,
+        description="Scale down only to the greatest recommendation of this window.",
+    )
     cooldown_seconds: float = Field(default=30, ge=0, le=3600, description="Least time between two scalings.")
     max_scale_up_step: int = Field(default=8, ge=1, le=1000, description="Most replicas added per decision.")
     max_scale_down_step: int = Field(
         default=2, ge=1, le=1000, description="Most replicas removed per decision."
     )
     tier_batch_windows: TierWindows = Field(default_factory=TierWindows)
-    missing_metrics: MissingMetrics = MissingMetrics.HOLD
-    stale_after_seconds: float = Field(default=60, ge=1, le=3600)
+    missing_metrics: MissingMetrics = Field(
+        default=MissingMetrics.HOLD,
+        description="Without fresh metrics: hold the current plan, or plan from the spec's traffic hints. Never scales down.",
+    )
+    stale_after_seconds: float = Field(
+        default=60, ge=1, le=3600, description="Metrics older than this count as missing."
+    )
     rollout_saving_threshold: float = Field(
         default=0.15,
         ge=0,
