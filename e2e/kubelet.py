@@ -96,7 +96,8 @@ class Container:
     probe_ok: int = 0
     probe_fail: int = 0
     live_fail: int = 0
-    next_probe: float = 0.0
+    next_ready_probe: float = 0.0
+    next_live_probe: float = 0.0
     backoff_until: float = 0.0
     kill_at: float | None = None
 
@@ -411,9 +412,9 @@ class Kubelet:
             return
         c.started_at, c.waiting, c.ready = now_iso(), ("", ""), False
         c.probe_ok = c.probe_fail = c.live_fail = 0
-        c.next_probe = time.monotonic() + float(
-            (spec.get("readinessProbe") or {}).get("initialDelaySeconds", 0)
-        )
+        now = time.monotonic()
+        c.next_ready_probe = now + float((spec.get("readinessProbe") or {}).get("initialDelaySeconds", 0))
+        c.next_live_probe = now + float((spec.get("livenessProbe") or {}).get("initialDelaySeconds", 0))
         print(f"started {rec.namespace}/{rec.name}/{spec['name']} pid {c.proc.pid}: {argv}", flush=True)
 
     def backoff(self, c: Container) -> float:
@@ -469,22 +470,23 @@ class Kubelet:
         return False  # grpc probes are not supported: never ready, never silently passed
 
     def run_probes(self, rec: PodRecord, c: Container) -> None:
+        """Readiness and liveness, each on its own period; no readiness probe means ready once running."""
         now = time.monotonic()
-        if c.proc is None or now < c.next_probe:
+        if c.proc is None:
             return
         ready_spec, live_spec = c.spec.get("readinessProbe"), c.spec.get("livenessProbe")
-        period = float((ready_spec or live_spec or {}).get("periodSeconds", 10))
-        c.next_probe = now + min(period, float((live_spec or ready_spec or {}).get("periodSeconds", 10)))
         if ready_spec is None:
             c.ready = True
-        elif self.probe(ready_spec, rec, c):
-            c.probe_ok, c.probe_fail = c.probe_ok + 1, 0
-            c.ready = c.ready or c.probe_ok >= int(ready_spec.get("successThreshold", 1))
-        else:
-            c.probe_ok, c.probe_fail = 0, c.probe_fail + 1
-            c.ready = c.ready and c.probe_fail < int(ready_spec.get("failureThreshold", 3))
-        started = dt.datetime.fromisoformat(c.started_at).timestamp()
-        if live_spec and time.time() - started >= float(live_spec.get("initialDelaySeconds", 0)):
+        elif now >= c.next_ready_probe:
+            c.next_ready_probe = now + float(ready_spec.get("periodSeconds", 10))
+            if self.probe(ready_spec, rec, c):
+                c.probe_ok, c.probe_fail = c.probe_ok + 1, 0
+                c.ready = c.ready or c.probe_ok >= int(ready_spec.get("successThreshold", 1))
+            else:
+                c.probe_ok, c.probe_fail = 0, c.probe_fail + 1
+                c.ready = c.ready and c.probe_fail < int(ready_spec.get("failureThreshold", 3))
+        if live_spec is not None and now >= c.next_live_probe:
+            c.next_live_probe = now + float(live_spec.get("periodSeconds", 10))
             c.live_fail = 0 if self.probe(live_spec, rec, c) else c.live_fail + 1
             if c.live_fail >= int(live_spec.get("failureThreshold", 3)):
                 print(f"liveness failed {rec.namespace}/{rec.name}/{c.spec['name']}", flush=True)
