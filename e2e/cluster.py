@@ -61,6 +61,7 @@ def env(args: argparse.Namespace) -> None:
     print(f"export PATH={kubectl.parent}:$PATH")
     if stack.prometheus_url:
         print(f"export GOODPUT_PROMETHEUS_URL={stack.prometheus_url}")
+        print(f"export GOODPUT_OPERATOR_PROMETHEUS_URL={stack.prometheus_url}")  # what the operator reads
 
 
 def main() -> None:
