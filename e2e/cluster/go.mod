@@ -1,6 +1,7 @@
 // Builds the real control plane for the local end-to-end stack (see e2e/build.py).
-// Nothing but this file and go.sum lives in this module: binaries are built with
-// `go build` from the `tool` packages below and cached outside the repository.
+// Nothing but this file and go.sum lives in this module (etcd/ and prometheus/ are
+// modules of their own): binaries are built with `go build` from the `tool` packages
+// below and cached outside the repository.
 module goodput.dev/e2e/cluster
 
 go 1.24.0
