@@ -40,6 +40,7 @@ from worker_image.sampling import Priority, SamplingParams
 logger = logging.getLogger("goodput.worker")
 
 RETRY_AFTER_S = 1
+GENERATION_PATHS = ("/v1/completions", "/v1/chat/completions")
 
 
 def max_body_bytes(max_model_len: int) -> int:
@@ -91,6 +92,16 @@ def bad_request(message: str, param: str | None = None) -> APIError:
 def unavailable(message: str, code: str) -> APIError:
     return APIError(
         503, message, "service_unavailable", code=code, headers={"Retry-After": str(RETRY_AFTER_S)}
+    )
+
+
+def queue_full(detail: str) -> APIError:
+    return APIError(
+        429,
+        f"the server's request queue is full ({detail}); retry later",
+        "rate_limit_error",
+        code="queue_full",
+        headers={"Retry-After": str(RETRY_AFTER_S)},
     )
 
 
@@ -438,11 +449,13 @@ class WorkerState:
         return self.runner is not None and self.healthy and not self.draining
 
     def admit(self) -> EngineRunner:
-        """The runner, if this worker takes new requests now."""
+        """The runner, if this worker takes new requests now (the engine re-checks its queue on add)."""
         if self.draining:
             raise unavailable("the server is draining; retry on another replica", "draining")
         if self.runner is None:
             raise unavailable("the model is still loading", "loading")
+        if self.runner.engine.stats().num_waiting >= self.config.max_waiting:
+            raise queue_full(f"{self.config.max_waiting} requests waiting")
         return self.runner
 
     async def drain(self, timeout_s: float) -> None:
@@ -526,13 +539,7 @@ def _start(
     try:
         return runner.submit(request_id, prompt_ids, params, priority, arrival)
     except QueueFullError as exc:
-        raise APIError(
-            429,
-            f"the server's request queue is full ({exc}); retry later",
-            "rate_limit_error",
-            code="queue_full",
-            headers={"Retry-After": str(RETRY_AFTER_S)},
-        ) from None
+        raise queue_full(str(exc)) from None
     except ValueError as exc:  # the engine's own checks concern the prompt
         raise bad_request(str(exc), _param_from_error(exc) or prompt_param) from None
 
@@ -596,11 +603,16 @@ class EventStreamResponse(StreamingResponse):
 
 
 class RequestGate:
-    """Outermost ASGI layer: stamps each request's arrival before its body is read (so TTFT covers parsing,
-    as clients see it) and bounds the body, so one huge upload cannot exhaust the worker's memory."""
+    """Outermost ASGI layer. Stamps each request's arrival before its body is read (so TTFT covers parsing,
+    as clients see it); turns generation requests away (503 draining/loading, 429 queue full) before any
+    parsing, so overload costs the engine thread as little CPU as possible; bounds the body, so one huge
+    upload cannot exhaust the worker's memory."""
 
-    def __init__(self, app: Callable[[Scope, Receive, Send], Awaitable[None]], max_body_bytes: int) -> None:
+    def __init__(
+        self, app: Callable[[Scope, Receive, Send], Awaitable[None]], state: WorkerState, max_body_bytes: int
+    ) -> None:
         self.app = app
+        self.state = state
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -608,6 +620,12 @@ class RequestGate:
             await self.app(scope, receive, send)
             return
         scope.setdefault("state", {})["arrival"] = time.monotonic()
+        if scope["method"] == "POST" and scope["path"] in GENERATION_PATHS:
+            try:
+                self.state.admit()
+            except APIError as refusal:
+                await refusal.response()(scope, receive, send)
+                return
         declared = dict(scope["headers"]).get(b"content-length", b"0")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             error = APIError(
@@ -897,7 +915,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.worker = state
-    app.add_middleware(RequestGate, max_body_bytes=max_body_bytes(config.max_model_len))
+    app.add_middleware(RequestGate, state=state, max_body_bytes=max_body_bytes(config.max_model_len))
 
     @app.exception_handler(APIError)
     async def on_api_error(_: Request, exc: APIError) -> JSONResponse:
