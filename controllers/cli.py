@@ -195,7 +195,7 @@ def _verdict(label: str, candidate: dict[str, Any], plan: dict[str, Any] | None)
     if label == "plan":
         return "chosen"
     if plan is not None and candidate["cost_per_hour"] <= plan["cost_per_hour"] + 1e-9:
-        return "same cost, ranked after (more devices or TP)"
+        return "same cost, ranked after"
     return "costlier"
 
 

@@ -337,18 +337,6 @@ def evaluate(
             )
             break
         floor = spec.scaling.min_replicas if index == 0 else 0
-        if rps <= 0:
-            sizings.append(
-                TierSizing(
-                    TierConfig(tier, floor, batches[-1], float(_windows(policy, tier)[0] * 1000)),
-                    0.0,
-                    0.0,
-                    0.0,
-                    0.0,
-                    None,
-                )
-            )
-            continue
         sizing = size_tier(model, load, tokens, tier, rps, targets, policy, batches, floor)
         sizings.append(sizing)
         if sizing.rejected:
@@ -410,12 +398,14 @@ def _with_limits(candidate: Candidate, spec: InferenceServiceSpec, pool: Acceler
     return candidate
 
 
-def _rank(candidate: Candidate) -> tuple[float, ...]:
-    """Feasible first, cheapest first; then fewer devices, lower TP, lower predicted latency."""
+def _rank(candidate: Candidate, replica_price: float) -> tuple[float, ...]:
+    """Feasible first, cheapest first; then fewer devices, the cheaper next replica (what scaling up or
+    waking from zero costs), lower TP, lower predicted latency."""
     return (
         0 if candidate.feasible else 1,
         candidate.cost_per_hour,
         candidate.replicas * candidate.tensor_parallel,
+        replica_price,
         candidate.tensor_parallel,
         candidate.predicted_ttft_p95_ms,
     )
@@ -440,7 +430,8 @@ def plan(
         for pool in spec.accelerators
         for tp in tensor_parallel_options(spec, pool, profile)
     ]
-    ranked = tuple(sorted(candidates, key=_rank))
+    prices = {pool.type: price_of(pool) for pool in spec.accelerators}
+    ranked = tuple(sorted(candidates, key=lambda c: _rank(c, prices[c.accelerator] * c.tensor_parallel)))
     chosen = ranked[0] if ranked and ranked[0].feasible else None
     binding = None
     if chosen is None:

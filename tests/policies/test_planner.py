@@ -270,3 +270,11 @@ def test_load_from_trace_csv(tmp_path):
     load = planner.load_from_trace(path)
     assert load.rps == pytest.approx(3 / 2.5)
     assert list(load.prompt_tokens) == [100, 200, 300] and list(load.output_tokens) == [10, 20, 1]
+
+
+def test_idle_service_scales_to_zero_on_the_cheapest_replica():
+    result = plan_at(chat(scaling__minReplicas=0), 0.0)
+    chosen = result.chosen
+    assert chosen is not None and chosen.replicas == 0 and chosen.cost_per_hour == 0
+    assert chosen.accelerator == "L40S" and chosen.tensor_parallel == 1  # the cheapest replica to wake
+    assert 0 < chosen.predicted_ttft_p95_ms <= 500  # what the first request would see
