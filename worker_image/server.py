@@ -430,9 +430,8 @@ def warm_up(engine: LLMEngine) -> None:
 class WorkerState:
     """What the handlers share: the engine once loaded, the metrics, and whether the worker is draining."""
 
-    def __init__(self, config: EngineConfig, options: ServeOptions, model_name: str) -> None:
+    def __init__(self, config: EngineConfig, model_name: str) -> None:
         self.config = config
-        self.options = options
         self.model_name = model_name
         self.created = int(time.time())
         self.metrics = WorkerMetrics(model_name, config.max_model_len)
@@ -871,7 +870,7 @@ def create_app(
 ) -> FastAPI:
     """The ASGI app. Without `engine`, the model loads on a background thread while /health already answers."""
     model_name = options.served_model_name or config.model
-    state = WorkerState(config, options, model_name)
+    state = WorkerState(config, model_name)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
