@@ -158,7 +158,6 @@ def _windows(policy: SLOPolicySpec, tier: Tier) -> np.ndarray:
 
 def size_tier(
     model: StepModel,
-    load: Load,
     tokens: TokenStats,
     tier: Tier,
     tier_rps: float,
@@ -292,18 +291,20 @@ def tensor_parallel_options(
     return [tp for tp in TENSOR_PARALLEL if tp <= limit and profile.heads % tp == 0]
 
 
-def feasible_batches(model: StepModel, tokens: TokenStats, load: Load, tier: Tier) -> list[int]:
-    """Max batches whose full batch of KV (mean decoding context, and the longest request) fits on the device."""
+def kv_tokens_needed(max_batch: int, tokens: TokenStats, load: Load) -> float:
+    """KV a full batch holds: max batch × the mean decoding context, and at least the longest request."""
     longest = float(np.max(load.prompt_tokens) + np.max(load.output_tokens))
-    out = []
-    for b in MAX_BATCHES:
-        kv = max(b * tokens.decode_context, longest)
-        if (
-            model.memory_bytes(kv, b, CHUNK_TOKENS[tier])
-            <= model.accelerator.memory_bytes * model.accelerator.memory_utilisation
-        ):
-            out.append(b)
-    return out
+    return max(max_batch * tokens.decode_context, longest)
+
+
+def feasible_batches(model: StepModel, tokens: TokenStats, load: Load, tier: Tier) -> list[int]:
+    """Max batches whose weights, activations and full batch of KV fit in the device's usable memory."""
+    usable = model.accelerator.memory_bytes * model.accelerator.memory_utilisation
+    return [
+        b
+        for b in MAX_BATCHES
+        if model.memory_bytes(kv_tokens_needed(b, tokens, load), b, CHUNK_TOKENS[tier]) <= usable
+    ]
 
 
 def evaluate(
@@ -328,16 +329,15 @@ def evaluate(
     for index, (tier, rps) in enumerate(tiers):
         batches = feasible_batches(model, tokens, load, tier)
         if not batches:
-            need = model.memory_bytes(
-                max(MAX_BATCHES[0] * tokens.decode_context, 1.0), MAX_BATCHES[0], CHUNK_TOKENS[tier]
-            )
+            smallest = MAX_BATCHES[0]
+            need = model.memory_bytes(kv_tokens_needed(smallest, tokens, load), smallest, CHUNK_TOKENS[tier])
             rejected = (
-                f"memory: {need / 1e9:.1f} GB per device for weights and a batch of {MAX_BATCHES[0]} > "
+                f"memory: {need / 1e9:.1f} GB per device for weights and a batch of {smallest} > "
                 f"{acc.memory_bytes * acc.memory_utilisation / 1e9:.1f} GB usable"
             )
             break
         floor = spec.scaling.min_replicas if index == 0 else 0
-        sizing = size_tier(model, load, tokens, tier, rps, targets, policy, batches, floor)
+        sizing = size_tier(model, tokens, tier, rps, targets, policy, batches, floor)
         sizings.append(sizing)
         if sizing.rejected:
             rejected = sizing.rejected
