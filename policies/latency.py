@@ -105,8 +105,9 @@ class ReplicaPredictor:
     Decoding sequences: M/G/∞ occupancy (Poisson) capped at max batch, its mean from Little's law at the step
     time it implies (fixed point). TPOT: the step-time distribution seen by decoded tokens, mixing batch sizes
     (size-biased) and the share of steps that carry a prefill chunk. TTFT: waiting for the prefill chunk budget
-    (M/G/1, Pollaczek–Khinchine mean, exponential tail) plus waiting for a batch slot (M/G/c, Erlang C), plus
-    the window, the end of the current step and the request's own chunked prefill, mixed over prompt lengths.
+    (M/G/1: Pollaczek–Khinchine and Takács moments, exponential tail) plus waiting for a batch slot (a
+    birth–death chain whose service slows as the batch grows), plus the window, the end of the current step
+    and the request's own chunked prefill, mixed over prompt lengths.
     """
 
     def __init__(self, model: StepModel, tokens: TokenStats, chunk_tokens: int, max_batch_cap: int) -> None:
@@ -116,8 +117,6 @@ class ReplicaPredictor:
         kv = n * tokens.decode_context
         p, w, c = tokens.prompts, tokens.weights, float(chunk_tokens)
         full, rest = np.floor(p / c), np.mod(p, c)
-        self.prefill_steps = float(w @ (full + (rest > 0)))
-        self.packed_steps = float(w @ (p / c))
         # Every chunk of every prompt node (size, tokens it attends to, weight), reduced to a few by cost.
         counts = full.astype(int)
         sizes = np.concatenate([np.full(counts.sum(), c), rest[rest > 0]])
@@ -214,19 +213,15 @@ class ReplicaPredictor:
         """
         support = self.decode_only.shape[0]
         k = np.arange(1, support, dtype=float)
-        decoding = np.minimum(mean / np.maximum(lam * residence, 1e-12), 1.0)[
-            ..., None
-        ]  # share of slots decoding
+        decoding = np.minimum(mean / np.maximum(lam * residence, 1e-12), 1.0)[..., None]  # share of slots
         n = np.minimum(np.rint(k * decoding), support - 1).astype(int)
-        step = (1 - chunk_share)[..., None] * self.decode_only[n] + chunk_share[
-            ..., None
-        ] * self.with_chunk.mean(-1)[n]
+        q = chunk_share[..., None]
+        step = (1 - q) * self.decode_only[n] + q * self.with_chunk.mean(-1)[n]
         base = (residence - self.tokens.decode_tokens * seen)[..., None]
         rate = k / (base + self.tokens.decode_tokens * step)  # (B, R, support - 1): completions/s at k slots
         inside = k <= cap[..., None]
-        log_pi = np.cumsum(
-            np.where(inside, np.log(np.maximum(lam, 1e-300))[..., None] - np.log(rate), 0.0), -1
-        )
+        birth = np.log(np.maximum(lam, 1e-300))[..., None]
+        log_pi = np.cumsum(np.where(inside, birth - np.log(rate), 0.0), -1)
         log_pi = np.concatenate([np.zeros((*lam.shape, 1)), log_pi], -1)  # states 0..support-1
         states = np.arange(support)
         drain = np.take_along_axis(rate, (cap - 1)[..., None], -1)[..., 0]
@@ -265,6 +260,7 @@ class ReplicaPredictor:
         )
 
     def rate_at_utilisation(self, target: float, max_batch: np.ndarray) -> np.ndarray:
+        """The rate giving `target` utilisation, per max batch (bisection)."""
         b = np.asarray(max_batch, dtype=float)
         low = np.zeros_like(b)
         high = self.rate_upper_bound(b) * max(target, 1.0)
