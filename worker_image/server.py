@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import itertools
 import json
 import logging
 import re
@@ -688,14 +689,11 @@ async def _completion(
     )
     created, model = int(time.time()), state.model_name
 
-    def logprobs_of(output: RequestOutput, offset: int) -> CompletionLogprobs | None:
+    def logprobs_of(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
+        """The legacy completions layout; offsets count characters of the decoded tokens."""
         if body.logprobs is None:
             return None
-        entries = _token_logprobs(runner, output)
-        offsets, position = [], offset
-        for entry in entries:
-            offsets.append(position)
-            position += len(entry.token)
+        offsets = list(itertools.accumulate((len(e.token) for e in entries), initial=offset))[: len(entries)]
         return CompletionLogprobs(
             tokens=[e.token for e in entries],
             token_logprobs=[e.logprob for e in entries],
@@ -710,9 +708,11 @@ async def _completion(
             offset = 0
             async for output in stream.outputs():
                 choice = CompletionChoice(
-                    index=0, text=output.new_text, logprobs=logprobs_of(output, offset),
+                    index=0,
+                    text=output.new_text,
+                    logprobs=logprobs_of(_token_logprobs(runner, output), offset),
                     finish_reason=output.finish_reason if output.finished else None,
-                )  # fmt: skip
+                )
                 offset += len(output.new_text)
                 chunk = CompletionResponse(
                     id=stream.request_id, created=created, model=model, choices=[choice]
@@ -728,21 +728,15 @@ async def _completion(
         return EventStreamResponse(events(), stream)
 
     async def collect() -> Response:
-        text, logprobs, last = [], [], None
+        text: list[str] = []
+        entries: list[TokenLogprob] = []
+        last = None
         async for output in stream.outputs():
-            if (lp := logprobs_of(output, sum(map(len, text)))) is not None:
-                logprobs.append(lp)
             text.append(output.new_text)
+            entries.extend(_token_logprobs(runner, output))
             last = output
         assert last is not None
-        merged = None
-        if body.logprobs is not None:
-            merged = CompletionLogprobs(
-                tokens=[t for lp in logprobs for t in lp.tokens],
-                token_logprobs=[t for lp in logprobs for t in lp.token_logprobs],
-                top_logprobs=[t for lp in logprobs for t in lp.top_logprobs or []],
-                text_offset=[t for lp in logprobs for t in lp.text_offset],
-            )
+        merged = logprobs_of(entries, 0)
         choice = CompletionChoice(
             index=0, text="".join(text), logprobs=merged, finish_reason=last.finish_reason
         )

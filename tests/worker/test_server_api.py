@@ -232,6 +232,8 @@ def test_logprobs(client: openai.OpenAI) -> None:
     assert (
         len(logprobs.tokens or []) == len(logprobs.token_logprobs or []) == completion.usage.completion_tokens
     )
+    tokens, offsets = logprobs.tokens or [], logprobs.text_offset or []
+    assert offsets == [sum(len(t) for t in tokens[:i]) for i in range(len(tokens))]
     for chosen, top in zip(logprobs.token_logprobs or [], logprobs.top_logprobs or [], strict=True):
         assert 1 <= len(top) <= 2
         assert chosen <= 0 and chosen >= max(top.values()) - 1e-4  # greedy picks the most likely token
