@@ -4,11 +4,17 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps venv test lint unit e2e demo crds bench clean
+.PHONY: setup system-deps venv cluster-binaries test lint unit e2e demo crds bench clean
 
 setup: system-deps venv
 
-# Debian packages the real components need (Prometheus); skipped when already present.
+# kube-apiserver, kube-controller-manager, kubectl, etcd and Prometheus built from the Go module proxy,
+# cached in ~/.cache/goodput; only the first run builds (about 10 minutes on 2 cores), with progress.
+cluster-binaries: venv
+	$(PY) -m e2e.build
+
+# Debian's prometheus package gives promtool and a Prometheus for the in-process tests (it has no
+# Kubernetes discovery, so the e2e stack builds its own); skipped when already present.
 system-deps:
 	@command -v prometheus >/dev/null 2>&1 || { \
 	  echo "installing Debian's prometheus package"; \
@@ -34,13 +40,13 @@ lint: venv
 unit: setup
 	$(PY) -m pytest -m "not e2e" -q
 
-e2e: setup
+e2e: setup cluster-binaries
 	$(PY) -m pytest -m e2e -q
 
-test: setup lint
+test: setup cluster-binaries lint
 	$(PY) -m pytest -q
 
-demo: setup
+demo: setup cluster-binaries
 	$(PY) -m e2e.demo
 
 bench: setup
