@@ -13,7 +13,12 @@ There is no container runtime here, so this stands in for kubelet + scheduler on
   and their mountPaths rewritten in command, args and env (there is no mount namespace);
 - reports phase, podIP, container statuses and Ready (readiness probes: httpGet, tcpSocket, exec),
   restarts per restartPolicy with a short backoff (1 s doubling to 30 s), restarts on liveness failure;
-- on deletion sends SIGTERM, SIGKILLs after the grace period, then deletes the pod with grace 0.
+- mounts the pod's ServiceAccount token (a TokenRequest bound to the pod, unless
+  ``automountServiceAccountToken: false``) with ``ca.crt`` and ``namespace``; with no mount namespace
+  the process cannot see ``/var/run/secrets/kubernetes.io/serviceaccount``, so it also gets
+  ``$KUBECONFIG`` naming a kubeconfig with that token: in-cluster credentials, bound by its RBAC;
+- on deletion (and liveness kills) runs the preStop exec hook, then sends SIGTERM, SIGKILLs after the
+  grace period, then deletes the pod with grace 0.
 
 One plain polling loop (0.5 s) over a tiny cluster; no watches, no threads.
 Run: ``python -m e2e.kubelet --kubeconfig admin.kubeconfig --state-dir DIR``.
@@ -66,6 +71,7 @@ class Api:
         cluster = next(c["cluster"] for c in cfg["clusters"] if c["name"] == ctx["cluster"])
         user = next(u["user"] for u in cfg["users"] if u["name"] == ctx["user"])
         self.server = cluster["server"]
+        self.ca = Path(cluster["certificate-authority"])
         tls = ssl.create_default_context(cafile=cluster["certificate-authority"])
         tls.load_cert_chain(user["client-certificate"], user["client-key"])
         self.http = httpx.Client(base_url=self.server, verify=tls, timeout=10)
@@ -100,6 +106,7 @@ class Container:
     next_live_probe: float = 0.0
     backoff_until: float = 0.0
     kill_at: float | None = None
+    pre_stop: subprocess.Popen[bytes] | None = None  # the preStop hook; SIGTERM follows when it ends
 
 
 @dataclass
@@ -368,6 +375,55 @@ class Kubelet:
                 env[var["name"]] = value
         return {k: self.rewrite(rec, spec, v) for k, v in env.items()}
 
+    def service_account(self, pod: Obj, rec: PodRecord) -> dict[str, str]:
+        """The pod's projected ServiceAccount token as files and a ``$KUBECONFIG`` (see the module docstring)."""
+        spec, meta = pod["spec"], pod["metadata"]
+        if spec.get("automountServiceAccountToken") is False:
+            return {}
+        ns, account = meta["namespace"], spec.get("serviceAccountName") or "default"
+        request = {
+            "apiVersion": "authentication.k8s.io/v1",
+            "kind": "TokenRequest",
+            "spec": {
+                "expirationSeconds": 24 * 3600,
+                "boundObjectRef": {
+                    "apiVersion": "v1",
+                    "kind": "Pod",
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                },
+            },
+        }
+        path = f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token"
+        answer = self.api.call("POST", path, request)
+        if answer is None:
+            raise RuntimeError(f"serviceaccount {account} not found")
+        directory = rec.dir / "serviceaccount"
+        directory.mkdir(exist_ok=True)
+        (directory / "token").write_text(answer["status"]["token"])
+        (directory / "namespace").write_text(ns)
+        shutil.copyfile(self.api.ca, directory / "ca.crt")
+        kubeconfig = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "local",
+                    "cluster": {
+                        "server": self.api.server,
+                        "certificate-authority": str(directory / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [{"name": account, "user": {"token": answer["status"]["token"]}}],
+            "contexts": [
+                {"name": "in-cluster", "context": {"cluster": "local", "user": account, "namespace": ns}}
+            ],
+            "current-context": "in-cluster",
+        }
+        (directory / "kubeconfig").write_text(yaml.safe_dump(kubeconfig))
+        return {"KUBECONFIG": str(directory / "kubeconfig")}
+
     def rewrite(self, rec: PodRecord, spec: Obj, text: str) -> str:
         """Replace the container's mountPaths (at a path boundary) with the local volume directories."""
         for mount in sorted(spec.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"])):
@@ -396,7 +452,7 @@ class Kubelet:
         try:  # a missing ConfigMap or Secret is retried with backoff: it may be created later
             if rec.mounts is None:
                 rec.mounts = self.materialise_volumes(pod, rec.dir)
-            env = self.container_env(pod, rec, spec)
+            env = self.service_account(pod, rec) | self.container_env(pod, rec, spec)
         except (RuntimeError, KeyError) as exc:
             c.waiting = ("CreateContainerConfigError", str(exc))
             c.backoff_until = time.monotonic() + self.backoff(c)
@@ -420,10 +476,31 @@ class Kubelet:
     def backoff(self, c: Container) -> float:
         return min(BACKOFF_MAX_S, 2.0**c.restarts)
 
-    def terminate(self, c: Container, grace: float) -> None:
-        if c.proc is not None and c.proc.poll() is None and c.kill_at is None:
-            procs.signal_group(c.proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
-            c.kill_at = time.monotonic() + grace
+    def terminate(self, rec: PodRecord, c: Container, grace: float) -> None:
+        """Run the preStop exec hook if any (SIGTERM follows when it ends), else SIGTERM now; SIGKILL at grace."""
+        if c.proc is None or c.proc.poll() is not None or c.kill_at is not None:
+            return
+        c.kill_at = time.monotonic() + grace
+        hook = ((c.spec.get("lifecycle") or {}).get("preStop") or {}).get("exec")
+        if hook and grace > 0:
+            argv = list(hook["command"])
+            argv[0] = self.executable(argv[0], f"{self.venv_bin}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+            log = rec.dir / f"{c.spec['name']}.log"
+            c.pre_stop = procs.start(argv, log, cwd=rec.dir)
+            return
+        procs.signal_group(c.proc.pid, signal.SIGTERM if grace > 0 else signal.SIGKILL)
+
+    def after_pre_stop(self, c: Container) -> None:
+        """SIGTERM once the preStop hook has finished; at the grace deadline the hook is killed too."""
+        if c.pre_stop is None:
+            return
+        deadline = c.kill_at is not None and time.monotonic() >= c.kill_at
+        if c.pre_stop.poll() is None and not deadline:
+            return
+        procs.stop(c.pre_stop.pid, grace=0, proc=c.pre_stop)
+        c.pre_stop = None
+        if c.proc is not None and c.proc.poll() is None:
+            procs.signal_group(c.proc.pid, signal.SIGTERM)
 
     def reap(self, rec: PodRecord, c: Container, policy: str) -> None:
         """Record a container's exit and decide, per restartPolicy, whether it comes back."""
@@ -490,7 +567,7 @@ class Kubelet:
             c.live_fail = 0 if self.probe(live_spec, rec, c) else c.live_fail + 1
             if c.live_fail >= int(live_spec.get("failureThreshold", 3)):
                 print(f"liveness failed {rec.namespace}/{rec.name}/{c.spec['name']}", flush=True)
-                self.terminate(c, float(live_spec.get("terminationGracePeriodSeconds", rec.grace)))
+                self.terminate(rec, c, float(live_spec.get("terminationGracePeriodSeconds", rec.grace)))
 
     def sync(self, pod: Obj) -> None:
         meta, spec = pod["metadata"], pod["spec"]
@@ -506,9 +583,10 @@ class Kubelet:
             grace = meta.get("deletionGracePeriodSeconds", spec.get("terminationGracePeriodSeconds", 30))
             print(f"killing {rec.namespace}/{rec.name} (grace {grace}s)", flush=True)
             for c in rec.containers:
-                self.terminate(c, float(grace))
+                self.terminate(rec, c, float(grace))
         policy = spec.get("restartPolicy", "Always")
         for c in rec.containers:
+            self.after_pre_stop(c)
             if c.proc is not None and c.kill_at is not None and time.monotonic() >= c.kill_at:
                 procs.signal_group(c.proc.pid, signal.SIGKILL)
             if c.proc is not None and c.proc.poll() is not None:
@@ -538,6 +616,8 @@ class Kubelet:
         """The pod vanished from the API (force-deleted): kill its processes now."""
         rec = self.pods[uid]
         for c in rec.containers:
+            if c.pre_stop is not None:
+                procs.stop(c.pre_stop.pid, grace=0, proc=c.pre_stop)
             if c.proc is not None:
                 procs.stop(c.proc.pid, grace=0, proc=c.proc)
         del self.pods[uid]
