@@ -17,7 +17,7 @@ from policies.compare import POLICIES, json_ready, plot, run, table
 from policies.workloads import AZURE_CODE_TRACE, CITATION, diurnal, load_csv, scale_rate
 
 CODE_SCALE = 4.5  # the code trace's peak 15 s rate then needs 8+ replicas of Llama-3-8B on H100
-DIURNAL_MEAN_RPS = 45.0
+DIURNAL_MEAN_RPS = 40.0
 
 
 def main() -> int:
@@ -28,7 +28,7 @@ def main() -> int:
     parser.add_argument("--plot-dir", default=None)
     parser.add_argument("--code-scale", type=float, default=CODE_SCALE)
     parser.add_argument("--diurnal-rps", type=float, default=DIURNAL_MEAN_RPS)
-    parser.add_argument("--diurnal-hours", type=float, default=3.0)
+    parser.add_argument("--diurnal-hours", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 

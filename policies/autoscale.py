@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import replace
-from statistics import NormalDist
 
 import numpy as np
 
@@ -29,6 +28,7 @@ from crds.slopolicy import MissingMetrics, SLOPolicySpec
 from policies import planner
 from policies.catalog import accelerator
 from policies.latency import ReplicaPredictor, TokenStats
+from policies.observe import ITL_BUCKETS, TTFT_BUCKETS
 from policies.perfmodel import StepModel
 from policies.profiles import profile_for
 from policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
@@ -36,9 +36,7 @@ from policies.types import Candidate, Decision, Load, Observation, PlanResult, S
 PlanFn = Callable[[InferenceServiceSpec, Load, SLOPolicySpec, float, float], PlanResult]
 
 PEAK_MEMORY_WINDOWS = 3  # recent peaks are remembered for this many scale-down windows, halving each window
-TOKEN_SAMPLES = 64
-_Z = np.array([NormalDist().inv_cdf((i + 0.5) / TOKEN_SAMPLES) for i in range(TOKEN_SAMPLES)])
-_Z95 = NormalDist().inv_cdf(0.95)
+REACTIVE_MAX_RATIO = 2.0  # a breach scales the ready fleet by observed/target p95, at most this much
 
 
 def autoscale(
@@ -73,9 +71,10 @@ def autoscale(
     assert observation is not None
     obs = observation
 
+    state = _token_mix(obs, state, policy)
     state = _calibrate(spec, policy, current, obs, state)
-    load, demand_rps, anticipated_rps = _anticipated_load(spec, policy, obs, state, now, slo_ttft)
-    state = replace(state, load_history=_remember(state.load_history, now, demand_rps, policy))
+    load, demand_rps, anticipated_rps, history = _anticipated_load(spec, policy, obs, state, now)
+    state = replace(state, load_history=_remember(history, now, demand_rps, policy))
 
     result = plan_fn(spec, load, policy, state.ttft_factor, state.tpot_factor)
     planned = _choose(result, current, policy)
@@ -92,7 +91,7 @@ def autoscale(
             (obs.tpot_p95_ms or 0.0) / slo_tpot if obs.tpot_p95_ms is not None else 0.0,
         )
         if obs.queue_depth and obs.queue_depth > 0:
-            raw = max(raw, math.ceil(obs.ready_replicas * min(ratio, 2.0)))
+            raw = max(raw, math.ceil(obs.ready_replicas * min(ratio, REACTIVE_MAX_RATIO)))
             reactive = breach
     raw = min(max(raw, spec.scaling.min_replicas), spec.scaling.max_replicas)
 
@@ -157,14 +156,43 @@ def _breach(obs: Observation, slo_ttft: float, slo_tpot: float) -> str | None:
     return None
 
 
-def _token_samples(p50: float | None, p95: float | None, fallback: np.ndarray) -> np.ndarray:
-    """A deterministic log-normal sample through the observed p50 and p95; the spec's samples when unknown."""
-    if p50 is None or p95 is None or p50 <= 0:
-        return fallback
-    # two significant digits, so windows with the same mix share a plan
-    p50, p95 = float(f"{p50:.2g}"), float(f"{max(p95, p50):.2g}")
-    sigma = math.log(p95 / p50) / _Z95
-    return np.maximum(np.round(np.exp(math.log(p50) + sigma * _Z)), 1).astype(int)
+def _token_mix(obs: Observation, state: ScalerState, policy: SLOPolicySpec) -> ScalerState:
+    """The token mix as quantile nodes, averaged over windows weighted by their requests, older ones fading.
+
+    A 15 s window holds a small, noisy sample; the weight of the past decays by the calibration smoothing
+    each window, so the mix follows a real change within a few windows.
+    """
+    seen = (obs.prompt_tokens_nodes, obs.output_tokens_nodes)
+    if obs.requests <= 0 or seen[0] is None or seen[1] is None:
+        return state
+    old_p, old_o = state.prompt_tokens_nodes, state.output_tokens_nodes
+    if old_p is None or old_o is None or len(old_p) != len(seen[0]) or len(old_o) != len(seen[1]):
+        return replace(
+            state, prompt_tokens_nodes=seen[0], output_tokens_nodes=seen[1], token_weight=obs.requests
+        )
+    w_old = state.token_weight * (1 - policy.calibration.smoothing)
+    share = obs.requests / (w_old + obs.requests)
+
+    def mix(old: tuple[float, ...], new: tuple[float, ...]) -> tuple[float, ...]:
+        return tuple(round((1 - share) * o + share * n, 1) for o, n in zip(old, new, strict=True))
+
+    return replace(
+        state,
+        prompt_tokens_nodes=mix(old_p, seen[0]),
+        output_tokens_nodes=mix(old_o, seen[1]),
+        token_weight=w_old + obs.requests,
+    )
+
+
+def _tokens(state: ScalerState, hint: Load) -> tuple[np.ndarray, np.ndarray]:
+    """Token samples for the planner: the observed quantile nodes (rounded to share plans), else the hints."""
+    if state.prompt_tokens_nodes is None or state.output_tokens_nodes is None:
+        return hint.prompt_tokens, hint.output_tokens
+
+    def samples(nodes: tuple[float, ...]) -> np.ndarray:
+        return np.array([max(1, int(float(f"{v:.2g}"))) for v in nodes], dtype=np.int64)
+
+    return samples(state.prompt_tokens_nodes), samples(state.output_tokens_nodes)
 
 
 def _anticipated_load(
@@ -173,27 +201,31 @@ def _anticipated_load(
     obs: Observation,
     state: ScalerState,
     now: float,
-    slo_ttft_ms: float,
-) -> tuple[Load, float, float]:
+) -> tuple[Load, float, float, tuple[tuple[float, float], ...]]:
     """The load to plan for: current demand, or a recent peak discounted by its age, whichever is larger.
 
-    Demand counts completions plus the backlog, which must drain within the TTFT target.
+    Demand counts completions plus the backlog, which should drain within one evaluation interval.
     """
-    backlog = (obs.queue_depth or 0.0) / max(slo_ttft_ms / 1000.0, 1e-3)
+    history = state.load_history
+    if not history and not state.recommendations and spec.traffic.expected_rps:
+        # a fresh autoscaler remembers the manifest's expected rate as its first peak
+        history = ((now, float(spec.traffic.expected_rps)),)
+    backlog = (obs.queue_depth or 0.0) / max(policy.evaluation_interval_seconds, obs.window_s)
     demand = obs.rps + backlog
     half_life = max(policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds)
-    remembered = [r * 0.5 ** ((now - t) / half_life) for t, r in state.load_history]
+    remembered = [r * 0.5 ** ((now - t) / half_life) for t, r in history]
     anticipated = max([demand, *remembered])
     hint = planner.load_from_spec(spec)
     # quantize upwards on a 5% grid, so nearby rates share a plan and rounding never under-provisions
     rps = 0.0 if anticipated <= 0 else 1.05 ** math.ceil(math.log(anticipated) / math.log(1.05))
+    prompts, outputs = _tokens(state, hint)
     load = Load(
         rps=rps,
-        prompt_tokens=_token_samples(obs.prompt_tokens_p50, obs.prompt_tokens_p95, hint.prompt_tokens),
-        output_tokens=_token_samples(obs.output_tokens_p50, obs.output_tokens_p95, hint.output_tokens),
+        prompt_tokens=prompts,
+        output_tokens=outputs,
         batch_fraction=_batch_fraction(obs, hint.batch_fraction),
     )
-    return load, demand, anticipated
+    return load, demand, anticipated, history
 
 
 def _batch_fraction(obs: Observation, default: float) -> float:
@@ -312,6 +344,8 @@ def _calibrate(
 
     A window counts when it holds enough requests and no backlog: then TTFT is window plus prefill and TPOT
     is the step time, which is what the factors correct; queueing transients of a burst are not model error.
+    TTFT calibrates on its p95; TPOT on the inter-token median, because the factor scales decode-only steps
+    and the p95 of inter-token gaps is the prefill-chunk steps'.
     """
     cal = policy.calibration
     ready = obs.ready_replicas or current.replicas
@@ -324,19 +358,36 @@ def _calibrate(
         return state
     ttft_pred, tpot_pred = predicted
 
-    def update(factor: float, observed: float | None, pred: float) -> float:
+    def update(factor: float, observed: float | None, pred: float, bounds: tuple[float, ...]) -> float:
         if observed is None or not math.isfinite(pred) or pred <= 0:
             return factor
-        target = factor * observed / pred
-        new = (1 - cal.smoothing) * factor + cal.smoothing * target
+        ratio = bucket_ratio(observed, pred, bounds)
+        new = (1 - cal.smoothing) * factor + cal.smoothing * factor * ratio
         return min(max(new, cal.min_factor), cal.max_factor)
 
     return replace(
         state,
-        ttft_factor=update(state.ttft_factor, obs.ttft_p95_ms, ttft_pred),
-        tpot_factor=update(state.tpot_factor, obs.tpot_p95_ms, tpot_pred),
+        ttft_factor=update(state.ttft_factor, obs.ttft_p95_ms, ttft_pred, TTFT_BUCKETS),
+        tpot_factor=update(state.tpot_factor, obs.tpot_p50_ms, tpot_pred, ITL_BUCKETS),
         calibration_samples=state.calibration_samples + 1,
     )
+
+
+def bucket_ratio(observed_ms: float, predicted_ms: float, bounds_s: tuple[float, ...]) -> float:
+    """observed/predicted as far as a histogram can tell: 1 when the prediction lies in the observed bucket.
+
+    `histogram_quantile` interpolates inside a bucket, so an observed p95 is only known to lie between the
+    bucket's bounds; a prediction inside them is consistent, one outside is off by at least the distance to
+    the nearer bound. Without this, coarse buckets (10-25 ms for inter-token latency) would read as model error.
+    """
+    edges = (0.0, *(b * 1000.0 for b in bounds_s), math.inf)
+    i = next(k for k in range(1, len(edges)) if observed_ms <= edges[k])
+    lo, hi = edges[i - 1], edges[i]
+    if predicted_ms < lo:
+        return lo / predicted_ms
+    if predicted_ms > hi:
+        return hi / predicted_ms
+    return 1.0
 
 
 def _predict(
@@ -346,10 +397,9 @@ def _predict(
     state: ScalerState,
     rps_per_replica: float,
 ) -> tuple[float, float] | None:
-    """Predicted TTFT and TPOT p95 (ms) of the running configuration at the observed per-replica rate."""
+    """Predicted TTFT p95 and inter-token p50 (ms) of the running configuration at the observed rate."""
     hint = planner.load_from_spec(spec)
-    prompts = _token_samples(obs.prompt_tokens_p50, obs.prompt_tokens_p95, hint.prompt_tokens)
-    outputs = _token_samples(obs.output_tokens_p50, obs.output_tokens_p95, hint.output_tokens)
+    prompts, outputs = _tokens(state, hint)
     model = StepModel(
         profile_for(spec.model),
         accelerator(current.accelerator),
@@ -364,6 +414,7 @@ def _predict(
         np.array([[max(rps_per_replica, 1e-6)]]),
         np.array([current.max_batch]),
         np.array([current.batch_window_ms / 1000.0]),
+        tpot_quantile=0.5,
     )
     ttft, tpot = float(p.ttft.ravel()[0]), float(p.tpot.ravel()[0])
     if not (math.isfinite(ttft) and math.isfinite(tpot)):

@@ -112,24 +112,20 @@ class Setup:
 
 
 def setup(trace: Trace, start_delay_s: float = 90.0, seed: int = 0) -> Setup:
-    """The service, its initial plan (from the trace's mean rate as a spec hint) and the simulated fleet."""
-    mean_rps = len(trace) / max(trace.duration_s, 1.0)
-    spec = benchmark_service(mean_rps)
-    policy = SLOPolicySpec()
-    hint = planner.load_from_spec(spec)
-    trace_load = Load(rps=mean_rps, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens)
-    initial = planner.plan(
-        spec,
-        replace(hint, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens),
-        policy,
-        1.0,
-        1.0,
-    ).chosen
-    if initial is None:
-        raise ValueError("the planner finds no feasible configuration at the trace's mean rate")
+    """The service, its initial plan and the simulated fleet.
+
+    Every policy starts from the same fleet: the plan for the trace's busiest 15 s, as a platform team
+    provisions a new service for its expected peak (the manifest's `expectedRps` hint). Starting from the
+    mean rate instead would make the first bursts a cold start that no policy could serve.
+    """
     peak_rps = float(trace.rate_per_window(15.0).max())
-    peak = planner.plan(spec, replace(trace_load, rps=peak_rps), policy, 1.0, 1.0).chosen
-    peak_replicas = peak.replicas if peak is not None else spec.scaling.max_replicas
+    spec = benchmark_service(peak_rps)
+    policy = SLOPolicySpec()
+    load = Load(rps=peak_rps, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens)
+    initial = planner.plan(spec, load, policy, 1.0, 1.0).chosen
+    if initial is None:
+        raise ValueError("the planner finds no feasible configuration at the trace's peak rate")
+    peak_replicas = initial.replicas
     acc = accelerator(initial.accelerator)
     model = StepModel(profile_for(spec.model), acc, initial.tensor_parallel)
     profile = StepProfile.from_model(model, initial.max_batch, initial.chunk_tokens)

@@ -41,6 +41,7 @@ def token_buckets(max_value: int) -> tuple[float, ...]:
 
 
 TOKEN_BUCKETS = token_buckets(100_000)
+TOKEN_NODES = 16  # quantiles of the token-count histograms an Observation carries
 
 
 def histogram_quantile(q: float, upper_bounds: np.ndarray, cumulative_counts: np.ndarray) -> float:
@@ -164,6 +165,11 @@ def _observe_one(time: float, window_s: float, w: TierWindow, quantile: float) -
     def pct(h: Histogram | None, q: float) -> float | None:
         return None if h is None else h.quantile(q)
 
+    def nodes(h: Histogram | None) -> tuple[float, ...] | None:
+        if h is None or h.count == 0:
+            return None
+        return tuple(round(float(h.quantile((i + 0.5) / TOKEN_NODES) or 0.0), 1) for i in range(TOKEN_NODES))
+
     return Observation(
         time=time,
         window_s=window_s,
@@ -179,6 +185,9 @@ def _observe_one(time: float, window_s: float, w: TierWindow, quantile: float) -
         output_tokens_p50=pct(w.output_tokens, 0.5),
         output_tokens_p95=pct(w.output_tokens, 0.95),
         ready_replicas=w.ready_replicas,
+        tpot_p50_ms=_ms(pct(w.itl, 0.5)),
+        prompt_tokens_nodes=nodes(w.prompt_tokens),
+        output_tokens_nodes=nodes(w.output_tokens),
     )
 
 

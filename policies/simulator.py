@@ -43,10 +43,16 @@ class StepProfile:
     compute_s_per_token: float  # matmul time of one token through the model
     overhead_s: float  # scheduling, sampling, launches, all-reduce latency
     kv_capacity_tokens: int
+    serial_s_per_token: float = 0.0  # host-side cost per scheduled token that overlaps nothing (CPU engines)
 
     def step_s(self, n_decode: int, context_tokens: int, n_prefill: int) -> float:
         memory = self.weights_s + self.kv_s_per_token * context_tokens
-        return self.overhead_s + max(memory, self.compute_s_per_token * (n_decode + n_prefill))
+        tokens = n_decode + n_prefill
+        return (
+            self.overhead_s
+            + self.serial_s_per_token * tokens
+            + max(memory, self.compute_s_per_token * tokens)
+        )
 
     @classmethod
     def from_model(cls, model: StepModel, max_batch: int = 256, chunk_tokens: int = 8192) -> StepProfile:
@@ -157,7 +163,10 @@ class _Engine:
         if not r.waiting or len(r.running) >= self.config.max_batch:
             return False
         rid = r.waiting[0]
-        return not r.running or r.kv_used + self.prompt[rid] + self.output[rid] <= self.profile.kv_capacity_tokens
+        return (
+            not r.running
+            or r.kv_used + self.prompt[rid] + self.output[rid] <= self.profile.kv_capacity_tokens
+        )
 
     def _admit(self, r: _Replica) -> list[int]:
         rid = r.waiting.popleft()
@@ -247,8 +256,8 @@ class _Engine:
         ctx0 = sum(s[3] for s in r.running)
         k = min(s[2] for s in r.running)
         stop = t_end if not r.inbox else min(t_end, self.arrival[r.inbox[0]])
-        ov, mem0, slope, comp = (
-            p.overhead_s,
+        ov = p.overhead_s + p.serial_s_per_token * b
+        mem0, slope, comp = (
             p.weights_s + p.kv_s_per_token * ctx0,
             p.kv_s_per_token * b,
             p.compute_s_per_token * b,

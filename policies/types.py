@@ -99,6 +99,10 @@ class Observation:
     output_tokens_p95: float | None = None
     ready_replicas: int | None = None
     per_tier: dict[str, Observation] = field(default_factory=dict)
+    # evenly spaced quantiles of the token-count histograms: the whole mix, not just two percentiles
+    prompt_tokens_nodes: tuple[float, ...] | None = None
+    output_tokens_nodes: tuple[float, ...] | None = None
+    tpot_p50_ms: float | None = None  # inter-token median: the decode-only step, for calibration
 
 
 @dataclass(frozen=True)
@@ -110,9 +114,12 @@ class ScalerState:
     ttft_factor: float = 1.0  # calibration: observed / predicted
     tpot_factor: float = 1.0
     calibration_samples: int = 0
-    load_history: tuple[
-        tuple[float, float], ...
-    ] = ()  # (time, demand rps): recent peaks the plan anticipates
+    # (time, demand rps): recent peaks the plan anticipates
+    load_history: tuple[tuple[float, float], ...] = ()
+    # smoothed token mix: quantile nodes of prompt and output lengths
+    prompt_tokens_nodes: tuple[float, ...] | None = None
+    output_tokens_nodes: tuple[float, ...] | None = None
+    token_weight: float = 0.0  # requests behind the token mix, decayed
 
 
 @dataclass(frozen=True)

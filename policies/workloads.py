@@ -84,12 +84,12 @@ def scale_rate(trace: Trace, scale: float, seed: int = 0, jitter_s: float = 1.0)
 
 def diurnal(
     source: Trace,
-    hours: float = 3.0,
-    mean_rps: float = 20.0,
+    hours: float = 2.0,
+    mean_rps: float = 40.0,
     peak_to_trough: float = 4.0,
-    bursts_per_hour: float = 3.0,
-    burst_factor: float = 2.0,
-    burst_s: tuple[float, float] = (30.0, 120.0),
+    bursts_per_hour: float = 4.0,
+    burst_factor: float = 1.3,
+    burst_s: tuple[float, float] = (20.0, 60.0),
     seed: int = 0,
 ) -> Trace:
     """A seeded synthetic day compressed into `hours`: a sinusoidal rate with the given peak/trough ratio,

@@ -1,0 +1,175 @@
+"""autoscale as tables of observation → decision, on the real planner and perf model."""
+
+import re
+from dataclasses import replace
+from itertools import pairwise
+
+import pytest
+
+from crds.inferenceservice import InferenceServiceSpec
+from crds.slopolicy import SLOPolicySpec
+from policies import planner
+from policies.autoscale import _predict, autoscale, bucket_ratio
+from policies.compare import _MemoPlan
+from policies.observe import TTFT_BUCKETS
+from policies.types import Candidate, Observation, PlanResult, ScalerState
+
+SPEC = InferenceServiceSpec.model_validate(
+    {
+        "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
+        "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
+        "traffic": {"class": "interactive", "expectedRps": 5},
+        "accelerators": [{"type": "H100-SXM", "maxCount": 64}],
+        "scaling": {"minReplicas": 1, "maxReplicas": 64, "maxTensorParallel": 1},
+    }
+)
+POLICY = SLOPolicySpec()
+MEMO = _MemoPlan()  # the planner, memoized as in the simulator: loops over many intervals stay fast
+
+
+def plan_at(rps: float, ttft_factor: float = 1.0, tpot_factor: float = 1.0) -> Candidate:
+    load = replace(planner.load_from_spec(SPEC), rps=rps)
+    chosen = planner.plan(SPEC, load, POLICY, ttft_factor, tpot_factor).chosen
+    assert chosen is not None
+    return chosen
+
+
+def obs(t: float, rps: float, ttft=None, tpot=None, queue=0.0, ready=None, window=15.0) -> Observation:
+    return Observation(
+        time=t, window_s=window, rps=rps, requests=rps * window, ttft_p95_ms=ttft, tpot_p95_ms=tpot,
+        kv_cache_usage=0.2, queue_depth=queue, running=rps, ready_replicas=ready,
+    )  # fmt: skip
+
+
+def test_spike_scales_up_to_the_planned_count_in_one_step():
+    current = plan_at(2.0)
+    spike = next(
+        r for r in (20.0, 40.0, 60.0, 80.0, 120.0, 160.0) if plan_at(r).replicas >= current.replicas + 3
+    )
+    want = plan_at(spike).replicas
+    assert want - current.replicas <= POLICY.max_scale_up_step  # within one step of the policy
+    o = obs(
+        100.0, spike, ready=current.replicas
+    )  # no latency yet: nothing to calibrate, the plan alone decides
+    d = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0)
+    assert d.action == "scale"
+    assert d.plan.replicas >= want > current.replicas
+    assert d.plan.replicas <= plan_at(spike * 1.05).replicas  # the 5% rate grid rounds up, never more
+    assert re.fullmatch(
+        rf"scaled interactive {current.replicas}→{d.plan.replicas}: planned for [\d.]+ rps at {spike:g} rps",
+        d.reason,
+    ), d.reason
+
+
+def test_slo_breach_with_a_queue_scales_reactively():
+    current = plan_at(10.0)
+    o = obs(100.0, 10.0, ttft=2500, tpot=20, queue=50, ready=current.replicas)
+    d = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0)
+    assert d.plan.replicas > plan_at(10.0).replicas
+    assert d.reason.startswith(
+        f"scaled interactive {current.replicas}→{d.plan.replicas}: TTFT p95 2500 ms > 1000 ms"
+    )
+    assert d.slo_met is False
+
+
+def test_slow_decline_scales_down_only_after_the_stabilization_window():
+    peak = 160.0
+    current, state = plan_at(peak), ScalerState()
+    history = []
+    for step in range(150):  # 37 minutes, load falling by 2% an interval
+        now = 15.0 * step
+        rps = peak * 0.98**step
+        d = autoscale(SPEC, POLICY, current, obs(now, rps, ready=current.replicas), state, now, plan_fn=MEMO)
+        history.append((now, current.replicas, d.plan.replicas))
+        current, state = d.plan, d.state
+    downs = [(t, a, b) for t, a, b in history if b < a]
+    assert downs, "the fleet never shrank"
+    assert downs[0][0] >= POLICY.scale_down_stabilization_seconds
+    assert all(a - b <= POLICY.max_scale_down_step for _, a, b in downs)
+    assert all(b >= a for t, a, b in history if t < POLICY.scale_down_stabilization_seconds)
+    assert history[-1][2] < plan_at(peak).replicas
+
+
+@pytest.mark.parametrize("stale_by", [None, 61.0, 600.0])
+def test_missing_or_stale_metrics_hold_and_never_scale_down(stale_by):
+    current = plan_at(40.0)
+    o = None if stale_by is None else obs(1000.0 - stale_by, 0.0, ready=current.replicas)
+    d = autoscale(SPEC, POLICY, current, o, ScalerState(), 1000.0)
+    assert d.action == "hold" and d.plan == current
+    assert d.metrics_available is False and d.slo_met is None
+    assert d.reason.startswith(f"holding interactive at {current.replicas}:")
+
+
+def test_zero_traffic_is_an_observation():
+    current = plan_at(5.0)
+    d = autoscale(SPEC, POLICY, current, obs(100.0, 0.0, ready=current.replicas), ScalerState(), 100.0)
+    assert d.metrics_available is True
+    assert d.plan.replicas <= current.replicas
+
+
+def test_oscillating_load_does_not_flap():
+    current, state = plan_at(20.0), ScalerState()
+    sizes = []
+    for step in range(120):  # 30 minutes alternating 20 and 120 rps every interval
+        now = 15.0 * step
+        rps = 120.0 if step % 2 else 20.0
+        d = autoscale(SPEC, POLICY, current, obs(now, rps, ready=current.replicas), state, now, plan_fn=MEMO)
+        current, state = d.plan, d.state
+        sizes.append(current.replicas)
+    changes = sum(1 for a, b in pairwise(sizes) if a != b)
+    assert max(sizes) > plan_at(20.0).replicas
+    assert changes <= 2
+    assert min(sizes[4:]) == max(sizes[4:])  # after the first rise it holds the peak's capacity
+
+
+@pytest.mark.parametrize(("observed_over_predicted", "direction"), [(3.0, 1), (1 / 3, -1)])
+def test_calibration_factor_moves_the_plan_the_right_way(observed_over_predicted, direction):
+    rps = 100.0
+    current = plan_at(rps)
+    # a steady window whose p95 TTFT and inter-token median are the model's predictions times the ratio
+    o = obs(100.0, rps, ready=current.replicas, window=60.0)
+    ttft_pred, tpot_pred = _predict(SPEC, current, o, ScalerState(), rps / current.replicas)
+    o = replace(
+        o, ttft_p95_ms=ttft_pred * observed_over_predicted, tpot_p50_ms=tpot_pred * observed_over_predicted
+    )
+    d = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0)
+    assert d.state.calibration_samples == 1
+    assert (d.state.ttft_factor - 1.0) * direction > 0
+    assert (d.state.tpot_factor - 1.0) * direction > 0
+    lo, hi = POLICY.calibration.min_factor, POLICY.calibration.max_factor
+    assert lo <= d.state.ttft_factor <= hi and lo <= d.state.tpot_factor <= hi
+    moved = plan_at(rps, d.state.ttft_factor, d.state.tpot_factor).replicas
+    assert (moved - current.replicas) * direction > 0
+
+
+def test_calibration_ignores_what_a_histogram_bucket_cannot_tell():
+    assert (
+        bucket_ratio(observed_ms=300.0, predicted_ms=400.0, bounds_s=TTFT_BUCKETS) == 1.0
+    )  # both in (250, 500]
+    assert bucket_ratio(observed_ms=300.0, predicted_ms=125.0, bounds_s=TTFT_BUCKETS) == pytest.approx(2.0)
+    assert bucket_ratio(observed_ms=300.0, predicted_ms=1000.0, bounds_s=TTFT_BUCKETS) == pytest.approx(0.5)
+
+
+def test_burst_backlog_and_calibration_skip():
+    current = plan_at(20.0)
+    # a backlog larger than the fleet: TTFT is queueing, not model error, so the factors stay
+    o = obs(100.0, 20.0, ttft=5000, tpot=30, queue=10 * current.replicas, ready=current.replicas)
+    d = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0)
+    assert d.state.ttft_factor == 1.0 and d.state.calibration_samples == 0
+    assert d.plan.replicas > current.replicas  # the backlog counts as demand
+
+
+def test_rollout_only_when_the_saving_clears_the_threshold():
+    current = plan_at(20.0)
+    other = replace(current, accelerator="H200", cost_per_hour=current.cost_per_hour * 0.9)
+
+    def fake(saving: float):
+        chosen = replace(other, cost_per_hour=current.cost_per_hour * (1 - saving))
+        return lambda *a: PlanResult(chosen, (chosen, current), None, 131072)
+
+    o = obs(100.0, 20.0, ttft=300, tpot=20, ready=current.replicas)
+    small = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0, plan_fn=fake(0.05))
+    assert small.plan.accelerator == current.accelerator and small.action != "rollout"
+    big = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0, plan_fn=fake(0.4))
+    assert big.action == "rollout" and big.plan.accelerator == "H200"
+    assert "predicted saving 40%" in big.reason
