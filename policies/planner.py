@@ -162,13 +162,14 @@ def size_tier(
     tier: Tier,
     tier_rps: float,
     targets: Targets,
-    policy: SLOPolicySpec,
+    headroom: float,
     max_batches: Iterable[int],
+    windows_s: Iterable[float],
     min_replicas: int,
 ) -> TierSizing:
     """Fewest replicas of one tier on one (accelerator, TP); its best max batch and window."""
     batches = np.array(sorted(max_batches))
-    windows = _windows(policy, tier)
+    windows = np.array(sorted(windows_s), dtype=float)
     chunk = CHUNK_TOKENS[tier]
     predictor = ReplicaPredictor(model, tokens, chunk, int(batches.max()))
     capacity = _capacity(predictor, batches, windows, targets)
@@ -182,7 +183,7 @@ def size_tier(
             1.0,
             reason,
         )
-    usable = (1.0 - policy.headroom) * capacity
+    usable = (1.0 - headroom) * capacity
     with np.errstate(divide="ignore"):
         need = np.where(usable > 0, np.ceil(tier_rps / np.maximum(usable, 1e-300) - 1e-9), np.inf)
     need = np.maximum(need, min_replicas)
@@ -297,12 +298,14 @@ def kv_tokens_needed(max_batch: int, tokens: TokenStats, load: Load) -> float:
     return max(max_batch * tokens.decode_context, longest)
 
 
-def feasible_batches(model: StepModel, tokens: TokenStats, load: Load, tier: Tier) -> list[int]:
+def feasible_batches(
+    model: StepModel, tokens: TokenStats, load: Load, tier: Tier, options: Iterable[int] = MAX_BATCHES
+) -> list[int]:
     """Max batches whose weights, activations and full batch of KV fit in the device's usable memory."""
     usable = model.accelerator.memory_bytes * model.accelerator.memory_utilisation
     return [
         b
-        for b in MAX_BATCHES
+        for b in options
         if model.memory_bytes(kv_tokens_needed(b, tokens, load), b, CHUNK_TOKENS[tier]) <= usable
     ]
 
@@ -318,16 +321,23 @@ def evaluate(
     targets: Targets,
     ttft_factor: float = 1.0,
     tpot_factor: float = 1.0,
+    fixed: tuple[TierConfig, ...] | None = None,
 ) -> Candidate:
-    """One (accelerator, TP) point: its best tier configurations and, if ruled out, why."""
+    """One (accelerator, TP) point: its best tier configurations and, if ruled out, why. With `fixed`, each
+    tier keeps that max batch and window and only its replicas are sized."""
     acc = accelerator(pool.type)
     model = StepModel(profile, acc, tp, ttft_factor, tpot_factor)
     price = price_of(pool) * tp
     tiers = _tiers(spec, load)
+    if fixed is not None and [t for t, _ in tiers] != [Tier(c.tier) for c in fixed]:
+        raise ValueError(f"fixed tiers {[c.tier for c in fixed]} do not match the service's {tiers}")
     sizings: list[TierSizing] = []
     rejected: str | None = None
     for index, (tier, rps) in enumerate(tiers):
-        batches = feasible_batches(model, tokens, load, tier)
+        options, windows = MAX_BATCHES, _windows(policy, tier)
+        if fixed is not None:
+            options, windows = (fixed[index].max_batch,), np.array([fixed[index].batch_window_ms / 1000.0])
+        batches = feasible_batches(model, tokens, load, tier, options)
         if not batches:
             smallest = MAX_BATCHES[0]
             need = model.memory_bytes(kv_tokens_needed(smallest, tokens, load), smallest, CHUNK_TOKENS[tier])
@@ -337,7 +347,7 @@ def evaluate(
             )
             break
         floor = spec.scaling.min_replicas if index == 0 else 0
-        sizing = size_tier(model, tokens, tier, rps, targets, policy, batches, floor)
+        sizing = size_tier(model, tokens, tier, rps, targets, policy.headroom, batches, windows, floor)
         sizings.append(sizing)
         if sizing.rejected:
             rejected = sizing.rejected
@@ -517,4 +527,32 @@ def frontier(
         tpot_p95_ms=p.tpot[0] * 1000,
         replica_cost_per_hour=price_of(pool) * candidate.tensor_parallel,
         planned_rps=share / tier.replicas if tier.replicas else 0.0,
+    )
+
+
+def replicas_for(
+    spec: InferenceServiceSpec,
+    candidate: Candidate,
+    load: Load,
+    policy: SLOPolicySpec,
+    ttft_factor: float = 1.0,
+    tpot_factor: float = 1.0,
+) -> Candidate:
+    """Re-size a running plan for a new load, keeping its accelerator, TP, max batch and windows: only the
+    replicas of each tier change, so the autoscaler can scale without a rollout."""
+    pool = next(p for p in spec.accelerators if p.type == candidate.accelerator)
+    profile = profile_for(spec.model)
+    tokens = TokenStats.from_samples(load.prompt_tokens, load.output_tokens)
+    return evaluate(
+        spec,
+        load,
+        policy,
+        pool,
+        candidate.tensor_parallel,
+        profile,
+        tokens,
+        Targets.of(spec.slo),
+        ttft_factor,
+        tpot_factor,
+        fixed=candidate.tiers,
     )

@@ -278,3 +278,16 @@ def test_idle_service_scales_to_zero_on_the_cheapest_replica():
     assert chosen is not None and chosen.replicas == 0 and chosen.cost_per_hour == 0
     assert chosen.accelerator == "L40S" and chosen.tensor_parallel == 1  # the cheapest replica to wake
     assert 0 < chosen.predicted_ttft_p95_ms <= 500  # what the first request would see
+
+
+def test_replicas_for_keeps_the_configuration_and_resizes():
+    spec = spec_of(CHAT, **H100_ONLY, **{"scaling.maxReplicas": 200})
+    load = planner.load_from_spec(spec)
+    chosen = planner.plan(spec, replace(load, rps=10.0), POLICY).chosen
+    same = planner.replicas_for(spec, chosen, replace(load, rps=10.0), POLICY)
+    assert same == chosen
+    busier = planner.replicas_for(spec, chosen, replace(load, rps=60.0), POLICY)
+    assert busier.tiers[0].max_batch == chosen.max_batch
+    assert busier.tiers[0].batch_window_ms == chosen.batch_window_ms
+    assert busier.replicas > chosen.replicas
+    assert busier.replicas >= planner.plan(spec, replace(load, rps=60.0), POLICY).chosen.replicas
