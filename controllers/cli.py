@@ -287,11 +287,32 @@ def plot_frontiers(curves: Sequence[Any], spec: Any, path: str) -> None:
     plt.close(figure)
 
 
+# ---------------------------------------------------------------- simulate (policies.compare owns it)
+
+
+def _configure_simulate(parser: argparse.ArgumentParser) -> None:
+    from policies.compare import add_arguments
+
+    add_arguments(parser)
+
+
+def _run_simulate(args: argparse.Namespace) -> int:
+    from policies.compare import command
+
+    return command(args)
+
+
 # ---------------------------------------------------------------- entry point
 
 SUBCOMMANDS: list[Subcommand] = [
     Subcommand(
         "plan", "the cheapest configuration predicted to meet the SLO (what-if)", _configure_plan, _run_plan
+    ),
+    Subcommand(
+        "simulate",
+        "replay a trace under goodput, HPA, KEDA, static and the hindsight oracle",
+        _configure_simulate,
+        _run_simulate,
     ),
 ]
 
