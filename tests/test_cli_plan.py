@@ -97,3 +97,22 @@ def test_console_entry_point_runs_as_a_process():
     )
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["plan"]["replicas"] >= 1
+
+
+def test_policy_headroom_and_calibration_flags_add_replicas(capsys, tmp_path):
+    policy = yaml.safe_load((ROOT / "manifests" / "default-slopolicy.yaml").read_text())
+    policy["spec"]["headroom"] = 0.6
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(policy))
+    args = ["plan", "-f", str(CHAT), "--rps", "40", "--json"]
+    assert main(args) == 0
+    base = json.loads(capsys.readouterr().out)["plan"]
+    assert main([*args, "--policy", str(path)]) == 0
+    roomy = json.loads(capsys.readouterr().out)["plan"]
+    assert main([*args, "--ttft-factor", "2", "--tpot-factor", "2"]) == 0
+    slow = json.loads(capsys.readouterr().out)["plan"]
+    assert (
+        roomy["cost_per_hour"] >= base["cost_per_hour"]
+        and roomy["replicas"] * roomy["tensor_parallel"] > base["replicas"] * base["tensor_parallel"]
+    )
+    assert slow["predicted"]["tpot_p95_ms"] > base["predicted"]["tpot_p95_ms"]
