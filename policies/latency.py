@@ -11,6 +11,11 @@ metrics contract), so its p95 includes the steps slowed by other requests' prefi
 `ReplicaPredictor` is what the planner uses: closed forms evaluated over a whole grid of (max batch, window,
 rate) at once, fast enough to search every configuration each control interval. `simulate_replica` is a
 discrete-event simulation of the same engine, step by step; tests hold the predictor to it.
+
+Measured agreement (bench/latency_fidelity.py, 2 × 20 000 simulated requests): where the prefill chunk budget
+is the busier resource, p95 TTFT within 9% and p95 TPOT within 2% at 30–90% utilisation. Where batch slots
+bind (a small max batch, or a large model whose KV fits few sequences), TTFT is underestimated by ~20% at
+60% slot occupancy and far more near saturation: the planner keeps slot occupancy at or below 50%.
 """
 
 from __future__ import annotations
