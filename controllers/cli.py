@@ -28,6 +28,7 @@ class Subcommand:
     help: str
     configure: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], int]
+    passthrough: bool = False  # unknown flags go to the verb as `args.passthrough` instead of failing
 
 
 # ---------------------------------------------------------------- goodput plan
@@ -305,6 +306,19 @@ def _run_simulate(args: argparse.Namespace) -> int:
     return command(args)
 
 
+# ---------------------------------------------------------------- serve (the worker parses its own flags)
+
+
+def _configure_serve(parser: argparse.ArgumentParser) -> None:
+    parser.epilog = "Worker flags, e.g. --model random:tiny --port 8000: see `python -m worker_image --help`."
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from worker_image.__main__ import main as serve
+
+    return serve(args.passthrough)
+
+
 # ---------------------------------------------------------------- entry point
 
 SUBCOMMANDS: list[Subcommand] = [
@@ -317,6 +331,13 @@ SUBCOMMANDS: list[Subcommand] = [
         _configure_simulate,
         _run_simulate,
     ),
+    Subcommand(
+        "serve",
+        "run the inference worker (OpenAI-compatible API)",
+        _configure_serve,
+        _run_serve,
+        passthrough=True,
+    ),
 ]
 
 
@@ -328,12 +349,16 @@ def build_parser() -> argparse.ArgumentParser:
     for sub in SUBCOMMANDS:
         sub_parser = verbs.add_parser(sub.name, help=sub.help, description=sub.help)
         sub.configure(sub_parser)
-        sub_parser.set_defaults(run=sub.run)
+        sub_parser.set_defaults(run=sub.run, accepts_passthrough=sub.passthrough)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and not args.accepts_passthrough:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args.passthrough = extra
     return int(args.run(args))
 
 
