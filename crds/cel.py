@@ -20,7 +20,10 @@ def _program(rule: str) -> celpy.Runner:
 
 def holds(rule: str, obj: dict[str, Any]) -> bool:
     """Whether `rule` accepts `obj` bound as `self`; an evaluation error counts as a rejection."""
-    result = _program(rule).evaluate({"self": celpy.json_to_cel(obj)})
+    try:
+        result = _program(rule).evaluate({"self": celpy.json_to_cel(obj)})
+    except celpy.CELEvalError:
+        return False
     if isinstance(result, celpy.CELEvalError):
         return False
     return bool(result)

@@ -33,10 +33,15 @@ def _schema_for(kind: str) -> dict[str, Any]:
 
 
 def apply_defaults(obj: Any, schema: dict[str, Any]) -> Any:
-    """Fill schema defaults into a copy of `obj`, as the API server does before validating."""
+    """Fill schema defaults into a copy of `obj`, as the API server does before validating.
+
+    Like the API server, first drop null values of fields that are not nullable (it prunes them, then
+    defaults), so `spec: null` is the empty spec rather than a type error.
+    """
     if isinstance(obj, dict) and "properties" in schema:
-        out = dict(obj)
-        for name, sub in schema["properties"].items():
+        properties = schema["properties"]
+        out = {k: v for k, v in obj.items() if v is not None or properties.get(k, {}).get("nullable")}
+        for name, sub in properties.items():
             if name not in out and "default" in sub:
                 out[name] = copy.deepcopy(sub["default"])
             if name in out:
@@ -69,11 +74,23 @@ def _schema_errors(obj: dict[str, Any], schema: dict[str, Any]) -> list[FieldErr
     return errors
 
 
+def as_cel_values(obj: Any, schema: dict[str, Any]) -> Any:
+    """`type: number` fields as doubles, as the API server binds them in CEL (60 >= 1.0 holds, no overload error)."""
+    if schema.get("type") == "number" and isinstance(obj, int) and not isinstance(obj, bool):
+        return float(obj)
+    if isinstance(obj, dict) and "properties" in schema:
+        props = schema["properties"]
+        return {k: as_cel_values(v, props[k]) if k in props else v for k, v in obj.items()}
+    if isinstance(obj, list) and "items" in schema:
+        return [as_cel_values(item, schema["items"]) for item in obj]
+    return obj
+
+
 def _cel_errors(obj: Any, schema: dict[str, Any], path: list[Any]) -> list[FieldError]:
     errors: list[FieldError] = []
     if isinstance(obj, dict):
         for rule in schema.get("x-kubernetes-validations", []):
-            if not holds(rule["rule"], obj):
+            if not holds(rule["rule"], as_cel_values(obj, schema)):
                 where = path + [p for p in rule.get("fieldPath", "").split(".") if p]
                 errors.append(FieldError(_dotted(where), rule["message"]))
         for name, sub in schema.get("properties", {}).items():
