@@ -4,11 +4,13 @@ One decision per interval, from the planner at the load the service must be read
 
 1. Fresh metrics or hold: with no observation, or a stale one, hold the current plan (never scale down) and
    say metrics are unavailable. Zero traffic is an observation.
-2. Calibrate: fold observed/predicted p95 for the running configuration into EWMA correction factors
-   (clamped, persisted in ScalerState), only from windows that are steady enough to compare with the model.
-3. Anticipate: plan for the largest of the current demand (completions plus the backlog that must drain
-   within the TTFT target) and recent peaks, discounted by age, so capacity for bursts stays standing
-   while the pods that would serve them take minutes to start.
+2. Calibrate: fold observed/predicted (TTFT p95, inter-token median) for the running configuration into
+   EWMA correction factors (clamped, persisted in ScalerState), only from windows steady enough to compare
+   with the model, and only by what the histogram buckets can resolve. The token mix comes from the
+   token-count histograms, averaged over windows by their requests.
+3. Anticipate: plan for the largest of the current demand (completions plus the backlog, which should
+   drain within one interval) and recent peaks, held for two scale-down windows and then fading, so
+   capacity for bursts stays standing while the pods that would serve them take minutes to start.
 4. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
 5. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
    step), scale down to the highest recommendation of the down window, at most max step, after a cooldown.
@@ -35,7 +37,10 @@ from policies.types import Candidate, Decision, Load, Observation, PlanResult, S
 
 PlanFn = Callable[[InferenceServiceSpec, Load, SLOPolicySpec, float, float], PlanResult]
 
-PEAK_MEMORY_WINDOWS = 3  # recent peaks are remembered for this many scale-down windows, halving each window
+# A peak is held for PEAK_HOLD_WINDOWS scale-down stabilization windows (bursts recur: the Azure code trace's
+# quiet gaps between bursts last up to ~5 minutes), then halves every window and is forgotten after the fade.
+PEAK_HOLD_WINDOWS = 2
+PEAK_FADE_WINDOWS = 3
 REACTIVE_MAX_RATIO = 2.0  # a breach scales the ready fleet by observed/target p95, at most this much
 
 
@@ -212,8 +217,9 @@ def _anticipated_load(
         history = ((now, float(spec.traffic.expected_rps)),)
     backlog = (obs.queue_depth or 0.0) / max(policy.evaluation_interval_seconds, obs.window_s)
     demand = obs.rps + backlog
-    half_life = max(policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds)
-    remembered = [r * 0.5 ** ((now - t) / half_life) for t, r in history]
+    window = max(policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds)
+    hold = PEAK_HOLD_WINDOWS * window
+    remembered = [r * 0.5 ** (max(now - t - hold, 0.0) / window) for t, r in history]
     anticipated = max([demand, *remembered])
     hint = planner.load_from_spec(spec)
     # quantize upwards on a 5% grid, so nearby rates share a plan and rounding never under-provisions
@@ -238,7 +244,7 @@ def _batch_fraction(obs: Observation, default: float) -> float:
 def _remember(
     history: tuple[tuple[float, float], ...], now: float, rps: float, policy: SLOPolicySpec
 ) -> tuple[tuple[float, float], ...]:
-    horizon = PEAK_MEMORY_WINDOWS * max(
+    horizon = (PEAK_HOLD_WINDOWS + PEAK_FADE_WINDOWS) * max(
         policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds
     )
     kept = [(t, r) for t, r in history if t > now - horizon]

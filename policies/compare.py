@@ -40,7 +40,7 @@ from policies.workloads import CITATION, Trace
 POLICIES = ("goodput", "hpa", "keda", "static", "oracle")
 HPA_TARGETS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # vllm:num_requests_running per pod
 KEDA_THRESHOLDS = (1.0, 2.0, 4.0, 8.0, 16.0)  # vllm:num_requests_waiting per replica
-STATIC_FRACTIONS = (0.5, 0.75, 1.0, 1.25, 1.5)  # of the replicas planned for the trace's peak 15 s rate
+STATIC_FRACTIONS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)  # of the replicas planned for the peak 15 s rate
 
 
 def benchmark_service(expected_rps: float, max_replicas: int = 64) -> InferenceServiceSpec:
@@ -244,15 +244,15 @@ def _targets(p: dict[str, dict[str, Any]], target: float) -> dict[str, Any]:
             "met": saving >= 0.25 and g["attainment"] >= target,
         }
     elif any(name in p for name in ("hpa", "keda")):
+        # none reaches the target: goodput must not be dominated, i.e. beat the attainment of every setting
+        # that uses no more GPU-hours than it does
         sweep = [s for name in ("hpa", "keda") if name in p for s in p[name].get("sweep", [p[name]])]
-        dominated = all(g["attainment"] > s["attainment"] or g["gpu_hours"] > s["gpu_hours"] for s in sweep)
-        no_more = [s for s in sweep if s["gpu_hours"] >= g["gpu_hours"]]
+        cheaper = [s for s in sweep if s["gpu_hours"] <= g["gpu_hours"]]
         out["vs_hpa_keda_none_at_target"] = {
-            "met": dominated
-            and all(g["attainment"] > s["attainment"] for s in no_more)
-            and all(g["attainment"] > s["attainment"] for s in sweep),
-            "note": "no HPA/KEDA setting reaches the target: goodput must beat every setting's attainment "
-            "at no more GPU-hours",
+            "met": all(g["attainment"] > s["attainment"] for s in cheaper),
+            "best_baseline_attainment": max(s["attainment"] for s in sweep),
+            "note": "no HPA/KEDA setting reaches the target; met when goodput's attainment is higher than "
+            "every setting using no more GPU-hours",
         }
     if "static" in p:
         ratio = g["gpu_hours"] / p["static"]["gpu_hours"]
