@@ -139,6 +139,8 @@ def _sample_interval(port: int, last: dict[str, float]) -> tuple[dict[str, float
         "decisions": now.get("goodput_operator_decisions_total", 0.0)
         - last.get("goodput_operator_decisions_total", 0.0),
         "services": now.get("goodput_operator_services", 0.0),
+        "policy_cpu_seconds": now["goodput_operator_policy_cpu_seconds_total"]
+        - last.get("goodput_operator_policy_cpu_seconds_total", 0.0),
     }
     return now, sample
 
@@ -227,7 +229,12 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
             "rss_mb": round(_peak_rss_mb(operator.pid), 1),
             "intervals_measured": int(total_intervals),
             "decisions": sum(s["decisions"] for s in samples),
+            "policy_cpu_seconds_per_interval": round(
+                sum(s["policy_cpu_seconds"] for s in samples) / total_intervals, 2
+            ),
             "startup_seconds": round(startup_s, 1),
+            "load_average_1m": os.getloadavg()[0],
+            "cpus": os.cpu_count(),
             "poll_interval_seconds": interval_s,
             "scrape_interval_seconds": scrape_s,
         }

@@ -30,6 +30,11 @@ LAST_POLL_DURATION = Gauge(
     registry=REGISTRY,
 )
 INTERVALS = Counter("goodput_operator_intervals", "Control intervals run.", registry=REGISTRY)
+POLICY_CPU = Counter(
+    "goodput_operator_policy_cpu_seconds",
+    "CPU time spent inside policies (planner, autoscaler), in worker threads.",
+    registry=REGISTRY,
+)
 PROMETHEUS_QUERIES = Counter(
     "goodput_operator_prometheus_queries",
     "PromQL queries sent (a fixed number per interval, whatever the number of services).",

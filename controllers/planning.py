@@ -12,10 +12,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import TypeVar
 
+from controllers.metrics import POLICY_CPU
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
@@ -66,4 +68,12 @@ class PlanCache:
 
 async def off_loop(fn: Callable[..., T], *args: object) -> T:
     """Run a CPU-bound policy call in a worker thread, so the event loop keeps serving while it computes."""
-    return await asyncio.to_thread(fn, *args)
+
+    def timed() -> T:
+        started = time.thread_time()
+        try:
+            return fn(*args)
+        finally:
+            POLICY_CPU.inc(time.thread_time() - started)
+
+    return await asyncio.to_thread(timed)

@@ -43,8 +43,6 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.watching.server_timeout = 300
     settings.watching.client_timeout = 330
     settings.watching.connect_timeout = 10
-    # At most 16 objects handled at once: a restart with a thousand services is a queue, not a memory spike.
-    settings.queueing.worker_limit = 16
     # A failing handler is retried after 10 s (Kopf's default is 60 s).
     settings.execution.default_backoff = 10
     # Events from Kopf itself only for warnings; the operator posts its own decision events.
