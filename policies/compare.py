@@ -182,6 +182,8 @@ def run(
             ]
         elif name == "static":
             counts = sorted({max(1, round(f * s.peak_replicas)) for f in STATIC_FRACTIONS})
+            while len(counts) < 5:  # small fleets: extend upwards so the sweep still has five settings
+                counts.append(counts[-1] + 1)
             runs[name] = [
                 simulate(trace, Static(n), replace(s.sim, initial_replicas=n), f"replicas={n}")
                 for n in counts

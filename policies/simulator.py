@@ -43,16 +43,14 @@ class StepProfile:
     compute_s_per_token: float  # matmul time of one token through the model
     overhead_s: float  # scheduling, sampling, launches, all-reduce latency
     kv_capacity_tokens: int
-    serial_s_per_token: float = 0.0  # host-side cost per scheduled token that overlaps nothing (CPU engines)
+    # host-bound engines (the CPU worker) add costs that overlap nothing: per decoding sequence, per prefill token
+    decode_s_per_seq: float = 0.0
+    prefill_s_per_token: float = 0.0
 
     def step_s(self, n_decode: int, context_tokens: int, n_prefill: int) -> float:
         memory = self.weights_s + self.kv_s_per_token * context_tokens
-        tokens = n_decode + n_prefill
-        return (
-            self.overhead_s
-            + self.serial_s_per_token * tokens
-            + max(memory, self.compute_s_per_token * tokens)
-        )
+        serial = self.decode_s_per_seq * n_decode + self.prefill_s_per_token * n_prefill
+        return self.overhead_s + serial + max(memory, self.compute_s_per_token * (n_decode + n_prefill))
 
     @classmethod
     def from_model(cls, model: StepModel, max_batch: int = 256, chunk_tokens: int = 8192) -> StepProfile:
@@ -256,7 +254,7 @@ class _Engine:
         ctx0 = sum(s[3] for s in r.running)
         k = min(s[2] for s in r.running)
         stop = t_end if not r.inbox else min(t_end, self.arrival[r.inbox[0]])
-        ov = p.overhead_s + p.serial_s_per_token * b
+        ov = p.overhead_s + p.decode_s_per_seq * b
         mem0, slope, comp = (
             p.weights_s + p.kv_s_per_token * ctx0,
             p.kv_s_per_token * b,
