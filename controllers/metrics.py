@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+if TYPE_CHECKING:
+    from controllers.runtime import ServiceRecord
 
 REGISTRY = CollectorRegistry()
 
@@ -44,6 +50,46 @@ PROMETHEUS_UP = Gauge(
     "goodput_operator_prometheus_up", "1 when the last interval's queries succeeded.", registry=REGISTRY
 )
 SERVICES = Gauge("goodput_operator_services", "InferenceServices this operator manages.", registry=REGISTRY)
+SLO_TARGETS = {
+    key: Gauge(
+        f"goodput_slo_{key}_target_seconds",
+        f"Each service's {key.upper()} target from its spec, for dashboards and SLO burn-rate rules.",
+        ["namespace", "inferenceservice", "percentile"],
+        registry=REGISTRY,
+    )
+    for key in ("ttft", "tpot")
+}
+PLAN_REPLICAS = Gauge(
+    "goodput_plan_replicas",
+    "Replicas the current plan gives each tier (what runs in mode auto, the recommendation otherwise).",
+    ["namespace", "inferenceservice", "tier"],
+    registry=REGISTRY,
+)
+
+
+def export_services(services: Iterable[ServiceRecord]) -> None:
+    """Set the per-service gauges from the managed services; series of services or tiers now gone go too."""
+    wanted: dict[Gauge, dict[tuple[str, ...], float]] = {
+        g: {} for g in (*SLO_TARGETS.values(), PLAN_REPLICAS)
+    }
+    for record in services:
+        slo = record.spec.slo
+        targets = {
+            ("ttft", "95"): slo.ttft_p95_ms,
+            ("ttft", "99"): slo.ttft_p99_ms,
+            ("tpot", "95"): slo.tpot_p95_ms,
+            ("tpot", "99"): slo.tpot_p99_ms,
+        }
+        for (key, percentile), ms in targets.items():
+            if ms is not None:
+                wanted[SLO_TARGETS[key]][(record.namespace, record.name, percentile)] = ms / 1000.0
+        for tier in record.plan.tiers if record.plan is not None else ():
+            wanted[PLAN_REPLICAS][(record.namespace, record.name, str(tier.tier))] = tier.replicas
+    for gauge, values in wanted.items():
+        for labels in {tuple(s.labels.values()) for m in gauge.collect() for s in m.samples} - set(values):
+            gauge.remove(*labels)
+        for labels, value in values.items():
+            gauge.labels(*labels).set(value)
 
 
 def serve(port: int, address: str = "0.0.0.0") -> tuple[object, object]:

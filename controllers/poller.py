@@ -21,6 +21,7 @@ from controllers.metrics import (
     PROMETHEUS_UP,
     RECONCILE_ERRORS,
     SERVICES,
+    export_services,
 )
 from controllers.prometheus import PrometheusError, ServiceKey, Snapshot
 from controllers.runtime import Runtime, ServiceRecord
@@ -78,6 +79,7 @@ async def run_interval(rt: Runtime, now: float) -> int:
             due.append(record)
     await asyncio.gather(*(_evaluate(rt, record, snapshot, ready, now) for record in due))
     SERVICES.set(len(rt.services))
+    export_services(rt.services.values())
     elapsed = time.perf_counter() - started
     POLL_DURATION.observe(elapsed)
     LAST_POLL_DURATION.set(elapsed)
