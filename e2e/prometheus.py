@@ -5,6 +5,8 @@ The binary is built from source by e2e/build.py: Debian's package has Kubernetes
 Pods opt in with the usual annotations (``prometheus.io/scrape: "true"``, ``prometheus.io/port``,
 ``prometheus.io/path``); their ``goodput.dev/inferenceservice`` and ``goodput.dev/tier`` labels and
 namespace become the ``inferenceservice``, ``tier`` and ``namespace`` series labels the operator reads.
+The operator's own pod is scraped the same way (its Deployment carries the annotations), and the shipped
+rules (manifests/observability/rules.yaml) are loaded.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import yaml
 from e2e import pki, procs
 
 SCRAPE_INTERVAL = "1s"
+# The shipped recording and alerting rules (SLO burn rates), as a Prometheus Operator would load them.
+RULES = Path(__file__).resolve().parent.parent / "manifests" / "observability" / "rules.yaml"
 
 
 def scrape_config(server: str, creds: pki.Pki) -> dict[str, Any]:
@@ -73,6 +77,7 @@ def start(
     directory.mkdir(parents=True, exist_ok=True)
     config = {
         "global": {"scrape_interval": SCRAPE_INTERVAL, "evaluation_interval": SCRAPE_INTERVAL},
+        "rule_files": [str(RULES)],
         "scrape_configs": [scrape_config(server, creds)],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
