@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import yaml
 
+from controllers import oncall
+
 EXIT_INVALID = 2  # the manifest does not validate
 EXIT_INFEASIBLE = 3  # no plan meets the SLO within the limits
 
@@ -330,6 +332,18 @@ SUBCOMMANDS: list[Subcommand] = [
         "replay a trace under goodput, HPA, KEDA, static and the hindsight oracle",
         _configure_simulate,
         _run_simulate,
+    ),
+    Subcommand(
+        "status",
+        "all InferenceServices: SLO, observed p95s, replicas, plan, conditions, last decision",
+        oncall.configure_status,
+        oncall.run_status,
+    ),
+    Subcommand(
+        "explain",
+        "why a service runs its plan: observations, calibration, alternatives, what would change it",
+        oncall.configure_explain,
+        oncall.run_explain,
     ),
     Subcommand(
         "serve",

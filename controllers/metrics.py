@@ -38,7 +38,7 @@ LAST_POLL_DURATION = Gauge(
 INTERVALS = Counter("goodput_operator_intervals", "Control intervals run.", registry=REGISTRY)
 POLICY_CPU = Counter(
     "goodput_operator_policy_cpu_seconds",
-    "CPU time spent inside policies (planner, autoscaler), in worker threads.",
+    "CPU time spent inside policies (planner, autoscaler).",
     registry=REGISTRY,
 )
 PROMETHEUS_QUERIES = Counter(

@@ -4,14 +4,13 @@
 for (rates on a 5 % grid, token mixes to two significant digits), so services at a steady load, and services
 with the same spec at similar loads, ask for the same plan again and again. The cache key is the exact input
 (spec, policy, load samples, calibration factors), so a hit returns exactly what a call would: the decisions
-are the policies', only computed once. Calls run in a worker thread so Kopf's watches and probes stay live.
+are the policies', only computed once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hashlib
-import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -28,12 +27,11 @@ CACHE_SIZE = 4096
 
 
 class PlanCache:
-    """A bounded LRU of planner results keyed by a digest of the exact inputs, shared by worker threads."""
+    """A bounded LRU of planner results keyed by a digest of the exact inputs."""
 
     def __init__(self, size: int = CACHE_SIZE) -> None:
         self.size = size
         self._results: OrderedDict[bytes, PlanResult] = OrderedDict()
-        self._lock = threading.Lock()
         self.hits = 0
         self.misses = 0
 
@@ -51,29 +49,28 @@ class PlanCache:
         self, spec: InferenceServiceSpec, load: Load, policy: SLOPolicySpec, ttft: float, tpot: float
     ) -> PlanResult:
         key = self.key(spec, load, policy, ttft, tpot)
-        with self._lock:
-            found = self._results.get(key)
-            if found is not None:
-                self._results.move_to_end(key)
-                self.hits += 1
-                return found
-            self.misses += 1
+        found = self._results.get(key)
+        if found is not None:
+            self._results.move_to_end(key)
+            self.hits += 1
+            return found
+        self.misses += 1
         result = planner.plan(spec, load, policy, ttft, tpot)
-        with self._lock:
-            self._results[key] = result
-            if len(self._results) > self.size:
-                self._results.popitem(last=False)
+        self._results[key] = result
+        if len(self._results) > self.size:
+            self._results.popitem(last=False)
         return result
 
 
-async def off_loop(fn: Callable[..., T], *args: object) -> T:
-    """Run a CPU-bound policy call in a worker thread, so the event loop keeps serving while it computes."""
+async def policy_call(fn: Callable[..., T], *args: object) -> T:
+    """Run a policy call on the event loop after yielding to it once, and count its CPU time.
 
-    def timed() -> T:
-        started = time.thread_time()
-        try:
-            return fn(*args)
-        finally:
-            POLICY_CPU.inc(time.thread_time() - started)
-
-    return await asyncio.to_thread(timed)
+    Inline, not in a worker thread: each call is milliseconds, and threads lost more to GIL hand-offs with the
+    numpy work on the loop (observations) than they gained (measured with bench/operator_scale.py).
+    """
+    await asyncio.sleep(0)
+    started = time.thread_time()
+    try:
+        return fn(*args)
+    finally:
+        POLICY_CPU.inc(time.thread_time() - started)

@@ -18,7 +18,7 @@ from controllers import actuate, conditions, status
 from controllers.conditions import Cond
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
 from controllers.naming import MAX_LABEL_VALUE
-from controllers.planning import off_loop
+from controllers.planning import policy_call
 from controllers.prometheus import Snapshot
 from controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
 from crds.inferenceservice import InferenceServiceSpec, Mode
@@ -209,12 +209,12 @@ async def _plan_now(
     """
     spec, state = record.spec, record.state
     if record.plan is not None and record.observation is not None:
-        decision = await off_loop(
+        decision = await policy_call(
             autoscale, spec, policy, record.plan, record.observation, state, now, rt.plans
         )
         record.state = decision.state
         return decision.plan
-    result = await off_loop(
+    result = await policy_call(
         rt.plans, spec, load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor
     )
     if result.chosen is None:
@@ -303,7 +303,7 @@ async def evaluate(
         observation, metrics_cond = observation_for(record, snapshot, policy)
         record.observation = observation
         previous = record.plan
-        decision = await off_loop(
+        decision = await policy_call(
             autoscale, record.spec, policy, previous, observation, record.state, now, rt.plans
         )
         record.state = decision.state
@@ -323,9 +323,8 @@ async def evaluate(
             DECISIONS.labels(action=action, mode=mode).inc()
             if record.spec.mode == Mode.AUTO:
                 try:
-                    await actuate.apply_plan(
-                        rt.kube, record, decision.plan, prune=previous.tiers != decision.plan.tiers
-                    )
+                    dropped = {t.tier for t in previous.tiers} - {t.tier for t in decision.plan.tiers}
+                    await actuate.apply_plan(rt.kube, record, decision.plan, prune=bool(dropped))
                 except Exception:
                     RECONCILE_ERRORS.labels(stage="actuate").inc()
                     record.plan = previous
