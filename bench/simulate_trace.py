@@ -46,6 +46,8 @@ def main() -> int:
         print(table(report))
         for key, figure in report["targets"].items():
             print(f"target {key}: {figure}")
+        for key, figure in report.get("targets_goodput_best_setting", {}).items():
+            print(f"target (goodput's best setting) {key}: {figure}")
         out["workloads"][name] = json_ready(report)
         if args.plot_dir:
             Path(args.plot_dir).mkdir(parents=True, exist_ok=True)

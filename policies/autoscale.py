@@ -9,8 +9,9 @@ One decision per interval, from the planner at the load the service must be read
    with the model, and only by what the histogram buckets can resolve. The token mix comes from the
    token-count histograms, averaged over windows by their requests.
 3. Anticipate: plan for the largest of the current demand (completions plus the backlog, which should
-   drain within one interval) and recent peaks, held for two scale-down windows and then fading, so
-   capacity for bursts stays standing while the pods that would serve them take minutes to start.
+   drain within one interval) and recent peaks, fading by age; on on/off traffic peaks are first held for
+   two scale-down windows, so capacity for bursts stays standing while the pods that would serve them take
+   minutes to start.
 4. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
 5. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
    step), scale down to the highest recommendation of the down window, at most max step, after a cooldown.
@@ -37,10 +38,13 @@ from policies.types import Candidate, Decision, Load, Observation, PlanResult, S
 
 PlanFn = Callable[[InferenceServiceSpec, Load, SLOPolicySpec, float, float], PlanResult]
 
-# A peak is held for PEAK_HOLD_WINDOWS scale-down stabilization windows (bursts recur: the Azure code trace's
-# quiet gaps between bursts last up to ~5 minutes), then halves every window and is forgotten after the fade.
+# Recent peaks halve every scale-down stabilization window and are forgotten after PEAK_FADE_WINDOWS. On on/off
+# traffic (demand fell below ON_OFF_RATIO of a remembered peak within the hold) they are first held for
+# PEAK_HOLD_WINDOWS: bursts recur after quiet gaps (up to ~5 minutes on the Azure code trace) faster than pods
+# start. Smooth traffic is followed down without the hold.
 PEAK_HOLD_WINDOWS = 2
 PEAK_FADE_WINDOWS = 3
+ON_OFF_RATIO = 0.25
 REACTIVE_MAX_RATIO = 2.0  # a breach scales the ready fleet by observed/target p95, at most this much
 
 
@@ -78,8 +82,8 @@ def autoscale(
 
     state = _token_mix(obs, state, policy)
     state = _calibrate(spec, policy, current, obs, state)
-    load, demand_rps, anticipated_rps, history = _anticipated_load(spec, policy, obs, state, now)
-    state = replace(state, load_history=_remember(history, now, demand_rps, policy))
+    load, demand_rps, anticipated_rps, state = _anticipated_load(spec, policy, obs, state, now)
+    state = replace(state, load_history=_remember(state.load_history, now, demand_rps, policy))
 
     result = plan_fn(spec, load, policy, state.ttft_factor, state.tpot_factor)
     planned = _choose(result, current, policy)
@@ -206,7 +210,7 @@ def _anticipated_load(
     obs: Observation,
     state: ScalerState,
     now: float,
-) -> tuple[Load, float, float, tuple[tuple[float, float], ...]]:
+) -> tuple[Load, float, float, ScalerState]:
     """The load to plan for: current demand, or a recent peak discounted by its age, whichever is larger.
 
     Demand counts completions plus the backlog, which should drain within one evaluation interval.
@@ -219,7 +223,11 @@ def _anticipated_load(
     demand = obs.rps + backlog
     window = max(policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds)
     hold = PEAK_HOLD_WINDOWS * window
-    remembered = [r * 0.5 ** (max(now - t - hold, 0.0) / window) for t, r in history]
+    # on/off traffic (a quiet gap under a remembered peak, recently): bursts recur, so hold their peaks
+    fading = [r * 0.5 ** ((now - t) / window) for t, r in history]
+    last_quiet = now if demand < ON_OFF_RATIO * max(fading, default=0.0) else state.last_quiet
+    held = hold if last_quiet is not None and now - last_quiet <= hold else 0.0
+    remembered = [r * 0.5 ** (max(now - t - held, 0.0) / window) for t, r in history]
     anticipated = max([demand, *remembered])
     hint = planner.load_from_spec(spec)
     # quantize upwards on a 5% grid, so nearby rates share a plan and rounding never under-provisions
@@ -231,7 +239,7 @@ def _anticipated_load(
         output_tokens=outputs,
         batch_fraction=_batch_fraction(obs, hint.batch_fraction),
     )
-    return load, demand, anticipated, history
+    return load, demand, anticipated, replace(state, load_history=history, last_quiet=last_quiet)
 
 
 def _batch_fraction(obs: Observation, default: float) -> float:

@@ -120,6 +120,7 @@ class ScalerState:
     prompt_tokens_nodes: tuple[float, ...] | None = None
     output_tokens_nodes: tuple[float, ...] | None = None
     token_weight: float = 0.0  # requests behind the token mix, decayed
+    last_quiet: float | None = None  # last time demand fell far below a remembered peak (on/off traffic)
 
 
 @dataclass(frozen=True)
