@@ -112,6 +112,8 @@ def autoscale(
     slo_met = None if breach is None and obs.requests == 0 else breach is None
     rollout = (planned.accelerator, planned.tensor_parallel) != (current.accelerator, current.tensor_parallel)
     new_plan = _with_replicas(planned, target)
+    if demand_rps <= 0 and not rollout:  # an idle window says nothing about batch size: keep the engine as is
+        new_plan = _keep_knobs(new_plan, current)
     at = f"at {obs.rps:.3g} rps"
     if rollout:
         saving = 1.0 - planned.cost_per_hour / max(_cost_at(current, planned.replicas), 1e-9)
@@ -289,6 +291,18 @@ def _choose(result: PlanResult, current: Candidate, policy: SLOPolicySpec) -> Ca
         return best
     saving = 1.0 - best.cost_per_hour / max(stay.cost_per_hour, 1e-9)
     return best if saving >= policy.rollout_saving_threshold else stay
+
+
+def _keep_knobs(plan: Candidate, current: Candidate) -> Candidate:
+    """`plan`'s replicas with the running engine settings (max batch, batch window), tier by tier."""
+    running = {t.tier: t for t in current.tiers}
+    tiers = tuple(
+        replace(t, max_batch=running[t.tier].max_batch, batch_window_ms=running[t.tier].batch_window_ms)
+        if t.tier in running
+        else t
+        for t in plan.tiers
+    )
+    return replace(plan, max_batch=current.max_batch, batch_window_ms=current.batch_window_ms, tiers=tiers)
 
 
 def _cost_at(c: Candidate, replicas: int) -> float:

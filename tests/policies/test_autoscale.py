@@ -173,3 +173,21 @@ def test_rollout_only_when_the_saving_clears_the_threshold():
     big = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0, plan_fn=fake(0.4))
     assert big.action == "rollout" and big.plan.accelerator == "H200"
     assert "predicted saving 40%" in big.reason
+
+
+def test_mixed_traffic_splits_tiers_and_idle_windows_keep_the_engine_settings():
+    mixed = SPEC.model_copy(
+        update={"traffic": SPEC.traffic.model_copy(update={"traffic_class": "mixed", "batch_fraction": 0.5})}
+    )
+    load = replace(planner.load_from_spec(mixed), rps=40.0)
+    current = planner.plan(mixed, load, POLICY).chosen
+    assert current is not None and {t.tier for t in current.tiers} == {"interactive", "batch"}
+    d = autoscale(mixed, POLICY, current, obs(100.0, 160.0, ready=current.replicas), ScalerState(), 100.0)
+    assert d.plan.replicas > current.replicas
+    assert sum(t.replicas for t in d.plan.tiers) == d.plan.replicas
+    assert all(t.replicas >= 1 for t in d.plan.tiers)
+    idle = autoscale(SPEC, POLICY, plan_at(40.0), obs(100.0, 0.0, ready=2), ScalerState(), 100.0)
+    assert (idle.plan.max_batch, idle.plan.batch_window_ms) == (
+        plan_at(40.0).max_batch,
+        plan_at(40.0).batch_window_ms,
+    )
