@@ -11,6 +11,9 @@ decisions and writes happen, and reports:
 - queries_per_interval: PromQL queries per control interval (goal: at most 5, whatever the service count);
 - interval_seconds: the longest wall time of one control interval for all services (goal: under 5 s);
 - rss_mb: the operator's peak resident memory (VmHWM; goal: under 300 MB).
+
+Wall time depends on what else the machine runs, so the result also gives the operator's own CPU seconds per
+interval (user + system, from /proc), the part of it spent inside the policies, and the load average.
 """
 
 from __future__ import annotations
@@ -49,6 +52,12 @@ def _metrics(port: int) -> dict[str, float]:
         name = name.split("{", 1)[0]
         out[name] = out.get(name, 0.0) + float(value)
     return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process so far (contention-free work, unlike wall time)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -136,6 +145,7 @@ def _sample_interval(port: int, last: dict[str, float]) -> tuple[dict[str, float
         "queries": now["goodput_operator_prometheus_queries_total"]
         - last.get("goodput_operator_prometheus_queries_total", 0.0),
         "last_seconds": now["goodput_operator_last_poll_duration_seconds"],
+        "prometheus_read_seconds": now["goodput_operator_last_prometheus_read_seconds"],
         "decisions": now.get("goodput_operator_decisions_total", 0.0)
         - last.get("goodput_operator_decisions_total", 0.0),
         "services": now.get("goodput_operator_services", 0.0),
@@ -206,12 +216,14 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
 
         samples: list[dict[str, float]] = []
         last = await _after_next_interval(metrics_port, interval_s)  # the startup interval is not measured
+        cpu = _cpu_seconds(operator.pid)
         changed = False
         while len(samples) < intervals:
             await asyncio.sleep(interval_s / 20)
             last, sample = _sample_interval(metrics_port, last)
             if sample is None:
                 continue
+            sample["operator_cpu_seconds"], cpu = _cpu_seconds(operator.pid) - cpu, _cpu_seconds(operator.pid)
             samples.append(sample)
             print(json.dumps(sample), flush=True)
             if not changed and len(samples) >= intervals // 2:  # a tenth of the services get busy
@@ -229,6 +241,12 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
             "rss_mb": round(_peak_rss_mb(operator.pid), 1),
             "intervals_measured": int(total_intervals),
             "decisions": sum(s["decisions"] for s in samples),
+            "prometheus_read_seconds_median": sorted(s["prometheus_read_seconds"] for s in samples)[
+                len(samples) // 2
+            ],
+            "operator_cpu_seconds_per_interval": round(
+                sum(s["operator_cpu_seconds"] for s in samples) / total_intervals, 2
+            ),
             "policy_cpu_seconds_per_interval": round(
                 sum(s["policy_cpu_seconds"] for s in samples) / total_intervals, 2
             ),

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zlib
 from typing import Any
 
 from controllers import builders, naming
@@ -15,7 +16,7 @@ from controllers.kube import KubeClient
 from controllers.runtime import ServiceRecord
 from policies.types import Candidate
 
-STATUS_REFRESH_S = 60.0  # `observed` alone is rewritten at most this often; any other change goes at once
+STATUS_REFRESH_S = 60.0  # `observed` alone is rewritten every 60-120 s; any other change goes at once
 
 
 def owner_of(record: ServiceRecord) -> builders.Owner:
@@ -64,6 +65,12 @@ async def prune_tiers(kube: KubeClient, record: ServiceRecord, keep: set[str]) -
     return deleted
 
 
+def refresh_period(record: ServiceRecord) -> float:
+    """Between 1 and 2 refresh periods, fixed per service: services created together do not write together."""
+    spread = zlib.crc32(f"{record.namespace}/{record.name}".encode()) % 1000 / 1000
+    return STATUS_REFRESH_S * (1 + spread)
+
+
 def status_due(record: ServiceRecord, status: dict[str, Any], now: float) -> bool:
     """Write when anything but `observed` changed, or when `observed` is older than the refresh period."""
     old = {k: v for k, v in record.status.items() if k != "observed"}
@@ -72,7 +79,7 @@ def status_due(record: ServiceRecord, status: dict[str, Any], now: float) -> boo
         return True
     if status.get("observed") == record.status.get("observed"):
         return False
-    return now - record.status_written_at >= STATUS_REFRESH_S
+    return now - record.status_written_at >= refresh_period(record)
 
 
 async def write_status(

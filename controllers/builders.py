@@ -312,7 +312,5 @@ def build_event(
         "reportingInstance": naming.COMPONENT,
         "firstTimestamp": text,
         "lastTimestamp": text,
-        "eventTime": stamp.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "action": reason,
         "count": 1,
     }

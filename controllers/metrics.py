@@ -35,6 +35,11 @@ LAST_POLL_DURATION = Gauge(
     "Wall time of the latest control interval.",
     registry=REGISTRY,
 )
+LAST_READ_DURATION = Gauge(
+    "goodput_operator_last_prometheus_read_seconds",
+    "Wall time of the latest interval's Prometheus queries (part of the interval).",
+    registry=REGISTRY,
+)
 INTERVALS = Counter("goodput_operator_intervals", "Control intervals run.", registry=REGISTRY)
 POLICY_CPU = Counter(
     "goodput_operator_policy_cpu_seconds",

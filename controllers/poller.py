@@ -16,6 +16,7 @@ from controllers import reconcile
 from controllers.metrics import (
     INTERVALS,
     LAST_POLL_DURATION,
+    LAST_READ_DURATION,
     POLL_DURATION,
     PROMETHEUS_QUERIES,
     PROMETHEUS_UP,
@@ -41,7 +42,7 @@ def ready_by_service(index: object) -> dict[ServiceKey, dict[str, tuple[int, int
 
 
 async def _read(rt: Runtime, now: float) -> Snapshot | None:
-    before = rt.prometheus.queries_sent
+    before, started = rt.prometheus.queries_sent, time.perf_counter()
     try:
         snapshot = await rt.prometheus.read(now)
         PROMETHEUS_UP.set(1)
@@ -52,6 +53,7 @@ async def _read(rt: Runtime, now: float) -> Snapshot | None:
         return None
     finally:
         PROMETHEUS_QUERIES.inc(rt.prometheus.queries_sent - before)
+        LAST_READ_DURATION.set(time.perf_counter() - started)
 
 
 async def _evaluate(

@@ -81,7 +81,8 @@ async def test_a_dropped_tier_is_pruned(api: Any, example_spec: Any, make_plan: 
         ({"plan": {"replicas": 1}}, {"plan": {"replicas": 1}}, 1.0, False),
         ({"plan": {"replicas": 1}}, {"plan": {"replicas": 2}}, 1.0, True),
         ({"observed": {"rps": 1.0}}, {"observed": {"rps": 1.1}}, 1.0, False),
-        ({"observed": {"rps": 1.0}}, {"observed": {"rps": 1.1}}, actuate.STATUS_REFRESH_S, True),
+        ({"observed": {"rps": 1.0}}, {"observed": {"rps": 1.1}}, actuate.STATUS_REFRESH_S * 0.99, False),
+        ({"observed": {"rps": 1.0}}, {"observed": {"rps": 1.1}}, actuate.STATUS_REFRESH_S * 2, True),
         ({"conditions": [{"status": "True"}]}, {"conditions": [{"status": "False"}]}, 1.0, True),
     ],
 )
