@@ -30,6 +30,7 @@ def main() -> int:
     parser.add_argument("--diurnal-rps", type=float, default=DIURNAL_MEAN_RPS)
     parser.add_argument("--diurnal-hours", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=2, help="parallel simulations")
     args = parser.parse_args()
 
     source = load_csv(AZURE_CODE_TRACE)
@@ -39,7 +40,7 @@ def main() -> int:
     }
     out = {"data": CITATION, "workloads": {}}
     for name, trace in workloads.items():
-        report, runs = run(trace, POLICIES, seed=args.seed)
+        report, runs = run(trace, POLICIES, seed=args.seed, workers=args.workers)
         print(
             f"\n== {name}: {len(trace)} requests, {trace.duration_s / 3600:.2f} h, simulated in {report['wall_s']} s"
         )

@@ -8,9 +8,12 @@ reaches the attainment target (or its highest-attainment setting when none does)
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, replace
+from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -158,6 +161,23 @@ def setup(
     return Setup(spec, policy, initial, sim, peak_replicas, capacity)
 
 
+def _job(trace: Trace, job: tuple[Any, SimConfig, Any]) -> SimResult:
+    controller, cfg, arg = job
+    if controller is None:  # the oracle searches its schedule with repeated simulations
+        return oracle(trace, cfg, arg)[0]
+    return simulate(trace, controller, cfg, arg)
+
+
+def _run_jobs(trace: Trace, jobs: list[tuple[Any, SimConfig, Any]], workers: int) -> list[SimResult]:
+    if workers <= 1 or len(jobs) <= 1:
+        return [_job(trace, job) for job in jobs]
+    # the oracle (several simulations) starts first so it does not finish last alone
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] is not None)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        futures = {i: pool.submit(_job, trace, jobs[i]) for i in order}
+        return [futures[i].result() for i in range(len(jobs))]
+
+
 def _best(results: list[SimResult], target: float) -> SimResult:
     meeting = [r for r in results if r.attainment >= target]
     if meeting:
@@ -171,47 +191,51 @@ def run(
     start_delay_s: float = 90.0,
     seed: int = 0,
     policy: SLOPolicySpec | None = None,
+    workers: int = 2,
 ) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
-    """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results."""
+    """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results.
+
+    Simulations are independent, so `workers` processes run them side by side.
+    """
     started = time.perf_counter()
     s = setup(trace, start_delay_s, seed, policy)
     target = s.sim.slo.attainment
-    runs: dict[str, list[SimResult]] = {}
+    jobs: list[tuple[str, Any]] = []  # (policy name, job), run in parallel, results kept in this order
     for name in policies:
         if name == "goodput":
             # the policy as configured first (the headline), then its main knob swept like the baselines'
-            runs[name] = [
-                simulate(
-                    trace,
-                    GoodputController(s.spec, p, s.initial, ScalerState(), _MemoPlan()),
-                    s.sim,
-                    f"headroom={p.headroom:g}",
+            knobs = [s.policy] + [
+                s.policy.model_copy(update={"headroom": h})
+                for h in GOODPUT_HEADROOMS
+                if h != s.policy.headroom
+            ]
+            jobs += [
+                (
+                    name,
+                    (
+                        GoodputController(s.spec, p, s.initial, ScalerState(), _MemoPlan()),
+                        s.sim,
+                        f"headroom={p.headroom:g}",
+                    ),
                 )
-                for p in [s.policy]
-                + [
-                    s.policy.model_copy(update={"headroom": h})
-                    for h in GOODPUT_HEADROOMS
-                    if h != s.policy.headroom
-                ]
+                for p in knobs
             ]
         elif name == "hpa":
-            runs[name] = [simulate(trace, HPA(target=t), s.sim, f"running/pod={t:g}") for t in HPA_TARGETS]
+            jobs += [(name, (HPA(target=t), s.sim, f"running/pod={t:g}")) for t in HPA_TARGETS]
         elif name == "keda":
-            runs[name] = [
-                simulate(trace, KEDA(threshold=t), s.sim, f"waiting/replica={t:g}") for t in KEDA_THRESHOLDS
-            ]
+            jobs += [(name, (KEDA(threshold=t), s.sim, f"waiting/replica={t:g}")) for t in KEDA_THRESHOLDS]
         elif name == "static":
             counts = sorted({max(1, round(f * s.peak_replicas)) for f in STATIC_FRACTIONS})
             while len(counts) < 5:  # small fleets: extend upwards so the sweep still has five settings
                 counts.append(counts[-1] + 1)
-            runs[name] = [
-                simulate(trace, Static(n), replace(s.sim, initial_replicas=n), f"replicas={n}")
-                for n in counts
-            ]
+            jobs += [(name, (Static(n), replace(s.sim, initial_replicas=n), f"replicas={n}")) for n in counts]
         elif name == "oracle":
-            runs[name] = [oracle(trace, s.sim, s.capacity_rps)[0]]
+            jobs.append((name, (None, s.sim, s.capacity_rps)))
         else:
             raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
+    runs: dict[str, list[SimResult]] = {}
+    for (name, _), result in zip(jobs, _run_jobs(trace, [job for _, job in jobs], workers), strict=True):
+        runs.setdefault(name, []).append(result)
     report: dict[str, Any] = {"policies": {}}
     for name, results in runs.items():
         best = results[0] if name == "goodput" else _best(results, target)
@@ -374,6 +398,9 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--start-delay", type=float, default=90.0, help="seconds from pod creation to ready")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
+        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel simulations"
+    )
+    parser.add_argument(
         "--headroom", type=float, help="SLOPolicy headroom for goodput (default: the default policy's)"
     )
     parser.add_argument("--json", dest="json_path", help="write the report as JSON here")
@@ -392,7 +419,9 @@ def command(args: Any) -> int:
         raise SystemExit(f"unknown policies: {', '.join(unknown)}; known: {', '.join(POLICIES)}")
     trace = resolve(args.trace, scale=args.scale, seed=args.seed)
     policy = SLOPolicySpec(headroom=args.headroom) if args.headroom is not None else None
-    report, runs = run(trace, names, start_delay_s=args.start_delay, seed=args.seed, policy=policy)
+    report, runs = run(
+        trace, names, start_delay_s=args.start_delay, seed=args.seed, policy=policy, workers=args.workers
+    )
     print(table(report))
     for key, figure in report["targets"].items():
         print(f"target {key}: {figure}")

@@ -29,7 +29,7 @@ def test_report_on_a_short_trace():
     trace = Trace(
         "short", np.sort(rng.uniform(0, 600, n)), rng.integers(100, 3000, n), rng.integers(2, 60, n)
     )
-    report, _ = run(trace, ("goodput", "static", "oracle"))
+    report, _ = run(trace, ("goodput", "static", "oracle"), workers=1)
     p = report["policies"]
     assert set(p) == {"goodput", "static", "oracle"}
     for entry in p.values():
