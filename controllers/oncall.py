@@ -35,6 +35,7 @@ LABEL_SERVICE = "goodput.dev/inferenceservice"
 LABEL_TIER = "goodput.dev/tier"
 DEFAULT_POLICY = "default"
 REQUEST_TIMEOUT_S = 10
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 EXIT_UNREACHABLE = 1
 EXIT_NOT_FOUND = 4
 # Healthy state of each condition: anything else is worth a look.
@@ -80,7 +81,7 @@ class Cluster:
             if error.status == 404 and what.startswith("list"):
                 raise OncallError(
                     f"{what}: the API server at {self.server} does not serve goodput.dev/{VERSION} "
-                    "(are the CRDs installed? kubectl apply -k manifests/overlays/prod)"
+                    "(are the CRDs installed? kubectl apply --server-side -k manifests/crds)"
                 ) from None
             if error.status == 404:
                 raise OncallError(f"{what}: not found", EXIT_NOT_FOUND) from None
@@ -102,21 +103,22 @@ def connect(kubeconfig: str | None, context: str | None) -> Cluster:
     configuration.retries = 1
     namespace = "default"
     path = kubeconfig or os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+    from_file = bool(kubeconfig) or os.path.exists(path.split(os.pathsep)[0])
     try:
-        if kubeconfig or os.path.exists(path.split(os.pathsep)[0]):
+        if from_file:
             config.load_kube_config(config_file=path, context=context, client_configuration=configuration)
-            _, active = config.list_kube_config_contexts(config_file=path)
+            contexts, active = config.list_kube_config_contexts(config_file=path)
             chosen = context or (active or {}).get("name")
-            contexts = {c["name"]: c for c in config.list_kube_config_contexts(config_file=path)[0]}
-            namespace = contexts.get(chosen, {}).get("context", {}).get("namespace") or namespace
+            found = next((c for c in contexts if c["name"] == chosen), {})
+            namespace = found.get("context", {}).get("namespace") or namespace
         else:
             config.load_incluster_config(client_configuration=configuration)
-            token_dir = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-            if os.path.exists(token_dir):
-                with open(token_dir) as handle:
+            if os.path.exists(SERVICE_ACCOUNT_NAMESPACE):
+                with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
                     namespace = handle.read().strip() or namespace
     except (config.ConfigException, OSError, ValueError, KeyError, TypeError) as error:
-        raise OncallError(f"no usable cluster configuration ({path}): {_short(error)}") from None
+        where = path if from_file else f"no kubeconfig at {path}, and not in a pod"
+        raise OncallError(f"no usable cluster configuration ({where}): {_short(error)}") from None
     return Cluster(client.ApiClient(configuration), configuration.host, namespace)
 
 
