@@ -10,8 +10,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from multiprocessing import get_context
 from typing import Any
@@ -168,14 +169,32 @@ def _job(trace: Trace, job: tuple[Any, SimConfig, Any]) -> SimResult:
     return simulate(trace, controller, cfg, arg)
 
 
-def _run_jobs(trace: Trace, jobs: list[tuple[Any, SimConfig, Any]], workers: int) -> list[SimResult]:
+Progress = Callable[[int, int], None]  # (simulations done, simulations in all): at the start and after each
+
+
+def _run_jobs(
+    trace: Trace, jobs: list[tuple[Any, SimConfig, Any]], workers: int, progress: Progress | None = None
+) -> list[SimResult]:
+    done: dict[int, SimResult] = {}
+
+    def finished(index: int, result: SimResult) -> None:
+        done[index] = result
+        if progress is not None:
+            progress(len(done), len(jobs))
+
+    if progress is not None:
+        progress(0, len(jobs))
     if workers <= 1 or len(jobs) <= 1:
-        return [_job(trace, job) for job in jobs]
+        for index, job in enumerate(jobs):
+            finished(index, _job(trace, job))
+        return [done[i] for i in range(len(jobs))]
     # the oracle (several simulations) starts first so it does not finish last alone
     order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] is not None)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
-        futures = {i: pool.submit(_job, trace, jobs[i]) for i in order}
-        return [futures[i].result() for i in range(len(jobs))]
+        futures = {pool.submit(_job, trace, jobs[i]): i for i in order}
+        for future in as_completed(futures):
+            finished(futures[future], future.result())
+    return [done[i] for i in range(len(jobs))]
 
 
 def _best(results: list[SimResult], target: float) -> SimResult:
@@ -192,6 +211,7 @@ def run(
     seed: int = 0,
     policy: SLOPolicySpec | None = None,
     workers: int = 2,
+    progress: Progress | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
     """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results.
 
@@ -234,7 +254,9 @@ def run(
         else:
             raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
     runs: dict[str, list[SimResult]] = {}
-    for (name, _), result in zip(jobs, _run_jobs(trace, [job for _, job in jobs], workers), strict=True):
+    for (name, _), result in zip(
+        jobs, _run_jobs(trace, [job for _, job in jobs], workers, progress), strict=True
+    ):
         runs.setdefault(name, []).append(result)
     report: dict[str, Any] = {"policies": {}}
     for name, results in runs.items():
@@ -407,6 +429,19 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument("--plot", help="write the frontier and timeline plot (PNG) here")
 
 
+@contextmanager
+def _progress_bar() -> Iterator[Progress]:
+    """A bar on stderr counting finished simulations (a full comparison takes minutes); gone when done."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    columns = (TextColumn("simulations"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Bar(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("simulate", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
 def command(args: Any) -> int:
     """`goodput simulate`: replay a trace under each policy and print one row per policy and setting."""
     import json
@@ -419,9 +454,16 @@ def command(args: Any) -> int:
         raise SystemExit(f"unknown policies: {', '.join(unknown)}; known: {', '.join(POLICIES)}")
     trace = resolve(args.trace, scale=args.scale, seed=args.seed)
     policy = SLOPolicySpec(headroom=args.headroom) if args.headroom is not None else None
-    report, runs = run(
-        trace, names, start_delay_s=args.start_delay, seed=args.seed, policy=policy, workers=args.workers
-    )
+    with _progress_bar() as progress:
+        report, runs = run(
+            trace,
+            names,
+            start_delay_s=args.start_delay,
+            seed=args.seed,
+            policy=policy,
+            workers=args.workers,
+            progress=progress,
+        )
     print(table(report))
     for key, figure in report["targets"].items():
         print(f"target {key}: {figure}")
