@@ -1,0 +1,366 @@
+"""Faults on the real stack with the operator installed from manifests/ (its own ServiceAccount, shipped RBAC).
+
+A stack of its own (the faults stop and restart Prometheus, the API server and pods; other modules share the
+session stack). Impossible specs get a condition and no children; fuzzed specs the API server accepts are
+reconciled without crashing the operator; Prometheus down holds replicas, and scaling resumes when it is
+back; a worker killed mid-stream fails only its own clients and is restarted; the operator killed right after
+creating children, or the API server restarted under it, converges with no duplicate children.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import kubernetes
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
+
+from e2e import loadgen, procs, service
+from e2e import operator as goodput
+from e2e.stack import Stack, leftovers, running_stack
+from e2e.test_reliability_input import apply as mutate
+from e2e.test_reliability_input import mutation
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+
+POLICY = service.FastPolicy(name="faults", scale_down_stabilization_s=20.0)
+SLO = {"ttftP95Ms": 1500.0, "tpotP95Ms": 1000.0, "attainment": 0.9}
+# Long requests and a cold-start hint that plans two tiny CPU replicas (`goodput plan` says so).
+TWO_REPLICA_HINTS = {
+    "class": "interactive",
+    "expectedRps": 60,
+    "promptTokens": {"p50": 500, "p95": 1000},
+    "outputTokens": {"p50": 200, "p95": 400},
+}
+FAULTS: dict[str, str] = {}  # fault → what the test saw, for bench/reliability.py
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[Stack]:
+    with running_stack() as own:
+        yield own
+    assert leftovers(own) == []
+
+
+@pytest.fixture(scope="module")
+def installed(stack: Stack) -> Iterator[None]:
+    goodput.install(stack)
+    goodput.wait_ready(stack)
+    service.apply(stack, POLICY.manifest())
+    yield
+    goodput.uninstall(stack)
+
+
+@pytest.fixture
+def namespace(stack: Stack, installed: None) -> Iterator[str]:
+    name = f"faults-{uuid.uuid4().hex[:6]}"
+    with stack.api_client() as client:
+        CoreV1Api(client).create_namespace({"metadata": {"name": name}})
+    yield name
+    with stack.api_client() as client:
+        CoreV1Api(client).delete_namespace(name)
+
+
+def children(stack: Stack, namespace: str) -> dict[str, list[str]]:
+    """Every object in the namespace the operator could have made, by kind (system ConfigMaps left out)."""
+    with stack.api_client() as client:
+        core, apps = CoreV1Api(client), AppsV1Api(client)
+        policy = kubernetes.client.PolicyV1Api(client)
+        found = {
+            "deployments": apps.list_namespaced_deployment(namespace).items,
+            "replicasets": apps.list_namespaced_replica_set(namespace).items,
+            "services": core.list_namespaced_service(namespace).items,
+            "configmaps": [
+                c
+                for c in core.list_namespaced_config_map(namespace).items
+                if c.metadata.name != "kube-root-ca.crt"
+            ],
+            "pdbs": policy.list_namespaced_pod_disruption_budget(namespace).items,
+        }
+    return {kind: sorted(o.metadata.name for o in items) for kind, items in found.items()}
+
+
+def wait_condition(
+    stack: Stack, namespace: str, name: str, kind: str, status: str, timeout: float = 60
+) -> dict:
+    def seen() -> bool:
+        return service.condition(service.get_service(stack, namespace, name), kind).get("status") == status
+
+    procs.wait_until(seen, timeout, f"{namespace}/{name} {kind}={status}", interval=0.5)
+    return service.condition(service.get_service(stack, namespace, name), kind)
+
+
+def operator_pod(stack: Stack) -> kubernetes.client.V1Pod:
+    with stack.api_client() as client:
+        selector = f"app.kubernetes.io/name={goodput.NAME}"
+        pods = CoreV1Api(client).list_namespaced_pod(goodput.NAMESPACE, label_selector=selector).items
+    (pod,) = [p for p in pods if not p.metadata.deletion_timestamp]
+    return pod
+
+
+def container_pid(pod: kubernetes.client.V1Pod) -> int:
+    return int(pod.status.container_statuses[0].container_id.removeprefix("process://"))
+
+
+def restarts(pod: kubernetes.client.V1Pod) -> int:
+    return pod.status.container_statuses[0].restart_count
+
+
+def huge_model(namespace: str) -> dict[str, Any]:
+    manifest = service.tiny_service(namespace, POLICY.name, SLO)
+    manifest["metadata"]["name"] = "huge"
+    manifest["spec"]["model"] = {
+        "name": "huge",
+        "source": "/models/huge",
+        "dtype": "bfloat16",
+        "architecture": {
+            "params": 400_000_000_000,
+            "layers": 126,
+            "hiddenSize": 16384,
+            "heads": 128,
+            "kvHeads": 8,
+            "headDim": 128,
+            "vocabSize": 128256,
+        },
+    }
+    manifest["spec"]["accelerators"] = [{"type": "L4", "maxCount": 8}]
+    manifest["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 2, "maxTensorParallel": 1}
+    return manifest
+
+
+def over_budget(namespace: str) -> dict[str, Any]:
+    manifest = service.tiny_service(namespace, POLICY.name, SLO)
+    manifest["metadata"]["name"] = "crowded"
+    manifest["spec"]["traffic"] = {**TWO_REPLICA_HINTS, "expectedRps": 400}
+    return manifest
+
+
+def test_impossible_specs_get_a_condition_and_no_children(stack: Stack, namespace: str) -> None:
+    service.apply(stack, huge_model(namespace))
+    service.apply(stack, over_budget(namespace))
+    invalid = wait_condition(stack, namespace, "huge", "InvalidSpec", "True")
+    assert invalid["reason"] == "ModelDoesNotFit" and "memory" in invalid["message"], invalid
+    limited = wait_condition(stack, namespace, "crowded", "CapacityLimited", "True")
+    assert "maxCount" in limited["message"] or "max_count" in limited["message"], limited
+    for name in ("huge", "crowded"):
+        assert service.condition(service.get_service(stack, namespace, name), "Ready")["status"] == "False"
+    time.sleep(3)  # a few operator intervals: still nothing half-built
+    assert children(stack, namespace) == {k: [] for k in children(stack, namespace)}
+    FAULTS["impossible specs"] = f"InvalidSpec ({invalid['reason']}), CapacityLimited; no children"
+
+
+FUZZ = settings(
+    max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture], database=None
+)
+
+
+@FUZZ
+@given(mutations=st.lists(mutation("InferenceService"), min_size=1, max_size=3))
+def test_accepted_fuzzed_specs_are_reconciled_without_an_operator_crash(
+    stack: Stack, installed: None, mutations: list
+) -> None:
+    """Mode recommend (no workers); the API server's accepted object must be planned or flagged InvalidSpec,
+    its generation observed, and the operator's container never restarted."""
+    namespace = "default"
+    manifest = service.tiny_service(namespace, POLICY.name, SLO)
+    for op, path, value in mutations:
+        mutate(manifest, op, path, value)
+    manifest["metadata"] = {"name": f"fz-{uuid.uuid4().hex[:8]}", "namespace": namespace}
+    if isinstance(manifest.get("spec"), dict):
+        manifest["spec"]["mode"] = "recommend"
+    before = restarts(operator_pod(stack))
+    with stack.api_client() as client:
+        custom = CustomObjectsApi(client)
+        try:
+            created = custom.create_namespaced_custom_object(
+                service.GROUP, service.VERSION, namespace, service.PLURAL, manifest
+            )
+        except kubernetes.client.ApiException as error:
+            assert error.status == 422, error.body
+            return  # rejected: e2e/test_reliability_input.py checks rejections
+        name, generation = created["metadata"]["name"], created["metadata"]["generation"]
+
+        def reconciled() -> bool:
+            obj = custom.get_namespaced_custom_object(
+                service.GROUP, service.VERSION, namespace, service.PLURAL, name
+            )
+            status = obj.get("status") or {}
+            kinds = {c["type"] for c in status.get("conditions", [])}
+            return status.get("observedGeneration") == generation and (
+                "Ready" in kinds or "InvalidSpec" in kinds
+            )
+
+        try:
+            procs.wait_until(reconciled, 60, f"{name} reconciled", interval=0.5)
+        finally:
+            custom.delete_namespaced_custom_object(
+                service.GROUP, service.VERSION, namespace, service.PLURAL, name
+            )
+    assert restarts(operator_pod(stack)) == before
+    FAULTS["fuzzed specs reconciled"] = FAULTS.get("fuzzed specs reconciled", "") + "."
+
+
+def two_replica_service(stack: Stack, namespace: str) -> tuple[str, str]:
+    manifest = service.tiny_service(namespace, POLICY.name, SLO)
+    manifest["spec"]["traffic"] = TWO_REPLICA_HINTS
+    service.apply(stack, manifest)
+    deployment, svc = service.workers(stack, namespace, "tiny")
+    with stack.api_client() as client:
+        replicas = AppsV1Api(client).read_namespaced_deployment(deployment, namespace).spec.replicas
+    assert replicas == 2, f"the hints planned {replicas} replicas, not 2"
+    return deployment, svc
+
+
+def replicas_of(stack: Stack, namespace: str, deployment: str) -> int:
+    with stack.api_client() as client:
+        return AppsV1Api(client).read_namespaced_deployment(deployment, namespace).spec.replicas
+
+
+@contextmanager
+def stopped(stack: Stack, name: str) -> Iterator[None]:
+    """One of the stack's processes stopped (SIGTERM, SIGKILL after 10 s) for the block, then started again
+    the same way (argv, working directory, log); the stack's records follow, so teardown stops the new one."""
+    proc = stack._procs[name]
+    argv = [str(a) for a in proc.args]  # type: ignore[union-attr]
+    cwd = Path(os.readlink(f"/proc/{proc.pid}/cwd"))
+    log = Path(os.readlink(f"/proc/{proc.pid}/fd/1"))
+    procs.stop(proc.pid, grace=10, proc=proc)
+    try:
+        yield
+    finally:
+        restarted = procs.start(argv, log, cwd=cwd)
+        stack._procs[name], stack.pids[name] = restarted, restarted.pid
+
+
+def test_prometheus_down_holds_replicas_then_scaling_resumes(stack: Stack, namespace: str) -> None:
+    """Two replicas planned from hints, no traffic: with metrics the policy scales down after its 20 s window;
+    with Prometheus stopped first, it must hold (MetricsAvailable=False) well past that window."""
+    deployment, _ = two_replica_service(stack, namespace)
+    with stopped(stack, "prometheus"):
+        down = wait_condition(stack, namespace, "tiny", "MetricsAvailable", "False", timeout=60)
+        assert down["reason"] == "PrometheusUnavailable", down
+        held_until = time.monotonic() + 2 * POLICY.scale_down_stabilization_s
+        while time.monotonic() < held_until:
+            assert replicas_of(stack, namespace, deployment) == 2, "scaled without metrics"
+            time.sleep(1)
+    wait_condition(stack, namespace, "tiny", "MetricsAvailable", "True", timeout=90)
+    procs.wait_until(
+        lambda: replicas_of(stack, namespace, deployment) < 2,
+        120,
+        "a scale-down once metrics are back",
+        interval=1,
+    )
+    FAULTS["Prometheus stopped"] = "MetricsAvailable=False (PrometheusUnavailable), replicas held, recovered"
+
+
+def test_worker_killed_mid_stream_fails_only_its_clients_and_restarts(stack: Stack, namespace: str) -> None:
+    deployment, svc = two_replica_service(stack, namespace)
+    procs.wait_until(
+        lambda: len(stack.service_backends(namespace, svc)) == 2, 180, "two Ready workers", interval=1
+    )
+    backends = stack.service_backends(namespace, svc)
+    with stack.api_client() as client:
+        pods = (
+            CoreV1Api(client)
+            .list_namespaced_pod(namespace, label_selector=f"{service.LABEL_SERVICE}=tiny")
+            .items
+        )
+    victim = next(p for p in pods if f"{p.status.pod_ip}:" in backends[0])
+    run = loadgen.Run()
+    balancer = loadgen.Balancer(lambda: backends)
+
+    async def drive() -> None:
+        await balancer.refresh()
+        async with httpx.AsyncClient(timeout=120) as client:
+            arrival = loadgen.Arrival(0.0, 16, 1500)
+            tasks = [
+                asyncio.create_task(loadgen.one_request(client, balancer, arrival, run, i)) for i in range(6)
+            ]
+            await asyncio.sleep(1.5)
+            os.kill(container_pid(victim), signal.SIGKILL)
+            await asyncio.gather(*tasks)
+
+    asyncio.run(drive())
+    on_victim = [r for r in run.results if r.backend == backends[0]]
+    others = [r for r in run.results if r.backend != backends[0]]
+    assert on_victim and others and len(run.results) == 6
+    assert all(r.error for r in on_victim), "a stream on the killed worker claimed success"
+    assert all(r.ok and r.tokens == 1500 for r in others), [r.error for r in others]
+
+    def restarted() -> bool:
+        with stack.api_client() as client:
+            pod = CoreV1Api(client).read_namespaced_pod(victim.metadata.name, namespace)
+        return restarts(pod) >= 1 and len(stack.service_backends(namespace, svc)) == 2
+
+    procs.wait_until(restarted, 180, "the killed worker restarted and Ready", interval=1)
+    assert replicas_of(stack, namespace, deployment) == 2
+    FAULTS["worker SIGKILLed mid-stream"] = (
+        f"{len(on_victim)} streams on it ended with an error, {len(others)} others completed, pod restarted"
+    )
+
+
+def test_operator_killed_after_creating_children_converges_without_duplicates(
+    stack: Stack, namespace: str
+) -> None:
+    pod = operator_pod(stack)
+    pid, before = container_pid(pod), restarts(pod)
+    manifest = service.tiny_service(namespace, POLICY.name, SLO)
+    manifest["spec"]["mode"] = "auto"
+    service.apply(stack, manifest)
+    procs.wait_until(
+        lambda: bool(children(stack, namespace)["deployments"]), 60, "a first child", interval=0.05
+    )
+    os.kill(pid, signal.SIGKILL)
+    status_at_kill = service.get_service(stack, namespace, "tiny").get("status") or {}
+
+    def back() -> bool:
+        now = operator_pod(stack)
+        return restarts(now) > before and now.status.container_statuses[0].ready is not False
+
+    procs.wait_until(back, 120, "the operator container restarted", interval=1)
+    service.wait_ready(stack, namespace, "tiny", timeout=180)
+    obj = service.get_service(stack, namespace, "tiny")
+    assert obj["status"]["observedGeneration"] == obj["metadata"]["generation"]
+    found = children(stack, namespace)
+    assert found["deployments"] == ["tiny-interactive"] and len(found["replicasets"]) == 1, found
+    assert found["services"] == ["tiny-interactive"] and len(found["configmaps"]) == 1, found
+    FAULTS["operator SIGKILLed after its first child"] = (
+        f"status at kill had plan={bool(status_at_kill.get('plan'))}; converged, one child of each kind"
+    )
+
+
+def test_api_server_restart_the_operator_resumes_without_duplicates(stack: Stack, namespace: str) -> None:
+    service.apply(stack, service.tiny_service(namespace, POLICY.name, SLO))
+    service.wait_ready(stack, namespace, "tiny", timeout=180)
+    before = children(stack, namespace)
+    with stopped(stack, "kube-apiserver"):
+        time.sleep(3)
+    procs.wait_until(
+        lambda: bool(service.get_service(stack, namespace, "tiny")), 60, "the API server back", interval=1
+    )
+    # The operator still acts: a spec edit after the restart is planned and observed.
+    edited = service.tiny_service(namespace, POLICY.name, {**SLO, "ttftP95Ms": 1400.0})
+    service.apply(stack, edited)
+    generation = service.get_service(stack, namespace, "tiny")["metadata"]["generation"]
+    procs.wait_until(
+        lambda: (
+            (service.get_service(stack, namespace, "tiny").get("status") or {}).get("observedGeneration")
+            == generation
+        ),
+        90,
+        "the operator to observe the edit made after the restart",
+        interval=1,
+    )
+    assert children(stack, namespace) == before
+    FAULTS["API server restarted"] = "operator resumed (observed a later edit), children unchanged"
