@@ -1,4 +1,4 @@
-"""Writes to the cluster: apply a plan's children, prune tiers the plan dropped, write status, post events.
+"""Writes to the cluster: apply a plan's children, delete tiers the plan dropped, write status, post events.
 
 Applies are skipped when the built body equals the last one applied (the builders are pure), so a steady
 service costs no API writes per interval; after a restart the first apply re-asserts everything (SSA no-op).
@@ -27,15 +27,17 @@ def _digest(obj: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
 
 
-async def apply_plan(kube: KubeClient, record: ServiceRecord, plan: Candidate, prune: bool) -> int:
-    """Apply what changed of this plan's children; with `prune`, delete tiers the plan no longer has.
+async def apply_plan(
+    kube: KubeClient, record: ServiceRecord, plan: Candidate, existing_tiers: set[str]
+) -> int:
+    """Apply what changed of this plan's children, and delete the tiers in `existing_tiers` it no longer has.
 
-    Returns the number of objects written. A failed write raises; the caller retries, and the children
-    already written are skipped next time only if they were acknowledged.
+    Returns the number of objects written or deleted. A failed write raises; the caller retries, and only
+    acknowledged writes are skipped next time. `existing_tiers` comes from the Deployments index and the
+    previous plan, so no list request is needed.
     """
     written = 0
-    children = builders.build_children(owner_of(record), record.spec, plan)
-    for child in children:
+    for child in builders.build_children(owner_of(record), record.spec, plan):
         key = f"{child['kind']}/{child['metadata']['name']}"
         digest = _digest(child)
         if record.applied.get(key) == digest:
@@ -43,26 +45,14 @@ async def apply_plan(kube: KubeClient, record: ServiceRecord, plan: Candidate, p
         await kube.apply(child)
         record.applied[key] = digest
         written += 1
-    if prune:
-        written += await prune_tiers(kube, record, {str(t.tier) for t in plan.tiers})
-    return written
-
-
-async def prune_tiers(kube: KubeClient, record: ServiceRecord, keep: set[str]) -> int:
-    """Delete the Deployments and Services of tiers not in `keep` (a traffic-class change drops a tier)."""
-    selector = f"{naming.LABEL_SERVICE}={record.name},{naming.LABEL_MANAGED_BY}={naming.MANAGED_BY}"
-    deleted = 0
-    for deployment in await kube.list("Deployment", record.namespace, selector):
-        labels = deployment["metadata"].get("labels", {})
-        if labels.get(naming.LABEL_SERVICE) != record.name or labels.get(naming.LABEL_TIER) in keep:
-            continue
-        name = deployment["metadata"]["name"]
+    for tier in sorted(existing_tiers - {str(t.tier) for t in plan.tiers}):
+        name = naming.tier_name(record.name, tier)
         await kube.delete("Deployment", record.namespace, name)
         await kube.delete("Service", record.namespace, name)
         record.applied.pop(f"Deployment/{name}", None)
         record.applied.pop(f"Service/{name}", None)
-        deleted += 2
-    return deleted
+        written += 2
+    return written
 
 
 def refresh_period(record: ServiceRecord) -> float:

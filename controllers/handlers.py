@@ -138,7 +138,8 @@ async def policy_changed(
     rt.set_policy(name, SLOPolicySpec.model_validate(copy.deepcopy(dict(spec))))
     if str(reason) == "resume":
         return  # services resume on their own; nothing about the policy changed
-    await _replan_users(rt, name, services_by_policy)
+    # A new policy matters to the services that were waiting for it; an edit to every user of it.
+    await _replan_users(rt, name, services_by_policy, only_waiting=str(reason) == "create")
 
 
 @kopf.on.delete(GROUP, VERSION, POLICIES, optional=True)
@@ -149,9 +150,12 @@ async def policy_deleted(name: str, memo: kopf.Memo, services_by_policy: kopf.In
         await _replan_users(rt, name, services_by_policy)  # the built-in default applies now
 
 
-async def _replan_users(rt: Runtime, policy: str, index: kopf.Index) -> None:
-    """Re-plan every service that references `policy`; one failure does not stop the others."""
+async def _replan_users(rt: Runtime, policy: str, index: kopf.Index, only_waiting: bool = False) -> None:
+    """Re-plan the services that reference `policy`; one failure does not stop the others."""
     for namespace, name in list(index.get(policy, [])):
+        record = rt.services.get((namespace, name))
+        if only_waiting and record is not None and record.plan is not None:
+            continue
         try:
             body = await rt.kube.get("InferenceService", namespace, name)
             await reconcile.reconcile(rt, body, "policy")

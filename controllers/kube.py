@@ -120,12 +120,6 @@ class KubeClient:
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
         return await self._request("GET", path_of(kind, namespace, name))
 
-    async def list(self, kind: str, namespace: str | None, label_selector: str) -> list[dict[str, Any]]:
-        answer = await self._request(
-            "GET", path_of(kind, namespace), params={"labelSelector": label_selector}
-        )
-        return list(answer.get("items", []))
-
     async def delete(self, kind: str, namespace: str | None, name: str) -> None:
         try:
             await self._request("DELETE", path_of(kind, namespace, name))

@@ -191,6 +191,32 @@ def tier_replicas(cluster: Cluster, namespace: str | None) -> dict[tuple[str, st
     return {key: sorted(tiers, key=lambda t: t["tier"]) for key, tiers in out.items()}
 
 
+def recent_events(cluster: Cluster, namespace: str, name: str, count: int = 5) -> list[dict[str, Any]]:
+    """The service's newest events (the operator posts one per change, with the decision's reason)."""
+    from kubernetes.client import CoreV1Api
+
+    selector = f"involvedObject.kind=InferenceService,involvedObject.name={name}"
+    answer = cluster.call(
+        "list Events", CoreV1Api(cluster.client).list_namespaced_event, namespace, field_selector=selector
+    )
+    events = sorted(
+        answer.get("items", []),
+        key=lambda e: (
+            e.get("lastTimestamp") or e.get("eventTime") or e["metadata"].get("creationTimestamp", "")
+        ),
+    )
+    return [
+        {
+            "time": e.get("lastTimestamp") or e.get("eventTime") or e["metadata"].get("creationTimestamp"),
+            "type": e.get("type", ""),
+            "reason": e.get("reason", ""),
+            "message": e.get("message", ""),
+            "count": e.get("count", 1),
+        }
+        for e in events[-count:]
+    ]
+
+
 def read_policy(cluster: Cluster, name: str | None) -> tuple[SLOPolicySpec, str]:
     """The service's SLOPolicy and where it came from; the built-in default when the cluster has none."""
     from kubernetes.client import CustomObjectsApi
@@ -720,6 +746,7 @@ def run_explain(args: argparse.Namespace) -> int:
         namespace = args.namespace or cluster.namespace
         obj = get_service(cluster, namespace, args.name)
         policy, policy_source = read_policy(cluster, (obj.get("spec") or {}).get("policyRef"))
+        events = recent_events(cluster, namespace, args.name)
     except OncallError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.code
@@ -727,6 +754,7 @@ def run_explain(args: argparse.Namespace) -> int:
     observed = _observed(obj, fresh, note)
     try:
         report, result = explain(obj, policy, policy_source, observed, args.rps)
+        report["events"] = events
     except (KeyError, ValueError) as error:
         print(f"error: cannot plan {namespace}/{args.name}: {error}", file=sys.stderr)
         return 2

@@ -171,7 +171,8 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             Cond("CapacityLimited", "False", "WithinLimits", "the plan meets the SLO within the limits"),
         ]
         if spec.mode == Mode.AUTO:
-            await actuate.apply_plan(rt.kube, record, record.plan, prune=True)
+            existing = rt.existing_tiers(record.key) | {str(t.tier) for t in (previous or record.plan).tiers}
+            await actuate.apply_plan(rt.kube, record, record.plan, existing)
         else:
             valid.append(Cond("Ready", "True", "RecommendOnly", "mode recommend: the plan is in status only"))
         if not record.status.get("conditions"):
@@ -323,8 +324,8 @@ async def evaluate(
             DECISIONS.labels(action=action, mode=mode).inc()
             if record.spec.mode == Mode.AUTO:
                 try:
-                    dropped = {t.tier for t in previous.tiers} - {t.tier for t in decision.plan.tiers}
-                    await actuate.apply_plan(rt.kube, record, decision.plan, prune=bool(dropped))
+                    existing = {str(t.tier) for t in previous.tiers}
+                    await actuate.apply_plan(rt.kube, record, decision.plan, existing)
                 except Exception:
                     RECONCILE_ERRORS.labels(stage="actuate").inc()
                     record.plan = previous

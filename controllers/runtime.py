@@ -85,6 +85,12 @@ class Runtime:
             return BUILT_IN_DEFAULT
         raise PolicyNotFound(f"SLOPolicy {wanted!r} does not exist")
 
+    def existing_tiers(self, key: ServiceKey) -> set[str]:
+        """Tiers that have a worker Deployment now, from the Kopf index (no API request)."""
+        if self.ready_replicas is None:
+            return set()
+        return {tier for tier, _, _ in self.ready_replicas.get(key, [])}
+
     def set_policy(self, name: str, spec: SLOPolicySpec) -> None:
         self.policies[name] = spec
         self.absent_policies.discard(name)

@@ -49,11 +49,13 @@ async def test_applying_twice_changes_nothing(api: Any, example_spec: Any, make_
     server, client = api
     plan = make_plan(tiers=(("interactive", 2, 32, 3.0), ("batch", 1, 128, 30.0)))
     first = _record(example_spec)
-    assert await actuate.apply_plan(client, first, plan, prune=True) == 6
+    assert await actuate.apply_plan(client, first, plan, set()) == 6
     before = _children(server)
-    assert await actuate.apply_plan(client, first, plan, prune=True) == 0  # nothing changed: no write at all
+    assert (
+        await actuate.apply_plan(client, first, plan, {"interactive", "batch"}) == 0
+    )  # nothing changed: no write at all
     restarted = _record(example_spec)  # a restarted operator re-asserts everything, to the same content
-    assert await actuate.apply_plan(client, restarted, plan, prune=True) == 6
+    assert await actuate.apply_plan(client, restarted, plan, {"interactive", "batch"}) == 6
     assert _children(server) == before
 
 
@@ -62,11 +64,11 @@ async def test_a_dropped_tier_is_pruned(api: Any, example_spec: Any, make_plan: 
     server, client = api
     record = _record(example_spec)
     await actuate.apply_plan(
-        client, record, make_plan(tiers=(("interactive", 2, 32, 3.0), ("batch", 1, 128, 30.0))), prune=True
+        client, record, make_plan(tiers=(("interactive", 2, 32, 3.0), ("batch", 1, 128, 30.0))), set()
     )
     assert ("deployments", "tiny-batch") in _children(server)
     written = await actuate.apply_plan(
-        client, record, make_plan(tiers=(("interactive", 3, 32, 3.0),)), prune=True
+        client, record, make_plan(tiers=(("interactive", 3, 32, 3.0),)), {"interactive", "batch"}
     )
     children = _children(server)
     assert written == 3  # the interactive Deployment, then the batch Deployment and Service deleted
