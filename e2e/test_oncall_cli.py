@@ -186,6 +186,18 @@ def test_explain_replans_from_the_cluster_state(cluster: Stack, tiny: tuple[str,
         expected.chosen.replicas,
         expected.chosen.max_batch,
     )
+    with cluster.api_client() as client:
+        posted = (
+            CoreV1Api(client)
+            .list_namespaced_event(
+                namespace, field_selector=f"involvedObject.kind=InferenceService,involvedObject.name={name}"
+            )
+            .items
+        )
+    assert report["events"] and len(report["events"]) == min(len(posted), 5)  # the newest five
+    if len(posted) <= 5:
+        assert "Planned" in [e["reason"] for e in report["events"]]  # the operator's first decision
+    assert {(e["reason"], e["message"]) for e in report["events"]} <= {(e.reason, e.message) for e in posted}
     assert report["replicaRange"]["basis"] == "the running plan (status.plan)"
     assert report["frontier"]["rows"]
 

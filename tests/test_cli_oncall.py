@@ -16,7 +16,7 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from controllers import oncall
+from controllers import builders, oncall
 from controllers.cli import main
 from controllers.kube import KubeClient
 from controllers.prometheus import queries
@@ -129,6 +129,11 @@ async def api(tmp_path: Path) -> AsyncIterator[tuple[KubeClient, Path]]:
             chat["status"] = {"replicas": 2, "readyReplicas": 1}
             await client.create(chat)
             await client.create(service("tiny-cpu.yaml", "team-b", "tiny", mode="recommend"))
+            owner = await client.get("InferenceService", "team-a", "chat")
+            ref = builders.Owner(owner["metadata"]["name"], "team-a", owner["metadata"]["uid"])
+            await client.create(
+                builders.build_event(ref, "Scaled", "scaled interactive 1→2: TTFT p95 breach", 1e9)
+            )
             yield client, kubeconfig(tmp_path / "kubeconfig", str(http.url))
         finally:
             await client.close()
@@ -283,6 +288,8 @@ async def test_explain_replans_with_the_observed_load_and_calibration(api, capsy
     assert report["load"]["prompt_tokens_p50"] == pytest.approx(700, rel=0.02)
     assert report["running"] == CHAT_STATUS["plan"]
     assert report["policy"]["source"].startswith("built-in defaults")
+    (event,) = report["events"]
+    assert (event["reason"], event["message"]) == ("Scaled", "scaled interactive 1→2: TTFT p95 breach")
 
     spec = InferenceServiceSpec.model_validate(
         (await client.get("InferenceService", "team-a", "chat"))["spec"]
