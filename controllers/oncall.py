@@ -686,7 +686,11 @@ def explain(
     basis_name = "the plan at this load"
     if running and running.get("accelerator") in pools and running.get("tiers"):
         basis, basis_name = plan_from_status(running, utilisation=0.0), "the running plan (status.plan)"
-    ranges = replica_range(spec, basis, load, policy, ttft, tpot) if basis is not None else None
+    try:
+        ranges = replica_range(spec, basis, load, policy, ttft, tpot) if basis is not None else None
+    except ValueError:  # the running plan's tiers predate a spec change (traffic class): size the new plan
+        basis, basis_name = result.chosen, "the plan at this load"
+        ranges = replica_range(spec, basis, load, policy, ttft, tpot) if basis is not None else None
     frontier = None
     if result.chosen is not None:
         curve = planner.frontier(spec, load, result.chosen, ttft_factor=ttft, tpot_factor=tpot)

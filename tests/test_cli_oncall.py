@@ -377,3 +377,22 @@ def test_replica_range_brackets_the_replica_count() -> None:
     assert need(ranges.up_above_rps * 0.99) == ranges.replicas
     if ranges.down_below_rps is not None:
         assert need(ranges.down_below_rps * 0.99) < ranges.replicas <= need(ranges.down_below_rps * 1.01)
+
+
+def test_every_goodput_command_in_the_docs_exists() -> None:
+    """docs/oncall.md and the README tell on-call to run these; each must parse."""
+    import re
+    import shlex
+
+    from controllers.cli import build_parser
+
+    parser = build_parser()
+    for doc in (ROOT / "docs" / "oncall.md", ROOT / "README.md"):
+        blocks = "".join(re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.DOTALL))
+        lines = re.findall(r"^(goodput [^#\n]*)", blocks, flags=re.MULTILINE)
+        assert lines, doc
+        for line in lines:
+            argv = shlex.split(line.strip())[1:]
+            if argv[0] == "plan":
+                continue  # needs a manifest file; tests/test_cli_plan.py covers it
+            parser.parse_args(argv)
