@@ -8,6 +8,7 @@ workers' Deployment and the service's status so timelines come from API objects,
 from __future__ import annotations
 
 import copy
+import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -65,7 +66,8 @@ def tiny_service(namespace: str, policy: str, slo: dict[str, float], max_replica
 
 
 def apply(stack: Stack, manifest: dict[str, Any]) -> None:
-    result = stack.kubectl("apply", "--server-side", "-f", "-", stdin=yaml.safe_dump(manifest))
+    """`kubectl apply --server-side` of one object, sent as JSON (escaped: any string survives the trip)."""
+    result = stack.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(manifest))
     if result.returncode != 0:
         raise RuntimeError(f"kubectl apply failed: {result.stderr}")
 
