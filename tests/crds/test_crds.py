@@ -143,7 +143,11 @@ INVALID_POLICIES = [
 
 @pytest.mark.parametrize(("field", "changes"), INVALID_POLICIES, ids=[f for f, _ in INVALID_POLICIES])
 def test_invalid_policy_is_rejected_naming_the_field(field: str, changes: dict[str, Any]) -> None:
-    obj: dict[str, Any] = {"apiVersion": "goodput.dev/v1alpha1", "kind": "SLOPolicy", "metadata": {"name": "p"}}
+    obj: dict[str, Any] = {
+        "apiVersion": "goodput.dev/v1alpha1",
+        "kind": "SLOPolicy",
+        "metadata": {"name": "p"},
+    }
     for dotted, value in changes.items():
         _set(obj, dotted, copy.deepcopy(value))
     errors = validate_manifest(obj)
