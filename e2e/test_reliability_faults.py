@@ -43,6 +43,7 @@ TWO_REPLICA_HINTS = {
     "promptTokens": {"p50": 500, "p95": 1000},
     "outputTokens": {"p50": 200, "p95": 400},
 }
+STREAM_TOKENS = 600  # a few seconds of streaming per request on a tiny CPU worker
 FAULTS: dict[str, str] = {}  # fault → what the test saw, for bench/reliability.py
 
 
@@ -211,9 +212,10 @@ def test_accepted_fuzzed_specs_are_reconciled_without_an_operator_crash(
     FAULTS["fuzzed specs reconciled"] = FAULTS.get("fuzzed specs reconciled", "") + "."
 
 
-def two_replica_service(stack: Stack, namespace: str) -> tuple[str, str]:
+def two_replica_service(stack: Stack, namespace: str, min_replicas: int = 1) -> tuple[str, str]:
     manifest = service.tiny_service(namespace, POLICY.name, SLO)
     manifest["spec"]["traffic"] = TWO_REPLICA_HINTS
+    manifest["spec"]["scaling"]["minReplicas"] = min_replicas
     service.apply(stack, manifest)
     deployment, svc = service.workers(stack, namespace, "tiny")
     with stack.api_client() as client:
@@ -265,7 +267,8 @@ def test_prometheus_down_holds_replicas_then_scaling_resumes(stack: Stack, names
 
 
 def test_worker_killed_mid_stream_fails_only_its_clients_and_restarts(stack: Stack, namespace: str) -> None:
-    deployment, svc = two_replica_service(stack, namespace)
+    """minReplicas 2: no scale-down of the idle fleet meanwhile (its drain would cut long streams too)."""
+    deployment, svc = two_replica_service(stack, namespace, min_replicas=2)
     procs.wait_until(
         lambda: len(stack.service_backends(namespace, svc)) == 2, 180, "two Ready workers", interval=1
     )
@@ -283,7 +286,7 @@ def test_worker_killed_mid_stream_fails_only_its_clients_and_restarts(stack: Sta
     async def drive() -> None:
         await balancer.refresh()
         async with httpx.AsyncClient(timeout=120) as client:
-            arrival = loadgen.Arrival(0.0, 16, 1500)
+            arrival = loadgen.Arrival(0.0, 16, STREAM_TOKENS)
             tasks = [
                 asyncio.create_task(loadgen.one_request(client, balancer, arrival, run, i)) for i in range(6)
             ]
@@ -296,7 +299,7 @@ def test_worker_killed_mid_stream_fails_only_its_clients_and_restarts(stack: Sta
     others = [r for r in run.results if r.backend != backends[0]]
     assert on_victim and others and len(run.results) == 6
     assert all(r.error for r in on_victim), "a stream on the killed worker claimed success"
-    assert all(r.ok and r.tokens == 1500 for r in others), [r.error for r in others]
+    assert all(r.ok and r.tokens == STREAM_TOKENS for r in others), [r.error for r in others]
 
     def restarted() -> bool:
         with stack.api_client() as client:
