@@ -1,10 +1,10 @@
 """Simulator fidelity (issue 6): the real CPU engine against the simulator on the same arrivals.
 
-1. Calibrate: run the worker's LLMEngine (`random:bench-small`, CPU) on a fixed set of decode batches and
-   prefill chunks, time every step, and fit the simulator's step profile (overhead, per-token, per-context
-   costs) by least squares.
-2. At three load levels, replay Poisson arrivals (token lengths resampled from the Azure code trace, scaled
-   down to the small model) through the engine in real time, recording each request's TTFT and TPOT.
+1. At three load levels (placed from a warm-up fit on fixed batches), replay Poisson arrivals (token lengths
+   resampled from the Azure code trace, scaled down to the small model) through the worker's LLMEngine
+   (`random:bench-small`, CPU) in real time, recording each request's TTFT and TPOT and timing every step.
+2. Fit the simulator's step profile (overhead, per decoding sequence, per prefill token, per context token)
+   to those steps by least squares: the fit is of step times, the check is of request latencies.
 3. Simulate the same arrivals on one simulated replica with the fitted profile and report the relative error
    of TTFT and TPOT p50/p95. Goal: within 20%.
 
@@ -67,16 +67,11 @@ def make_engine() -> LLMEngine:
     )
 
 
-def calibrate(engine: LLMEngine, recorder: StepRecorder, rng: np.random.Generator) -> StepProfile:
-    """Fit step = overhead + per decode sequence + per prefill token + per context token, least squares."""
-    for batch in (1, 2, 4, 8, 16, 32):
-        for prompt in (16, 128, 384):
-            prompts = [rng.integers(0, 256, prompt).tolist() for _ in range(batch)]
-            engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
-    rows = np.array(recorder.rows[2:])  # the first steps warm the allocator up
-    recorder.rows.clear()
-    decodes, prefill, context, seconds = rows.T
-    x = np.column_stack([np.ones(len(rows)), decodes, prefill, context])
+def fit(rows: list[tuple[int, int, int, float]], engine: LLMEngine) -> StepProfile:
+    """Least squares: step = overhead + per decoding sequence + per prefill token + per context token."""
+    data = np.array(rows)
+    decodes, prefill, context, seconds = data.T
+    x = np.column_stack([np.ones(len(data)), decodes, prefill, context])
     coef, *_ = np.linalg.lstsq(x, seconds, rcond=None)
     overhead, per_seq, per_prefill, per_context = (max(float(c), 0.0) for c in coef)
     return StepProfile(
@@ -88,6 +83,17 @@ def calibrate(engine: LLMEngine, recorder: StepRecorder, rng: np.random.Generato
         decode_s_per_seq=per_seq,
         prefill_s_per_token=per_prefill,
     )
+
+
+def warm_up(engine: LLMEngine, recorder: StepRecorder, rng: np.random.Generator) -> StepProfile:
+    """A first fit on fixed batches, only to place the three load levels below saturation."""
+    for batch in (1, 4, 16, 32):
+        for prompt in (16, 128, 384):
+            prompts = [rng.integers(0, 256, prompt).tolist() for _ in range(batch)]
+            engine.generate(prompts, SamplingParams(max_tokens=24, temperature=0.0, ignore_eos=True))
+    profile = fit(recorder.rows[2:], engine)  # the first steps warm the allocator up
+    recorder.rows.clear()
+    return profile
 
 
 def workload(rps: float, n: int, rng: np.random.Generator) -> Trace:
@@ -150,37 +156,42 @@ def main() -> int:
 
     engine = make_engine()
     recorder = StepRecorder(engine)
-    profile = calibrate(engine, recorder, rng)
-    print(f"fitted profile: {profile}")
+    first = warm_up(engine, recorder, rng)
     # saturation: one request's engine time at a moderate batch, to place the three load levels
     probe = workload(1.0, 400, np.random.default_rng(args.seed + 1))
     per_request = float(
         np.mean(
-            profile.prefill_s_per_token * probe.prompt_tokens
-            + (profile.decode_s_per_seq + profile.overhead_s / 8) * probe.output_tokens
+            first.prefill_s_per_token * probe.prompt_tokens
+            + (first.decode_s_per_seq + first.overhead_s / 8) * probe.output_tokens
         )
     )
     saturation = 1.0 / per_request
     levels = {"low": 0.25 * saturation, "medium": 0.5 * saturation, "high": 0.75 * saturation}
+    traces, real = {}, {}
+    for name, rps in levels.items():
+        traces[name] = workload(rps, args.requests, np.random.default_rng(args.seed + 2))
+        real[name] = replay(engine, traces[name], np.random.default_rng(args.seed + 3))
+    # the step-time profile, fitted on every step the engine ran during the three replays
+    profile = fit(recorder.rows, engine)
+    print(f"fitted profile ({len(recorder.rows)} steps): {profile}")
+    cfg = SimConfig(
+        profile=profile,
+        engine=EngineConfig(max_batch=MAX_SEQS, batch_window_s=0.0, chunk_tokens=CHUNK),
+        slo=SLOTarget(ttft_ms=1e9, tpot_ms=1e9),
+        start_delay_s=0.0,
+        interval_s=15.0,
+    )
     results = {}
     for name, rps in levels.items():
-        trace = workload(rps, args.requests, np.random.default_rng(args.seed + 2))
-        real_ttft, real_tpot = replay(engine, trace, np.random.default_rng(args.seed + 3))
-        cfg = SimConfig(
-            profile=profile,
-            engine=EngineConfig(max_batch=MAX_SEQS, batch_window_s=0.0, chunk_tokens=CHUNK),
-            slo=SLOTarget(ttft_ms=1e9, tpot_ms=1e9),
-            start_delay_s=0.0,
-            interval_s=15.0,
-        )
-        sim = simulate(trace, Static(1), cfg)
-        row = {"rps": round(rps, 3), "requests": len(trace)}
-        for metric, real, simulated in (
+        sim = simulate(traces[name], Static(1), cfg)
+        real_ttft, real_tpot = real[name]
+        row = {"rps": round(rps, 3), "requests": len(traces[name])}
+        for metric, measured, simulated in (
             ("ttft", real_ttft * 1000, sim.ttft_ms),
             ("tpot", real_tpot * 1000, sim.tpot_ms),
         ):
             for q in (50, 95):
-                r, s = float(np.nanpercentile(real, q)), float(np.nanpercentile(simulated, q))
+                r, s = float(np.nanpercentile(measured, q)), float(np.nanpercentile(simulated, q))
                 row[f"{metric}_p{q}_real_ms"] = round(r, 2)
                 row[f"{metric}_p{q}_sim_ms"] = round(s, 2)
                 row[f"{metric}_p{q}_rel_error"] = round((s - r) / r, 4)
