@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +26,18 @@ def cpu_quota() -> int:
         return n if quota == "max" else max(1, min(n, int(quota) // int(period)))
     except (OSError, ValueError):
         return n
+
+
+@dataclass
+class StepInputs:
+    ids: list[int] = field(default_factory=list)
+    positions: list[np.ndarray] = field(default_factory=list)
+    slots: list[np.ndarray] = field(default_factory=list)
+    meta: AttnMetadata = field(
+        default_factory=lambda: AttnMetadata(slot_mapping=torch.empty(0, dtype=torch.long))
+    )
+    sample_idx: list[int] = field(default_factory=list)  # rows of the flat batch whose logits are sampled
+    sampling: list[Sequence] = field(default_factory=list)
 
 
 class ModelRunner:
@@ -56,54 +69,47 @@ class ModelRunner:
     @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], SamplerOutput | None]:
         """One forward pass; returns the sequences that reached their end (and so sample) and their tokens."""
+        step = self._prepare(scheduled)
+        hidden = self.model(self._tensor(step.ids), self._tensor(np.concatenate(step.positions)), step.meta)
+        if not step.sampling:
+            return [], None
+        logits = self.model.logits(hidden[self._tensor(np.array(step.sample_idx))])
+        return step.sampling, self.sampler(logits, step.sampling)
+
+    def _prepare(self, scheduled: list[tuple[Sequence, int]]) -> StepInputs:
+        """Flatten the batch: single-token sequences first, in length-sorted decode groups, then chunks."""
+        bs, step = self.config.block_size, StepInputs()
         decodes = sorted((s for s, n in scheduled if n == 1), key=lambda s: s.num_computed_tokens)
-        prefills = [(s, n) for s, n in scheduled if n > 1]
-        bs = self.config.block_size
-        ids: list[int] = []
-        pos: list[np.ndarray] = []
-        slots: list[np.ndarray] = []
-        meta = AttnMetadata(slot_mapping=torch.empty(0))
-        sample_idx: list[int] = []
-        sampling: list[Sequence] = []
         for g in range(0, len(decodes), DECODE_GROUP_SIZE):
             group = decodes[g : g + DECODE_GROUP_SIZE]
             ctx = np.array([s.num_computed_tokens + 1 for s in group])
-            width = -(-int(ctx.max()) // bs)
-            tables = np.zeros((len(group), width), dtype=np.int64)
+            tables = np.zeros((len(group), -(-int(ctx.max()) // bs)), dtype=np.int64)
             for row, s in enumerate(group):
-                tables[row, : len(s.block_table)] = s.block_table[:width]
-                ids.append(s.token_ids[s.num_computed_tokens])
-            p = ctx - 1
-            pos.append(p)
-            slots.append(tables[np.arange(len(group)), p // bs] * bs + p % bs)
-            mask = np.arange(width * bs)[None, :] < ctx[:, None]
-            meta.decode_groups.append(
-                DecodeGroup(g, g + len(group), self._tensor(tables), torch.from_numpy(mask).to(self.device))
-            )
-            for row, s in enumerate(group):
+                blocks = s.block_table[: tables.shape[1]]
+                tables[row, : len(blocks)] = blocks
+                step.ids.append(s.token_ids[s.num_computed_tokens])
                 if s.num_computed_tokens + 1 == len(s):  # not a one-token slice of a longer prompt
-                    sample_idx.append(g + row)
-                    sampling.append(s)
-        start = len(ids)
-        for s, n in prefills:
-            c = s.num_computed_tokens
+                    step.sample_idx.append(g + row)
+                    step.sampling.append(s)
+            step.positions.append(ctx - 1)
+            step.slots.append(tables[np.arange(len(group)), (ctx - 1) // bs] * bs + (ctx - 1) % bs)
+            mask = torch.from_numpy(np.arange(tables.shape[1] * bs)[None, :] < ctx[:, None])
+            step.meta.decode_groups.append(
+                DecodeGroup(g, g + len(group), self._tensor(tables), mask.to(self.device))
+            )
+        for s, n in ((s, n) for s, n in scheduled if n > 1):
+            c, start = s.num_computed_tokens, len(step.ids)
             table = np.asarray(s.block_table, dtype=np.int64)
             p = np.arange(c, c + n)
-            ids.extend(s.token_ids[c : c + n])
-            pos.append(p)
-            slots.append(table[p // bs] * bs + p % bs)
-            meta.prefills.append(PrefillChunk(start, start + n, c, self._tensor(table)))
-            start += n
+            step.ids.extend(s.token_ids[c : c + n])
+            step.positions.append(p)
+            step.slots.append(table[p // bs] * bs + p % bs)
+            step.meta.prefills.append(PrefillChunk(start, start + n, c, self._tensor(table)))
             if c + n == len(s):
-                sample_idx.append(start - 1)
-                sampling.append(s)
-        meta.slot_mapping = self._tensor(np.concatenate(slots))
-        input_ids = torch.tensor(ids, dtype=torch.long, device=self.device)
-        hidden = self.model(input_ids, self._tensor(np.concatenate(pos)), meta)
-        if not sampling:
-            return [], None
-        logits = self.model.logits(hidden[self._tensor(np.array(sample_idx))])
-        return sampling, self.sampler(logits, sampling)
+                step.sample_idx.append(start + n - 1)
+                step.sampling.append(s)
+        step.meta.slot_mapping = self._tensor(np.concatenate(step.slots))
+        return step
 
-    def _tensor(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(a.astype(np.int64, copy=False)).to(self.device)
+    def _tensor(self, a: np.ndarray | list[int]) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
