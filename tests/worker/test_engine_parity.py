@@ -106,3 +106,16 @@ def test_logprobs_match_transformers(hf_model_dir, random_prompts) -> None:
             assert lp == pytest.approx(float(ref[tok]), abs=1e-4)
             assert [t for t, _ in top] == ref.topk(3).indices.tolist()
             ids.append(tok)
+
+
+def test_dynamic_ntk_rescales_only_past_the_trained_length() -> None:
+    from worker_image.model import ModelConfig, rope_inv_freq
+
+    cfg = ModelConfig(
+        vocab_size=8, hidden_size=64, intermediate_size=8, num_layers=1, num_heads=4, num_kv_heads=4,
+        head_dim=16, max_position_embeddings=128, rope_scaling={"rope_type": "dynamic", "factor": 4.0},
+    )  # fmt: skip
+    plain, _ = rope_inv_freq(ModelConfig(**{**vars(cfg), "rope_scaling": None}), 128)
+    assert torch.equal(rope_inv_freq(cfg, 128)[0], plain)
+    longer, _ = rope_inv_freq(cfg, 512)
+    assert longer[0] == plain[0] and (longer[1:] < plain[1:]).all()
