@@ -59,7 +59,8 @@ def tiny_service(namespace: str, policy: str, slo: dict[str, float], max_replica
     manifest = copy.deepcopy(yaml.safe_load(Path(TINY_EXAMPLE).read_text()))
     manifest["metadata"]["namespace"] = namespace
     manifest["spec"]["policyRef"] = policy
-    manifest["spec"]["slo"] = copy.deepcopy(slo)  # the caller's dict stays theirs, whatever is done to this one
+    # A copy: the caller's dict stays theirs, whatever a test then does to the manifest.
+    manifest["spec"]["slo"] = copy.deepcopy(slo)
     manifest["spec"]["scaling"]["maxReplicas"] = max_replicas
     manifest["spec"]["accelerators"][0]["maxCount"] = max_replicas
     return manifest
