@@ -78,7 +78,7 @@ def denied(call: Any, *args: Any, **kwargs: Any) -> bool:
 
 
 def test_operator_identity_is_denied_what_it_has_no_business_with(
-    operator_client: kubernetes.client.ApiClient, namespace: str
+    operator_client: kubernetes.client.ApiClient, namespace: str, record_property: Any
 ) -> None:
     core, rbac = CoreV1Api(operator_client), RbacAuthorizationV1Api(operator_client)
     custom, apps = CustomObjectsApi(operator_client), AppsV1Api(operator_client)
@@ -118,6 +118,7 @@ def test_operator_identity_is_denied_what_it_has_no_business_with(
     }
     allowed = [what for what, attempt in attempts.items() if not denied(attempt)]
     assert allowed == [], f"the operator's ServiceAccount may {allowed}"
+    record_property("access", {"forbidden_operations_tried": len(attempts), "denied_403": len(attempts)})
 
 
 def can(operator_client: kubernetes.client.ApiClient, verb: str, group: str, resource: str, ns: str) -> bool:
@@ -146,10 +147,11 @@ NEEDED = [
 
 
 def test_operator_identity_can_do_its_job(
-    operator_client: kubernetes.client.ApiClient, namespace: str
+    operator_client: kubernetes.client.ApiClient, namespace: str, record_property: Any
 ) -> None:
     missing = [(v, g, r) for v, g, r in NEEDED if not can(operator_client, v, g, r, namespace)]
     assert missing == []
+    record_property("access", {"needed_permissions_checked": len(NEEDED), "allowed": len(NEEDED)})
     # And for real: a status write, and a server-side apply of a child (dry run).
     custom = CustomObjectsApi(operator_client)
     status = {"status": {"conditions": []}}
@@ -205,7 +207,7 @@ def operator_pod() -> dict[str, Any]:
 
 @pytest.mark.parametrize("which", ["operator", "worker"])
 def test_pods_pass_the_restricted_pod_security_standard(
-    k8s: kubernetes.client.ApiClient, namespace: str, which: str
+    k8s: kubernetes.client.ApiClient, namespace: str, which: str, record_property: Any
 ) -> None:
     core = CoreV1Api(k8s)
     pod = operator_pod() if which == "operator" else pod_of(worker_deployment(namespace)[1])
@@ -217,6 +219,9 @@ def test_pods_pass_the_restricted_pod_security_standard(
     with pytest.raises(kubernetes.client.ApiException) as refused:
         core.create_namespaced_pod(namespace, pod, dry_run="All")
     assert refused.value.status == 403 and "allowPrivilegeEscalation" in refused.value.body
+    record_property(
+        "access", {"pod": which, "admitted_under_restricted": True, "escalating_copy_refused": True}
+    )
 
 
 @pytest.mark.slow
