@@ -23,6 +23,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
+from rich.markup import escape
 
 from crds.common import GROUP, VERSION
 from crds.inferenceservice import PLURAL, InferenceServiceSpec
@@ -437,7 +438,7 @@ def conditions_summary(conditions: dict[str, dict[str, str]]) -> str:
         if got is None or got["status"] == want:
             continue
         colour = "yellow" if got["status"] == "Unknown" else "red"
-        wrong.append(f"[{colour}]{kind}={got['status']}[/] {got['reason']}")
+        wrong.append(f"[{colour}]{kind}={got['status']}[/] {escape(got['reason'])}")
     return "\n".join(wrong) or "[green]ok[/]"
 
 
@@ -458,7 +459,7 @@ def print_status(rows: list[dict[str, Any]], show_namespace: bool) -> None:
         last = (
             "—"
             if not decision
-            else f"{age(decision['time'])} ago {decision['from']}→{decision['to']}: {decision['reason']}"
+            else f"{age(decision['time'])} ago {decision['from']}→{decision['to']}: {escape(decision['reason'])}"
         )
         source = observed.get("source")
         cells = [row["namespace"]] if show_namespace else []
@@ -799,7 +800,8 @@ def print_explain(report: dict[str, Any]) -> None:
     console.rule(f"[bold]{name}[/] · mode {report['mode']} · {report['policy']['source']}")
     for condition in report["conditions"]:
         console.print(
-            f"  {condition['type']}={condition['status']} {condition.get('reason', '')}: {condition.get('message', '')}"
+            f"  {condition['type']}={condition['status']} "
+            + escape(f"{condition.get('reason', '')}: {condition.get('message', '')}")
         )
     observed = report["observed"]
     if observed:
@@ -817,7 +819,7 @@ def print_explain(report: dict[str, Any]) -> None:
         f"[bold]Calibration[/]: TTFT ×{cal['ttftFactor']:.3g}, TPOT ×{cal['tpotFactor']:.3g} "
         f"({cal['samples']} windows); predictions below are multiplied by these"
     )
-    console.print(f"[bold]Planned for[/]: {report['loadSource']}")
+    console.print(f"[bold]Planned for[/]: {escape(report['loadSource'])}")
     running = report["running"]
     console.print(
         f"[bold]Running plan[/] (status.plan): {plan_summary(running)}"
@@ -837,14 +839,15 @@ def print_explain(report: dict[str, Any]) -> None:
     decision = report["lastDecision"]
     if decision:
         console.print(
-            f"[bold]Last decision[/] {age(decision['time'])} ago: {decision['from']}→{decision['to']}: {decision['reason']}"
+            f"[bold]Last decision[/] {age(decision['time'])} ago: {decision['from']}→{decision['to']}: "
+            + escape(decision["reason"])
         )
     console.rule(
         "the planner at this load: chosen configuration and the alternatives, with what rules each out"
     )
     _print_table(report, alternatives=8)
     if report["binding_constraint"]:
-        console.print(f"[red]No feasible plan[/]: {report['binding_constraint']}")
+        console.print(f"[red]No feasible plan[/]: {escape(report['binding_constraint'])}")
     ranges = report["replicaRange"]
     if ranges:
         console.rule(f"what load would change it ({ranges['basis']})")

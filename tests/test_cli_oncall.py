@@ -396,3 +396,24 @@ def test_every_goodput_command_in_the_docs_exists() -> None:
             if argv[0] == "plan":
                 continue  # needs a manifest file; tests/test_cli_plan.py covers it
             parser.parse_args(argv)
+
+
+def test_status_prints_operator_text_verbatim_even_with_brackets(capsys) -> None:
+    from controllers.oncall import print_status
+
+    reason = "planned CPU TP1 [interactive×1], predicted TTFT p95 4 ms"
+    row = {
+        "namespace": "default",
+        "name": "tiny",
+        "mode": "auto",
+        "slo": {"ttftP95Ms": 500, "tpotP95Ms": 100},
+        "observed": None,
+        "tiers": [],
+        "plan": None,
+        "conditions": {"Ready": {"status": "False", "reason": "Waiting[1]"}},
+        "lastDecision": {"time": NOW, "from": 0, "to": 1, "reason": reason},
+    }
+    print_status([row], show_namespace=False)
+    out = "".join(capsys.readouterr().out.split())
+    assert "[interactive×1]" in out
+    assert "Waiting[1]" in out
