@@ -1,7 +1,7 @@
 """``python -m e2e.cluster up|down|env``: the local stack from a shell.
 
 ``up`` builds the binaries if missing, starts etcd, kube-apiserver, kube-controller-manager, the
-process kubelet and Prometheus, and leaves them running; ``env`` prints the exports to use it
+process kubelet and Prometheus (and, with ``--with-operator``, installs goodput), and leaves them running; ``env`` prints the exports to use it
 (``eval "$(python -m e2e.cluster env)"``); ``down`` stops everything and removes the state dir.
 The running stack is found through ``$GOODPUT_CACHE/current-stack`` (it holds the state dir path).
 (The Go module that builds the binaries lives in the e2e/cluster/ directory next to this file.)
@@ -39,6 +39,12 @@ def up(args: argparse.Namespace) -> None:
     POINTER.write_text(str(stack.state_dir))
     print(f"stack {stack.version} up in {stack.start_seconds:.1f}s: {stack.server}", file=sys.stderr)
     print(f"state dir {stack.state_dir}; logs in {stack.state_dir / 'logs'}", file=sys.stderr)
+    if args.with_operator:
+        from e2e import operator
+
+        operator.install(stack)
+        pod = operator.wait_ready(stack)
+        print(f"goodput operator running as pod {operator.NAMESPACE}/{pod}", file=sys.stderr)
     env(args)
 
 
@@ -70,6 +76,11 @@ def main() -> None:
     p_up = sub.add_parser("up", help="start the stack and leave it running")
     p_up.add_argument("--no-kubelet", action="store_true")
     p_up.add_argument("--no-prometheus", action="store_true")
+    p_up.add_argument(
+        "--with-operator",
+        action="store_true",
+        help="install goodput from manifests/ under its own ServiceAccount",
+    )
     sub.add_parser("down", help="stop the stack and remove its state")
     sub.add_parser("env", help="print shell exports for the running stack")
     args = parser.parse_args()
