@@ -42,10 +42,11 @@ def kubectl_ok(cluster: Stack, *args: str) -> None:
 
 @pytest.fixture(scope="module")
 def operator_client(cluster: Stack) -> Iterator[kubernetes.client.ApiClient]:
-    """A client holding the operator ServiceAccount's token, with only the shipped RBAC applied."""
-    for path in ("crds", "operator/namespace.yaml", "rbac"):
-        kubectl_ok(cluster, "apply", "--server-side", "-f", str(MANIFESTS / path))
+    """A client holding the operator ServiceAccount's token, with only the shipped RBAC (and spec guard)."""
+    kubectl_ok(cluster, "apply", "--server-side", "-f", str(MANIFESTS / "crds"))
     kubectl_ok(cluster, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
+    for path in ("operator/namespace.yaml", "rbac", "default-slopolicy.yaml"):
+        kubectl_ok(cluster, "apply", "--server-side", "-f", str(MANIFESTS / path))
     kubeconfig = cluster.service_account_kubeconfig(OPERATOR_NS, OPERATOR_SA, hours=1)
     with kubernetes.config.new_client_from_config(config_file=str(kubeconfig)) as client:
         yield client
@@ -167,6 +168,34 @@ def test_operator_identity_can_do_its_job(
         dry_run="All",
         _content_type="application/apply-patch+yaml",
     )
+
+
+def test_operator_identity_cannot_change_a_spec(
+    operator_client: kubernetes.client.ApiClient, namespace: str, record_property: Any
+) -> None:
+    """RBAC lets it patch InferenceServices (Kopf's annotations); the shipped admission policy keeps specs out
+    of reach, while metadata and status writes still go through."""
+    custom = CustomObjectsApi(operator_client)
+    path = (GROUP, VERSION, namespace, "inferenceservices", "tiny")
+    edit = {"spec": {"scaling": {"maxReplicas": 1}}}
+
+    def refused() -> bool:  # the policy takes effect once the API server has loaded it
+        try:
+            custom.patch_namespaced_custom_object(*path, edit)
+        except kubernetes.client.ApiException as error:
+            assert error.status in (403, 422), error.body
+            assert "may not change a spec" in error.body, error.body
+            return True
+        return False
+
+    procs.wait_until(refused, 30, "the spec guard to refuse a spec patch", interval=0.5)
+    custom.patch_namespaced_custom_object(*path, {"metadata": {"annotations": {"kopf.zalando.org/x": "1"}}})
+    custom.patch_namespaced_custom_object_status(*path, {"status": {"replicas": 0}})
+    policy = GROUP, VERSION, "slopolicies"
+    with pytest.raises(kubernetes.client.ApiException) as denied_policy:
+        custom.patch_cluster_custom_object(*policy, "default", {"spec": {"headroom": 0.5}})
+    assert "may not change a spec" in denied_policy.value.body
+    record_property("access", {"spec_patches_refused": 2, "metadata_and_status_patches_allowed": 2})
 
 
 def test_shipped_rbac_has_no_wildcard_or_escalation(cluster: Stack) -> None:
