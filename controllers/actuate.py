@@ -16,6 +16,7 @@ from controllers.kube import KubeClient
 from controllers.runtime import ServiceRecord
 from policies.types import Candidate
 
+PER_INTERVAL = ("observed", "scaler")  # status fields that change every control interval
 STATUS_REFRESH_S = 60.0  # `observed` alone is rewritten every 60-120 s; any other change goes at once
 
 
@@ -62,12 +63,16 @@ def refresh_period(record: ServiceRecord) -> float:
 
 
 def status_due(record: ServiceRecord, status: dict[str, Any], now: float) -> bool:
-    """Write when anything but `observed` changed, or when `observed` is older than the refresh period."""
-    old = {k: v for k, v in record.status.items() if k != "observed"}
-    new = {k: v for k, v in status.items() if k != "observed"}
+    """Write when anything but the per-interval fields changed, or when those are older than the refresh period.
+
+    `observed` and `scaler` move every interval; writing them at once would mean one patch per service per
+    interval. A restart loses at most one refresh period of the scaler's windows, which span several.
+    """
+    old = {k: v for k, v in record.status.items() if k not in PER_INTERVAL}
+    new = {k: v for k, v in status.items() if k not in PER_INTERVAL}
     if old != new:
         return True
-    if status.get("observed") == record.status.get("observed"):
+    if all(status.get(k) == record.status.get(k) for k in PER_INTERVAL):
         return False
     return now - record.status_written_at >= refresh_period(record)
 

@@ -63,7 +63,7 @@ def compose(
     record: ServiceRecord, updates: list[Cond], now: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The full status to write: earlier fields kept, conditions merged, this generation observed."""
-    kept = ("observed", "plan", "lastDecision", "calibration", "replicas")
+    kept = ("observed", "plan", "lastDecision", "calibration", "scaler", "replicas")
     out = {k: v for k, v in record.status.items() if k in kept}
     out["observedGeneration"] = record.generation
     out["conditions"] = conditions.merge(
@@ -72,6 +72,7 @@ def compose(
     if record.plan is not None:
         out["plan"] = status.plan_status(record.plan)
     out["calibration"] = status.calibration_status(record.state, now)
+    out["scaler"] = status.scaler_status(record.state)
     if extra:
         out.update(extra)
     return out

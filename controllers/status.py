@@ -8,7 +8,16 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from crds.inferenceservice import Calibration, Observed, PlanStatus, TierPlan
+from crds.inferenceservice import (
+    SCALER_WINDOW_ITEMS,
+    Calibration,
+    LoadPoint,
+    Observed,
+    PlanStatus,
+    RecommendationPoint,
+    ScalerStatus,
+    TierPlan,
+)
 from crds.inferenceservice import Decision as DecisionStatus
 from policies.types import Candidate, Observation, ScalerState, TierConfig
 
@@ -100,16 +109,48 @@ def calibration_status(state: ScalerState, now: float) -> dict[str, Any]:
     ).to_wire()
 
 
+def scaler_status(state: ScalerState) -> dict[str, Any]:
+    """The autoscaler's windows, exact (no rounding), so a restarted operator decides as this one would.
+
+    Windows longer than the schema's bound keep their newest points.
+    """
+
+    def nodes(values: tuple[float, ...] | None) -> list[float] | None:
+        return None if values is None else list(values)
+
+    return ScalerStatus(
+        recommendations=[
+            RecommendationPoint(time=t, replicas=r) for t, r in state.recommendations[-SCALER_WINDOW_ITEMS:]
+        ],
+        load_history=[LoadPoint(time=t, rps=r) for t, r in state.load_history[-SCALER_WINDOW_ITEMS:]],
+        prompt_tokens_nodes=nodes(state.prompt_tokens_nodes),
+        output_tokens_nodes=nodes(state.output_tokens_nodes),
+        token_weight=state.token_weight,
+        last_quiet=state.last_quiet,
+    ).to_wire()
+
+
 def state_from_status(status: dict[str, Any]) -> ScalerState:
-    """What the autoscaler remembers across restarts: calibration and the time of the last scaling."""
+    """What the autoscaler remembers across restarts: calibration, the last scaling and its windows."""
     calibration = Calibration.model_validate(status.get("calibration") or {})
+    scaler = ScalerStatus.model_validate(status.get("scaler") or {})
     last = status.get("lastDecision")
     last_scale = None
     if last and last.get("from") != last.get("to"):
         last_scale = DecisionStatus.model_validate(last).time.timestamp()
+
+    def nodes(values: list[float] | None) -> tuple[float, ...] | None:
+        return None if values is None else tuple(values)
+
     return ScalerState(
+        recommendations=tuple((p.time, p.replicas) for p in scaler.recommendations),
         last_scale_time=last_scale,
         ttft_factor=calibration.ttft_factor,
         tpot_factor=calibration.tpot_factor,
         calibration_samples=calibration.samples,
+        load_history=tuple((p.time, p.rps) for p in scaler.load_history),
+        prompt_tokens_nodes=nodes(scaler.prompt_tokens_nodes),
+        output_tokens_nodes=nodes(scaler.output_tokens_nodes),
+        token_weight=scaler.token_weight,
+        last_quiet=scaler.last_quiet,
     )

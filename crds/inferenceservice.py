@@ -292,6 +292,45 @@ class Calibration(Resource):
     updated: datetime | None = None
 
 
+SCALER_WINDOW_ITEMS = 720  # an hour of recommendations at a 5 s interval; older ones are dropped first
+TOKEN_NODES_ITEMS = 64
+
+
+class RecommendationPoint(Resource):
+    time: float = Field(description="Unix seconds.")
+    replicas: int = Field(ge=0)
+
+
+class LoadPoint(Resource):
+    time: float = Field(description="Unix seconds.")
+    rps: float = Field(ge=0)
+
+
+class ScalerStatus(Resource):
+    """The autoscaler's windows, kept in status so a restarted operator keeps its stabilization and peaks."""
+
+    recommendations: list[RecommendationPoint] = Field(
+        default_factory=list,
+        max_length=SCALER_WINDOW_ITEMS,
+        description="Desired replicas per interval within the longest stabilization window.",
+    )
+    load_history: list[LoadPoint] = Field(
+        default_factory=list,
+        max_length=SCALER_WINDOW_ITEMS,
+        description="Recent demand peaks the plan anticipates.",
+    )
+    prompt_tokens_nodes: list[float] | None = Field(
+        default=None, max_length=TOKEN_NODES_ITEMS, description="Smoothed prompt-length quantile nodes."
+    )
+    output_tokens_nodes: list[float] | None = Field(
+        default=None, max_length=TOKEN_NODES_ITEMS, description="Smoothed output-length quantile nodes."
+    )
+    token_weight: float = Field(default=0.0, ge=0, description="Requests behind the token mix, decayed.")
+    last_quiet: float | None = Field(
+        default=None, description="Unix seconds when demand last fell far below a remembered peak."
+    )
+
+
 class InferenceServiceStatus(Resource):
     observed_generation: int | None = None
     conditions: list[Condition] = Field(default_factory=list)
@@ -299,6 +338,7 @@ class InferenceServiceStatus(Resource):
     plan: PlanStatus | None = None
     last_decision: Decision | None = None
     calibration: Calibration | None = None
+    scaler: ScalerStatus | None = None
     replicas: int | None = Field(default=None, description="Ready replicas over all tiers.")
 
 

@@ -44,38 +44,43 @@ TOKEN_BUCKETS = token_buckets(100_000)
 TOKEN_NODES = 16  # quantiles of the token-count histograms an Observation carries
 
 
-def histogram_quantile(q: float, upper_bounds: np.ndarray, cumulative_counts: np.ndarray) -> float:
-    """Prometheus's `histogram_quantile`: linear interpolation inside the bucket holding rank q·count.
+def histogram_quantiles(
+    qs: np.ndarray, upper_bounds: np.ndarray, cumulative_counts: np.ndarray
+) -> np.ndarray:
+    """Prometheus's `histogram_quantile` for many quantiles of one histogram in one numpy pass.
 
-    `upper_bounds` must end with +Inf (else NaN, as Prometheus). NaN when there are no observations;
-    a rank in the +Inf bucket returns the largest finite bound. Non-monotonic counts (from scrape races)
-    are made monotonic first, as Prometheus does.
+    Linear interpolation inside the bucket holding rank q·count. `upper_bounds` must end with +Inf (else NaN,
+    as Prometheus). NaN when there are no observations; a rank in the +Inf bucket returns the largest finite
+    bound. Non-monotonic counts (from scrape races) are made monotonic first, as Prometheus does.
     """
+    q = np.asarray(qs, dtype=float)
     bounds = np.asarray(upper_bounds, dtype=float)
     counts = np.maximum.accumulate(np.asarray(cumulative_counts, dtype=float))
-    if math.isnan(q):
-        return math.nan
-    if q < 0:
-        return -math.inf
-    if q > 1:
-        return math.inf
-    if len(bounds) < 2 or not math.isinf(bounds[-1]) or bounds[-1] < 0:
-        return math.nan
-    total = counts[-1]
-    if total == 0:
-        return math.nan
-    rank = q * total
-    b = int(np.searchsorted(counts[:-1], rank, side="left"))  # first bucket with count >= rank
-    if b == len(bounds) - 1:
-        return float(bounds[-2])
-    if b == 0 and bounds[0] <= 0:
-        return float(bounds[0])
-    start, end, count = 0.0, float(bounds[b]), float(counts[b])
-    if b > 0:
-        start = float(bounds[b - 1])
-        count -= counts[b - 1]
-        rank -= counts[b - 1]
-    return start + (end - start) * (rank / count)
+    out = np.full(q.shape, math.nan)
+    out[q < 0] = -math.inf
+    out[q > 1] = math.inf
+    inside = (q >= 0) & (q <= 1)
+    if len(bounds) < 2 or not math.isinf(bounds[-1]) or bounds[-1] < 0 or counts[-1] == 0:
+        out[inside] = math.nan
+        return out
+    rank = q[inside] * counts[-1]
+    b = np.searchsorted(counts[:-1], rank, side="left")  # first bucket with count >= rank
+    last = b == len(bounds) - 1
+    b_in = np.minimum(b, len(bounds) - 2)
+    previous = np.maximum(b_in - 1, 0)
+    first = b_in == 0
+    start = np.where(first, 0.0, bounds[previous])
+    below = np.where(first, 0.0, counts[previous])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        value = start + (bounds[b_in] - start) * ((rank - below) / (counts[b_in] - below))
+    value = np.where(first & (bounds[0] <= 0), bounds[0], value)
+    out[inside] = np.where(last, bounds[-2], value)
+    return out
+
+
+def histogram_quantile(q: float, upper_bounds: np.ndarray, cumulative_counts: np.ndarray) -> float:
+    """One quantile; see `histogram_quantiles`."""
+    return float(histogram_quantiles(np.array([q]), upper_bounds, cumulative_counts)[0])
 
 
 @dataclass(frozen=True)
@@ -108,6 +113,11 @@ class Histogram:
     def quantile(self, q: float) -> float | None:
         value = histogram_quantile(q, self.upper_bounds, self.cumulative)
         return None if math.isnan(value) else value
+
+    def quantiles(self, qs: np.ndarray) -> list[float | None]:
+        """Many quantiles at once (one numpy pass); None where `quantile` would give None."""
+        values = histogram_quantiles(qs, self.upper_bounds, self.cumulative)
+        return [None if math.isnan(v) else v for v in values.tolist()]
 
     def __add__(self, other: Histogram) -> Histogram:
         if not np.array_equal(self.upper_bounds, other.upper_bounds):
@@ -156,38 +166,46 @@ def _sum(parts: list[float | None]) -> float | None:
     return float(sum(present)) if present else None
 
 
+_NODE_QS = (np.arange(TOKEN_NODES) + 0.5) / TOKEN_NODES
+_TOKEN_QS = np.concatenate(([0.5, 0.95], _NODE_QS))  # p50, p95, then the nodes: one pass per histogram
+
+
+def _token_stats(h: Histogram | None) -> tuple[float | None, float | None, tuple[float, ...] | None]:
+    """p50, p95 and the quantile nodes of a token-count histogram (nodes None when it holds nothing)."""
+    if h is None:
+        return None, None, None
+    values = h.quantiles(_TOKEN_QS)
+    nodes = None if h.count == 0 else tuple(round(float(v or 0.0), 1) for v in values[2:])
+    return values[0], values[1], nodes
+
+
 def _observe_one(time: float, window_s: float, w: TierWindow, quantile: float) -> Observation:
     requests = w.requests
     if requests is None:  # fall back on the TTFT histogram's count: one observation per request
         requests = w.ttft.count if w.ttft is not None else None
     count = requests if requests is not None else 0.0
-
-    def pct(h: Histogram | None, q: float) -> float | None:
-        return None if h is None else h.quantile(q)
-
-    def nodes(h: Histogram | None) -> tuple[float, ...] | None:
-        if h is None or h.count == 0:
-            return None
-        return tuple(round(float(h.quantile((i + 0.5) / TOKEN_NODES) or 0.0), 1) for i in range(TOKEN_NODES))
-
+    ttft_p95 = None if w.ttft is None else w.ttft.quantile(quantile)
+    tpot_p95, tpot_p50 = (None, None) if w.itl is None else w.itl.quantiles(np.array([quantile, 0.5]))
+    prompt_p50, prompt_p95, prompt_nodes = _token_stats(w.prompt_tokens)
+    output_p50, output_p95, output_nodes = _token_stats(w.output_tokens)
     return Observation(
         time=time,
         window_s=window_s,
         rps=count / window_s,
         requests=count,
-        ttft_p95_ms=_ms(pct(w.ttft, quantile)),
-        tpot_p95_ms=_ms(pct(w.itl, quantile)),
+        ttft_p95_ms=_ms(ttft_p95),
+        tpot_p95_ms=_ms(tpot_p95),
         kv_cache_usage=w.kv_cache_usage,
         queue_depth=w.waiting,
         running=w.running,
-        prompt_tokens_p50=pct(w.prompt_tokens, 0.5),
-        prompt_tokens_p95=pct(w.prompt_tokens, 0.95),
-        output_tokens_p50=pct(w.output_tokens, 0.5),
-        output_tokens_p95=pct(w.output_tokens, 0.95),
+        prompt_tokens_p50=prompt_p50,
+        prompt_tokens_p95=prompt_p95,
+        output_tokens_p50=output_p50,
+        output_tokens_p95=output_p95,
         ready_replicas=w.ready_replicas,
-        tpot_p50_ms=_ms(pct(w.itl, 0.5)),
-        prompt_tokens_nodes=nodes(w.prompt_tokens),
-        output_tokens_nodes=nodes(w.output_tokens),
+        tpot_p50_ms=_ms(tpot_p50),
+        prompt_tokens_nodes=prompt_nodes,
+        output_tokens_nodes=output_nodes,
     )
 
 

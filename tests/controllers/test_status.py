@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from controllers import conditions, status
+from controllers import conditions, reconcile, status
 from controllers.conditions import Cond
-from crds.inferenceservice import InferenceServiceStatus
-from policies.types import Observation, ScalerState
+from controllers.planning import PlanCache
+from controllers.runtime import ServiceRecord
+from crds.inferenceservice import InferenceServiceSpec, InferenceServiceStatus
+from crds.slopolicy import SLOPolicySpec
+from policies import planner
+from policies.autoscale import autoscale
+from policies.types import Candidate, Decision, Observation, ScalerState
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -95,3 +102,54 @@ def test_observed_status_validates_and_keeps_zero_traffic() -> None:
     assert wire["rps"] == 0.0
     assert "ttftP95Ms" not in wire
     assert wire["readyReplicas"] == 2
+
+
+def test_scaler_windows_round_trip_exactly_through_status() -> None:
+    state = ScalerState(
+        recommendations=((1000.25, 4), (1015.5, 6)),
+        last_scale_time=None,
+        load_history=((1000.25, 31.123456789), (1015.5, 12.5)),
+        prompt_tokens_nodes=tuple(float(i) * 1.5 for i in range(16)),
+        output_tokens_nodes=tuple(float(i) for i in range(16)),
+        token_weight=412.75,
+        last_quiet=990.0,
+    )
+    wire = {"scaler": status.scaler_status(state)}
+    InferenceServiceStatus.model_validate(wire)
+    assert status.state_from_status(wire) == state
+
+
+def test_a_restarted_operator_keeps_the_stabilization_window() -> None:
+    """Peak load, then quiet: the operator restarts mid-window and must not scale down before it ends."""
+    spec = InferenceServiceSpec.model_validate(
+        {
+            "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
+            "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
+            "traffic": {"class": "interactive", "expectedRps": 5},
+            "accelerators": [{"type": "H100-SXM", "maxCount": 64}],
+            "scaling": {"minReplicas": 1, "maxReplicas": 64, "maxTensorParallel": 1},
+        }
+    )
+    policy, plans = SLOPolicySpec(cooldown_seconds=0), PlanCache()
+    peak = planner.plan(spec, replace(planner.load_from_spec(spec), rps=120.0), policy, 1.0, 1.0).chosen
+    assert peak is not None
+
+    def step(plan: Candidate, state: ScalerState, now: float, rps: float) -> Decision:
+        observation = Observation(
+            time=now, window_s=15.0, rps=rps, requests=rps * 15, ttft_p95_ms=None, tpot_p95_ms=None,
+            kv_cache_usage=0.2, queue_depth=0.0, running=rps, ready_replicas=plan.replicas,
+        )  # fmt: skip
+        return autoscale(spec, policy, plan, observation, state, now, plans)
+
+    state = ScalerState()
+    for now in (0.0, 15.0, 30.0):
+        state = step(peak, state, now, 120.0).state
+    record = ServiceRecord(
+        namespace="ns", name="svc", uid="u", generation=1, spec=spec, plan=peak, state=state
+    )
+    stored = reconcile.compose(record, [], 30.0)
+    restarted = status.state_from_status(json.loads(json.dumps(stored)))  # as read back from the API server
+    quiet = 45.0
+    assert step(peak, ScalerState(), quiet, 2.0).plan.replicas < peak.replicas  # forgetting would scale down
+    decision = step(peak, restarted, quiet, 2.0)
+    assert decision.plan.replicas == peak.replicas, decision.reason

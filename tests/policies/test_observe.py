@@ -12,6 +12,7 @@ from policies.observe import (
     TierWindow,
     build_observation,
     histogram_quantile,
+    histogram_quantiles,
     token_buckets,
 )
 
@@ -107,3 +108,20 @@ def test_requests_fall_back_on_ttft_count():
     ttft = Histogram.from_samples(TTFT_BUCKETS, np.full(30, 0.1))
     obs = build_observation(0.0, 15.0, {"interactive": TierWindow(ttft=ttft)})
     assert obs.requests == 30 and obs.rps == 2.0
+
+
+def test_histogram_quantiles_answers_many_quantiles_in_one_pass():
+    bounds, counts = np.array([0.0, 0.1, 0.5, 1.0, INF]), np.array([2.0, 40.0, 30.0, 100.0, 120.0])
+    qs = np.array([0.01, 0.2, 0.5, 0.99, -0.5, 1.5, math.nan])
+    many = histogram_quantiles(qs, bounds, counts)  # counts repaired to 2, 40, 40, 100, 120
+    expected = [
+        0.0,  # rank 1.2 in a first bucket with bound <= 0: that bound
+        0.1 * (24 - 2) / (40 - 2),  # rank 24 in (0, 0.1]
+        0.5 + 0.5 * (60 - 40) / (100 - 40),  # rank 60 in (0.5, 1]: the empty (0.1, 0.5] is skipped
+        1.0,  # rank 118.8 in +Inf: the largest finite bound
+        -INF,
+        INF,
+    ]
+    np.testing.assert_allclose(many[:6], expected)
+    assert math.isnan(many[6])
+    assert np.isnan(histogram_quantiles(qs[:4], bounds, np.zeros(5))).all()  # no observations
