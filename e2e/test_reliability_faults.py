@@ -97,10 +97,13 @@ def children(stack: Stack, namespace: str) -> dict[str, list[str]]:
 
 
 def wait_condition(
-    stack: Stack, namespace: str, name: str, kind: str, status: str, timeout: float = 60
+    stack: Stack, namespace: str, name: str, kind: str, status: str, timeout: float = 60, reason: str = ""
 ) -> dict:
     def seen() -> bool:
-        return service.condition(service.get_service(stack, namespace, name), kind).get("status") == status
+        found = service.condition(service.get_service(stack, namespace, name), kind)
+        return found.get("status") == status and found.get("reason", "") == (
+            reason or found.get("reason", "")
+        )
 
     procs.wait_until(seen, timeout, f"{namespace}/{name} {kind}={status}", interval=0.5)
     return service.condition(service.get_service(stack, namespace, name), kind)
@@ -258,8 +261,7 @@ def test_prometheus_down_holds_replicas_then_scaling_resumes(
     with Prometheus stopped first, it must hold (MetricsAvailable=False) well past that window."""
     deployment, _ = two_replica_service(stack, namespace)
     with stopped(stack, "prometheus"):
-        down = wait_condition(stack, namespace, "tiny", "MetricsAvailable", "False", timeout=60)
-        assert down["reason"] == "PrometheusUnavailable", down
+        wait_condition(stack, namespace, "tiny", "MetricsAvailable", "False", 60, "PrometheusUnavailable")
         held_until = time.monotonic() + 2 * POLICY.scale_down_stabilization_s
         while time.monotonic() < held_until:
             assert replicas_of(stack, namespace, deployment) == 2, "scaled without metrics"
@@ -315,10 +317,10 @@ def test_worker_killed_mid_stream_fails_only_its_clients_and_restarts(
     def restarted() -> bool:
         with stack.api_client() as client:
             pod = CoreV1Api(client).read_namespaced_pod(victim.metadata.name, namespace)
-        return restarts(pod) >= 1 and len(stack.service_backends(namespace, svc)) == 2
+        return restarts(pod) >= 1 and backends[0] in stack.service_backends(namespace, svc)
 
     procs.wait_until(restarted, 180, "the killed worker restarted and Ready", interval=1)
-    assert replicas_of(stack, namespace, deployment) == 2
+    assert replicas_of(stack, namespace, deployment) >= 2  # the streams' load may have scaled it up
     record_property(
         "fault",
         {
