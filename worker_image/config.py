@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 
 DTYPES = ("float32", "bfloat16", "float16")
 ENV_PREFIX = "GOODPUT_"
@@ -30,6 +32,7 @@ class EngineConfig:
     max_waiting: int = 256
     seed: int = 0
     tensor_parallel_size: int = 1
+    distributed_timeout_s: float = 60.0  # a collective waiting longer than this means a rank is lost
     cpu_threads: int | None = None  # torch threads on CPU; None: torch's default capped at the CPU quota
 
     def __post_init__(self) -> None:
@@ -55,8 +58,13 @@ class EngineConfig:
             raise bad("batch_window_ms", "must be >= 0")
         if self.cpu_threads is not None and self.cpu_threads < 1:
             raise bad("cpu_threads", "must be >= 1 or unset")
-        if self.tensor_parallel_size != 1:
-            raise bad("tensor_parallel_size", "only 1 is supported")
+        if self.tensor_parallel_size not in (1, 2, 4, 8):
+            raise bad("tensor_parallel_size", "must be 1, 2, 4 or 8")
+        if self.distributed_timeout_s <= 0:
+            raise bad("distributed_timeout_s", "must be > 0")
+        for what, n in _head_counts(self.model).items():
+            if n % self.tensor_parallel_size:
+                raise bad("tensor_parallel_size", f"must divide the model's {what} ({n})")
 
     @classmethod
     def from_env_and_args(
@@ -76,6 +84,21 @@ class EngineConfig:
         if "model" not in values:
             raise ValueError("invalid engine config: model is required (--model or GOODPUT_MODEL)")
         return cls(**{name: _convert(cls, name, raw) for name, raw in values.items()})
+
+
+def _head_counts(model: str) -> dict[str, int]:
+    """Head counts of a preset or a folder's config.json, when readable; the loader checks again."""
+    from worker_image import presets
+
+    try:
+        if model.startswith("random:"):
+            c = presets.preset_config(model.removeprefix("random:"))
+        else:
+            c = json.loads((Path(model) / "config.json").read_text())
+        heads = c["num_attention_heads"]
+        return {"attention heads": heads, "key/value heads": c.get("num_key_value_heads") or heads}
+    except (OSError, ValueError, KeyError):
+        return {}
 
 
 def _convert(cls: type, name: str, raw: object) -> object:

@@ -68,6 +68,10 @@ class LLMEngine:
         self._active: set[str] = set()  # request ids added and not yet finished, guarded by _cond
         self._seqs: dict[str, Sequence] = {}  # owned by the step thread
 
+    def close(self) -> None:
+        """Stop the tensor-parallel ranks, if any; the engine is unusable afterwards."""
+        self.runner.close()
+
     def add_request(
         self,
         request_id: str,

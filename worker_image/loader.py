@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from worker_image import presets
+from worker_image import parallel, presets
 from worker_image.model import CausalLM, ModelConfig
 from worker_image.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
@@ -36,8 +36,20 @@ def load_model(
         weights = {k: v for f in files for k, v in load_file(f).items()}
         tokenizer = _folder_tokenizer(folder, hf_config)
     cfg = ModelConfig.from_hf(hf_config)
+    tp = parallel.world_size()
+    for what, n in (
+        ("heads", cfg.num_heads),
+        ("kv heads", cfg.num_kv_heads),
+        ("intermediate_size", cfg.intermediate_size),
+    ):
+        if n % tp:
+            raise ValueError(
+                f"invalid engine config: tensor_parallel_size={tp}: does not divide {what} ({n})"
+            )
     model = CausalLM(cfg)
-    state = convert_hf_state_dict(weights, cfg)
+    state = parallel.shard_state_dict(
+        convert_hf_state_dict(weights, cfg), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
+    )
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
     model.tie_weights()
     missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from worker_image import parallel
 from worker_image.config import EngineConfig
 from worker_image.loader import DTYPES, load_model
 from worker_image.model import AttnMetadata, DecodeGroup, PrefillChunk
@@ -41,18 +43,34 @@ class StepInputs:
 
 
 class ModelRunner:
-    def __init__(self, config: EngineConfig) -> None:
+    """Rank 0 (the engine's) runs scheduled batches; with tensor parallelism it also spawns and drives the
+    other ranks, each a ModelRunner in `follow`."""
+
+    def __init__(self, config: EngineConfig, rank: int = 0, port: int = 0) -> None:
         self.config = config
         self.device = torch.device(config.device)
+        self.followers: parallel.Followers | None = None
         if self.device.type == "cpu":
             torch.set_num_threads(config.cpu_threads or min(torch.get_num_threads(), cpu_quota()))
+        try:
+            self._load(rank, port)
+        except BaseException:
+            self.close()
+            raise
+
+    def _load(self, rank: int, port: int) -> None:
+        config, tp = self.config, self.config.tensor_parallel_size
+        if tp > 1:
+            if rank == 0:
+                port = parallel.free_port()
+                self.followers = parallel.Followers(follow, config, port)
+            self.device = parallel.init_group(rank, tp, port, config.device, config.distributed_timeout_s)
         self.model, self.tokenizer, self.model_config = load_model(
-            config.model, config.dtype, config.device, config.max_model_len, config.seed
+            config.model, config.dtype, str(self.device), config.max_model_len, config.seed
         )
         mc, bs = self.model_config, config.block_size
-        bytes_per_block = (
-            2 * mc.num_layers * mc.num_kv_heads * bs * mc.head_dim * DTYPES[config.dtype].itemsize
-        )
+        kv_heads = mc.num_kv_heads // tp
+        bytes_per_block = 2 * mc.num_layers * kv_heads * bs * mc.head_dim * DTYPES[config.dtype].itemsize
         self.num_blocks = config.num_kv_blocks or config.kv_cache_memory_mb * 2**20 // bytes_per_block
         if self.num_blocks * bs < config.max_model_len:
             raise ValueError(
@@ -60,23 +78,51 @@ class ModelRunner:
                 f"{config.kv_cache_memory_mb}) holds {self.num_blocks * bs} tokens, fewer than "
                 f"max_model_len={config.max_model_len}"
             )
-        shape = (2, mc.num_layers, mc.num_kv_heads, self.num_blocks, bs, mc.head_dim)
+        shape = (2, mc.num_layers, kv_heads, self.num_blocks, bs, mc.head_dim)
         self.kv_cache = torch.zeros(shape, dtype=DTYPES[config.dtype], device=self.device)
         for i, layer in enumerate(self.model.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         self.sampler = Sampler(config.device, config.seed)
 
-    @torch.inference_mode()
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], SamplerOutput | None]:
         """One forward pass; returns the sequences that reached their end (and so sample) and their tokens."""
         step = self._prepare(scheduled)
-        hidden = self.model(self._tensor(step.ids), self._tensor(np.concatenate(step.positions)), step.meta)
-        if not step.sampling:
+        if self.followers is None:
+            logits = self._forward(step)
+        else:
+            views = [
+                (parallel.StepSeq(s.token_ids, s.num_computed_tokens, s.block_table), n) for s, n in scheduled
+            ]
+            try:
+                self.followers.send(views)
+                logits = self._forward(step)
+            except parallel.RankFailedError:
+                raise
+            except Exception as exc:
+                raise self.followers.failed(exc) from exc
+        if logits is None:
             return [], None
-        logits = self.model.logits(hidden[self._tensor(np.array(step.sample_idx))])
         return step.sampling, self.sampler(logits, step.sampling)
 
-    def _prepare(self, scheduled: list[tuple[Sequence, int]]) -> StepInputs:
+    @torch.inference_mode()
+    def _forward(self, step: StepInputs) -> torch.Tensor | None:
+        """Logits of the sampled rows (on rank 0; None elsewhere or when no row samples)."""
+        hidden = self.model(self._tensor(step.ids), self._tensor(np.concatenate(step.positions)), step.meta)
+        if not step.sample_idx:
+            return None
+        return self.model.logits(hidden[self._tensor(np.array(step.sample_idx))])
+
+    def close(self) -> None:
+        """Stop the other tensor-parallel ranks and leave the process group; safe to call twice."""
+        if self.followers is not None:
+            self.followers.stop()
+            self.followers = None
+        if self.config.tensor_parallel_size > 1:
+            parallel.destroy_group()
+
+    def _prepare(
+        self, scheduled: list[tuple[Sequence, int]] | list[tuple[parallel.StepSeq, int]]
+    ) -> StepInputs:
         """Flatten the batch: single-token sequences first, in length-sorted decode groups, then chunks."""
         bs, step = self.config.block_size, StepInputs()
         decodes = sorted((s for s, n in scheduled if n == 1), key=lambda s: s.num_computed_tokens)
@@ -113,3 +159,16 @@ class ModelRunner:
 
     def _tensor(self, a: np.ndarray | list[int]) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
+
+
+def follow(config: EngineConfig, rank: int, port: int, pipe: Connection) -> None:
+    """A tensor-parallel rank other than 0: run every batch rank 0 sends until it sends None or goes away."""
+    parallel.watch_parent()
+    runner = ModelRunner(config, rank, port)
+    try:
+        while (scheduled := pipe.recv()) is not None:
+            runner._forward(runner._prepare(scheduled))
+    except EOFError:
+        pass
+    finally:
+        runner.close()

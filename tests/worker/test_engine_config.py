@@ -18,7 +18,7 @@ from worker_image.config import EngineConfig
         ("num_kv_blocks", 0),
         ("batch_window_ms", -5.0),
         ("max_waiting", 0),
-        ("tensor_parallel_size", 2),
+        ("tensor_parallel_size", 3),
     ],
 )
 def test_validation_names_the_field(field: str, value: object) -> None:

@@ -1,0 +1,63 @@
+"""Tensor parallelism over gloo on the CPU: the same greedy tokens as one rank, a lost rank is a prompt
+error rather than a hang, and no process outlives the engine."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+
+from worker_image.config import EngineConfig
+from worker_image.engine import LLMEngine
+from worker_image.parallel import RankFailedError
+from worker_image.sampling import SamplingParams
+
+GREEDY = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
+BASE = dict(model="random:tiny", max_model_len=128, block_size=4, num_kv_blocks=128, cpu_threads=1)
+
+
+def tp_engine(**kw: object) -> LLMEngine:
+    return LLMEngine(EngineConfig(**(BASE | {"tensor_parallel_size": 2, "distributed_timeout_s": 10.0} | kw)))
+
+
+def assert_no_children() -> None:
+    deadline = time.monotonic() + 5
+    while multiprocessing.active_children() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert multiprocessing.active_children() == []
+
+
+@pytest.mark.parametrize("max_num_batched_tokens", [2048, 7], ids=["whole-prompts", "chunked-prefill"])
+def test_tp2_matches_tp1(random_prompts, max_num_batched_tokens: int) -> None:
+    prompts = random_prompts([1, 5, 17, 33, 9, 40], 256, seed=5)
+    expected = LLMEngine(EngineConfig(**BASE)).generate(prompts, GREEDY)
+    engine = tp_engine(max_num_batched_tokens=max_num_batched_tokens)
+    try:
+        assert engine.generate(prompts, GREEDY) == expected
+    finally:
+        engine.close()
+    assert_no_children()
+
+
+def test_killed_rank_fails_fast_and_leaves_nothing(random_prompts) -> None:
+    engine = tp_engine()
+    try:
+        (follower,) = engine.runner.followers.procs  # type: ignore[union-attr]
+        engine.generate(random_prompts([6], 256), GREEDY)
+        os.kill(follower.pid, signal.SIGKILL)
+        start = time.monotonic()
+        with pytest.raises(RankFailedError, match="goodput-tp1 exited with code -9"):
+            engine.generate(random_prompts([9, 3], 256, seed=1), GREEDY)
+        assert time.monotonic() - start < 15
+    finally:
+        engine.close()
+    assert_no_children()
+
+
+@pytest.mark.parametrize(("tp", "why"), [(3, "1, 2, 4 or 8"), (8, "attention heads"), (4, "key/value heads")])
+def test_tp_must_divide_heads(tp: int, why: str) -> None:
+    with pytest.raises(ValueError, match=rf"tensor_parallel_size={tp}: .*{why}"):
+        EngineConfig(**(BASE | {"tensor_parallel_size": tp}))
