@@ -6,7 +6,10 @@ from __future__ import annotations
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -28,6 +31,19 @@ def assert_no_children() -> None:
     while multiprocessing.active_children() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert multiprocessing.active_children() == []
+
+
+def test_tp2_matches_tp1_per_architecture(hf_model_dir, random_prompts) -> None:
+    """Qwen2's q/k/v biases and tied embeddings and Qwen3's q/k norms shard correctly too."""
+    folder, _ = hf_model_dir
+    prompts = random_prompts([3, 21, 8], 320, seed=6)
+    kw = {"model": str(folder), "max_num_batched_tokens": 16}
+    expected = LLMEngine(EngineConfig(**(BASE | kw))).generate(prompts, GREEDY)
+    engine = tp_engine(**kw)
+    try:
+        assert engine.generate(prompts, GREEDY) == expected
+    finally:
+        engine.close()
 
 
 @pytest.mark.parametrize("max_num_batched_tokens", [2048, 7], ids=["whole-prompts", "chunked-prefill"])
@@ -55,6 +71,33 @@ def test_killed_rank_fails_fast_and_leaves_nothing(random_prompts) -> None:
     finally:
         engine.close()
     assert_no_children()
+
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] in "ZX"
+    except FileNotFoundError:
+        return True
+
+
+def test_followers_exit_when_rank0_is_killed() -> None:
+    script = (
+        "import sys, time; from worker_image.config import EngineConfig; from worker_image.engine import LLMEngine\n"
+        "if __name__ == '__main__':\n"
+        f"    e = LLMEngine(EngineConfig(**{BASE!r}, tensor_parallel_size=2))\n"
+        "    print(e.runner.followers.procs[0].pid, flush=True); time.sleep(60)\n"
+    )
+    rank0 = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        follower = int(rank0.stdout.readline())  # type: ignore[union-attr]
+        assert not _gone(follower)
+    finally:
+        rank0.kill()
+        rank0.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(follower) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _gone(follower)
 
 
 @pytest.mark.parametrize(("tp", "why"), [(3, "1, 2, 4 or 8"), (8, "attention heads"), (4, "key/value heads")])
