@@ -31,6 +31,22 @@ def cpu_quota() -> int:
 
 
 @dataclass
+class ScheduledSeq:
+    """What the forward pass needs of one scheduled sequence: small enough to send to the other TP ranks."""
+
+    index: int  # position in the scheduled batch
+    tokens: list[int]  # the tokens computed this step
+    num_computed_tokens: int
+    block_table: list[int]
+    samples: bool  # the step reaches the end of the sequence, so its last logits are sampled
+
+    @classmethod
+    def of(cls, index: int, seq: Sequence, n: int) -> ScheduledSeq:
+        c = seq.num_computed_tokens
+        return cls(index, seq.token_ids[c : c + n], c, seq.block_table, c + n == len(seq))
+
+
+@dataclass
 class StepInputs:
     ids: list[int] = field(default_factory=list)
     positions: list[np.ndarray] = field(default_factory=list)
@@ -39,7 +55,7 @@ class StepInputs:
         default_factory=lambda: AttnMetadata(slot_mapping=torch.empty(0, dtype=torch.long))
     )
     sample_idx: list[int] = field(default_factory=list)  # rows of the flat batch whose logits are sampled
-    sampling: list[Sequence] = field(default_factory=list)
+    sampled: list[int] = field(default_factory=list)  # scheduled-batch index of each sampled row
 
 
 class ModelRunner:
@@ -86,15 +102,13 @@ class ModelRunner:
 
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], SamplerOutput | None]:
         """One forward pass; returns the sequences that reached their end (and so sample) and their tokens."""
-        step = self._prepare(scheduled)
+        batch = [ScheduledSeq.of(i, seq, n) for i, (seq, n) in enumerate(scheduled)]
+        step = self._prepare(batch)
         if self.followers is None:
             logits = self._forward(step)
         else:
-            views = [
-                (parallel.StepSeq(s.token_ids, s.num_computed_tokens, s.block_table), n) for s, n in scheduled
-            ]
             try:
-                self.followers.send(views)
+                self.followers.send(batch)
                 logits = self._forward(step)
             except parallel.RankFailedError:
                 raise
@@ -102,7 +116,8 @@ class ModelRunner:
                 raise self.followers.failed(exc) from exc
         if logits is None:
             return [], None
-        return step.sampling, self.sampler(logits, step.sampling)
+        sampling = [scheduled[i][0] for i in step.sampled]
+        return sampling, self.sampler(logits, sampling)
 
     @torch.inference_mode()
     def _forward(self, step: StepInputs) -> torch.Tensor | None:
@@ -120,12 +135,10 @@ class ModelRunner:
         if self.config.tensor_parallel_size > 1:
             parallel.destroy_group()
 
-    def _prepare(
-        self, scheduled: list[tuple[Sequence, int]] | list[tuple[parallel.StepSeq, int]]
-    ) -> StepInputs:
+    def _prepare(self, batch: list[ScheduledSeq]) -> StepInputs:
         """Flatten the batch: single-token sequences first, in length-sorted decode groups, then chunks."""
         bs, step = self.config.block_size, StepInputs()
-        decodes = sorted((s for s, n in scheduled if n == 1), key=lambda s: s.num_computed_tokens)
+        decodes = sorted((s for s in batch if len(s.tokens) == 1), key=lambda s: s.num_computed_tokens)
         for g in range(0, len(decodes), DECODE_GROUP_SIZE):
             group = decodes[g : g + DECODE_GROUP_SIZE]
             ctx = np.array([s.num_computed_tokens + 1 for s in group])
@@ -133,27 +146,27 @@ class ModelRunner:
             for row, s in enumerate(group):
                 blocks = s.block_table[: tables.shape[1]]
                 tables[row, : len(blocks)] = blocks
-                step.ids.append(s.token_ids[s.num_computed_tokens])
-                if s.num_computed_tokens + 1 == len(s):  # not a one-token slice of a longer prompt
+                step.ids.append(s.tokens[0])
+                if s.samples:  # not a one-token slice of a longer prompt
                     step.sample_idx.append(g + row)
-                    step.sampling.append(s)
+                    step.sampled.append(s.index)
             step.positions.append(ctx - 1)
             step.slots.append(tables[np.arange(len(group)), (ctx - 1) // bs] * bs + (ctx - 1) % bs)
             mask = torch.from_numpy(np.arange(tables.shape[1] * bs)[None, :] < ctx[:, None])
             step.meta.decode_groups.append(
                 DecodeGroup(g, g + len(group), self._tensor(tables), mask.to(self.device))
             )
-        for s, n in ((s, n) for s, n in scheduled if n > 1):
-            c, start = s.num_computed_tokens, len(step.ids)
+        for s in (s for s in batch if len(s.tokens) > 1):
+            c, n, start = s.num_computed_tokens, len(s.tokens), len(step.ids)
             table = np.asarray(s.block_table, dtype=np.int64)
             p = np.arange(c, c + n)
-            step.ids.extend(s.token_ids[c : c + n])
+            step.ids.extend(s.tokens)
             step.positions.append(p)
             step.slots.append(table[p // bs] * bs + p % bs)
             step.meta.prefills.append(PrefillChunk(start, start + n, c, self._tensor(table)))
-            if c + n == len(s):
+            if s.samples:
                 step.sample_idx.append(start + n - 1)
-                step.sampling.append(s)
+                step.sampled.append(s.index)
         step.meta.slot_mapping = self._tensor(np.concatenate(step.slots))
         return step
 
@@ -166,8 +179,8 @@ def follow(config: EngineConfig, rank: int, port: int, pipe: Connection) -> None
     parallel.watch_parent()
     runner = ModelRunner(config, rank, port)
     try:
-        while (scheduled := pipe.recv()) is not None:
-            runner._forward(runner._prepare(scheduled))
+        while (batch := pipe.recv()) is not None:
+            runner._forward(runner._prepare(batch))
     except EOFError:
         pass
     finally:

@@ -15,7 +15,6 @@ import logging
 import os
 import socket
 import threading
-from dataclasses import dataclass
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
 from typing import Any
@@ -171,18 +170,6 @@ def shard_state_dict(state: dict[str, torch.Tensor], nh: int, nkv: int, hd: int)
         else:  # norms and row-parallel biases are replicated
             out[name] = t
     return out
-
-
-@dataclass
-class StepSeq:
-    """What a follower needs of one scheduled sequence to rebuild the step's inputs exactly as rank 0 did."""
-
-    token_ids: list[int]
-    num_computed_tokens: int
-    block_table: list[int]
-
-    def __len__(self) -> int:
-        return len(self.token_ids)
 
 
 class Followers:
