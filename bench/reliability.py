@@ -76,7 +76,9 @@ def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     }
     reconciled = [reason for values in module_values("RECONCILED") for reason in values]
     faults = properties(tests, "fault")
-    fault_tests = {n: t for n, t in tests.items() if FAULTS in n}
+    fault_tests = {
+        n: t for n, t in tests.items() if FAULTS in n and not {"impossible", "fuzzed"} & set(n.split("_"))
+    }
     overload = properties(tests, "overload")
     kv = properties(tests, "kv_exhaustion")
     access = properties(tests, "access")
@@ -90,10 +92,15 @@ def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
             "injected": len(fault_tests),
             "survived": sum(t["outcome"] == "passed" for t in fault_tests.values()),
             "details": faults,
-            "fuzzed_specs_reconciled": len(reconciled),
-            "their_ready_reasons": {r: reconciled.count(r) for r in sorted(set(reconciled))},
         },
-        "bad_input": bad_input,
+        "bad_input": {
+            **bad_input,
+            "operator": {
+                "impossible_specs": properties(tests, "operator_bad_input"),
+                "fuzzed_valid_specs_reconciled": len(reconciled),
+                "their_ready_reasons": {r: reconciled.count(r) for r in sorted(set(reconciled))},
+            },
+        },
         "least_privilege": access,
         "requests": {
             "sent": sent,

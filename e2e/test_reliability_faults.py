@@ -167,7 +167,9 @@ def test_impossible_specs_get_a_condition_and_no_children(
         assert service.condition(service.get_service(stack, namespace, name), "Ready")["status"] == "False"
     time.sleep(3)  # a few operator intervals: still nothing half-built
     assert children(stack, namespace) == {k: [] for k in children(stack, namespace)}
-    record_property("fault", {"name": "impossible specs", "invalid_reason": invalid["reason"], "children": 0})
+    record_property(
+        "operator_bad_input", {"specs": 2, "flagged": [invalid["reason"], limited["reason"]], "children": 0}
+    )
 
 
 FUZZ = settings(
