@@ -12,6 +12,7 @@ import zlib
 from typing import Any
 
 from controllers import builders, naming
+from controllers import status as wire
 from controllers.kube import KubeClient
 from controllers.runtime import ServiceRecord
 from policies.types import Candidate
@@ -80,8 +81,10 @@ def status_due(record: ServiceRecord, status: dict[str, Any], now: float) -> boo
 async def write_status(
     kube: KubeClient, record: ServiceRecord, status: dict[str, Any], now: float, force: bool = False
 ) -> bool:
+    """Patch status when due, with the scaler's windows as of now (built only then: they are the costly part)."""
     if not force and not status_due(record, status, now):
         return False
+    status = {**status, "scaler": wire.scaler_status(record.state)}
     await kube.patch_status("InferenceService", record.namespace, record.name, status)
     record.status = status
     record.status_written_at = now

@@ -62,7 +62,10 @@ def infeasible_conditions(result: PlanResult) -> list[Cond]:
 def compose(
     record: ServiceRecord, updates: list[Cond], now: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The full status to write: earlier fields kept, conditions merged, this generation observed."""
+    """The full status to write: earlier fields kept, conditions merged, this generation observed.
+
+    The scaler's windows are added by `actuate.write_status`, only when a write is due.
+    """
     kept = ("observed", "plan", "lastDecision", "calibration", "scaler", "replicas")
     out = {k: v for k, v in record.status.items() if k in kept}
     out["observedGeneration"] = record.generation
@@ -72,7 +75,6 @@ def compose(
     if record.plan is not None:
         out["plan"] = status.plan_status(record.plan)
     out["calibration"] = status.calibration_status(record.state, now)
-    out["scaler"] = status.scaler_status(record.state)
     if extra:
         out.update(extra)
     return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -71,8 +72,9 @@ def histogram_quantiles(
     first = b_in == 0
     start = np.where(first, 0.0, bounds[previous])
     below = np.where(first, 0.0, counts[previous])
-    with np.errstate(invalid="ignore", divide="ignore"):
-        value = start + (bounds[b_in] - start) * ((rank - below) / (counts[b_in] - below))
+    width = counts[b_in] - below  # 0 only for rank 0 in an empty first bucket: 0/0, NaN as Prometheus
+    ratio = np.divide(rank - below, width, out=np.full(rank.shape, math.nan), where=width > 0)
+    value = start + (bounds[b_in] - start) * ratio
     value = np.where(first & (bounds[0] <= 0), bounds[0], value)
     out[inside] = np.where(last, bounds[-2], value)
     return out
@@ -81,6 +83,16 @@ def histogram_quantiles(
 def histogram_quantile(q: float, upper_bounds: np.ndarray, cumulative_counts: np.ndarray) -> float:
     """One quantile; see `histogram_quantiles`."""
     return float(histogram_quantiles(np.array([q]), upper_bounds, cumulative_counts)[0])
+
+
+@lru_cache(maxsize=256)
+def _le_order(les: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Sorted bounds and the order that sorts them, per `le` label set: a fleet shares a few, so parse once."""
+    bounds = np.array([float(le) for le in les])
+    order = np.argsort(bounds, kind="stable")
+    bounds = bounds[order]
+    bounds.flags.writeable = False
+    return bounds, order
 
 
 @dataclass(frozen=True)
@@ -103,8 +115,8 @@ class Histogram:
     @classmethod
     def from_le(cls, by_le: Mapping[str, float]) -> Histogram:
         """From a PromQL result keyed by the `le` label ("0.5", "+Inf", ...)."""
-        items = sorted((float(le), float(v)) for le, v in by_le.items())
-        return cls(np.array([le for le, _ in items]), np.array([v for _, v in items]))
+        bounds, order = _le_order(tuple(by_le))
+        return cls(bounds, np.fromiter(by_le.values(), dtype=float, count=len(by_le))[order])
 
     @property
     def count(self) -> float:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import gc
 from typing import Any
 
 import pytest
 
-from controllers.prometheus import parse, queries
+from controllers.prometheus import PrometheusError, PrometheusReader, gc_paused, parse, queries
 from policies.observe import build_observation
 
 
@@ -71,3 +72,13 @@ def test_services_and_tiers_stay_apart_and_nan_is_missing() -> None:
     assert set(snapshot.services[("ns", "chat")]) == {"interactive", "batch"}
     assert snapshot.services[("ns", "summarize")]["interactive"].requests == 7.0
     assert ("ns", "broken") not in snapshot.services  # NaN is no data, not zero traffic
+
+
+def test_an_error_answer_raises_and_collection_resumes() -> None:
+    reader = PrometheusReader(url="http://prometheus", window_s=60, session=None)  # type: ignore[arg-type]
+    assert reader._rows(b'{"status": "success", "data": {"result": [{"metric": {}, "value": [1, "2"]}]}}')
+    for body in (b'{"status": "error", "error": "bad query"}', b"<html>proxy error</html>", b"[]"):
+        with pytest.raises(PrometheusError), gc_paused():
+            assert not gc.isenabled()
+            reader._rows(body)
+        assert gc.isenabled()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
-from controllers import conditions, reconcile, status
+from controllers import actuate, conditions, reconcile, status
 from controllers.conditions import Cond
 from controllers.planning import PlanCache
 from controllers.runtime import ServiceRecord
@@ -119,6 +120,14 @@ def test_scaler_windows_round_trip_exactly_through_status() -> None:
     assert status.state_from_status(wire) == state
 
 
+@dataclass
+class _RecordingKube:
+    written: dict[str, Any] = field(default_factory=dict)
+
+    async def patch_status(self, kind: str, namespace: str, name: str, body: dict[str, Any]) -> None:
+        self.written = body
+
+
 def test_a_restarted_operator_keeps_the_stabilization_window() -> None:
     """Peak load, then quiet: the operator restarts mid-window and must not scale down before it ends."""
     spec = InferenceServiceSpec.model_validate(
@@ -147,8 +156,9 @@ def test_a_restarted_operator_keeps_the_stabilization_window() -> None:
     record = ServiceRecord(
         namespace="ns", name="svc", uid="u", generation=1, spec=spec, plan=peak, state=state
     )
-    stored = reconcile.compose(record, [], 30.0)
-    restarted = status.state_from_status(json.loads(json.dumps(stored)))  # as read back from the API server
+    kube = _RecordingKube()
+    assert asyncio.run(actuate.write_status(kube, record, reconcile.compose(record, [], 30.0), 30.0))
+    restarted = status.state_from_status(json.loads(json.dumps(kube.written)))  # as the API server keeps it
     quiet = 45.0
     assert step(peak, ScalerState(), quiet, 2.0).plan.replicas < peak.replicas  # forgetting would scale down
     decision = step(peak, restarted, quiet, 2.0)
