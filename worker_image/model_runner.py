@@ -80,6 +80,7 @@ class ModelRunner:
             if rank == 0:
                 port = parallel.free_port()
                 self.followers = parallel.Followers(follow, config, port)
+                self.followers.wait("started")  # their imports do not count against the rendezvous timeout
             self.device = parallel.init_group(rank, tp, port, config.device, config.distributed_timeout_s)
         self.model, self.tokenizer, self.model_config = load_model(
             config.model, config.dtype, str(self.device), config.max_model_len, config.seed
@@ -98,6 +99,8 @@ class ModelRunner:
         self.kv_cache = torch.zeros(shape, dtype=DTYPES[config.dtype], device=self.device)
         for i, layer in enumerate(self.model.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+        if self.followers is not None:
+            self.followers.wait("ready")  # however long they take to load, the first step will not time out
         self.sampler = Sampler(config.device, config.seed)
 
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], SamplerOutput | None]:
@@ -177,7 +180,9 @@ class ModelRunner:
 def follow(config: EngineConfig, rank: int, port: int, pipe: Connection) -> None:
     """A tensor-parallel rank other than 0: run every batch rank 0 sends until it sends None or goes away."""
     parallel.watch_parent()
+    pipe.send("started")
     runner = ModelRunner(config, rank, port)
+    pipe.send("ready")
     try:
         while (batch := pipe.recv()) is not None:
             runner._forward(runner._prepare(batch))

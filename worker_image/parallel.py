@@ -17,13 +17,19 @@ import socket
 import threading
 from datetime import timedelta
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from worker_image.config import EngineConfig
 
 log = logging.getLogger(__name__)
 _rank, _world = 0, 1
@@ -175,11 +181,11 @@ def shard_state_dict(state: dict[str, torch.Tensor], nh: int, nkv: int, hd: int)
 class Followers:
     """Rank 0's handle on ranks 1..N-1: spawn them, send them steps, watch them, and stop them."""
 
-    def __init__(self, target: Any, config: Any, port: int) -> None:
+    def __init__(self, target: Callable[..., None], config: EngineConfig, port: int) -> None:
         ctx = mp.get_context("spawn")
         self.failure: str | None = None
         self.pipes: list[Connection] = []
-        self.procs: list[Any] = []
+        self.procs: list[BaseProcess] = []
         for r in range(1, config.tensor_parallel_size):
             ours, theirs = ctx.Pipe()
             proc = ctx.Process(
@@ -203,15 +209,30 @@ class Followers:
             log.error("tensor-parallel rank lost: %s; stopping the other ranks", self.failure)
             self.kill()
 
+    def wait(self, what: str) -> None:
+        """Block until every follower reports `what`; one that dies first is an error naming it."""
+        for proc, pipe in zip(self.procs, self.pipes, strict=True):
+            try:
+                pipe.recv()
+            except EOFError:
+                proc.join(1.0)
+                raise RankFailedError(
+                    f"tensor-parallel rank lost: {proc.name} exited with code {proc.exitcode} before {what}"
+                ) from None
+
     def check(self) -> None:
         if self.failure is not None:
             raise RankFailedError(f"tensor-parallel rank lost: {self.failure}")
 
     def failed(self, exc: BaseException) -> RankFailedError:
-        """After a failed step: stop every rank and name the one that died first, if one did."""
+        """After a failed step: name the rank that died, if one did (the watchdog wakes at once), then stop
+        every rank."""
+        self._watchdog.join(timeout=1.0)
+        self._stopping = True
         self.kill()
-        self._watchdog.join(timeout=2.0)
-        return RankFailedError(f"tensor-parallel step failed ({self.failure or 'no rank exited'}): {exc}")
+        return RankFailedError(
+            f"tensor-parallel step failed ({self.failure or 'a rank stopped answering'}): {exc}"
+        )
 
     def send(self, message: object) -> None:
         self.check()
