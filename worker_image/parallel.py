@@ -84,7 +84,8 @@ def shard_range(total: int) -> tuple[int, int]:
 
 
 class ColumnParallelLinear(nn.Module):
-    """Each rank holds a slice of the output features; the output stays sharded (no communication)."""
+    """Each rank holds a slice of the output features; the output stays sharded (no communication).
+    Weights start uninitialized here and below: the loader assigns them, so construction costs nothing."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool) -> None:
         super().__init__()
