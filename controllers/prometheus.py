@@ -171,7 +171,9 @@ class PrometheusReader:
         bodies = await asyncio.gather(*(self._query(promql, time) for promql in texts))
         with gc_paused():
             results = {name: self._rows(body) for name, body in zip(names, bodies, strict=True)}
-            return parse(results, time, float(self.window_s))
+            snapshot = parse(results, time, float(self.window_s))
+            del results  # freed by reference counting while collection is off: none of it reaches the GC
+        return snapshot
 
     def _rows(self, body: bytes) -> list[dict[str, Any]]:
         try:

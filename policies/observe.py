@@ -234,6 +234,10 @@ def build_observation(
     present = {name: w for name, w in tiers.items() if not w.empty}
     if not present:
         return None
+    per_tier = {name: _observe_one(time, window_s, w, quantile) for name, w in present.items()}
+    if len(per_tier) == 1:  # one tier: its sums over tiers are its own values, so is the service's view
+        (only,) = per_tier.values()
+        return replace(only, per_tier=per_tier)
     parts = list(present.values())
     kv = [w.kv_cache_usage for w in parts if w.kv_cache_usage is not None]
     ready = [w.ready_replicas for w in parts if w.ready_replicas is not None]
@@ -248,6 +252,4 @@ def build_observation(
         kv_cache_usage=float(np.mean(kv)) if kv else None,
         ready_replicas=sum(ready) if ready else None,
     )
-    overall = _observe_one(time, window_s, total, quantile)
-    per_tier = {name: _observe_one(time, window_s, w, quantile) for name, w in present.items()}
-    return replace(overall, per_tier=per_tier)
+    return replace(_observe_one(time, window_s, total, quantile), per_tier=per_tier)
