@@ -179,9 +179,9 @@ def test_operator_identity_cannot_change_a_spec(
     path = (GROUP, VERSION, namespace, "inferenceservices", "tiny")
     edit = {"spec": {"scaling": {"maxReplicas": 1}}}
 
-    def refused() -> bool:  # the policy takes effect once the API server has loaded it
+    def refused() -> bool:  # effective once the API server has loaded the policy; a dry run changes nothing
         try:
-            custom.patch_namespaced_custom_object(*path, edit)
+            custom.patch_namespaced_custom_object(*path, edit, dry_run="All")
         except kubernetes.client.ApiException as error:
             assert error.status in (403, 422), error.body
             assert "may not change a spec" in error.body, error.body
@@ -189,6 +189,8 @@ def test_operator_identity_cannot_change_a_spec(
         return False
 
     procs.wait_until(refused, 30, "the spec guard to refuse a spec patch", interval=0.5)
+    with pytest.raises(kubernetes.client.ApiException):
+        custom.patch_namespaced_custom_object(*path, edit)
     custom.patch_namespaced_custom_object(*path, {"metadata": {"annotations": {"kopf.zalando.org/x": "1"}}})
     custom.patch_namespaced_custom_object_status(*path, {"status": {"replicas": 0}})
     policy = GROUP, VERSION, "slopolicies"
