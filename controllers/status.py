@@ -109,6 +109,17 @@ def calibration_status(state: ScalerState, now: float) -> dict[str, Any]:
     ).to_wire()
 
 
+def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], ...]:
+    """Each run of equal recommendations as its last point.
+
+    The autoscaler only takes the least and greatest recommendation newer than some time, and a run has a
+    point newer than t exactly when its last point is: a steady service keeps one point, not a window's worth.
+    """
+    return tuple(
+        p for p, after in zip(points, (*points[1:], None), strict=True) if after is None or after[1] != p[1]
+    )
+
+
 def scaler_status(state: ScalerState) -> dict[str, Any]:
     """The autoscaler's windows, exact (no rounding), so a restarted operator decides as this one would.
 
@@ -120,7 +131,8 @@ def scaler_status(state: ScalerState) -> dict[str, Any]:
 
     return ScalerStatus(
         recommendations=[
-            RecommendationPoint(time=t, replicas=r) for t, r in state.recommendations[-SCALER_WINDOW_ITEMS:]
+            RecommendationPoint(time=t, replicas=r)
+            for t, r in run_ends(state.recommendations)[-SCALER_WINDOW_ITEMS:]
         ],
         load_history=[LoadPoint(time=t, rps=r) for t, r in state.load_history[-SCALER_WINDOW_ITEMS:]],
         prompt_tokens_nodes=nodes(state.prompt_tokens_nodes),
