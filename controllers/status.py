@@ -115,9 +115,8 @@ def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], 
     The autoscaler only takes the least and greatest recommendation newer than some time, and a run has a
     point newer than t exactly when its last point is: a steady service keeps one point, not a window's worth.
     """
-    return tuple(
-        p for p, after in zip(points, (*points[1:], None), strict=True) if after is None or after[1] != p[1]
-    )
+    last = len(points) - 1
+    return tuple(p for i, p in enumerate(points) if i == last or points[i + 1][1] != p[1])
 
 
 def scaler_status(state: ScalerState) -> dict[str, Any]:

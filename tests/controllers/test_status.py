@@ -124,6 +124,7 @@ def test_runs_of_equal_recommendations_keep_their_last_point() -> None:
     recs = ((0.0, 3), (15.0, 3), (30.0, 5), (45.0, 3), (60.0, 3), (75.0, 3))
     stored = status.state_from_status({"scaler": status.scaler_status(ScalerState(recommendations=recs))})
     assert stored.recommendations == ((15.0, 3), (30.0, 5), (75.0, 3))
+    assert status.run_ends(()) == ()
     for since in (-1.0, 10.0, 20.0, 35.0, 70.0):  # what the stabilization windows read: values newer than t
         assert {r for t, r in stored.recommendations if t > since} == {r for t, r in recs if t > since}
 
