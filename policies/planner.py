@@ -466,8 +466,12 @@ def required_replicas(
     tensor_parallel: int,
     ttft_factor: float = 1.0,
     tpot_factor: float = 1.0,
+    fixed: tuple[TierConfig, ...] | None = None,
 ) -> Candidate:
-    """Re-size a fixed accelerator and TP for a new load: the cheap path for each autoscaling interval."""
+    """Re-size a fixed accelerator and TP for a new load: the cheap path for each autoscaling interval.
+
+    With `fixed` tiers, their max batch and windows are kept too and only their replicas change.
+    """
     pool = next(p for p in spec.accelerators if p.type == accelerator_type)
     profile = profile_for(spec.model)
     tokens = TokenStats.from_samples(load.prompt_tokens, load.output_tokens)
@@ -482,6 +486,7 @@ def required_replicas(
         Targets.of(spec.slo),
         ttft_factor,
         tpot_factor,
+        fixed=fixed,
     )
 
 
@@ -540,18 +545,12 @@ def replicas_for(
 ) -> Candidate:
     """Re-size a running plan for a new load, keeping its accelerator, TP, max batch and windows: only the
     replicas of each tier change, so the autoscaler can scale without a rollout."""
-    pool = next(p for p in spec.accelerators if p.type == candidate.accelerator)
-    profile = profile_for(spec.model)
-    tokens = TokenStats.from_samples(load.prompt_tokens, load.output_tokens)
-    return evaluate(
+    return required_replicas(
         spec,
         load,
         policy,
-        pool,
+        candidate.accelerator,
         candidate.tensor_parallel,
-        profile,
-        tokens,
-        Targets.of(spec.slo),
         ttft_factor,
         tpot_factor,
         fixed=candidate.tiers,
