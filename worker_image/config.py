@@ -26,7 +26,7 @@ class EngineConfig:
     max_model_len: int = 2048
     block_size: int = 16
     num_kv_blocks: int | None = None
-    kv_cache_memory_mb: int = 512
+    kv_cache_memory_mb: int = 512  # KV pool size on CPU (on CUDA it is sized from free memory)
     enable_prefix_caching: bool = True
     batch_window_ms: float = 0.0
     max_waiting: int = 256
@@ -34,6 +34,11 @@ class EngineConfig:
     tensor_parallel_size: int = 1
     distributed_timeout_s: float = 60.0  # a collective waiting longer than this means a rank is lost
     cpu_threads: int | None = None  # torch threads on CPU; None: torch's default capped at the CPU quota
+    attention_backend: str = (
+        "auto"  # decode attention: auto (triton on CUDA, reference on CPU) | reference | triton
+    )
+    enforce_eager: bool = False  # on CUDA, never replay captured CUDA graphs for decode steps
+    gpu_memory_utilization: float = 0.9  # on CUDA without num_kv_blocks: share of the GPU's memory to fill
 
     def __post_init__(self) -> None:
         def bad(field: str, why: str) -> ValueError:
@@ -60,6 +65,14 @@ class EngineConfig:
             raise bad("cpu_threads", "must be >= 1 or unset")
         if self.tensor_parallel_size not in (1, 2, 4, 8):
             raise bad("tensor_parallel_size", "must be 1, 2, 4 or 8")
+        from worker_image.attention import resolve_backend  # torch loads only when an engine is configured
+
+        try:
+            resolve_backend(self.attention_backend, self.device)
+        except ValueError as exc:
+            raise bad("attention_backend", str(exc)) from None
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise bad("gpu_memory_utilization", "must be in (0, 1]")
         if self.distributed_timeout_s <= 0:
             raise bad("distributed_timeout_s", "must be > 0")
         for what, n in _head_counts(self.model).items():

@@ -1,8 +1,8 @@
 """A Llama-family decoder (Llama, Qwen2, Qwen3) over a flattened batch of tokens and a paged KV cache.
 
 All sequences of a step are concatenated into one token dimension, so every linear layer runs once per
-step. Attention is the only per-sequence part: decode tokens are grouped and attend to K/V gathered from
-the block pool through padded block tables; prompt chunks run causal attention one sequence at a time.
+step. Attention is the only per-sequence part (attention.py): decode tokens are grouped and attend to the
+block pool through padded block tables; prompt chunks run causal attention one sequence at a time.
 Numerics follow Hugging Face's implementations so greedy outputs match token for token in float32.
 """
 
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker_image import parallel
+from worker_image import attention, parallel
 from worker_image.parallel import (
     ColumnParallelLinear,
     ParallelLMHead,
@@ -76,12 +76,12 @@ class ModelConfig:
 
 @dataclass
 class DecodeGroup:
-    """Decode tokens [start, end) of the flat batch, one per sequence, sharing one padded gather."""
+    """Decode tokens [start, end) of the flat batch, one per sequence, attended in one backend call."""
 
     start: int
     end: int
-    block_tables: torch.Tensor  # [B, max_blocks] int64
-    mask: torch.Tensor  # [B, max_blocks * block_size] bool, True for slots inside the context
+    block_tables: torch.Tensor  # [B, max_blocks] int64, padded with any valid block id
+    context_lens: torch.Tensor  # [B] int64: tokens in each sequence's context, this one included
 
 
 @dataclass
@@ -159,6 +159,7 @@ class Attention(nn.Module):
         self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps) if cfg.qk_norm else None
         self.scale = self.hd**-0.5
         self.k_cache = self.v_cache = torch.empty(0)  # [kv_heads, num_blocks, block_size, head_dim]
+        self.decode: attention.DecodeFn = attention.reference_decode  # the runner sets its backend
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttnMetadata):
         t, nqk = x.shape[0], self.nh + self.nkv
@@ -174,51 +175,15 @@ class Attention(nn.Module):
         kc, vc = self.k_cache, self.v_cache
         kc.view(self.nkv, -1, self.hd).index_copy_(1, meta.slot_mapping, k.transpose(0, 1))
         vc.view(self.nkv, -1, self.hd).index_copy_(1, meta.slot_mapping, v.transpose(0, 1))
-        out = torch.empty(t, self.nh * self.hd, dtype=x.dtype, device=x.device)
+        out = torch.empty(t, self.nh, self.hd, dtype=x.dtype, device=x.device)
         for g in meta.decode_groups:
-            out[g.start : g.end] = self._decode(q[g.start : g.end], g)
+            out[g.start : g.end] = self.decode(
+                q[g.start : g.end], kc, vc, g.block_tables, g.context_lens, self.scale
+            )
         for p in meta.prefills:
-            out[p.start : p.end] = self._prefill(
-                q[p.start : p.end], k[p.start : p.end], v[p.start : p.end], p
-            )
-        return self.o_proj(out)
-
-    def _gather(self, cache: torch.Tensor, block_ids: torch.Tensor) -> torch.Tensor:
-        """[kv_heads, len(block_ids) * block_size, head_dim]: whole blocks copied row by row."""
-        kv, num_blocks, bs, hd = cache.shape
-        return cache.view(kv, num_blocks, bs * hd).index_select(1, block_ids).view(kv, -1, hd)
-
-    def _decode(self, q: torch.Tensor, g: DecodeGroup) -> torch.Tensor:
-        b = q.shape[0]
-        keys = self._gather(self.k_cache, g.block_tables.flatten()).view(self.nkv, b, -1, self.hd)
-        values = self._gather(self.v_cache, g.block_tables.flatten()).view(self.nkv, b, -1, self.hd)
-        o = F.scaled_dot_product_attention(
-            q.unsqueeze(2),  # [B, heads, 1, D]
-            keys.transpose(0, 1),
-            values.transpose(0, 1),
-            attn_mask=g.mask[:, None, None, :],
-            scale=self.scale,
-            enable_gqa=True,
-        )
-        return o.view(b, self.nh * self.hd)
-
-    def _prefill(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, p: PrefillChunk) -> torch.Tensor:
-        n = q.shape[0]
-        q = q.transpose(0, 1)
-        if p.context == 0:
-            o = F.scaled_dot_product_attention(
-                q, k.transpose(0, 1), v.transpose(0, 1), is_causal=True, scale=self.scale, enable_gqa=True
-            )
-        else:
-            total = p.context + n
-            keys = self._gather(self.k_cache, p.block_table)[:, :total]
-            values = self._gather(self.v_cache, p.block_table)[:, :total]
-            q_pos = torch.arange(p.context, total, device=q.device)
-            mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]
-            o = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, scale=self.scale, enable_gqa=True
-            )
-        return o.transpose(0, 1).reshape(n, self.nh * self.hd)
+            s = slice(p.start, p.end)
+            out[s] = attention.prefill(q[s], k[s], v[s], kc, vc, p.context, p.block_table, self.scale)
+        return self.o_proj(out.view(t, self.nh * self.hd))
 
 
 class MLP(nn.Module):

@@ -10,14 +10,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker_image import parallel
+from worker_image import attention, parallel
 from worker_image.config import EngineConfig
+from worker_image.cuda_graphs import DecodeGraphs
 from worker_image.loader import DTYPES, load_model
 from worker_image.model import AttnMetadata, DecodeGroup, PrefillChunk
 from worker_image.sampler import Sampler, SamplerOutput
 from worker_image.sequence import Sequence
+from worker_image.transfer import to_device
 
-DECODE_GROUP_SIZE = 16  # decodes sorted by length and gathered in groups, so padding stays small
+DECODE_GROUP_SIZE = 16  # reference decodes sorted by length and gathered in groups, so padding stays small
 
 
 def cpu_quota() -> int:
@@ -47,15 +49,43 @@ class ScheduledSeq:
 
 
 @dataclass
-class StepInputs:
+class DecodeRows:
+    """Decode tokens [start, start + len(context_lens)) of the flat batch, attended in one backend call."""
+
+    start: int
+    block_tables: np.ndarray  # [B, max_blocks]
+    context_lens: np.ndarray  # [B]
+
+
+@dataclass
+class PrefillRows:
+    start: int
+    end: int
+    context: int
+    block_table: np.ndarray
+
+
+@dataclass
+class StepPlan:
+    """One step's inputs on the host; uploaded in one place so the host never waits for the GPU."""
+
     ids: list[int] = field(default_factory=list)
     positions: list[np.ndarray] = field(default_factory=list)
     slots: list[np.ndarray] = field(default_factory=list)
-    meta: AttnMetadata = field(
-        default_factory=lambda: AttnMetadata(slot_mapping=torch.empty(0, dtype=torch.long))
-    )
+    decodes: list[DecodeRows] = field(default_factory=list)
+    prefills: list[PrefillRows] = field(default_factory=list)
     sample_idx: list[int] = field(default_factory=list)  # rows of the flat batch whose logits are sampled
     sampled: list[int] = field(default_factory=list)  # scheduled-batch index of each sampled row
+    graph: bool = False  # decode only and small enough for a captured CUDA graph
+
+
+def kv_cache_blocks(
+    total: int, free: int, peak: int, current: int, utilization: float, bytes_per_block: int
+) -> int:
+    """KV blocks that fit in `utilization` of the device's memory after what is in use now (weights, the
+    CUDA context, other processes) and the warm-up's activation peak above the current allocation."""
+    budget = total * utilization - (total - free) - (peak - current)
+    return max(0, int(budget // bytes_per_block))
 
 
 class ModelRunner:
@@ -65,9 +95,13 @@ class ModelRunner:
     def __init__(self, config: EngineConfig, rank: int = 0, port: int = 0) -> None:
         self.config = config
         self.device = torch.device(config.device)
+        self.backend = attention.resolve_backend(config.attention_backend, config.device)
         self.followers: parallel.Followers | None = None
+        self.graphs: DecodeGraphs | None = None
         if self.device.type == "cpu":
             torch.set_num_threads(config.cpu_threads or min(torch.get_num_threads(), cpu_quota()))
+        elif config.tensor_parallel_size == 1:
+            torch.cuda.set_device(self.device)
         try:
             self._load(rank, port)
         except BaseException:
@@ -85,23 +119,75 @@ class ModelRunner:
         self.model, self.tokenizer, self.model_config = load_model(
             config.model, config.dtype, str(self.device), config.max_model_len, config.seed
         )
-        mc, bs = self.model_config, config.block_size
-        kv_heads = mc.num_kv_heads // tp
-        bytes_per_block = 2 * mc.num_layers * kv_heads * bs * mc.head_dim * DTYPES[config.dtype].itemsize
-        self.num_blocks = config.num_kv_blocks or config.kv_cache_memory_mb * 2**20 // bytes_per_block
-        if self.num_blocks * bs < config.max_model_len:
-            raise ValueError(
-                f"invalid engine config: num_kv_blocks={self.num_blocks} (kv_cache_memory_mb="
-                f"{config.kv_cache_memory_mb}) holds {self.num_blocks * bs} tokens, fewer than "
-                f"max_model_len={config.max_model_len}"
+        decode = attention.decode_fn(self.backend)
+        for layer in self.model.model.layers:
+            layer.self_attn.decode = decode
+        self.num_blocks = self._count_blocks()
+        self._allocate_kv(self.num_blocks + 1)  # the last block is the sink of CUDA graphs' padding rows
+        if self.device.type == "cuda" and not config.enforce_eager:
+            self.graphs = DecodeGraphs(
+                self.model,
+                config.max_num_seqs,
+                config.max_model_len,
+                config.block_size,
+                self.num_blocks,
+                self.device,
+                capture=True,
             )
-        shape = (2, mc.num_layers, kv_heads, self.num_blocks, bs, mc.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=DTYPES[config.dtype], device=self.device)
-        for i, layer in enumerate(self.model.model.layers):
-            layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
         if self.followers is not None:
             self.followers.wait("ready")  # however long they take to load, the first step will not time out
-        self.sampler = Sampler(config.device, config.seed)
+        self.sampler = Sampler(str(self.device), config.seed)
+
+    def _allocate_kv(self, num_blocks: int) -> None:
+        mc, tp = self.model_config, self.config.tensor_parallel_size
+        shape = (2, mc.num_layers, mc.num_kv_heads // tp, num_blocks, self.config.block_size, mc.head_dim)
+        self.kv_cache = torch.zeros(shape, dtype=DTYPES[self.config.dtype], device=self.device)
+        for i, layer in enumerate(self.model.model.layers):
+            layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
+
+    def _count_blocks(self) -> int:
+        """The configured count; else, on a GPU, what free memory holds after a warm-up forward pass (the
+        same on every rank: their minimum); else kv_cache_memory_mb's worth."""
+        config, mc, bs = self.config, self.model_config, self.config.block_size
+        kv_heads = mc.num_kv_heads // config.tensor_parallel_size
+        bytes_per_block = 2 * mc.num_layers * kv_heads * bs * mc.head_dim * DTYPES[config.dtype].itemsize
+        if config.num_kv_blocks:
+            n, source = config.num_kv_blocks, "num_kv_blocks"
+        elif self.device.type == "cuda":
+            self._warm_up()
+            free, total = torch.cuda.mem_get_info(self.device)
+            stats = torch.cuda.memory_stats(self.device)
+            peak, current = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.current"]
+            n = kv_cache_blocks(total, free, peak, current, config.gpu_memory_utilization, bytes_per_block)
+            n = parallel.min_over_ranks(max(0, n - 1), self.device)  # one block is the graphs' sink
+            source = f"gpu_memory_utilization={config.gpu_memory_utilization}"
+        else:
+            n = config.kv_cache_memory_mb * 2**20 // bytes_per_block
+            source = f"kv_cache_memory_mb={config.kv_cache_memory_mb}"
+        if n * bs < config.max_model_len:
+            raise ValueError(
+                f"invalid engine config: num_kv_blocks={n} ({source}) holds {n * bs} tokens, "
+                f"fewer than max_model_len={config.max_model_len}"
+            )
+        return n
+
+    def _warm_up(self) -> None:
+        """A full-budget prefill with every sequence sampled, on a scratch cache, so the memory peak of
+        activations and logits is known before the KV pool takes the rest."""
+        config, bs = self.config, self.config.block_size
+        seqs = min(config.max_num_seqs, config.max_num_batched_tokens)
+        length = min(config.max_num_batched_tokens // seqs, config.max_model_len)
+        per_seq = -(-length // bs)
+        self._allocate_kv(seqs * per_seq)
+        batch = [
+            ScheduledSeq(i, [0] * length, 0, list(range(i * per_seq, (i + 1) * per_seq)), True)
+            for i in range(seqs)
+        ]
+        torch.cuda.reset_peak_memory_stats(self.device)
+        self._forward(self._prepare(batch))
+        torch.cuda.synchronize(self.device)
+        self._allocate_kv(0)
+        torch.cuda.empty_cache()
 
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], SamplerOutput | None]:
         """One forward pass; returns the sequences that reached their end (and so sample) and their tokens."""
@@ -123,12 +209,34 @@ class ModelRunner:
         return sampling, self.sampler(logits, sampling)
 
     @torch.inference_mode()
-    def _forward(self, step: StepInputs) -> torch.Tensor | None:
-        """Logits of the sampled rows (on rank 0; None elsewhere or when no row samples)."""
-        hidden = self.model(self._tensor(step.ids), self._tensor(np.concatenate(step.positions)), step.meta)
-        if not step.sample_idx:
+    def _forward(self, step: StepPlan) -> torch.Tensor | None:
+        """Logits of the sampled rows (on rank 0; None elsewhere or when no row samples). Only uploads:
+        nothing here waits for the device."""
+        sample_idx = self._tensor(step.sample_idx) if step.sample_idx else None
+        if step.graph and self.graphs is not None:
+            (d,) = step.decodes
+            hidden = self.graphs.run(np.asarray(step.ids), step.positions[0], step.slots[0], d.block_tables)
+        else:
+            meta = AttnMetadata(
+                slot_mapping=self._tensor(np.concatenate(step.slots)),
+                decode_groups=[
+                    DecodeGroup(
+                        d.start,
+                        d.start + len(d.context_lens),
+                        self._tensor(d.block_tables),
+                        self._tensor(d.context_lens),
+                    )
+                    for d in step.decodes
+                ],
+                prefills=[
+                    PrefillChunk(p.start, p.end, p.context, self._tensor(p.block_table))
+                    for p in step.prefills
+                ],
+            )
+            hidden = self.model(self._tensor(step.ids), self._tensor(np.concatenate(step.positions)), meta)
+        if sample_idx is None:
             return None
-        return self.model.logits(hidden[self._tensor(np.array(step.sample_idx))])
+        return self.model.logits(hidden[sample_idx])
 
     def close(self) -> None:
         """Stop the other tensor-parallel ranks and leave the process group; safe to call twice."""
@@ -138,12 +246,19 @@ class ModelRunner:
         if self.config.tensor_parallel_size > 1:
             parallel.destroy_group()
 
-    def _prepare(self, batch: list[ScheduledSeq]) -> StepInputs:
-        """Flatten the batch: single-token sequences first, in length-sorted decode groups, then chunks."""
-        bs, step = self.config.block_size, StepInputs()
+    def _prepare(self, batch: list[ScheduledSeq]) -> StepPlan:
+        """Flatten the batch: single-token sequences first, in length-sorted decode groups, then chunks.
+        The reference backend gathers each group's blocks, so its groups are small to limit padding; the
+        Triton kernel and CUDA graphs take all decodes in one group."""
+        bs, step = self.config.block_size, StepPlan()
         decodes = sorted((s for s in batch if len(s.tokens) == 1), key=lambda s: s.num_computed_tokens)
-        for g in range(0, len(decodes), DECODE_GROUP_SIZE):
-            group = decodes[g : g + DECODE_GROUP_SIZE]
+        step.graph = (
+            self.graphs is not None and len(decodes) == len(batch) and len(decodes) <= self.graphs.max_batch
+        )
+        one_group = step.graph or self.backend != "reference"
+        group_size = max(1, len(decodes)) if one_group else DECODE_GROUP_SIZE
+        for g in range(0, len(decodes), group_size):
+            group = decodes[g : g + group_size]
             ctx = np.array([s.num_computed_tokens + 1 for s in group])
             tables = np.zeros((len(group), -(-int(ctx.max()) // bs)), dtype=np.int64)
             for row, s in enumerate(group):
@@ -155,10 +270,7 @@ class ModelRunner:
                     step.sampled.append(s.index)
             step.positions.append(ctx - 1)
             step.slots.append(tables[np.arange(len(group)), (ctx - 1) // bs] * bs + (ctx - 1) % bs)
-            mask = torch.from_numpy(np.arange(tables.shape[1] * bs)[None, :] < ctx[:, None])
-            step.meta.decode_groups.append(
-                DecodeGroup(g, g + len(group), self._tensor(tables), mask.to(self.device))
-            )
+            step.decodes.append(DecodeRows(g, tables, ctx))
         for s in (s for s in batch if len(s.tokens) > 1):
             c, n, start = s.num_computed_tokens, len(s.tokens), len(step.ids)
             table = np.asarray(s.block_table, dtype=np.int64)
@@ -166,15 +278,14 @@ class ModelRunner:
             step.ids.extend(s.tokens)
             step.positions.append(p)
             step.slots.append(table[p // bs] * bs + p % bs)
-            step.meta.prefills.append(PrefillChunk(start, start + n, c, self._tensor(table)))
+            step.prefills.append(PrefillRows(start, start + n, c, table))
             if s.samples:
                 step.sample_idx.append(start + n - 1)
                 step.sampled.append(s.index)
-        step.meta.slot_mapping = self._tensor(np.concatenate(step.slots))
         return step
 
     def _tensor(self, a: np.ndarray | list[int]) -> torch.Tensor:
-        return torch.as_tensor(np.asarray(a, dtype=np.int64), device=self.device)
+        return to_device(np.asarray(a, dtype=np.int64), self.device)
 
 
 def follow(config: EngineConfig, rank: int, port: int, pipe: Connection) -> None:

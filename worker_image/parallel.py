@@ -48,10 +48,17 @@ def world_size() -> int:
 
 
 def init_group(rank_: int, world: int, port: int, device: str, timeout_s: float) -> torch.device:
-    """Join the process group (gloo on CPU, NCCL on CUDA); returns this rank's device."""
+    """Join the process group (gloo on CPU, NCCL on CUDA); returns this rank's device: on CUDA the GPU
+    `rank_` places after the configured one (cuda:N), so ranks never share a GPU."""
     global _rank, _world
-    dev = torch.device(f"cuda:{rank_}" if device.startswith("cuda") else "cpu")
-    if dev.type == "cuda":
+    dev = torch.device("cpu")
+    if device.startswith("cuda"):
+        dev = torch.device("cuda", (torch.device(device).index or 0) + rank_)
+        if dev.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"invalid engine config: tensor_parallel_size={world} on {device}: rank {rank_} needs "
+                f"{dev}, but only {torch.cuda.device_count()} GPUs are visible"
+            )
         torch.cuda.set_device(dev)
     dist.init_process_group(
         "nccl" if dev.type == "cuda" else "gloo",
@@ -62,6 +69,15 @@ def init_group(rank_: int, world: int, port: int, device: str, timeout_s: float)
     )
     _rank, _world = rank_, world
     return dev
+
+
+def min_over_ranks(value: int, device: torch.device) -> int:
+    """The smallest of every rank's value, so sizes measured per rank (free memory) agree."""
+    if _world == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.int64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return int(t.item())
 
 
 def destroy_group() -> None:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 
 from worker_image.sequence import Sequence
+from worker_image.transfer import to_device
 
 
 @dataclass
@@ -28,16 +29,17 @@ class Sampler:
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
         params = [s.params for s in seqs]
-        greedy = torch.tensor([p.greedy for p in params], device=logits.device)
+        dev = logits.device
         tokens = logits.argmax(dim=-1)
-        if not bool(greedy.all()):
+        if not all(p.greedy for p in params):
+            greedy = to_device([p.greedy for p in params], dev, torch.bool)
             tokens = torch.where(greedy, tokens, self._sample(logits, seqs))
-        token_list = tokens.tolist()
+        token_list = tokens.tolist()  # the step's one wait for the device
         lps: list[float | None] = [None] * len(seqs)
         tops: list[list[tuple[int, float]] | None] = [None] * len(seqs)
         want = [i for i, p in enumerate(params) if p.logprobs is not None]
         if want:
-            rows = torch.tensor(want, device=logits.device)
+            rows = to_device(want, dev)
             logp = torch.log_softmax(logits[rows], dim=-1)
             chosen = logp.gather(1, tokens[rows].unsqueeze(1)).squeeze(1).tolist()
             k = max(params[i].logprobs or 0 for i in want)
@@ -52,15 +54,15 @@ class Sampler:
     def _sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         params = [s.params for s in seqs]
         dev, vocab = logits.device, logits.shape[-1]
-        temps = torch.tensor([p.temperature if not p.greedy else 1.0 for p in params], device=dev)
+        temps = to_device([p.temperature if not p.greedy else 1.0 for p in params], dev, torch.float32)
         logits = logits / temps.unsqueeze(1)
         top_k = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
         if min(top_k) < vocab:
             kth = logits.topk(max(top_k), dim=-1).values
-            ks = torch.tensor(top_k, device=dev).clamp(max=kth.shape[1]) - 1
+            ks = to_device(top_k, dev).clamp(max=kth.shape[1]) - 1
             logits = logits.masked_fill(logits < kth.gather(1, ks.unsqueeze(1)), float("-inf"))
         if any(p.top_p < 1.0 for p in params):
-            top_p = torch.tensor([p.top_p for p in params], device=dev).unsqueeze(1)
+            top_p = to_device([p.top_p for p in params], dev, torch.float32).unsqueeze(1)
             sorted_logits, order = logits.sort(dim=-1, descending=True)
             probs = torch.softmax(sorted_logits, dim=-1)
             drop = (probs.cumsum(dim=-1) - probs) > top_p  # always keeps the most likely token
@@ -69,7 +71,7 @@ class Sampler:
         noise = torch.empty_like(probs)
         unseeded = [i for i, s in enumerate(seqs) if s.generator is None]
         if unseeded:
-            noise[unseeded] = torch.empty(len(unseeded), vocab, device=dev).exponential_(
+            noise[to_device(unseeded, dev)] = torch.empty(len(unseeded), vocab, device=dev).exponential_(
                 generator=self.generator
             )
         for i, s in enumerate(seqs):
