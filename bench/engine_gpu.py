@@ -1,0 +1,298 @@
+"""GPU throughput of the worker engine beside Hugging Face transformers, and its batch-1 TPOT against the
+HBM roofline, in one run.
+
+Workload as nano-vllm's benchmark: 256 sequences of random token ids, prompt and output lengths uniform
+in [100, 1024], EOS ignored, greedy; the `qwen2.5-0.5b` preset (random weights) in bfloat16. Measured in
+turn, each system alone on the GPU: (a) our engine, (b) transformers continuous batching (its
+`generate_batch` machinery with paged SDPA and CUDA graphs, fed per-request output lengths), (c)
+transformers static `generate` in left-padded batches. Then batch-1 TPOT of ours and of transformers,
+against the roofline: the model's weight bytes over the device bandwidth, measured here by a large
+device-to-device copy.
+
+    python bench/engine_gpu.py --json bench/results/engine_gpu.json
+    python bench/engine_gpu.py --smoke --json /tmp/engine_gpu_smoke.json   # tiny, on CPU: the code path
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from worker_image import presets
+from worker_image.config import EngineConfig
+from worker_image.engine import LLMEngine
+from worker_image.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class Setup:
+    preset: str
+    dtype: str
+    device: str
+    requests: int
+    prompt_range: tuple[int, int]
+    output_range: tuple[int, int]
+    bs1_prompt: int
+    bs1_output: int
+    copy_bytes: int  # size of the buffer copied to measure bandwidth
+
+
+FULL = Setup("qwen2.5-0.5b", "bfloat16", "cuda", 256, (100, 1024), (100, 1024), 512, 256, 2 << 30)
+SMOKE = Setup("tiny", "float32", "cpu", 6, (8, 24), (4, 12), 16, 8, 16 << 20)
+
+
+@dataclass
+class Workload:
+    prompts: list[list[int]]
+    output_lens: list[int]
+
+
+def workload(s: Setup, seed: int) -> Workload:
+    rng = random.Random(seed)
+    low, vocab = presets.BYTE_TOKENS["pad_token_id"] + 1, presets.PRESETS[s.preset]["vocab_size"]
+    prompts = [
+        [rng.randrange(low, vocab) for _ in range(rng.randint(*s.prompt_range))] for _ in range(s.requests)
+    ]
+    return Workload(prompts, [rng.randint(*s.output_range) for _ in range(s.requests)])
+
+
+def synchronize(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def greedy(n: int) -> SamplingParams:
+    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+
+
+def copy_bandwidth(s: Setup, iters: int = 20) -> float:
+    """Bytes per second of a device-to-device copy (each byte read once and written once)."""
+    src = torch.empty(s.copy_bytes, dtype=torch.uint8, device=s.device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    synchronize(s.device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        dst.copy_(src)
+    synchronize(s.device)
+    elapsed = time.perf_counter() - start
+    del src, dst
+    free_memory()
+    return 2 * s.copy_bytes * iters / elapsed
+
+
+def run_ours(s: Setup, w: Workload, seed: int) -> tuple[dict, int]:
+    """Throughput on the workload and batch-1 TPOT; also the bytes of weights a decode step reads."""
+    config = EngineConfig(
+        model=f"random:{s.preset}",
+        dtype=s.dtype,
+        device=s.device,
+        max_num_seqs=256,
+        max_num_batched_tokens=16384,
+        max_model_len=max(s.prompt_range[1] + s.output_range[1], s.bs1_prompt + s.bs1_output),
+        num_kv_blocks=None if s.device.startswith("cuda") else 512,
+        seed=seed,
+    )
+    engine = LLMEngine(config)
+    weight_bytes = sum(p.numel() * p.element_size() for p in engine.runner.model.parameters())
+    engine.generate(w.prompts[:4], greedy(8))  # warm-up: Triton kernels compile here
+    synchronize(s.device)
+    start = time.perf_counter()
+    outputs = engine.generate(w.prompts, [greedy(n) for n in w.output_lens])
+    synchronize(s.device)
+    elapsed = time.perf_counter() - start
+    assert [len(o) for o in outputs] == w.output_lens
+    tokens = sum(w.output_lens)
+    result = {
+        "seconds": elapsed,
+        "output_tokens": tokens,
+        "output_tokens_per_s": tokens / elapsed,
+        "num_kv_blocks": engine.runner.num_blocks,
+        "attention_backend": engine.runner.backend,
+        "cuda_graphs": engine.runner.graphs is not None,
+        "preemptions": engine.stats().num_preemptions,
+        "tpot_bs1_ms": 1000 * bs1_tpot(engine, w.prompts[0][: s.bs1_prompt], s.bs1_output),
+    }
+    engine.close()
+    del engine
+    free_memory()
+    return result, weight_bytes
+
+
+def bs1_tpot(engine: LLMEngine, prompt: list[int], n: int) -> float:
+    """Seconds between consecutive output tokens of one request alone (first token excluded)."""
+    engine.add_request("bs1", prompt, greedy(n))
+    times = []
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            times.extend(time.perf_counter() for _ in out.new_token_ids)
+    return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def hf_model(s: Setup, seed: int) -> torch.nn.Module:
+    import transformers
+
+    config = presets.preset_config(s.preset)
+    cls = transformers.Qwen2ForCausalLM if config["model_type"] == "qwen2" else transformers.LlamaForCausalLM
+    config_cls = transformers.Qwen2Config if config["model_type"] == "qwen2" else transformers.LlamaConfig
+    model = cls(config_cls(**config, attn_implementation="sdpa"))
+    missing, unexpected = model.load_state_dict(presets.random_weights(config, seed), strict=False)
+    assert not unexpected and set(missing) <= {"lm_head.weight"}, (missing, unexpected)  # tied embeddings
+    model.tie_weights()
+    model.generation_config.eos_token_id = None
+    model.generation_config.pad_token_id = presets.BYTE_TOKENS["pad_token_id"]
+    return model.to(device=s.device, dtype=getattr(torch, s.dtype)).eval()
+
+
+def run_hf_continuous(s: Setup, model: torch.nn.Module, w: Workload) -> dict:
+    """transformers' continuous batching, each request with its own output length; warmed up (graphs
+    captured) before the clock starts."""
+    from transformers import GenerationConfig
+    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+
+    cuda = s.device.startswith("cuda")
+    cb = ContinuousBatchingConfig(
+        use_cuda_graph=cuda,
+        auto_switch_to_flash=False,  # paged SDPA, as asked; flash-attn is not installed anyway
+        max_requests_per_batch=256,
+        **({} if cuda else {"num_blocks": 64, "max_batch_tokens": 256, "page_size": 16}),
+    )
+    gen = GenerationConfig(do_sample=False, max_new_tokens=max(w.output_lens), eos_token_id=None)
+    gen.pad_token_id = presets.BYTE_TOKENS["pad_token_id"]
+    generated = 0
+    with (
+        torch.no_grad(),  # its worker thread writes its tensors in place: inference mode would forbid that
+        model.continuous_batching_context_manager(
+            generation_config=gen, continuous_batching_config=cb, block=True, warmup=True
+        ) as manager,
+    ):
+        synchronize(s.device)
+        start = time.perf_counter()
+        ids = [
+            manager.add_request(p, max_new_tokens=n, eos_token_id=[])
+            for p, n in zip(w.prompts, w.output_lens, strict=True)
+        ]
+        for rid in ids:
+            while (
+                result := manager.get_result(request_id=rid, timeout=600)
+            ) is None or not result.is_finished():
+                pass
+            if result.error is not None:
+                raise RuntimeError(result.error)
+            generated += len(result.generated_tokens)
+        elapsed = time.perf_counter() - start
+    return {
+        "seconds": elapsed,
+        "output_tokens": generated,
+        "requested_output_tokens": sum(w.output_lens),
+        "output_tokens_per_s": generated / elapsed,
+        "cuda_graphs": cuda,
+    }
+
+
+def run_hf_static(s: Setup, model: torch.nn.Module, w: Workload, batch_size: int) -> dict:
+    """Arrival-order batches, left padded, each running until its longest output is done; then batch-1
+    TPOT from two generate lengths, the best of two runs each (their difference cancels the prefill)."""
+    pad = presets.BYTE_TOKENS["pad_token_id"]
+    synchronize(s.device)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for b in range(0, len(w.prompts), batch_size):
+            prompts, outs = w.prompts[b : b + batch_size], w.output_lens[b : b + batch_size]
+            width = max(map(len, prompts))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=s.device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=s.device)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max(outs),
+                min_new_tokens=max(outs),
+                do_sample=False,
+            )
+            assert out.shape[1] == width + max(outs)
+    synchronize(s.device)
+    elapsed = time.perf_counter() - start
+    tokens = sum(w.output_lens)
+    prompt = torch.tensor([w.prompts[0][: s.bs1_prompt]], device=s.device)
+
+    def seconds(n: int) -> float:
+        synchronize(s.device)
+        t = time.perf_counter()
+        model.generate(input_ids=prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        synchronize(s.device)
+        return time.perf_counter() - t
+
+    with torch.inference_mode():
+        seconds(s.bs1_output)  # warm-up
+        one, many = (min(seconds(n) for _ in range(2)) for n in (1, s.bs1_output))
+    return {
+        "seconds": elapsed,
+        "batch_size": batch_size,
+        "output_tokens": tokens,
+        "output_tokens_per_s": tokens / elapsed,
+        "tpot_bs1_ms": 1000 * (many - one) / (s.bs1_output - 1),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--json", type=Path, required=True)
+    parser.add_argument("--smoke", action="store_true", help="a tiny model and workload on the CPU")
+    parser.add_argument("--hf-batch-size", type=int, default=64, help="static generate's batch size")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    s = SMOKE if args.smoke else FULL
+    if not args.smoke and not torch.cuda.is_available():
+        sys.exit("engine_gpu.py needs a CUDA GPU and none is visible; --smoke runs a tiny version on the CPU")
+    if args.smoke:
+        torch.set_num_threads(1)
+    w = workload(s, args.seed)
+    bandwidth = copy_bandwidth(s)
+    ours, weight_bytes = run_ours(s, w, args.seed)
+    print(f"ours: {ours['output_tokens_per_s']:.0f} tok/s, bs1 TPOT {ours['tpot_bs1_ms']:.2f} ms", flush=True)
+    model = hf_model(s, args.seed)
+    hf_continuous = run_hf_continuous(s, model, w)
+    print(f"hf continuous: {hf_continuous['output_tokens_per_s']:.0f} tok/s", flush=True)
+    hf_static = run_hf_static(s, model, w, args.hf_batch_size)
+    print(f"hf static: {hf_static['output_tokens_per_s']:.0f} tok/s", flush=True)
+    roofline_ms = 1000 * weight_bytes / bandwidth
+    result = {
+        "device": torch.cuda.get_device_name() if s.device.startswith("cuda") else "cpu (smoke)",
+        "model": f"random:{s.preset}",
+        "dtype": s.dtype,
+        "requests": s.requests,
+        "prompt_len_range": list(s.prompt_range),
+        "output_len_range": list(s.output_range),
+        "bs1_prompt_len": s.bs1_prompt,
+        "bs1_output_len": s.bs1_output,
+        "ours": ours,
+        "hf_continuous": hf_continuous,
+        "hf_static": hf_static,
+        "weight_bytes": weight_bytes,
+        "copy_bandwidth_gb_s": bandwidth / 1e9,
+        "roofline_tpot_bs1_ms": roofline_ms,
+        "tpot_bs1_over_roofline": ours["tpot_bs1_ms"] / roofline_ms,
+        "speedup_vs_hf_continuous": ours["output_tokens_per_s"] / hf_continuous["output_tokens_per_s"],
+        "speedup_vs_hf_static": ours["output_tokens_per_s"] / hf_static["output_tokens_per_s"],
+    }
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(result, indent=2))
+    print(json.dumps({k: result[k] for k in ("roofline_tpot_bs1_ms", "tpot_bs1_over_roofline")}))
+
+
+if __name__ == "__main__":
+    main()
