@@ -15,6 +15,8 @@ One decision per interval, from the planner at the load the service must be read
 4. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
 5. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
    step), scale down to the highest recommendation of the down window, at most max step, after a cooldown.
+   A fresh autoscaler counts the running fleet (planned from the manifest's hints) as its first
+   recommendation: the hint holds for one down window, then observed traffic decides.
 6. Change accelerator or TP (a rollout) only when the predicted saving clears the policy's threshold.
 """
 
@@ -79,6 +81,7 @@ def autoscale(
         return Decision(current, state, "hold", reason, False, None)
     assert observation is not None
     obs = observation
+    fresh = not state.recommendations and not state.load_history
 
     state = _token_mix(obs, state, policy)
     state = _calibrate(spec, policy, current, obs, state)
@@ -104,7 +107,10 @@ def autoscale(
             reactive = breach
     raw = min(max(raw, spec.scaling.min_replicas), spec.scaling.max_replicas)
 
-    recs = (*((t, r) for t, r in state.recommendations if t > now - _keep(policy)), (now, raw))
+    # a fresh autoscaler counts the running fleet (planned from the manifest's hints) as the recommendation of
+    # the interval before its first observation: it shrinks only after a scale-down stabilization window
+    seed = ((now - policy.evaluation_interval_seconds, current.replicas),) if fresh else ()
+    recs = (*seed, *((t, r) for t, r in state.recommendations if t > now - _keep(policy)), (now, raw))
     state = replace(state, recommendations=recs)
     target = _stabilize(policy, current.replicas, recs, now, state.last_scale_time)
     target = min(max(target, spec.scaling.min_replicas), spec.scaling.max_replicas)
@@ -218,9 +224,6 @@ def _anticipated_load(
     Demand counts completions plus the backlog, which should drain within one evaluation interval.
     """
     history = state.load_history
-    if not history and not state.recommendations and spec.traffic.expected_rps:
-        # a fresh autoscaler remembers the manifest's expected rate as its first peak
-        history = ((now, float(spec.traffic.expected_rps)),)
     backlog = (obs.queue_depth or 0.0) / max(policy.evaluation_interval_seconds, obs.window_s)
     demand = obs.rps + backlog
     window = max(policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds)

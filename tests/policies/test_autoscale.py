@@ -90,6 +90,25 @@ def test_slow_decline_scales_down_only_after_the_stabilization_window():
     assert history[-1][2] < plan_at(peak).replicas
 
 
+def test_a_fresh_autoscaler_keeps_the_hinted_fleet_one_window_then_follows_the_traffic():
+    hinted = SPEC.model_copy(update={"traffic": SPEC.traffic.model_copy(update={"expected_rps": 200.0})})
+    current, state = plan_at(200.0), ScalerState()
+    low = plan_at(10.0 * 1.05).replicas
+    assert current.replicas > low + POLICY.max_scale_down_step
+    sizes = {}
+    for step in range(1, 41):  # 10 minutes of steady traffic far below the hint
+        now = 15.0 * step
+        d = autoscale(
+            hinted, POLICY, current, obs(now, 10.0, ready=current.replicas), state, now, plan_fn=MEMO
+        )
+        current, state = d.plan, d.state
+        sizes[now] = current.replicas
+    window = POLICY.scale_down_stabilization_seconds
+    assert all(n == plan_at(200.0).replicas for t, n in sizes.items() if t < window - 15.0)
+    # the hint is no remembered peak: once the window has passed, the fleet steps down to the traffic's plan
+    assert sizes[600.0] == low
+
+
 @pytest.mark.parametrize("stale_by", [None, 61.0, 600.0])
 def test_missing_or_stale_metrics_hold_and_never_scale_down(stale_by):
     current = plan_at(40.0)
