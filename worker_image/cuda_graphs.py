@@ -73,6 +73,8 @@ def pad_decode_batch(
 
 
 class DecodeGraphs:
+    """One graph per bucket, sharing static inputs, an output buffer and a memory pool."""
+
     def __init__(
         self,
         model: CausalLM,

@@ -100,7 +100,9 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
         if self.device.type == "cpu":
             torch.set_num_threads(config.cpu_threads or min(torch.get_num_threads(), cpu_quota()))
-        elif config.tensor_parallel_size == 1:
+        elif config.tensor_parallel_size == 1:  # "cuda" means the current GPU; name it, and make it current
+            index = self.device.index
+            self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
             torch.cuda.set_device(self.device)
         try:
             self._load(rank, port)

@@ -49,7 +49,7 @@ def _paged_decode_kernel(
     BLOCK_SIZE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    b, kvh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    b, kvh, split = tl.program_id(0), tl.program_id(1).to(tl.int64), tl.program_id(2)  # int64: large pools
     ctx = tl.load(ctx_ptr + b)
     start = split * split_len
     end = tl.minimum(ctx, start + split_len)
@@ -112,13 +112,12 @@ def paged_decode(
     b, heads, hd = q.shape
     kv_heads, _, block_size, _ = k_cache.shape
     group = heads // kv_heads
-    assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == 1, "K and V share one layout"
+    assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == q.stride(2) == 1, "rows contiguous"
     max_context = block_tables.shape[1] * block_size  # from shapes only: no device read, graph-safe
     splits = num_splits(b, kv_heads, max_context)
     split_len = triton.cdiv(triton.cdiv(max_context, splits), BLOCK_N) * BLOCK_N
     partial = torch.empty(b, heads, splits, hd, dtype=torch.float32, device=q.device)
     lse = torch.empty(b, heads, splits, dtype=torch.float32, device=q.device)
-    q = q.contiguous()
     _paged_decode_kernel[(b, kv_heads, splits)](
         q,
         k_cache,
