@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import transformers
+from transformers import GenerationConfig
+from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from worker_image import presets
 from worker_image.config import EngineConfig
@@ -144,8 +147,6 @@ def bs1_tpot(engine: LLMEngine, prompt: list[int], n: int) -> float:
 
 
 def hf_model(s: Setup, seed: int) -> torch.nn.Module:
-    import transformers
-
     config = presets.preset_config(s.preset)
     cls = transformers.Qwen2ForCausalLM if config["model_type"] == "qwen2" else transformers.LlamaForCausalLM
     config_cls = transformers.Qwen2Config if config["model_type"] == "qwen2" else transformers.LlamaConfig
@@ -159,14 +160,24 @@ def hf_model(s: Setup, seed: int) -> torch.nn.Module:
 
 
 def run_hf_continuous(s: Setup, model: torch.nn.Module, w: Workload) -> dict:
-    """transformers' continuous batching, each request with its own output length; warmed up (graphs
-    captured) before the clock starts."""
-    from transformers import GenerationConfig
-    from transformers.generation.configuration_utils import ContinuousBatchingConfig
+    """transformers' continuous batching with CUDA graphs on a GPU; without them if capturing fails there
+    (the error is reported beside the figure)."""
+    graphs = s.device.startswith("cuda")
+    try:
+        return hf_continuous(s, model, w, graphs)
+    except Exception as exc:
+        if not graphs:
+            raise
+        print(f"hf continuous with CUDA graphs failed ({exc!r}); again without", flush=True)
+        free_memory()
+        return hf_continuous(s, model, w, graphs=False) | {"cuda_graphs_error": repr(exc)}
 
+
+def hf_continuous(s: Setup, model: torch.nn.Module, w: Workload, graphs: bool) -> dict:
+    """Each request with its own output length; warmed up (graphs captured) before the clock starts."""
     cuda = s.device.startswith("cuda")
     cb = ContinuousBatchingConfig(
-        use_cuda_graph=cuda,
+        use_cuda_graph=graphs,
         auto_switch_to_flash=False,  # paged SDPA, as asked; flash-attn is not installed anyway
         max_requests_per_batch=256,
         **({} if cuda else {"num_blocks": 64, "max_batch_tokens": 256, "page_size": 16}),
@@ -200,7 +211,7 @@ def run_hf_continuous(s: Setup, model: torch.nn.Module, w: Workload) -> dict:
         "output_tokens": generated,
         "requested_output_tokens": sum(w.output_lens),
         "output_tokens_per_s": generated / elapsed,
-        "cuda_graphs": cuda,
+        "cuda_graphs": graphs,
     }
 
 
@@ -270,10 +281,12 @@ def main() -> None:
     hf_static = run_hf_static(s, model, w, args.hf_batch_size)
     print(f"hf static: {hf_static['output_tokens_per_s']:.0f} tok/s", flush=True)
     roofline_ms = 1000 * weight_bytes / bandwidth
+
     result = {
         "device": torch.cuda.get_device_name() if s.device.startswith("cuda") else "cpu (smoke)",
         "model": f"random:{s.preset}",
         "dtype": s.dtype,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__},
         "requests": s.requests,
         "prompt_len_range": list(s.prompt_range),
         "output_len_range": list(s.output_range),
