@@ -94,11 +94,17 @@ class LLMEngine:
         with self._cond:
             if request_id in self._active:
                 raise ValueError(f"request id {request_id!r} is already in use")
-            if len(self._inbox) + self.scheduler.num_waiting >= self.config.max_waiting:
+            if self.queue_full():
                 raise QueueFullError(f"waiting queue is full ({self.config.max_waiting} requests)")
             self._active.add(request_id)
             self._inbox.append(seq)
             self._cond.notify_all()
+
+    def queue_full(self) -> bool:
+        """Whether max_waiting requests would still wait once the next step fills the free batch slots.
+        Counting the raw queue would refuse requests while the slots of a batch that just finished are empty."""
+        free_slots = max(0, self.config.max_num_seqs - len(self.scheduler.running))
+        return len(self._inbox) + self.scheduler.num_waiting - free_slots >= self.config.max_waiting
 
     def abort_request(self, request_id: str) -> None:
         with self._cond:

@@ -454,7 +454,7 @@ class WorkerState:
             raise unavailable("the server is draining; retry on another replica", "draining")
         if self.runner is None:
             raise unavailable("the model is still loading", "loading")
-        if self.runner.engine.stats().num_waiting >= self.config.max_waiting:
+        if self.runner.engine.queue_full():
             raise queue_full(f"{self.config.max_waiting} requests waiting")
         return self.runner
 

@@ -91,15 +91,22 @@ def test_batch_window_holds_admission_until_it_closes_or_the_batch_fills() -> No
     assert run(sched, now=11.0) == {"a": 1, "b": 4, "c": 4}  # batch reaches the target: no wait
 
 
-def test_bounded_waiting_queue() -> None:
-    engine = LLMEngine(EngineConfig(model="random:tiny", max_model_len=64, num_kv_blocks=16, max_waiting=2))
+def test_bounded_waiting_queue_counts_free_batch_slots() -> None:
+    """One batch slot and two waiting places hold three requests; a fourth gets in once a slot frees."""
+    config = EngineConfig(
+        model="random:tiny", max_model_len=64, num_kv_blocks=16, max_num_seqs=1, max_waiting=2
+    )
+    engine = LLMEngine(config)
     params = SamplingParams(max_tokens=2)
-    engine.add_request("a", [1, 2], params)
-    engine.add_request("b", [1, 2], params)
+    for request_id in "abc":
+        engine.add_request(request_id, [1, 2], params)
     with pytest.raises(QueueFullError):
-        engine.add_request("c", [1, 2], params)
-    engine.step()  # admits a and b
-    engine.add_request("c", [1, 2], params)
+        engine.add_request("d", [1, 2], params)
+    engine.step()  # a takes the slot; b and c wait
+    with pytest.raises(QueueFullError):
+        engine.add_request("d", [1, 2], params)
+    assert [o.finished for o in engine.step()] == [True]  # a is done: its slot is free for b
+    engine.add_request("d", [1, 2], params)
     with pytest.raises(ValueError, match="max_model_len"):
         engine.add_request("d", [1] * 60, SamplingParams(max_tokens=5))
     with pytest.raises(ValueError, match="already in use"):
