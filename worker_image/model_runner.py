@@ -88,6 +88,18 @@ def kv_cache_blocks(
     return max(0, int(budget // bytes_per_block))
 
 
+def warm_up_batch(config: EngineConfig) -> list[ScheduledSeq]:
+    """The largest step the scheduler can produce: the whole token budget in as many prompts as there
+    may be sequences, every one sampled (so the logits peak too), each in its own blocks."""
+    seqs = min(config.max_num_seqs, config.max_num_batched_tokens)
+    length = min(config.max_num_batched_tokens // seqs, config.max_model_len)
+    per_seq = -(-length // config.block_size)
+    return [
+        ScheduledSeq(i, [0] * length, 0, list(range(i * per_seq, (i + 1) * per_seq)), True)
+        for i in range(seqs)
+    ]
+
+
 class ModelRunner:
     """Rank 0 (the engine's) runs scheduled batches; with tensor parallelism it also spawns and drives the
     other ranks, each a ModelRunner in `follow`."""
@@ -174,17 +186,10 @@ class ModelRunner:
         return n
 
     def _warm_up(self) -> None:
-        """A full-budget prefill with every sequence sampled, on a scratch cache, so the memory peak of
-        activations and logits is known before the KV pool takes the rest."""
-        config, bs = self.config, self.config.block_size
-        seqs = min(config.max_num_seqs, config.max_num_batched_tokens)
-        length = min(config.max_num_batched_tokens // seqs, config.max_model_len)
-        per_seq = -(-length // bs)
-        self._allocate_kv(seqs * per_seq)
-        batch = [
-            ScheduledSeq(i, [0] * length, 0, list(range(i * per_seq, (i + 1) * per_seq)), True)
-            for i in range(seqs)
-        ]
+        """Run warm_up_batch on a scratch cache, so the memory peak of activations and logits is known
+        before the KV pool takes the rest."""
+        batch = warm_up_batch(self.config)
+        self._allocate_kv(1 + max(b for s in batch for b in s.block_table))
         torch.cuda.reset_peak_memory_stats(self.device)
         self._forward(self._prepare(batch))
         torch.cuda.synchronize(self.device)

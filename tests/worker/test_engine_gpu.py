@@ -51,6 +51,27 @@ def test_cuda_graph_replay_gives_eager_tokens(random_prompts) -> None:
         assert graphed.generate(prompts, params) == eager.generate(prompts, params), dtype
 
 
+@pytest.mark.parametrize("enforce_eager", [False, True], ids=["graphs", "eager"])
+def test_forward_never_waits_for_the_device(random_prompts, enforce_eager: bool) -> None:
+    """Uploads, forward pass and logits only queue work (synchronising calls raise in this mode); the
+    sampler's fetch of the tokens is the step's one wait. Mixed prefill/decode and decode-only steps."""
+    e = engine(dtype="bfloat16", enforce_eager=enforce_eager, max_num_batched_tokens=16)
+    for i, p in enumerate(random_prompts([3, 30, 7], 512, seed=12)):
+        e.add_request(str(i), p, GREEDY)
+    forward = e.runner._forward
+
+    def checked(step):  # type: ignore[no-untyped-def]
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            return forward(step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+
+    e.runner._forward = checked  # type: ignore[method-assign]
+    while e.has_unfinished_requests():
+        e.step()
+
+
 @pytest.mark.parametrize("backend", ["triton", "reference"])
 def test_greedy_parity_with_transformers_on_gpu(
     hf_model_dir, random_prompts, hf_greedy, backend: str
