@@ -45,7 +45,12 @@ async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, logger: kopf.L
         raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")
     rt = Runtime(
         config=config,
-        kube=KubeClient.connect(info, config.request_timeout_s, config.max_in_flight),
+        kube=KubeClient.connect(
+            info,
+            config.request_timeout_s,
+            config.max_in_flight,
+            relogin=lambda: login(settings=settings, logger=logger),
+        ),
         prometheus=PrometheusReader.connect(config.prometheus_url, config.window_s, config.request_timeout_s),
         ready_replicas=kwargs.get("ready_replicas"),
     )

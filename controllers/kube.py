@@ -1,13 +1,16 @@
 """A small async Kubernetes client for what the operator writes: server-side apply, status, events, cleanup.
 
 Kopf watches and patches its own bookkeeping; the operator's writes go through here, on the same credentials
-(`kopf.ConnectionInfo`), with a request timeout and a bounded number of requests in flight.
+(`kopf.ConnectionInfo`), with a request timeout and a bounded number of requests in flight. Like Kopf, the
+client logs in again when the API server answers 401: the kubelet rotates projected service-account tokens
+in place, and an operator that kept the first one would lose write access when it expires.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -60,20 +63,37 @@ def path_of(kind: str, namespace: str | None, name: str | None = None, subresour
 
 @dataclass
 class KubeClient:
-    """One aiohttp session to the API server; every method raises KubeError on a non-2xx answer."""
+    """One aiohttp session to the API server; every method raises KubeError on a non-2xx answer.
+
+    `relogin` returns fresh credentials (the operator passes its Kopf login handler); without it a 401 is final.
+    """
 
     server: str
     session: aiohttp.ClientSession
     limit: asyncio.Semaphore
+    auth: dict[str, str]
+    relogin: Callable[[], kopf.ConnectionInfo | None] | None = None
 
     @classmethod
-    def connect(cls, info: kopf.ConnectionInfo, timeout_s: float, max_in_flight: int) -> KubeClient:
+    def connect(
+        cls,
+        info: kopf.ConnectionInfo,
+        timeout_s: float,
+        max_in_flight: int,
+        relogin: Callable[[], kopf.ConnectionInfo | None] | None = None,
+    ) -> KubeClient:
         session = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=max_in_flight, ssl=info.as_ssl_context()),
-            headers={**info.as_http_headers(), "User-Agent": FIELD_MANAGER},
+            headers={"User-Agent": FIELD_MANAGER},
             timeout=aiohttp.ClientTimeout(total=timeout_s),
         )
-        return cls(server=info.server.rstrip("/"), session=session, limit=asyncio.Semaphore(max_in_flight))
+        return cls(
+            server=info.server.rstrip("/"),
+            session=session,
+            limit=asyncio.Semaphore(max_in_flight),
+            auth=info.as_http_headers(),
+            relogin=relogin,
+        )
 
     async def close(self) -> None:
         await self.session.close()
@@ -88,22 +108,43 @@ class KubeClient:
         params: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         data = None if body is None else json.dumps(body)
-        headers = {"Content-Type": content_type, "Accept": "application/json"}
+        sent_with = self.auth
+        status, reason, text = await self._send(method, path, data, content_type, params)
+        if status == 401 and self._login_again(sent_with):
+            status, reason, text = await self._send(method, path, data, content_type, params)
+        if status >= 400:
+            try:
+                answer = json.loads(text)
+                reason, message = answer.get("reason", ""), answer.get("message", text)
+            except ValueError:
+                message = text
+            raise KubeError(status, reason, message)
+        return json.loads(text) if text else {}
+
+    async def _send(
+        self, method: str, path: str, data: str | None, content_type: str, params: dict[str, str] | None
+    ) -> tuple[int, str, str]:
+        headers = {**self.auth, "Content-Type": content_type, "Accept": "application/json"}
         async with (
             self.limit,
             self.session.request(
                 method, self.server + path, data=data, headers=headers, params=params
             ) as response,
         ):
-            text = await response.text()
-            if response.status >= 400:
-                try:
-                    status = json.loads(text)
-                    reason, message = status.get("reason", ""), status.get("message", text)
-                except ValueError:
-                    reason, message = response.reason or "", text
-                raise KubeError(response.status, reason, message)
-            return json.loads(text) if text else {}
+            return response.status, response.reason or "", await response.text()
+
+    def _login_again(self, rejected: dict[str, str]) -> bool:
+        """New credentials after a 401, if the login yields any other than those just rejected.
+
+        Concurrent requests that fail together log in once: a later one finds `auth` already replaced.
+        """
+        if self.auth is not rejected:
+            return True
+        info = self.relogin() if self.relogin is not None else None
+        if info is None or info.as_http_headers() == rejected:
+            return False
+        self.auth = info.as_http_headers()
+        return True
 
     async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
         """Server-side apply under the operator's field manager; creates the object when absent."""
