@@ -105,6 +105,31 @@ def test_triton_kernel_matches_reference_in_interpreter() -> None:
     assert all(e < tol for e, tol in zip(errors, tolerances, strict=True)), errors
 
 
+@pytest.mark.parametrize(
+    ("dtype", "group", "head_dim", "arch"),
+    [("bf16", 7, 64, 90), ("bf16", 4, 128, 90), ("fp16", 1, 80, 80), ("fp32", 7, 64, 80)],
+)
+def test_triton_kernel_compiles_for_gpus(dtype: str, group: int, head_dim: int, arch: int) -> None:
+    """The interpreter accepts code the compiler may not: build the kernel ahead of time for H100 (sm_90)
+    and A100 (sm_80) with Triton's own ptxas, no GPU needed."""
+    triton = pytest.importorskip("triton")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler.compiler import ASTSource
+
+    from worker_image.triton_decode import _paged_decode_kernel, constants
+
+    kinds = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "tables_ptr": "*i64"}
+    kinds |= {"ctx_ptr": "*i64", "out_ptr": "*fp32", "lse_ptr": "*fp32", "scale": "fp32"}
+    names = _paged_decode_kernel.arg_names
+    signature = {n: kinds.get(n, "constexpr" if n.isupper() else "i32") for n in names}
+    torch_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[dtype]
+    const = constants(group, head_dim, 16, torch_dtype)
+    compiled = triton.compile(
+        ASTSource(_paged_decode_kernel, signature, constexprs=const), target=GPUTarget("cuda", arch, 32)
+    )
+    assert compiled.asm["cubin"]
+
+
 def test_engine_with_triton_backend_matches_reference(random_prompts) -> None:
     """Block tables, per-sequence contexts and GQA as the engine builds them, chunked prefill included;
     and the same through the graphs' padded buffers."""
