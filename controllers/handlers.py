@@ -16,6 +16,7 @@ import time
 from typing import Any
 
 import kopf
+from pydantic import ValidationError
 
 from controllers import metrics, naming, poller, reconcile
 from controllers.config import OperatorConfig
@@ -137,10 +138,25 @@ def service_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> Non
 @kopf.on.update(GROUP, VERSION, POLICIES, field="spec")
 @kopf.on.resume(GROUP, VERSION, POLICIES)
 async def policy_changed(
-    name: str, spec: kopf.Spec, reason: str, memo: kopf.Memo, services_by_policy: kopf.Index, **_: Any
+    name: str,
+    spec: kopf.Spec,
+    meta: kopf.Meta,
+    status: kopf.Status,
+    reason: str,
+    memo: kopf.Memo,
+    services_by_policy: kopf.Index,
+    **_: Any,
 ) -> None:
     rt = runtime(memo)
-    rt.set_policy(name, SLOPolicySpec.model_validate(copy.deepcopy(dict(spec))))
+    try:
+        policy = SLOPolicySpec.model_validate(copy.deepcopy(dict(spec)))
+    except ValidationError as error:
+        # The API server's schema admits little the model refuses; what it does is reported, not retried.
+        problem = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors())
+        await reconcile.write_policy_status(rt, name, dict(status), meta.get("generation"), problem)
+        raise kopf.PermanentError(f"SLOPolicy {name} is invalid: {problem}") from error
+    rt.set_policy(name, policy)
+    await reconcile.write_policy_status(rt, name, dict(status), meta.get("generation"), None)
     if str(reason) == "resume":
         return  # services resume on their own; nothing about the policy changed
     # A new policy matters to the services that were waiting for it; an edit to every user of it.

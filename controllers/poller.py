@@ -80,6 +80,7 @@ async def run_interval(rt: Runtime, now: float) -> int:
         if now - record.last_evaluated >= policy.evaluation_interval_seconds - rt.config.poll_interval_s / 2:
             due.append(record)
     await asyncio.gather(*(_evaluate(rt, record, snapshot, ready, now) for record in due))
+    await reconcile.refresh_policy_users(rt)
     SERVICES.set(len(rt.services))
     export_services(rt.services.values())
     elapsed = time.perf_counter() - started

@@ -10,12 +10,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import ValidationError
 
 from controllers import actuate, conditions, status
 from controllers.conditions import Cond
+from controllers.kube import KubeError
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
 from controllers.naming import MAX_LABEL_VALUE
 from controllers.planning import policy_call
@@ -340,3 +342,35 @@ async def evaluate(
         await actuate.write_status(rt.kube, record, compose(record, updates, now, extra), now)
         record.last_evaluated = now
         return action
+
+
+async def write_policy_status(
+    rt: Runtime, name: str, existing: dict[str, Any], generation: int | None, invalid: str | None
+) -> None:
+    """Say on the SLOPolicy which generation the operator took (or why not) and how many services use it.
+
+    A failed write is logged, not raised: the policy is in force either way, and the next change retries.
+    """
+    users = rt.users_of(name)
+    body = status.policy_status(existing, generation, users, invalid, datetime.now(UTC))
+    try:
+        await rt.kube.patch_status("SLOPolicy", None, name, body)
+    except KubeError as error:
+        log.warning("writing the status of SLOPolicy %s failed: %s", name, error)
+    else:
+        rt.policy_users_written[name] = users
+
+
+async def refresh_policy_users(rt: Runtime) -> None:
+    """Rewrite status.services of the policies whose users changed since it was written (services come,
+    go and change policyRef without any SLOPolicy event)."""
+    for name, written in list(rt.policy_users_written.items()):
+        users = rt.users_of(name)
+        if users == written or name not in rt.policies:
+            continue
+        try:
+            await rt.kube.patch_status("SLOPolicy", None, name, {"services": users})
+        except KubeError as error:
+            log.warning("writing the status of SLOPolicy %s failed: %s", name, error)
+        else:
+            rt.policy_users_written[name] = users

@@ -63,6 +63,7 @@ class Runtime:
     absent_policies: set[str] = field(default_factory=set)  # looked up once, not found; handlers clear them
     plans: PlanCache = field(default_factory=PlanCache)  # memoized planner shared by all services
     ready_replicas: Any = None  # kopf.Index: (namespace, service) → (tier, desired, ready), from Deployments
+    policy_users_written: dict[str, int] = field(default_factory=dict)  # SLOPolicy → status.services written
     last_interval_end: float | None = None
     poller: asyncio.Task[None] | None = None
 
@@ -90,6 +91,9 @@ class Runtime:
         if self.ready_replicas is None:
             return set()
         return {tier for tier, _, _ in self.ready_replicas.get(key, [])}
+
+    def users_of(self, policy: str) -> int:
+        return sum(1 for record in self.services.values() if record.policy_name == policy)
 
     def set_policy(self, name: str, spec: SLOPolicySpec) -> None:
         self.policies[name] = spec

@@ -8,6 +8,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from controllers.conditions import Cond, merge
 from crds.inferenceservice import (
     SCALER_WINDOW_ITEMS,
     Calibration,
@@ -19,6 +20,7 @@ from crds.inferenceservice import (
     TierPlan,
 )
 from crds.inferenceservice import Decision as DecisionStatus
+from crds.slopolicy import SLOPolicyStatus
 from policies.types import Candidate, Observation, ScalerState, TierConfig
 
 
@@ -165,3 +167,17 @@ def state_from_status(status: dict[str, Any]) -> ScalerState:
         token_weight=scaler.token_weight,
         last_quiet=scaler.last_quiet,
     )
+
+
+def policy_status(
+    existing: dict[str, Any], generation: int | None, users: int, invalid: str | None, now: datetime
+) -> dict[str, Any]:
+    """SLOPolicy status: the generation the operator took (or refused, and why) and how many services use it."""
+    if invalid is None:
+        ready = Cond("Ready", "True", "Accepted", "the operator plans its services with this generation")
+    else:
+        ready = Cond("Ready", "False", "InvalidSpec", invalid)
+    conditions = merge(existing.get("conditions", []), [ready], generation, now)
+    return SLOPolicyStatus.model_validate(
+        {"observedGeneration": generation, "services": users, "conditions": conditions}
+    ).to_wire()

@@ -136,6 +136,7 @@ NEEDED = [
     ("patch", "goodput.dev", "inferenceservices"),
     ("patch", "goodput.dev", "inferenceservices/status"),
     ("watch", "goodput.dev", "slopolicies"),
+    ("patch", "goodput.dev", "slopolicies/status"),
     ("create", "apps", "deployments"),
     ("patch", "apps", "deployments"),
     ("delete", "apps", "deployments"),

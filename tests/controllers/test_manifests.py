@@ -55,6 +55,7 @@ def test_rbac_covers_what_the_operator_does(kind: str, verbs: list[str]) -> None
     for verb in verbs:
         assert _allowed(group, plural, verb), f"{verb} {plural}"
     assert _allowed("goodput.dev", "inferenceservices/status", "patch")
+    assert _allowed("goodput.dev", "slopolicies/status", "patch")
 
 
 def test_the_operator_pod_is_restricted() -> None:

@@ -36,6 +36,7 @@ pytestmark = [
 ROOT = Path(__file__).resolve().parents[2]
 NS = "team-a"
 ISVC = "goodput.dev/v1alpha1/inferenceservices"
+POLICIES = "goodput.dev/v1alpha1/slopolicies"
 POLICY = {
     "apiVersion": "goodput.dev/v1alpha1",
     "kind": "SLOPolicy",
@@ -225,6 +226,18 @@ async def test_editing_the_policy_changes_the_plan(cluster: Cluster) -> None:
         "containers"
     ][0]["args"]
     assert float(args[args.index("--batch-window-ms") + 1]) == plan["batchWindowMs"]
+    # The policy's status says which generation the operator took and how many services use it.
+    policy = await eventually(
+        lambda: (
+            (p := cluster.get(POLICIES, None, "fast"))
+            and p.get("status", {}).get("observedGeneration") == p["metadata"]["generation"]
+            and p
+        ),
+        what="the policy's status at its new generation",
+    )
+    (ready,) = [c for c in policy["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready["status"] == "True" and ready["reason"] == "Accepted"
+    assert policy["status"]["services"] == 1
 
 
 async def test_recommend_mode_writes_status_only(cluster: Cluster) -> None:
@@ -238,6 +251,10 @@ async def test_recommend_mode_writes_status_only(cluster: Cluster) -> None:
     )
     await asyncio.sleep(2)
     assert cluster.get("apps/v1/deployments", NS, "advice-interactive") is None
+    # A second service on the policy: its count follows without any SLOPolicy event.
+    await eventually(
+        lambda: cluster.get(POLICIES, None, "fast")["status"].get("services") == 2, what="two users counted"
+    )
     assert cluster.get("v1/configmaps", NS, "advice-engine") is None
     assert (cluster.condition("advice", "Ready") or {}).get("reason") == "RecommendOnly"
 
