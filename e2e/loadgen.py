@@ -9,7 +9,8 @@ Prompts are token ids, so prompt lengths are exact; ``ignore_eos`` makes outputs
 
 Client-side, per request: TTFT (send → first token), TPOT ((last − first token) / (tokens − 1)), end to
 end, and the failure if any (HTTP status, an SSE error event, a transport error, a truncated stream).
-Bounded: at most ``max_requests`` arrivals, ``max_in_flight`` open streams, ``deadline_s`` in all.
+A closed loop (:func:`saturate`) keeps a fixed number of requests open instead: what completes per second
+is the backends' capacity. Bounded: at most ``max_requests`` arrivals, ``max_in_flight`` open streams, ``deadline_s`` in all.
 Loopback only: a backend that is not a loopback address is refused.
 
 CLI: ``python -m e2e.loadgen --target 127.0.0.5:8000 --profile poisson:4:30 --json out/load.json``.
@@ -333,11 +334,53 @@ async def replay(
     return run
 
 
+async def saturate(
+    backends: Callable[[], list[str]],
+    *,
+    prompt: int,
+    output: int,
+    concurrency: int,
+    seconds: float,
+    run: Run | None = None,
+    timeout_s: float = 60.0,
+) -> Run:
+    """Closed loop: ``concurrency`` clients, each sending its next request as soon as its last one ended,
+    until ``seconds``. Work always waits at the backends, so what completes per second is their capacity
+    (see :func:`throughput`); the requests still open at the end finish before this returns."""
+    run = run or Run()
+    balancer = Balancer(backends)
+    await balancer.refresh()
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeout = httpx.Timeout(timeout_s, connect=5.0)
+
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+
+        async def one_client(first_seed: int) -> None:
+            for seed in itertools.count(first_seed, concurrency):
+                if run.now() >= seconds:
+                    return
+                run.sent_at.append(run.now())
+                run.in_flight += 1
+                try:
+                    await one_request(client, balancer, Arrival(run.now(), prompt, output), run, seed)
+                finally:
+                    run.in_flight -= 1
+
+        await asyncio.gather(*(one_client(k) for k in range(concurrency)))
+    return run
+
+
 # --- summaries ----------------------------------------------------------------------------------------
 
 
 def p95(values: Sequence[float]) -> float | None:
     return float(np.percentile(values, 95)) if values else None
+
+
+def throughput(results: Sequence[Result], start_s: float, end_s: float) -> float:
+    """Requests that completed without error between ``start_s`` and ``end_s`` of the run, per second."""
+    done = [r for r in results if r.ok and r.e2e_s is not None and start_s <= r.start_s + r.e2e_s < end_s]
+    return len(done) / (end_s - start_s)
 
 
 def summary(results: Sequence[Result]) -> dict[str, float | int | None]:

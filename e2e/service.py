@@ -1,7 +1,8 @@
 """Deploying an InferenceService on the local stack and watching what the operator does with it.
 
 Shared by the scenarios (e2e/test_scenarios.py) and the demo (e2e/demo.py): a test copy of the tiny CPU
-example in a namespace of its own with a fast SLOPolicy, readiness waits, and a watcher that samples the
+example in a namespace of its own with a fast SLOPolicy (or serving a heavier preset), readiness waits, a
+twin of one replica outside the Service to measure what a replica can serve, and a watcher that samples the
 workers' Deployment and the service's status so timelines come from API objects, not logs.
 """
 
@@ -11,6 +12,8 @@ import copy
 import json
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +69,30 @@ def tiny_service(namespace: str, policy: str, slo: dict[str, float], max_replica
     return manifest
 
 
+def sized_service(
+    namespace: str,
+    policy: str,
+    slo: dict[str, float],
+    *,
+    name: str,
+    source: str,
+    prompt_tokens: int,
+    output_tokens: int,
+    expected_rps: float,
+    max_replicas: int = 4,
+) -> dict[str, Any]:
+    """The tiny example serving another model (``random:<preset>``) under fixed-length traffic hints."""
+    manifest = tiny_service(namespace, policy, slo, max_replicas)
+    manifest["metadata"]["name"] = name
+    manifest["spec"]["model"] |= {"name": name, "source": source}
+    manifest["spec"]["traffic"] |= {
+        "expectedRps": expected_rps,
+        "promptTokens": {"p50": prompt_tokens, "p95": prompt_tokens},
+        "outputTokens": {"p50": output_tokens, "p95": output_tokens},
+    }
+    return manifest
+
+
 def apply(stack: Stack, manifest: dict[str, Any]) -> None:
     """`kubectl apply --server-side` of one object, sent as JSON (escaped: any string survives the trip)."""
     result = stack.kubectl("apply", "--server-side", "-f", "-", stdin=json.dumps(manifest))
@@ -113,6 +140,41 @@ def wait_ready(stack: Stack, namespace: str, name: str, timeout: float = 120.0) 
     procs.wait_until(
         lambda: bool(stack.service_backends(namespace, service)), timeout, "a backend", interval=1.0
     )
+
+
+@contextmanager
+def twin(stack: Stack, namespace: str, deployment: str, timeout: float = 120.0) -> Iterator[str]:
+    """A bare Pod from the Deployment's pod template, Ready; yields its ``ip:port``; deleted and gone after.
+
+    The same worker, flags and engine config as a replica, on the same node, but without the template's
+    labels and annotations: no Service routes to it, and neither Prometheus nor the operator sees its load.
+    What it can serve is what one replica can.
+    """
+    name = f"{deployment}-twin"
+    with stack.api_client() as client:
+        core = CoreV1Api(client)
+        template = AppsV1Api(client).read_namespaced_deployment(deployment, namespace).spec.template
+        spec = client.sanitize_for_serialization(template.spec)
+        body = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name}, "spec": spec}
+        core.create_namespaced_pod(namespace, body)
+        try:
+
+            def ready() -> bool:
+                pod = core.read_namespaced_pod(name, namespace)
+                conditions = {c.type: c.status for c in pod.status.conditions or []}
+                return conditions.get("Ready") == "True" and bool(pod.status.pod_ip)
+
+            procs.wait_until(ready, timeout, f"twin pod {namespace}/{name} Ready", interval=0.5)
+            pod = core.read_namespaced_pod(name, namespace)
+            port = pod.spec.containers[0].ports[0].container_port
+            yield f"{pod.status.pod_ip}:{port}"
+        finally:
+            core.delete_namespaced_pod(name, namespace)
+
+            def gone() -> bool:
+                return not core.list_namespaced_pod(namespace, field_selector=f"metadata.name={name}").items
+
+            procs.wait_until(gone, timeout, f"twin pod {namespace}/{name} gone", interval=0.5)
 
 
 @dataclass

@@ -8,6 +8,7 @@ saved in ``stack.json`` so a later command can find and stop the processes.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -186,7 +187,11 @@ def start_kubelet(plane: ControlPlane, node: NodeSpec, tied: bool) -> subprocess
         *(f"--label={k}={v}" for k, v in node.labels.items()),
     ]
     log = plane.state_dir / "logs" / f"kubelet-{node.name}.log"
-    proc = procs.start(argv, log, cwd=REPO, tied=tied)
+    # Pods are processes sharing this host's cores: one torch thread each unless the caller chose, as a CPU
+    # limit of one would give them in a cluster. Two threads per pod oversubscribe a small host, and one
+    # replica could then use every core, so adding replicas would add no capacity.
+    env = os.environ | {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    proc = procs.start(argv, log, env=env, cwd=REPO, tied=tied)
 
     def node_ready() -> bool:
         if proc.poll() is not None:

@@ -149,3 +149,23 @@ def test_live_profile_follows_the_rate_it_is_set_to() -> None:
     assert gaps[0] == pytest.approx(1.0, rel=0.4) and gaps[1] == pytest.approx(0.02, rel=0.4)
     profile.stop()
     assert list(stream) == []
+
+
+def test_saturate_keeps_a_fixed_number_of_requests_open_and_counts_what_completes(scripted: str) -> None:
+    concurrency, seconds, output = 3, 1.5, 3
+    run = asyncio.run(
+        loadgen.saturate(
+            lambda: [scripted], prompt=1, output=output, concurrency=concurrency, seconds=seconds
+        )
+    )
+    assert run.sent == len(run.results) and all(r.ok for r in run.results)
+    assert max(run.sent_at) < seconds and run.in_flight == 0
+    # Closed loop: never more than `concurrency` open at once, and a client's next request follows its last.
+    spans = [(r.start_s, r.start_s + (r.e2e_s or 0.0)) for r in run.results]
+    for start, _ in spans:
+        assert sum(a <= start < b for a, b in spans) <= concurrency
+    assert len(run.results) >= concurrency * 2
+    # Each request takes at least the server's FIRST_S + (output - 1)·GAP_S: the rate is bounded by it.
+    rate = loadgen.throughput(run.results, 0.0, seconds)
+    assert 0 < rate <= concurrency / (FIRST_S + (output - 1) * GAP_S)
+    assert loadgen.throughput(run.results, seconds + 60, seconds + 61) == 0

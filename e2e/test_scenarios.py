@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import time
 import uuid
 from collections.abc import Iterator
@@ -26,8 +25,14 @@ pytestmark = pytest.mark.e2e
 
 POLICY = service.FastPolicy()
 SLO = {"ttftP95Ms": 1500.0, "tpotP95Ms": 1000.0, "attainment": 0.9}
-BASE_RPS, STEP_RPS = 1.0, 14.0
-PROMPT, OUTPUT = 32, 8
+# The load step serves a model heavy enough that one replica saturates at a few requests per second: long
+# prompts on random:bench-small make each request mostly prefill, so overload queues requests for their
+# first chunk (the backlog the operator reacts to) and the load generator outruns a replica with ease.
+LOAD_MODEL, LOAD_PROMPT, LOAD_OUTPUT = "random:bench-small", 256, 8
+LOAD_SLO = {"ttftP95Ms": 2500.0, "tpotP95Ms": 2500.0, "attainment": 0.9}
+# Rates are shares of one replica's capacity: the step overloads one, and two or more hold it.
+BASE_SHARE, STEP_SHARE = 0.4, 1.3
+SATURATE_CONCURRENCY, SATURATE_WARMUP_S, SATURATE_S = 8, 5.0, 15.0
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +54,29 @@ def tiny(cluster: Stack, installed: str) -> Iterator[tuple[str, str]]:
     service.apply(cluster, service.tiny_service(namespace, POLICY.name, SLO))
     service.wait_ready(cluster, namespace, "tiny")
     yield namespace, "tiny"
+    with cluster.api_client() as client:
+        CoreV1Api(client).delete_namespace(namespace)
+
+
+@pytest.fixture
+def sized(cluster: Stack, installed: str) -> Iterator[tuple[str, str]]:
+    """A service of LOAD_MODEL for the load step, in a namespace of its own, Ready; deleted after."""
+    namespace, name = f"load-{uuid.uuid4().hex[:6]}", "loaded"
+    with cluster.api_client() as client:
+        CoreV1Api(client).create_namespace({"metadata": {"name": namespace}})
+    manifest = service.sized_service(
+        namespace,
+        POLICY.name,
+        LOAD_SLO,
+        name=name,
+        source=LOAD_MODEL,
+        prompt_tokens=LOAD_PROMPT,
+        output_tokens=LOAD_OUTPUT,
+        expected_rps=0.5,
+    )
+    service.apply(cluster, manifest)
+    service.wait_ready(cluster, namespace, name)
+    yield namespace, name
     with cluster.api_client() as client:
         CoreV1Api(client).delete_namespace(namespace)
 
@@ -176,21 +204,34 @@ def test_invalid_manifests_are_rejected_naming_the_field(
     assert result.returncode != 0 and named in result.stderr
 
 
-@pytest.mark.skipif(
-    os.environ.get("GOODPUT_E2E_LOAD_STEP") != "1",
-    reason="the fixed 14 rps step overloads a random:tiny worker only on a busy machine; on an idle one it "
-    "never breaches the SLO (set GOODPUT_E2E_LOAD_STEP=1 to run it; a capacity-relative step is open work)",
-)
 def test_load_step_scales_up_then_down_after_stabilization_without_failures(
-    cluster: Stack, tiny: tuple[str, str]
+    cluster: Stack, sized: tuple[str, str]
 ) -> None:
-    """Base load → a step: scaled up within two control intervals of the violation, client TTFT p95 back
-    under the SLO; back to base: fewer replicas only after the stabilization window, no request failed."""
-    namespace, name = tiny
+    """Base load → a step past what one replica can serve: scaled up within two control intervals of the
+    violation, client TTFT p95 back under the SLO; back to base: fewer replicas only after the stabilization
+    window, no request failed. Rates are shares of one replica's capacity, measured first on a twin pod."""
+    namespace, name = sized
     deployment, svc = service.workers(cluster, namespace, name)
     interval, stabilization = POLICY.evaluation_interval_s, POLICY.scale_down_stabilization_s
-    ttft_slo_s = SLO["ttftP95Ms"] / 1000
-    profile = loadgen.LiveProfile(BASE_RPS, prompt=PROMPT, output=OUTPUT, seed=7)
+    ttft_slo_s = LOAD_SLO["ttftP95Ms"] / 1000
+
+    with service.twin(cluster, namespace, deployment) as replica:
+        probe = asyncio.run(
+            loadgen.saturate(
+                lambda: [replica],
+                prompt=LOAD_PROMPT,
+                output=LOAD_OUTPUT,
+                concurrency=SATURATE_CONCURRENCY,
+                seconds=SATURATE_WARMUP_S + SATURATE_S,
+            )
+        )
+    capacity = loadgen.throughput(probe.results, SATURATE_WARMUP_S, SATURATE_WARMUP_S + SATURATE_S)
+    assert capacity > 0 and all(r.ok for r in probe.results), loadgen.summary(probe.results)
+    base_rps, step_rps = BASE_SHARE * capacity, STEP_SHARE * capacity
+    # Enough requests in a p95 window to read a tail from (20 or more at the step's rate).
+    window_s = max(10.0, 25.0 / step_rps)
+
+    profile = loadgen.LiveProfile(base_rps, prompt=LOAD_PROMPT, output=LOAD_OUTPUT, seed=7)
     run = loadgen.Run()
     marks: dict[str, float] = {}
 
@@ -204,26 +245,26 @@ def test_load_step_scales_up_then_down_after_stabilization_without_failures(
         task = asyncio.create_task(
             loadgen.replay(profile.arrivals(run), lambda: cluster.service_backends(namespace, svc), run=run)
         )
-        await asyncio.sleep(10)
+        await asyncio.sleep(15)
         marks["step"] = time.monotonic()
-        profile.set(STEP_RPS, run.now())
+        profile.set(step_rps, run.now())
         began = run.now()
-        # The step lasts until replicas rose and the client-side TTFT p95 of the last 10 s is under the SLO.
-        while run.now() - began < 150:
+        # The step lasts until replicas rose and the client-side TTFT p95 of the last window is under the SLO.
+        while run.now() - began < 180:
             await asyncio.sleep(1)
             latest = watcher.latest()
-            p95 = window_p95(10)
+            p95 = window_p95(window_s)
             if latest and latest.replicas > 1 and latest.ready == latest.replicas and p95 is not None:
                 if "scaled_and_ready" not in marks:
                     marks["scaled_and_ready"] = time.monotonic()
-                if run.now() - began > 20 and p95 < ttft_slo_s:
+                if time.monotonic() - marks["scaled_and_ready"] > window_s and p95 < ttft_slo_s:
                     marks["recovered_p95"] = p95
                     break
         marks["drop"] = time.monotonic()
-        profile.set(BASE_RPS, run.now())
+        profile.set(base_rps, run.now())
         # Back at base load until a replica was removed and its pod has drained and gone.
         before: set[str] = set()
-        while run.now() - began < 400:
+        while run.now() - began < 420:
             await asyncio.sleep(1)
             names = set(pods())
             if watcher.first_change(marks["drop"], more=False) is None:
@@ -242,10 +283,16 @@ def test_load_step_scales_up_then_down_after_stabilization_without_failures(
     with service.Watcher(cluster, namespace, name, deployment) as watcher:
         asyncio.run(drive())
     samples = watcher.samples
-    report = {k: round(v - marks["step"], 1) for k, v in marks.items() if k != "recovered_p95"}
+    report: dict[str, object] = {
+        "capacity_rps": round(capacity, 2),
+        "base_rps": round(base_rps, 2),
+        "step_rps": round(step_rps, 2),
+    }
+    report |= {k: round(v - marks["step"], 1) for k, v in marks.items() if k != "recovered_p95"}
+    report["recovered_p95_s"] = round(marks.get("recovered_p95", float("nan")), 3)
 
     # Scale-up: decided within two control intervals of the first interval that saw the violation.
-    slo_ms = SLO["ttftP95Ms"], SLO["tpotP95Ms"]
+    slo_ms = LOAD_SLO["ttftP95Ms"], LOAD_SLO["tpotP95Ms"]
     violated = next(
         (
             s
@@ -256,12 +303,21 @@ def test_load_step_scales_up_then_down_after_stabilization_without_failures(
         None,
     )
     up = watcher.first_change(marks["step"], more=True)
-    assert violated is not None and up is not None, "the step violated no SLO, or nothing scaled up"
+    down = watcher.first_change(marks["drop"], more=False)
     report |= {
-        "violation_seen": round(violated.t - marks["step"], 1),
-        "scaled_up": round(up.t - marks["step"], 1),
+        "violation_seen": violated and round(violated.t - marks["step"], 1),
+        "scaled_up": up and round(up.t - marks["step"], 1),
+        "up_decision": up and up.decision,
+        "scaled_down": down and round(down.t - marks["step"], 1),
+        # (s from the step, replicas decided, replicas ready) at each change
+        "fleet": [
+            (round(b.t - marks["step"], 1), b.replicas, b.ready)
+            for a, b in itertools.pairwise(samples)
+            if (a.replicas, a.ready) != (b.replicas, b.ready)
+        ],
     }
     print(f"\nscaling timeline (s from the step): {report}; {loadgen.summary(run.results)}")
+    assert violated is not None and up is not None, "the step violated no SLO, or nothing scaled up"
     assert up.t - violated.t <= 2 * interval + 1.0, (up.t - violated.t, up.decision)
     assert "scaled" in up.decision and "→" in up.decision
     # The client-measured TTFT p95 came back under the SLO at the step's load, on more replicas.
@@ -281,7 +337,7 @@ def test_load_step_scales_up_then_down_after_stabilization_without_failures(
         downs[0].t - last_up,
         downs[0].decision,
     )
-    assert watcher.first_change(marks["drop"], more=False) is not None
+    assert down is not None
     failed = [r for r in run.results if not r.ok]
     assert failed == [], failed[:5]
     assert len(run.results) == run.sent
