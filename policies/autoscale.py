@@ -47,6 +47,7 @@ PlanFn = Callable[[InferenceServiceSpec, Load, SLOPolicySpec, float, float], Pla
 PEAK_HOLD_WINDOWS = 2
 PEAK_FADE_WINDOWS = 3
 ON_OFF_RATIO = 0.25
+STEADY_RATIO = 2.0  # calibration skips a window whose rate moved by more than this factor since the previous
 REACTIVE_MAX_RATIO = 2.0  # a breach scales the ready fleet by observed/target p95, at most this much
 
 
@@ -373,8 +374,9 @@ def _calibrate(
 ) -> ScalerState:
     """EWMA of observed/predicted for the running configuration, from steady windows only.
 
-    A window counts when it holds enough requests and no backlog: then TTFT is window plus prefill and TPOT
-    is the step time, which is what the factors correct; queueing transients of a burst are not model error.
+    A window counts when it holds enough requests and is steady (no backlog, no breach, the rate close to
+    the previous window's): then TTFT is window plus prefill and TPOT is the step time, which is what the
+    factors correct; queueing transients of a burst are not model error.
     TTFT calibrates on its p95; TPOT on the inter-token median, because the factor scales decode-only steps
     and the p95 of inter-token gaps is the prefill-chunk steps'.
     """
@@ -382,7 +384,7 @@ def _calibrate(
     ready = obs.ready_replicas or current.replicas
     if not cal.enabled or obs.requests < cal.min_requests or ready <= 0:
         return state
-    if (obs.queue_depth or 0.0) > ready:
+    if not _steady(spec, obs, state, ready):
         return state
     predicted = _predict(spec, current, obs, state, obs.rps / ready)
     if predicted is None:
@@ -402,6 +404,23 @@ def _calibrate(
         tpot_factor=update(state.tpot_factor, obs.tpot_p50_ms, tpot_pred, ITL_BUCKETS),
         calibration_samples=state.calibration_samples + 1,
     )
+
+
+def _steady(spec: InferenceServiceSpec, obs: Observation, state: ScalerState, ready: int) -> bool:
+    """Whether a window shows the steady state the model predicts, so its error is the model's.
+
+    Not when requests queue, when the SLO is breached (overload: the reactive path's business), or when the
+    rate moved by more than STEADY_RATIO since the previous window: the TTFTs of a burst's aftermath, or
+    of clustered arrivals, are not what a Poisson model at the window's mean rate predicts.
+    """
+    if (obs.queue_depth or 0.0) > ready or _breach(obs, *_slo_targets(spec)) is not None:
+        return False
+    if not state.load_history:
+        return True
+    t, before = state.load_history[-1]
+    if obs.time - t > 2 * obs.window_s:  # no previous window to compare with
+        return True
+    return before <= STEADY_RATIO * obs.rps and obs.rps <= STEADY_RATIO * before
 
 
 def bucket_ratio(observed_ms: float, predicted_ms: float, bounds_s: tuple[float, ...]) -> float:

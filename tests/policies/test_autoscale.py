@@ -178,6 +178,25 @@ def test_burst_backlog_and_calibration_skip():
     assert d.plan.replicas > current.replicas  # the backlog counts as demand
 
 
+@pytest.mark.parametrize(
+    ("ttft", "previous_rps", "calibrates"),
+    [
+        (700.0, 20.0, True),  # steady: the same rate as the previous window
+        (700.0, 22.0, True),
+        (1500.0, 20.0, False),  # a breach is overload, for the reactive path, not model error
+        (700.0, 60.0, False),  # right after a burst: its aftermath is not the steady state at 20 rps
+        (700.0, 5.0, False),  # the start of a burst: clustered arrivals
+    ],
+)
+def test_calibration_learns_only_from_steady_windows(ttft, previous_rps, calibrates):
+    current = plan_at(20.0)
+    state = ScalerState(load_history=((85.0, previous_rps),))
+    o = obs(100.0, 20.0, ttft=ttft, tpot=20, ready=current.replicas)
+    d = autoscale(SPEC, POLICY, current, o, state, 100.0)
+    assert d.state.calibration_samples == (1 if calibrates else 0)
+    assert (d.state.ttft_factor != 1.0) == calibrates  # 700 ms is off the model's prediction
+
+
 def test_rollout_only_when_the_saving_clears_the_threshold():
     current = plan_at(20.0)
     other = replace(current, accelerator="H200", cost_per_hour=current.cost_per_hour * 0.9)
