@@ -84,16 +84,15 @@ def prefill(
     cached prefix or an earlier chunk, keys come from the cache (which already holds this chunk) and the
     mask is causal aligned to the bottom right. Returns [n, heads, D]."""
     n = q.shape[0]
-    q = q.transpose(0, 1)
+    q = q.transpose(0, 1).unsqueeze(0)  # [1, heads, n, D]: the fused GPU kernels take 4-D inputs only
     if context == 0:
-        o = F.scaled_dot_product_attention(
-            q, k.transpose(0, 1), v.transpose(0, 1), is_causal=True, scale=scale, enable_gqa=True
-        )
+        keys, values = k.transpose(0, 1).unsqueeze(0), v.transpose(0, 1).unsqueeze(0)
+        o = F.scaled_dot_product_attention(q, keys, values, is_causal=True, scale=scale, enable_gqa=True)
     else:
         total = context + n
-        keys = gather(k_cache, block_table)[:, :total]
-        values = gather(v_cache, block_table)[:, :total]
+        keys = gather(k_cache, block_table)[None, :, :total]
+        values = gather(v_cache, block_table)[None, :, :total]
         q_pos = torch.arange(context, total, device=q.device)
         mask = torch.arange(total, device=q.device)[None, :] <= q_pos[:, None]
         o = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=scale, enable_gqa=True)
-    return o.transpose(0, 1)
+    return o[0].transpose(0, 1)
