@@ -172,17 +172,23 @@ class LLMEngine:
             reason = "stop"
         elif seq.num_output_tokens >= params.max_tokens:
             reason = "length"
-        if reason != "stop":
-            delta, seq.prefix_offset, seq.read_offset = detokenize_incrementally(
-                self.tokenizer, seq.token_ids, seq.prefix_offset, seq.read_offset, final=reason is not None
-            )
-            seq.output_text += delta
-            if params.stop:
-                search_from = max(0, len(seq.output_text) - len(delta) - max(map(len, params.stop)) + 1)
-                hits = [i for s in params.stop if (i := seq.output_text.find(s, search_from)) >= 0]
-                if hits:
-                    seq.output_text = seq.output_text[: min(hits)]
-                    reason = "stop"
+        # A stop token's own text is not output, but bytes held back before it as an incomplete character
+        # are: as U+FFFD, as when the length limit cuts one off.
+        stop_token = reason == "stop"
+        delta, seq.prefix_offset, seq.read_offset = detokenize_incrementally(
+            self.tokenizer,
+            seq.token_ids[:-1] if stop_token else seq.token_ids,
+            seq.prefix_offset,
+            seq.read_offset,
+            final=reason is not None,
+        )
+        seq.output_text += delta
+        if params.stop and not stop_token:
+            search_from = max(0, len(seq.output_text) - len(delta) - max(map(len, params.stop)) + 1)
+            hits = [i for s in params.stop if (i := seq.output_text.find(s, search_from)) >= 0]
+            if hits:
+                seq.output_text = seq.output_text[: min(hits)]
+                reason = "stop"
         out = self._finish(seq, reason) if reason else self._output(seq)
         out.new_token_ids = [token]
         if lp is not None:

@@ -111,3 +111,14 @@ def test_bounded_waiting_queue_counts_free_batch_slots() -> None:
         engine.add_request("d", [1] * 60, SamplingParams(max_tokens=5))
     with pytest.raises(ValueError, match="already in use"):
         engine.add_request("c", [1, 2], params)
+
+
+def test_a_stop_token_flushes_an_incomplete_character_instead_of_dropping_it() -> None:
+    """Byte tokens: 'A', then 0xC3 (the first byte of 'é', held back while incomplete), then a stop token."""
+    engine = LLMEngine(EngineConfig(model="random:tiny", max_model_len=64, num_kv_blocks=16))
+    seq = Sequence("r", [65], SamplingParams(max_tokens=8, stop_token_ids=[300]), Priority.INTERACTIVE, 0.0)
+    seq.prefix_offset = seq.read_offset = 1
+    engine._seqs["r"] = seq
+    outputs = [engine._append(seq, token, None, None, 0.0) for token in (0x41, 0xC3, 300)]
+    assert [o.new_text for o in outputs] == ["A", "", "\ufffd"]
+    assert outputs[-1].finish_reason == "stop" and seq.output_text == "A\ufffd"
