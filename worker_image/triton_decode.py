@@ -23,7 +23,9 @@ MIN_SPLIT = 64  # a split shorter than this costs more to merge than it saves
 TARGET_PROGRAMS = 256  # enough programs to fill an H100's 132 SMs about twice
 
 
-@triton.jit
+# Integers that change from step to step: specialising on them (== 1, divisible by 16) would compile new
+# variants in the middle of serving.
+@triton.jit(do_not_specialize=["split_len", "stride_tb", "stride_ob", "stride_oh", "stride_lb", "stride_lh"])
 def _paged_decode_kernel(
     q_ptr,
     k_ptr,
