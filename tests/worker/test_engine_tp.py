@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
+from worker_image import parallel
 from worker_image.config import EngineConfig
 from worker_image.engine import LLMEngine
 from worker_image.parallel import RankFailedError
@@ -109,3 +111,13 @@ def test_followers_exit_when_rank0_is_killed() -> None:
 def test_tp_must_divide_heads(tp: int, why: str) -> None:
     with pytest.raises(ValueError, match=rf"tensor_parallel_size={tp}: .*{why}"):
         EngineConfig(**(BASE | {"tensor_parallel_size": tp}))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() >= 2, reason="would join a real NCCL group")
+@pytest.mark.parametrize(("device", "needed"), [("cuda", "cuda:1"), ("cuda:3", "cuda:4")])
+def test_cuda_rank_needs_its_own_gpu(device: str, needed: str) -> None:
+    """Rank r runs on the r-th GPU after the configured one; one that is not there is a clear error."""
+    visible = torch.cuda.device_count()
+    with pytest.raises(ValueError, match=rf"rank 1 needs {needed}, but only {visible} GPUs are visible"):
+        parallel.init_group(1, 2, 0, device, 1.0)
+    assert parallel.world_size() == 1
