@@ -79,12 +79,10 @@ class StepPlan:
     graph: bool = False  # decode only and small enough for a captured CUDA graph
 
 
-def kv_cache_blocks(
-    total: int, free: int, peak: int, current: int, utilization: float, bytes_per_block: int
-) -> int:
+def kv_cache_blocks(total: int, free: int, activations: int, utilization: float, bytes_per_block: int) -> int:
     """KV blocks that fit in `utilization` of the device's memory after what is in use now (weights, the
-    CUDA context, other processes) and the warm-up's activation peak above the current allocation."""
-    budget = total * utilization - (total - free) - (peak - current)
+    CUDA context, other processes) and the activation peak of the largest step."""
+    budget = total * utilization - (total - free) - activations
     return max(0, int(budget // bytes_per_block))
 
 
@@ -168,11 +166,9 @@ class ModelRunner:
         if config.num_kv_blocks:
             n, source = config.num_kv_blocks, "num_kv_blocks"
         elif self.device.type == "cuda":
-            self._warm_up()
+            activations = self._warm_up()
             free, total = torch.cuda.mem_get_info(self.device)
-            stats = torch.cuda.memory_stats(self.device)
-            peak, current = stats["allocated_bytes.all.peak"], stats["allocated_bytes.all.current"]
-            n = kv_cache_blocks(total, free, peak, current, config.gpu_memory_utilization, bytes_per_block)
+            n = kv_cache_blocks(total, free, activations, config.gpu_memory_utilization, bytes_per_block)
             n = parallel.min_over_ranks(max(0, n - 1), self.device)  # one block is the graphs' sink
             source = f"gpu_memory_utilization={config.gpu_memory_utilization}"
         else:
@@ -185,16 +181,19 @@ class ModelRunner:
             )
         return n
 
-    def _warm_up(self) -> None:
-        """Run warm_up_batch on a scratch cache, so the memory peak of activations and logits is known
-        before the KV pool takes the rest."""
+    def _warm_up(self) -> int:
+        """Bytes of activations and logits at the peak of warm_up_batch, run on a scratch cache, so the KV
+        pool can take the rest."""
         batch = warm_up_batch(self.config)
         self._allocate_kv(1 + max(b for s in batch for b in s.block_table))
         torch.cuda.reset_peak_memory_stats(self.device)
+        before = torch.cuda.memory_allocated(self.device)
         self._forward(self._prepare(batch))
         torch.cuda.synchronize(self.device)
+        activations = torch.cuda.max_memory_allocated(self.device) - before
         self._allocate_kv(0)
         torch.cuda.empty_cache()
+        return activations
 
     def run(self, scheduled: list[tuple[Sequence, int]]) -> tuple[list[Sequence], SamplerOutput | None]:
         """One forward pass; returns the sequences that reached their end (and so sample) and their tokens."""

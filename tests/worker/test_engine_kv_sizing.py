@@ -13,27 +13,19 @@ GIB = 2**30
 
 
 @pytest.mark.parametrize(
-    ("total", "free", "peak", "current", "utilization", "block", "blocks"),
+    ("total", "free", "activations", "utilization", "block", "blocks"),
     [
-        (
-            80 * GIB,
-            79 * GIB,
-            2 * GIB,
-            1 * GIB,
-            0.9,
-            GIB // 4,
-            (72 - 1 - 1) * 4,
-        ),  # 1 GiB used, 1 GiB of activations
-        (80 * GIB, 79 * GIB, 1 * GIB, 1 * GIB, 1.0, GIB // 4, 79 * 4),  # no activation peak: all that is free
-        (80 * GIB, 40 * GIB, 1 * GIB, 1 * GIB, 0.9, GIB, 32),  # another process holds 40 GiB
-        (80 * GIB, 79 * GIB, 2 * GIB, 1 * GIB, 0.9, 3 * GIB, 23),  # a partial block is not allocated
-        (80 * GIB, 10 * GIB, 5 * GIB, 1 * GIB, 0.9, GIB, 0),  # over budget already: none, never negative
+        (80 * GIB, 79 * GIB, 1 * GIB, 0.9, GIB // 4, (72 - 1 - 1) * 4),  # 1 GiB in use, 1 GiB of activations
+        (80 * GIB, 79 * GIB, 0, 1.0, GIB // 4, 79 * 4),  # no activations: all that is free
+        (80 * GIB, 40 * GIB, 0, 0.9, GIB, 32),  # another process holds 40 GiB
+        (80 * GIB, 79 * GIB, 1 * GIB, 0.9, 3 * GIB, 23),  # a partial block is not allocated
+        (80 * GIB, 10 * GIB, 4 * GIB, 0.9, GIB, 0),  # over budget already: none, never negative
     ],
 )
 def test_kv_cache_blocks(
-    total: int, free: int, peak: int, current: int, utilization: float, block: int, blocks: int
+    total: int, free: int, activations: int, utilization: float, block: int, blocks: int
 ) -> None:
-    assert kv_cache_blocks(total, free, peak, current, utilization, block) == blocks
+    assert kv_cache_blocks(total, free, activations, utilization, block) == blocks
 
 
 @pytest.mark.parametrize(
