@@ -17,41 +17,21 @@ import random
 import statistics
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from bench import engine_common as common
+from bench.engine_common import Workload, drain_continuous, greedy
 from worker_image import presets
 from worker_image.config import EngineConfig
 from worker_image.engine import LLMEngine
-from worker_image.sampling import SamplingParams
 
 PRESET = "bench-small"
 
 
-@dataclass
-class Workload:
-    prompts: list[list[int]]
-    output_lens: list[int]
-
-    @property
-    def output_tokens(self) -> int:
-        return sum(self.output_lens)
-
-
 def workload(n: int, prompt_range: tuple[int, int], output_range: tuple[int, int], seed: int) -> Workload:
-    rng = random.Random(seed)
-    vocab = presets.PRESETS[PRESET]["vocab_size"]
-    lens = [rng.randint(*prompt_range) for _ in range(n)]
-    prompts = [
-        [rng.randrange(presets.BYTE_TOKENS["pad_token_id"] + 1, vocab) for _ in range(k)] for k in lens
-    ]
-    return Workload(prompts, [rng.randint(*output_range) for _ in range(n)])
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
+    return common.workload(PRESET, n, prompt_range, output_range, seed)
 
 
 def run_ours(engine: LLMEngine, w: Workload) -> tuple[dict, list[list[int]]]:
@@ -120,23 +100,13 @@ def run_hf_continuous(model: torch.nn.Module, w: Workload, batch_tokens: int) ->
     gen_cfg = GenerationConfig(do_sample=False, max_new_tokens=max(w.output_lens), eos_token_id=None)
     gen_cfg.pad_token_id = presets.BYTE_TOKENS["pad_token_id"]
     start = time.perf_counter()
-    generated = 0
     with (
         torch.no_grad(),
         model.continuous_batching_context_manager(
             generation_config=gen_cfg, continuous_batching_config=cb_cfg, block=True
         ) as m,
     ):
-        ids = [
-            m.add_request(p, max_new_tokens=n, eos_token_id=[])
-            for p, n in zip(w.prompts, w.output_lens, strict=True)
-        ]
-        for rid in ids:
-            while (result := m.get_result(request_id=rid, timeout=600)) is None or not result.is_finished():
-                pass
-            if result.error is not None:
-                raise RuntimeError(result.error)
-            generated += len(result.generated_tokens)
+        generated = drain_continuous(m, w)
     elapsed = time.perf_counter() - start
     return {
         "seconds": elapsed,

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import random
 import sys
 import time
 from dataclasses import dataclass
@@ -29,10 +28,11 @@ import transformers
 from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
+from bench import engine_common as common
+from bench.engine_common import Workload, drain_continuous, greedy
 from worker_image import presets
 from worker_image.config import EngineConfig
 from worker_image.engine import LLMEngine
-from worker_image.sampling import SamplingParams
 
 
 @dataclass(frozen=True)
@@ -52,19 +52,8 @@ FULL = Setup("qwen2.5-0.5b", "bfloat16", "cuda", 256, (100, 1024), (100, 1024), 
 SMOKE = Setup("tiny", "float32", "cpu", 6, (8, 24), (4, 12), 16, 8, 16 << 20)
 
 
-@dataclass
-class Workload:
-    prompts: list[list[int]]
-    output_lens: list[int]
-
-
 def workload(s: Setup, seed: int) -> Workload:
-    rng = random.Random(seed)
-    low, vocab = presets.BYTE_TOKENS["pad_token_id"] + 1, presets.PRESETS[s.preset]["vocab_size"]
-    prompts = [
-        [rng.randrange(low, vocab) for _ in range(rng.randint(*s.prompt_range))] for _ in range(s.requests)
-    ]
-    return Workload(prompts, [rng.randint(*s.output_range) for _ in range(s.requests)])
+    return common.workload(s.preset, s.requests, s.prompt_range, s.output_range, seed)
 
 
 def synchronize(device: str) -> None:
@@ -76,10 +65,6 @@ def free_memory() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def greedy(n: int) -> SamplingParams:
-    return SamplingParams(max_tokens=n, temperature=0.0, ignore_eos=True)
 
 
 def copy_bandwidth(s: Setup, iters: int = 20) -> float:
@@ -184,7 +169,6 @@ def hf_continuous(s: Setup, model: torch.nn.Module, w: Workload, graphs: bool) -
     )
     gen = GenerationConfig(do_sample=False, max_new_tokens=max(w.output_lens), eos_token_id=None)
     gen.pad_token_id = presets.BYTE_TOKENS["pad_token_id"]
-    generated = 0
     with (
         torch.no_grad(),  # its worker thread writes its tensors in place: inference mode would forbid that
         model.continuous_batching_context_manager(
@@ -193,23 +177,12 @@ def hf_continuous(s: Setup, model: torch.nn.Module, w: Workload, graphs: bool) -
     ):
         synchronize(s.device)
         start = time.perf_counter()
-        ids = [
-            manager.add_request(p, max_new_tokens=n, eos_token_id=[])
-            for p, n in zip(w.prompts, w.output_lens, strict=True)
-        ]
-        for rid in ids:
-            while (
-                result := manager.get_result(request_id=rid, timeout=600)
-            ) is None or not result.is_finished():
-                pass
-            if result.error is not None:
-                raise RuntimeError(result.error)
-            generated += len(result.generated_tokens)
+        generated = drain_continuous(manager, w)
         elapsed = time.perf_counter() - start
     return {
         "seconds": elapsed,
         "output_tokens": generated,
-        "requested_output_tokens": sum(w.output_lens),
+        "requested_output_tokens": w.output_tokens,
         "output_tokens_per_s": generated / elapsed,
         "cuda_graphs": graphs,
     }
