@@ -15,8 +15,8 @@ One decision per interval, from the planner at the load the service must be read
 4. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
 5. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
    step), scale down to the highest recommendation of the down window, at most max step, after a cooldown.
-   A fresh autoscaler counts the running fleet (planned from the manifest's hints) as its first
-   recommendation: the hint holds for one down window, then observed traffic decides.
+   A fresh autoscaler counts the plan for the manifest's expected rate as its first recommendation: the
+   hint holds for one down window, then observed traffic decides.
 6. Change accelerator or TP (a rollout) only when the predicted saving clears the policy's threshold.
 """
 
@@ -108,9 +108,7 @@ def autoscale(
             reactive = breach
     raw = min(max(raw, spec.scaling.min_replicas), spec.scaling.max_replicas)
 
-    # a fresh autoscaler counts the running fleet (planned from the manifest's hints) as the recommendation of
-    # the interval before its first observation: it shrinks only after a scale-down stabilization window
-    seed = ((now - policy.evaluation_interval_seconds, current.replicas),) if fresh else ()
+    seed = _hint_seed(spec, policy, state, now, plan_fn) if fresh else ()
     recs = (*seed, *((t, r) for t, r in state.recommendations if t > now - _keep(policy)), (now, raw))
     state = replace(state, recommendations=recs)
     target = _stabilize(policy, current.replicas, recs, now, state.last_scale_time)
@@ -155,6 +153,21 @@ def autoscale(
     else:
         reason = f"{held}: planned for {anticipated_rps:.3g} rps {at}"
     return Decision(new_plan, state, "hold", reason, True, slo_met)
+
+
+def _hint_seed(
+    spec: InferenceServiceSpec, policy: SLOPolicySpec, state: ScalerState, now: float, plan_fn: PlanFn
+) -> tuple[tuple[float, int], ...]:
+    """A fresh autoscaler's first recommendation: the replicas planned for the manifest's traffic hints, as
+    if recommended the interval before its first observation, so they stand for one scale-down window."""
+    if spec.traffic.expected_rps is None:
+        return ()
+    hinted = _feasible(
+        plan_fn(spec, planner.load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor)
+    )
+    if hinted is None:
+        return ()
+    return ((now - policy.evaluation_interval_seconds, hinted.replicas),)
 
 
 def _slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:

@@ -48,13 +48,25 @@ GOODPUT_HEADROOMS = (0.0, 0.1, 0.2, 0.3)  # SLOPolicy headroom, goodput's main k
 STATIC_FRACTIONS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)  # of the replicas planned for the peak 15 s rate
 
 
-def benchmark_service(expected_rps: float, max_replicas: int = 64) -> InferenceServiceSpec:
-    """A Llama-3-8B class service on H100 SXM with interactive SLOs, as a platform team would apply it."""
+def benchmark_service(
+    expected_rps: float,
+    max_replicas: int = 64,
+    prompt_tokens: tuple[int, int] | None = None,
+    output_tokens: tuple[int, int] | None = None,
+) -> InferenceServiceSpec:
+    """A Llama-3-8B class service on H100 SXM with interactive SLOs, as a platform team would apply it.
+
+    Token hints are (p50, p95) of prompt and output lengths, as a team reads them off its request logs.
+    """
+    traffic: dict[str, Any] = {"class": "interactive", "expectedRps": round(expected_rps, 3)}
+    for key, hint in (("promptTokens", prompt_tokens), ("outputTokens", output_tokens)):
+        if hint is not None:
+            traffic[key] = {"p50": hint[0], "p95": hint[1]}
     return InferenceServiceSpec.model_validate(
         {
             "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
             "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
-            "traffic": {"class": "interactive", "expectedRps": round(expected_rps, 3)},
+            "traffic": traffic,
             "accelerators": [{"type": "H100-SXM", "maxCount": max_replicas}],
             "scaling": {"minReplicas": 1, "maxReplicas": max_replicas, "maxTensorParallel": 1},
         }
@@ -122,11 +134,14 @@ def setup(
     """The service, its initial plan and the simulated fleet.
 
     Every policy starts from the same fleet: the plan for the trace's busiest 15 s, as a platform team
-    provisions a new service for its expected peak (the manifest's `expectedRps` hint). Starting from the
-    mean rate instead would make the first bursts a cold start that no policy could serve.
+    provisions a new service for its expected peak (the manifest's `expectedRps` hint, with the trace's
+    token percentiles as its token hints). Starting from the mean rate instead would make the first bursts a
+    cold start that no policy could serve.
     """
     peak_rps = float(trace.rate_per_window(15.0).max())
-    spec = benchmark_service(peak_rps)
+    spec = benchmark_service(
+        peak_rps, prompt_tokens=_p50_p95(trace.prompt_tokens), output_tokens=_p50_p95(trace.output_tokens)
+    )
     policy = policy or SLOPolicySpec()
     load = Load(rps=peak_rps, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens)
     initial = planner.plan(spec, load, policy, 1.0, 1.0).chosen
@@ -160,6 +175,11 @@ def setup(
         seed=seed,
     )
     return Setup(spec, policy, initial, sim, peak_replicas, capacity)
+
+
+def _p50_p95(tokens: np.ndarray) -> tuple[int, int]:
+    p50, p95 = np.percentile(tokens, [50, 95])
+    return max(1, round(float(p50))), max(1, round(float(p95)))
 
 
 def _job(trace: Trace, job: tuple[Any, SimConfig, Any]) -> SimResult:
