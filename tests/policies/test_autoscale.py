@@ -109,6 +109,13 @@ def test_a_fresh_autoscaler_keeps_the_hinted_fleet_one_window_then_follows_the_t
     assert sizes[600.0] == low
 
 
+def test_without_a_hint_a_fresh_autoscaler_follows_the_traffic_at_once():
+    unhinted = SPEC.model_copy(update={"traffic": SPEC.traffic.model_copy(update={"expected_rps": None})})
+    current = plan_at(200.0)
+    d = autoscale(unhinted, POLICY, current, obs(15.0, 10.0, ready=current.replicas), ScalerState(), 15.0)
+    assert d.plan.replicas == current.replicas - POLICY.max_scale_down_step
+
+
 @pytest.mark.parametrize("stale_by", [None, 61.0, 600.0])
 def test_missing_or_stale_metrics_hold_and_never_scale_down(stale_by):
     current = plan_at(40.0)
