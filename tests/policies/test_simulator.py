@@ -163,3 +163,26 @@ def test_oracle_is_a_bound():
         if r.attainment >= best.attainment:
             assert best.gpu_hours <= r.gpu_hours
     assert need.max() > need.min()  # it follows the bursts
+
+
+def test_oracle_is_no_costlier_than_sizing_every_interval_alike():
+    rng = np.random.default_rng(2)
+    # a smooth ramp: 2 to 14 requests per second over 20 minutes, Poisson arrivals
+    t = np.linspace(0, 1200, 1201)
+    rate = 2 + 12 * t / 1200
+    arrivals = np.sort(
+        np.concatenate([rng.uniform(a, a + 1, rng.poisson(r)) for a, r in zip(t, rate, strict=True)])
+    )
+    trace = _trace(arrivals, prompt=100, output=5)
+    cfg = _cfg(slo=SLOTarget(ttft_ms=1000, tpot_ms=150, attainment=0.99))
+    capacity = 1.0 / (100 * PROFILE.compute_s_per_token + 4 * PROFILE.weights_s / 4)
+    best, _ = oracle(trace, cfg, capacity_rps=capacity)
+    assert best.attainment >= 0.99
+    per_interval = np.bincount((arrivals // 15).astype(int)) / 15
+    for share in (0.3, 0.4, 0.45):
+        need = np.maximum(np.ceil(per_interval / (share * capacity)).astype(int), 1)
+        schedule = Schedule(need, cfg.interval_s, cfg.start_delay_s)
+        first = schedule.decide(0.0, None, FleetView(0, 0, 0)).replicas
+        uniform = simulate(trace, schedule, _cfg(**{**cfg.__dict__, "initial_replicas": first}))
+        if uniform.attainment >= 0.99:
+            assert best.gpu_hours <= uniform.gpu_hours + 1e-9
