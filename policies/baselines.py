@@ -10,7 +10,7 @@
 - Static: a fixed replica count.
 - Oracle: the fewest replicas per interval that meet the SLO, found with the whole trace in hand, with pods
   requested one start delay ahead so they are ready when their interval begins. A hindsight search, not a
-  proven lower bound: a causal policy cannot beat it in practice, a better search could.
+  proven lower bound: a better search may find a cheaper schedule.
 """
 
 from __future__ import annotations
