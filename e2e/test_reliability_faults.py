@@ -45,7 +45,7 @@ TWO_REPLICA_HINTS = {
     "promptTokens": {"p50": 500, "p95": 1000},
     "outputTokens": {"p50": 200, "p95": 400},
 }
-STREAM_TOKENS = 600  # a few seconds of streaming per request on a tiny CPU worker
+STREAM_TOKENS = 2000  # seconds of streaming on a tiny CPU worker (one torch thread); fits its context
 RECONCILED: list[
     str
 ] = []  # per fuzzed spec the operator reconciled: its Ready reason, for bench/reliability.py
