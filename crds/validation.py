@@ -25,7 +25,7 @@ class FieldError:
         return f"{self.field}: {self.message}"
 
 
-def _schema_for(kind: str) -> dict[str, Any]:
+def schema_for(kind: str) -> dict[str, Any]:
     for crd in all_crds().values():
         if crd["spec"]["names"]["kind"] == kind:
             return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
@@ -35,8 +35,8 @@ def _schema_for(kind: str) -> dict[str, Any]:
 def apply_defaults(obj: Any, schema: dict[str, Any]) -> Any:
     """Fill schema defaults into a copy of `obj`, as the API server does before validating.
 
-    Like the API server, first drop null values of fields that are not nullable (it prunes them, then
-    defaults), so `spec: null` is the empty spec rather than a type error.
+    Like the API server, first drop null values of fields and map entries that are not nullable (it prunes
+    them, then defaults), so `spec: null` is the empty spec and `nodeSelector: {"a": null}` the empty map.
     """
     if isinstance(obj, dict) and "properties" in schema:
         properties = schema["properties"]
@@ -47,6 +47,11 @@ def apply_defaults(obj: Any, schema: dict[str, Any]) -> Any:
             if name in out:
                 out[name] = apply_defaults(out[name], sub)
         return out
+    values = schema.get("additionalProperties")
+    if isinstance(obj, dict) and isinstance(values, dict):
+        return {
+            k: apply_defaults(v, values) for k, v in obj.items() if v is not None or values.get("nullable")
+        }
     if isinstance(obj, list) and "items" in schema:
         return [apply_defaults(item, schema["items"]) for item in obj]
     return obj
@@ -107,7 +112,7 @@ def validate_manifest(obj: dict[str, Any]) -> list[FieldError]:
     kind = obj.get("kind")
     if kind not in ("InferenceService", "SLOPolicy"):
         return [FieldError("kind", f"expected InferenceService or SLOPolicy, got {kind!r}")]
-    schema = _schema_for(kind)
+    schema = schema_for(kind)
     defaulted = apply_defaults(obj, schema)
     errors = _schema_errors(defaulted, schema)
     return errors or _cel_errors(defaulted, schema, [])

@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from crds.generate import OUTPUT_DIRS, all_crds, render
 from crds.inferenceservice import InferenceService
 from crds.slopolicy import SLOPolicy
-from crds.validation import validate_manifest
+from crds.validation import schema_for, apply_defaults, validate_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -162,3 +162,20 @@ def test_default_policy_round_trips() -> None:
     assert validate_manifest({"kind": "SLOPolicy", **policy.to_wire()}) == []
     assert policy.spec.tier_batch_windows.interactive.max_ms == 5
     assert policy.spec.tier_batch_windows.batch.min_ms == 20
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "expected"),
+    [
+        ("nodeSelector", {"": None, "zone": "a"}, {"zone": "a"}),  # a null map entry is pruned
+        ("nodeSelector", None, {}),  # a null field too, then defaulted
+    ],
+)
+def test_nulls_are_pruned_before_validation_as_the_api_server_does(
+    field: str, value: Any, expected: dict[str, str]
+) -> None:
+    manifest = _service()
+    manifest["spec"]["accelerators"][0][field] = value
+    assert validate_manifest(manifest) == []
+    service = InferenceService.model_validate(apply_defaults(manifest, schema_for("InferenceService")))
+    assert service.spec.accelerators[0].node_selector == expected
