@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from crds.generate import OUTPUT_DIRS, all_crds, render
 from crds.inferenceservice import InferenceService
 from crds.slopolicy import SLOPolicy
-from crds.validation import schema_for, apply_defaults, validate_manifest
+from crds.validation import apply_defaults, schema_for, validate_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
