@@ -1,6 +1,7 @@
 """Reliability report: runs the reliability tests and gathers what they measured into one JSON document.
 
-Faults injected and survived (e2e/test_reliability_faults.py, on a stack of its own), bad inputs tried and
+Faults injected and survived (e2e/test_reliability_faults.py, on a stack of its own, and scale-down under
+load from the load-step scenario in e2e/test_scenarios.py), bad inputs tried and
 rejected by the real API server (e2e/test_reliability_input.py), least-privilege checks
 (e2e/test_reliability_access.py), overload and KV exhaustion of a worker (tests/reliability/), requests sent
 and lost. The figures are the tests' own (``record_property`` and the modules' tallies), so the report and
@@ -27,6 +28,8 @@ ROOT = Path(__file__).resolve().parents[1]
 OVERLOAD = "tests/reliability/test_overload.py"
 E2E = ["e2e/test_reliability_input.py", "e2e/test_reliability_access.py"]
 FAULTS = "e2e/test_reliability_faults.py"
+# Scale-down under load: the scenario's load step, whose second half removes replicas while requests flow.
+LOAD_STEP = "e2e/test_scenarios.py::test_load_step_scales_up_then_down_after_stabilization_without_failures"
 
 
 class Collector:
@@ -77,8 +80,11 @@ def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     reconciled = [reason for values in module_values("RECONCILED") for reason in values]
     faults = properties(tests, "fault")
     fault_tests = {
-        n: t for n, t in tests.items() if FAULTS in n and not {"impossible", "fuzzed"} & set(n.split("_"))
+        n: t
+        for n, t in tests.items()
+        if (FAULTS in n and not {"impossible", "fuzzed"} & set(n.split("_"))) or n == LOAD_STEP
     }
+    load_step = properties(tests, "load_step")
     overload = properties(tests, "overload")
     kv = properties(tests, "kv_exhaustion")
     access = properties(tests, "access")
@@ -86,12 +92,15 @@ def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     sent += sum(f.get("streams", 0) for f in faults)
     lost = sum(o["lost"] for o in overload) + sum(k["lost"] for k in kv)
     lost += sum(f.get("lost_elsewhere", 0) for f in faults)
+    sent += sum(step["sent"] for step in load_step)
+    lost += sum(step["failed"] + step["sent"] - step["answered"] for step in load_step)
     return {
         "tests": {"passed": outcomes.count("passed"), "failed": len(outcomes) - outcomes.count("passed")},
         "faults": {
             "injected": len(fault_tests),
             "survived": sum(t["outcome"] == "passed" for t in fault_tests.values()),
             "details": faults,
+            "scale_down_under_load": load_step,
         },
         "bad_input": {
             **bad_input,
@@ -123,7 +132,7 @@ def main() -> None:
         "--no-faults", action="store_true", help="skip the fault injections (the slowest part)"
     )
     args = parser.parse_args()
-    paths = [OVERLOAD] + ([] if args.no_e2e else E2E + ([] if args.no_faults else [FAULTS]))
+    paths = [OVERLOAD] + ([] if args.no_e2e else E2E + ([] if args.no_faults else [FAULTS, LOAD_STEP]))
     collector = Collector()
     began = time.monotonic()
     code = pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *paths], plugins=[collector])

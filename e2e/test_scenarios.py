@@ -10,7 +10,7 @@ import asyncio
 import itertools
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import kubernetes
@@ -205,7 +205,7 @@ def test_invalid_manifests_are_rejected_naming_the_field(
 
 
 def test_load_step_scales_up_then_down_after_stabilization_without_failures(
-    cluster: Stack, sized: tuple[str, str]
+    cluster: Stack, sized: tuple[str, str], record_property: Callable[[str, object], None]
 ) -> None:
     """Base load → a step past what one replica can serve: scaled up within two control intervals of the
     violation (or before it), client TTFT p95 back under the SLO; back to base: fewer replicas only after the stabilization
@@ -320,7 +320,9 @@ def test_load_step_scales_up_then_down_after_stabilization_without_failures(
             if (a.replicas, a.ready) != (b.replicas, b.ready)
         ],
     }
+    report |= {"sent": run.sent, "answered": len(run.results), "failed": sum(not r.ok for r in run.results)}
     print(f"\nscaling timeline (s from the step): {report}; {loadgen.summary(run.results)}")
+    record_property("load_step", report)  # bench/reliability.py reports it as scale-down under load
     assert up is not None, "nothing scaled up"
     # The step is past one replica's capacity, so the SLO breaks unless the operator scales first: planning
     # for the step's rate may decide before any interval saw the violation; reacting to it takes at most two.
