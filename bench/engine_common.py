@@ -1,11 +1,13 @@
 """What the engine benchmarks share: a seeded random-token workload, greedy sampling, and draining
-transformers' continuous-batching manager with a length per request."""
+transformers' continuous-batching manager with a length per request, and its static batches."""
 
 from __future__ import annotations
 
 import random
 from dataclasses import dataclass
 from typing import Any
+
+import torch
 
 from worker_image import presets
 from worker_image.sampling import SamplingParams
@@ -50,3 +52,22 @@ def drain_continuous(manager: Any, w: Workload) -> int:
             raise RuntimeError(result.error)
         generated += len(result.generated_tokens)
     return generated
+
+
+def generate_static(model: Any, w: Workload, batch_size: int, device: str = "cpu") -> None:
+    """transformers `generate` on arrival-order batches, left padded, each until its longest output is done."""
+    pad = presets.BYTE_TOKENS["pad_token_id"]
+    with torch.inference_mode():
+        for b in range(0, len(w.prompts), batch_size):
+            prompts, outs = w.prompts[b : b + batch_size], w.output_lens[b : b + batch_size]
+            width = max(map(len, prompts))
+            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=device)
+            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=device)
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=mask,
+                max_new_tokens=max(outs),
+                min_new_tokens=max(outs),
+                do_sample=False,
+            )
+            assert out.shape[1] == width + max(outs)

@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from bench import engine_common as common
-from bench.engine_common import Workload, drain_continuous, greedy
+from bench.engine_common import Workload, drain_continuous, generate_static, greedy
 from worker_image import presets
 from worker_image.config import EngineConfig
 from worker_image.engine import LLMEngine
@@ -61,22 +61,8 @@ def hf_model(seed: int) -> torch.nn.Module:
 
 def run_hf_static(model: torch.nn.Module, w: Workload, batch_size: int) -> dict:
     """Arrival-order batches, left padded, each running until its longest output is done."""
-    pad = presets.BYTE_TOKENS["pad_token_id"]
     start = time.perf_counter()
-    with torch.inference_mode():
-        for b in range(0, len(w.prompts), batch_size):
-            prompts, outs = w.prompts[b : b + batch_size], w.output_lens[b : b + batch_size]
-            width = max(map(len, prompts))
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts])
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max(outs),
-                min_new_tokens=max(outs),
-                do_sample=False,
-            )
-            assert out.shape[1] == width + max(outs)
+    generate_static(model, w, batch_size)
     elapsed = time.perf_counter() - start
     return {
         "seconds": elapsed,

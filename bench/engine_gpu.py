@@ -29,7 +29,7 @@ from transformers import GenerationConfig
 from transformers.generation.configuration_utils import ContinuousBatchingConfig
 
 from bench import engine_common as common
-from bench.engine_common import Workload, drain_continuous, greedy
+from bench.engine_common import Workload, drain_continuous, generate_static, greedy
 from worker_image import presets
 from worker_image.config import EngineConfig
 from worker_image.engine import LLMEngine
@@ -191,23 +191,9 @@ def hf_continuous(s: Setup, model: torch.nn.Module, w: Workload, graphs: bool) -
 def run_hf_static(s: Setup, model: torch.nn.Module, w: Workload, batch_size: int) -> dict:
     """Arrival-order batches, left padded, each running until its longest output is done; then batch-1
     TPOT from two generate lengths, the best of two runs each (their difference cancels the prefill)."""
-    pad = presets.BYTE_TOKENS["pad_token_id"]
     synchronize(s.device)
     start = time.perf_counter()
-    with torch.inference_mode():
-        for b in range(0, len(w.prompts), batch_size):
-            prompts, outs = w.prompts[b : b + batch_size], w.output_lens[b : b + batch_size]
-            width = max(map(len, prompts))
-            ids = torch.tensor([[pad] * (width - len(p)) + p for p in prompts], device=s.device)
-            mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts], device=s.device)
-            out = model.generate(
-                input_ids=ids,
-                attention_mask=mask,
-                max_new_tokens=max(outs),
-                min_new_tokens=max(outs),
-                do_sample=False,
-            )
-            assert out.shape[1] == width + max(outs)
+    generate_static(model, w, batch_size, s.device)
     synchronize(s.device)
     elapsed = time.perf_counter() - start
     tokens = sum(w.output_lens)
