@@ -387,9 +387,12 @@ def _calibrate(
 ) -> ScalerState:
     """EWMA of observed/predicted for the running configuration, from steady windows only.
 
-    A window counts when it holds enough requests and is steady (no backlog, no breach, the rate close to
-    the previous window's): then TTFT is window plus prefill and TPOT is the step time, which is what the
-    factors correct; queueing transients of a burst are not model error.
+    A window counts when it holds enough requests and is steady (no backlog, the rate close to the previous
+    window's): then TTFT is window plus prefill and TPOT is the step time, which is what the factors correct;
+    queueing transients of a burst are not model error. A TTFT breach is overload, the reactive path's
+    business, so TTFT learns only from windows that meet the SLO. TPOT learns from a breach too: without a
+    queue a slow decode step is the model's error, and it is how a breach that no queue signals (a batch too
+    large for the TPOT target) reaches the plan, which then runs smaller batches on more replicas.
     TTFT calibrates on its p95; TPOT on the inter-token median, because the factor scales decode-only steps
     and the p95 of inter-token gaps is the prefill-chunk steps'.
     """
@@ -397,7 +400,7 @@ def _calibrate(
     ready = obs.ready_replicas or current.replicas
     if not cal.enabled or obs.requests < cal.min_requests or ready <= 0:
         return state
-    if not _steady(spec, obs, state, ready):
+    if not _steady(obs, state, ready):
         return state
     predicted = _predict(spec, current, obs, state, obs.rps / ready)
     if predicted is None:
@@ -411,22 +414,26 @@ def _calibrate(
         new = (1 - cal.smoothing) * factor + cal.smoothing * factor * ratio
         return min(max(new, cal.min_factor), cal.max_factor)
 
+    slo_ttft, _ = _slo_targets(spec)
+    ttft = obs.ttft_p95_ms if obs.ttft_p95_ms is not None and obs.ttft_p95_ms <= slo_ttft else None
+    if ttft is None and obs.tpot_p50_ms is None:
+        return state
     return replace(
         state,
-        ttft_factor=update(state.ttft_factor, obs.ttft_p95_ms, ttft_pred, TTFT_BUCKETS),
+        ttft_factor=update(state.ttft_factor, ttft, ttft_pred, TTFT_BUCKETS),
         tpot_factor=update(state.tpot_factor, obs.tpot_p50_ms, tpot_pred, ITL_BUCKETS),
         calibration_samples=state.calibration_samples + 1,
     )
 
 
-def _steady(spec: InferenceServiceSpec, obs: Observation, state: ScalerState, ready: int) -> bool:
+def _steady(obs: Observation, state: ScalerState, ready: int) -> bool:
     """Whether a window shows the steady state the model predicts, so its error is the model's.
 
-    Not when requests queue, when the SLO is breached (overload: the reactive path's business), or when the
-    rate moved by more than STEADY_RATIO since the previous window: the TTFTs of a burst's aftermath, or
-    of clustered arrivals, are not what a Poisson model at the window's mean rate predicts.
+    Not when requests queue, or when the rate moved by more than STEADY_RATIO since the previous window: the
+    TTFTs of a burst's aftermath, or of clustered arrivals, are not what a Poisson model at the window's mean
+    rate predicts.
     """
-    if (obs.queue_depth or 0.0) > ready or _breach(obs, *_slo_targets(spec)) is not None:
+    if (obs.queue_depth or 0.0) > ready:
         return False
     if not state.load_history:
         return True

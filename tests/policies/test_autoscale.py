@@ -204,6 +204,24 @@ def test_calibration_learns_only_from_steady_windows(ttft, previous_rps, calibra
     assert (d.state.ttft_factor != 1.0) == calibrates  # 700 ms is off the model's prediction
 
 
+def test_a_tpot_breach_that_no_queue_signals_still_grows_the_fleet_through_calibration():
+    """Decode slower than the model says, batches full but nobody waiting: the reactive path (which needs a
+    queue) stays quiet, and the TPOT factor learns from the breach until the plan runs more replicas."""
+    rps = 100.0
+    current = plan_at(rps)
+    o = obs(100.0, rps, ttft=300, ready=current.replicas, window=60.0)
+    _, tpot_pred = _predict(SPEC, current, o, ScalerState(), rps / current.replicas)
+    slow = replace(o, tpot_p50_ms=3 * tpot_pred, tpot_p95_ms=4 * SPEC.slo.tpot_p95_ms)
+    state, plan = ScalerState(), current
+    for step in range(1, 9):
+        now = 100.0 + 60.0 * step
+        d = autoscale(SPEC, POLICY, plan, replace(slow, time=now, ready_replicas=plan.replicas), state, now)
+        assert d.slo_met is False
+        state, plan = d.state, d.plan
+    assert state.tpot_factor > 1.5 and state.ttft_factor == pytest.approx(1.0, abs=0.2)
+    assert plan.replicas > current.replicas
+
+
 def test_rollout_only_when_the_saving_clears_the_threshold():
     current = plan_at(20.0)
     other = replace(current, accelerator="H200", cost_per_hour=current.cost_per_hour * 0.9)
