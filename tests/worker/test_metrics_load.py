@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 MODEL = "random:tiny"
 NUM_REQUESTS = 16
+TRANSIT_S = 0.003  # loopback HTTP in and SSE out per request, outside the server's TTFT
 ARRIVAL_GAP_S = 0.025
 
 
@@ -141,6 +142,9 @@ def test_metrics_account_for_a_load_run() -> None:
 
     client_ttft = sum(r.ttft_s for r in results)
     server_ttft = m["vllm:time_to_first_token_seconds_sum"]
-    assert abs(server_ttft - client_ttft) <= 0.10 * client_ttft, (server_ttft, client_ttft)
+    # The client also waits for the request's way in and the first event's way out, which the server's clock
+    # cannot see: milliseconds each, a share that grows when the machine is busy and TTFTs are this short.
+    transit = TRANSIT_S * NUM_REQUESTS
+    assert abs(server_ttft - client_ttft) <= 0.10 * client_ttft + transit, (server_ttft, client_ttft)
     # Requests queued behind max_num_seqs: queue time is part of TTFT, never more than it.
     assert 0 < m["vllm:request_queue_time_seconds_sum"] <= server_ttft
