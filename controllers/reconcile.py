@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from datetime import UTC, datetime
 from typing import Any
 
@@ -353,24 +354,22 @@ async def write_policy_status(
     """
     users = rt.users_of(name)
     body = status.policy_status(existing, generation, users, invalid, datetime.now(UTC))
+    await _patch_policy_status(rt, name, body, users)
+
+
+async def refresh_policy_users(rt: Runtime) -> None:
+    """Rewrite status.services of the policies whose users changed since it was written (services come,
+    go and change policyRef without any SLOPolicy event)."""
+    users = Counter(record.policy_name for record in rt.services.values())
+    for name, written in list(rt.policy_users_written.items()):
+        if name in rt.policies and users[name] != written:
+            await _patch_policy_status(rt, name, {"services": users[name]}, users[name])
+
+
+async def _patch_policy_status(rt: Runtime, name: str, body: dict[str, Any], users: int) -> None:
     try:
         await rt.kube.patch_status("SLOPolicy", None, name, body)
     except KubeError as error:
         log.warning("writing the status of SLOPolicy %s failed: %s", name, error)
     else:
         rt.policy_users_written[name] = users
-
-
-async def refresh_policy_users(rt: Runtime) -> None:
-    """Rewrite status.services of the policies whose users changed since it was written (services come,
-    go and change policyRef without any SLOPolicy event)."""
-    for name, written in list(rt.policy_users_written.items()):
-        users = rt.users_of(name)
-        if users == written or name not in rt.policies:
-            continue
-        try:
-            await rt.kube.patch_status("SLOPolicy", None, name, {"services": users})
-        except KubeError as error:
-            log.warning("writing the status of SLOPolicy %s failed: %s", name, error)
-        else:
-            rt.policy_users_written[name] = users
