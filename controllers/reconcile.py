@@ -26,7 +26,7 @@ from controllers.prometheus import Snapshot
 from controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
 from crds.inferenceservice import InferenceServiceSpec, Mode
 from crds.slopolicy import SLOPolicySpec
-from policies.autoscale import autoscale
+from policies.autoscale import autoscale, slo_targets
 from policies.observe import build_observation
 from policies.planner import load_from_spec
 from policies.types import Candidate, Decision, Observation, PlanResult
@@ -246,7 +246,10 @@ def observation_for(
         return None, Cond(
             "MetricsAvailable", "False", "Stale", f"{shown} (stale after {policy.stale_after_seconds:g} s)"
         )
-    observation = build_observation(snapshot.time, snapshot.window_s, tiers)
+    ttft_target_ms, _ = slo_targets(record.spec)
+    observation = build_observation(
+        snapshot.time, snapshot.window_s, tiers, ttft_target_s=ttft_target_ms / 1000
+    )
     if observation is None:
         return None, Cond(
             "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"

@@ -131,6 +131,17 @@ class Histogram:
         values = histogram_quantiles(qs, self.upper_bounds, self.cumulative)
         return [None if math.isnan(v) else v for v in values.tolist()]
 
+    def count_within(self, x: float) -> float:
+        """Observations at or below `x`, interpolated inside its bucket as `histogram_quantile` would.
+
+        Beyond the largest finite bound nothing is known, so the count there is the one at that bound.
+        """
+        if len(self.upper_bounds) < 2:
+            return 0.0
+        finite = self.upper_bounds[:-1]
+        counts = np.maximum.accumulate(self.cumulative)
+        return float(np.interp(x, np.r_[0.0, finite], np.r_[0.0, counts[:-1]]))
+
     def __add__(self, other: Histogram) -> Histogram:
         if not np.array_equal(self.upper_bounds, other.upper_bounds):
             raise ValueError("cannot add histograms with different bucket boundaries")
@@ -191,13 +202,18 @@ def _token_stats(h: Histogram | None) -> tuple[float | None, float | None, tuple
     return values[0], values[1], nodes
 
 
-def _observe_one(time: float, window_s: float, w: TierWindow, quantile: float) -> Observation:
+def _observe_one(
+    time: float, window_s: float, w: TierWindow, quantile: float, ttft_target_s: float | None
+) -> Observation:
     requests = w.requests
     if requests is None:  # fall back on the TTFT histogram's count: one observation per request
         requests = w.ttft.count if w.ttft is not None else None
     count = requests if requests is not None else 0.0
     ttft_p95 = None if w.ttft is None else w.ttft.quantile(quantile)
     tpot_p95, tpot_p50 = (None, None) if w.itl is None else w.itl.quantiles(np.array([quantile, 0.5]))
+    ttft_met = None
+    if ttft_target_s is not None and w.ttft is not None:
+        ttft_met = (w.ttft.count_within(ttft_target_s), w.ttft.count)
     prompt_p50, prompt_p95, prompt_nodes = _token_stats(w.prompt_tokens)
     output_p50, output_p95, output_nodes = _token_stats(w.output_tokens)
     return Observation(
@@ -218,23 +234,29 @@ def _observe_one(time: float, window_s: float, w: TierWindow, quantile: float) -
         tpot_p50_ms=_ms(tpot_p50),
         prompt_tokens_nodes=prompt_nodes,
         output_tokens_nodes=output_nodes,
+        ttft_met=ttft_met,
     )
 
 
 def build_observation(
-    time: float, window_s: float, tiers: Mapping[str, TierWindow], quantile: float = 0.95
+    time: float,
+    window_s: float,
+    tiers: Mapping[str, TierWindow],
+    quantile: float = 0.95,
+    ttft_target_s: float | None = None,
 ) -> Observation | None:
     """One Observation from a window's per-tier series; None when Prometheus returned no series at all.
 
     A window with series but zero increase is zero traffic (rps 0, latency quantiles None), not missing data.
-    The service-level view sums histograms and counters over tiers, and averages KV usage over tiers.
+    The service-level view sums histograms and counters over tiers, and averages KV usage over tiers. With a
+    TTFT target, it also counts the first tokens that met it (`ttft_met`), for the SLO's error budget.
     """
     if window_s <= 0:
         raise ValueError(f"window_s must be > 0, got {window_s}")
     present = {name: w for name, w in tiers.items() if not w.empty}
     if not present:
         return None
-    per_tier = {name: _observe_one(time, window_s, w, quantile) for name, w in present.items()}
+    per_tier = {name: _observe_one(time, window_s, w, quantile, ttft_target_s) for name, w in present.items()}
     if len(per_tier) == 1:  # one tier: its sums over tiers are its own values, so is the service's view
         (only,) = per_tier.values()
         return replace(only, per_tier=per_tier)
@@ -252,4 +274,4 @@ def build_observation(
         kv_cache_usage=float(np.mean(kv)) if kv else None,
         ready_replicas=sum(ready) if ready else None,
     )
-    return replace(_observe_one(time, window_s, total, quantile), per_tier=per_tier)
+    return replace(_observe_one(time, window_s, total, quantile, ttft_target_s), per_tier=per_tier)

@@ -382,7 +382,7 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
             r.done_at = max(r.t, t0)
             pods.remove(r)
             retired.append(r)
-        obs = _observe(t1, cfg.interval_s, trace, rec, pods, len(pending), cfg.profile.kv_capacity_tokens)
+        obs = _observe(t1, cfg, trace, rec, pods, len(pending))
         live = [r for r in pods if not r.draining]
         ready = sum(r.ready_at <= t1 for r in live)
         log["time"].append(t1)
@@ -426,7 +426,7 @@ def _resize(pods: list[_Replica], live: list[_Replica], target: int, now: float,
 
 
 def _observe(
-    t1: float, window: float, trace: Trace, rec: _Records, pods: list[_Replica], pending: int, cap: int
+    t1: float, cfg: SimConfig, trace: Trace, rec: _Records, pods: list[_Replica], pending: int
 ) -> Observation:
     """This interval's histograms and gauges, through the same code path the operator's Prometheus reader uses.
 
@@ -437,6 +437,7 @@ def _observe(
     rec.new_first = [i for i in rec.new_first if rec.first_token[i] > t1]
     fin = np.asarray([i for i in rec.new_finished if rec.finish[i] <= t1], dtype=int)
     rec.new_finished = [i for i in rec.new_finished if rec.finish[i] > t1]
+    window, cap = cfg.interval_s, cfg.profile.kv_capacity_tokens
     serving = [r for r in pods if r.ready_at <= t1]
     ready = [r for r in serving if not r.draining]
     waiting = sum(len(r.waiting) + sum(1 for i in r.inbox if trace.arrival_s[i] <= t1) for r in serving)
@@ -453,7 +454,7 @@ def _observe(
     )
     rec.itl_s.clear()
     rec.itl_w.clear()
-    obs = build_observation(t1, window, {"interactive": window_data})
+    obs = build_observation(t1, window, {"interactive": window_data}, ttft_target_s=cfg.slo.ttft_ms / 1000.0)
     assert obs is not None  # the window always carries series
     return obs
 

@@ -103,6 +103,7 @@ class Observation:
     prompt_tokens_nodes: tuple[float, ...] | None = None
     output_tokens_nodes: tuple[float, ...] | None = None
     tpot_p50_ms: float | None = None  # inter-token median: the decode-only step, for calibration
+    ttft_met: tuple[float, float] | None = None  # (first tokens within the TTFT target, all first tokens)
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,11 @@ class ScalerState:
     output_tokens_nodes: tuple[float, ...] | None = None
     token_weight: float = 0.0  # requests behind the token mix, decayed
     last_quiet: float | None = None  # last time demand fell far below a remembered peak (on/off traffic)
+    # the SLO's error budget: first tokens seen and those that missed the TTFT target, decayed over an hour
+    slo_seen: float = 0.0
+    slo_missed: float = 0.0
+    hint_time: float | None = None  # when the manifest's hint was seeded as a recommendation, while it stands
+    steady_windows: int = 0  # consecutive windows with traffic at a steady rate
 
 
 @dataclass(frozen=True)

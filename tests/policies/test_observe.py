@@ -125,3 +125,29 @@ def test_histogram_quantiles_answers_many_quantiles_in_one_pass():
     np.testing.assert_allclose(many[:6], expected)
     assert math.isnan(many[6])
     assert np.isnan(histogram_quantiles(qs[:4], bounds, np.zeros(5))).all()  # no observations
+
+
+@pytest.mark.parametrize(
+    ("x", "expected"),
+    [
+        (0.5, 80.0),  # on a bucket bound: that bucket's cumulative count
+        (0.3, 60.0),  # inside (0.1, 0.5]: 40 + (80 - 40) * 0.2 / 0.4, as histogram_quantile interpolates
+        (0.05, 20.0),  # the first bucket interpolates from 0
+        (7.0, 100.0),  # past the largest finite bound: the count there (the +Inf bucket tells nothing more)
+    ],
+)
+def test_count_within_inverts_histogram_quantile(x, expected):
+    h = Histogram(np.array([0.1, 0.5, 1.0, INF]), np.array([40.0, 80.0, 100.0, 130.0]))
+    assert h.count_within(x) == pytest.approx(expected)
+    if x <= 1.0:
+        assert histogram_quantile(expected / 130.0, h.upper_bounds, h.cumulative) == pytest.approx(x)
+
+
+def test_a_ttft_target_counts_the_first_tokens_that_met_it_over_all_tiers():
+    fast = Histogram.from_samples(TTFT_BUCKETS, np.full(90, 0.3))
+    slow = Histogram.from_samples(TTFT_BUCKETS, np.full(10, 3.0))
+    tiers = {"interactive": TierWindow(ttft=fast, requests=90), "batch": TierWindow(ttft=slow, requests=10)}
+    obs = build_observation(0.0, 15.0, tiers, ttft_target_s=1.0)
+    assert obs.ttft_met == (90.0, 100.0)
+    assert obs.per_tier["batch"].ttft_met == (0.0, 10.0)
+    assert build_observation(0.0, 15.0, tiers).ttft_met is None  # no target, no count
