@@ -140,6 +140,10 @@ def scaler_status(state: ScalerState) -> dict[str, Any]:
         output_tokens_nodes=nodes(state.output_tokens_nodes),
         token_weight=state.token_weight,
         last_quiet=state.last_quiet,
+        slo_seen=state.slo_seen,
+        slo_missed=state.slo_missed,
+        hint_time=state.hint_time,
+        steady_windows=state.steady_windows,
     ).to_wire()
 
 
@@ -166,6 +170,10 @@ def state_from_status(status: dict[str, Any]) -> ScalerState:
         output_tokens_nodes=nodes(scaler.output_tokens_nodes),
         token_weight=scaler.token_weight,
         last_quiet=scaler.last_quiet,
+        slo_seen=scaler.slo_seen,
+        slo_missed=scaler.slo_missed,
+        hint_time=scaler.hint_time,
+        steady_windows=scaler.steady_windows,
     )
 
 

@@ -329,6 +329,19 @@ class ScalerStatus(Resource):
     last_quiet: float | None = Field(
         default=None, description="Unix seconds when demand last fell far below a remembered peak."
     )
+    slo_seen: float = Field(
+        default=0.0, ge=0, description="First tokens behind the TTFT error budget, decayed over an hour."
+    )
+    slo_missed: float = Field(
+        default=0.0, ge=0, description="Of those first tokens, the ones later than the TTFT target."
+    )
+    hint_time: float | None = Field(
+        default=None,
+        description="Unix seconds of the recommendation the traffic hints stand for, while it stands.",
+    )
+    steady_windows: int = Field(
+        default=0, ge=0, description="Consecutive windows of traffic at a steady rate."
+    )
 
 
 class InferenceServiceStatus(Resource):

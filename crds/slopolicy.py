@@ -58,6 +58,13 @@ class SLOPolicySpec(Resource):
     headroom: float = Field(
         default=0.2, ge=0, lt=1, description="Share of capacity kept free when planning (0.2 plans to 80%)."
     )
+    adaptive_headroom: bool = Field(
+        default=True,
+        description=(
+            "Lower the headroom while the service's measured TTFT attainment over the last hour spends less "
+            "than half its error budget, down to 0 when it spends none; `headroom` is the most it plans with."
+        ),
+    )
     evaluation_interval_seconds: float = Field(
         default=15,
         ge=1,

@@ -8,16 +8,19 @@ One decision per interval, from the planner at the load the service must be read
    EWMA correction factors (clamped, persisted in ScalerState), only from windows steady enough to compare
    with the model, and only by what the histogram buckets can resolve. The token mix comes from the
    token-count histograms, averaged over windows by their requests.
-3. Anticipate: plan for the largest of the current demand (completions plus the backlog, which should
+3. Budget: the share of first tokens later than the TTFT target over the last hour, against the 1 − attainment
+   the SLO allows. Spending less than half of it lowers the headroom the plan keeps in proportion (not on on/off
+   traffic, whose misses come a burst at a time); late tokens bring it back.
+4. Anticipate: plan for the largest of the current demand (completions plus the backlog, which should
    drain within one interval) and recent peaks, fading by age; on on/off traffic peaks are first held for
    two scale-down windows, so capacity for bursts stays standing while the pods that would serve them take
    minutes to start.
-4. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
-5. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
+5. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
+6. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
    step), scale down to the highest recommendation of the down window, at most max step, after a cooldown.
    A fresh autoscaler counts the plan for the manifest's expected rate as its first recommendation: the
-   hint holds for one down window, then observed traffic decides.
-6. Change accelerator or TP (a rollout) only when the predicted saving clears the policy's threshold.
+   hint holds for one down window, or until a few windows of steady traffic show what the service needs.
+7. Change accelerator or TP (a rollout) only when the predicted saving clears the policy's threshold.
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ PlanFn = Callable[[InferenceServiceSpec, Load, SLOPolicySpec, float, float], Pla
 PEAK_HOLD_WINDOWS = 2
 PEAK_FADE_WINDOWS = 3
 ON_OFF_RATIO = 0.25
+# Error budget: the share of first tokens that missed the TTFT target, decayed with this time constant, against
+# the 1 − attainment the SLO allows. Spending less than BUDGET_AIM of it lowers the headroom in proportion; the
+# estimate starts as if BUDGET_PRIOR_MISSES misses had been seen exactly at the aim, so a new service plans with
+# its full headroom until evidence accumulates.
+BUDGET_HORIZON_S = 3600.0
+BUDGET_AIM = 0.5
+BUDGET_PRIOR_MISSES = 10.0
+HINT_TRUST_WINDOWS = 8  # consecutive windows of steady traffic after which observations replace the hint
 STEADY_RATIO = 2.0  # calibration skips a window whose rate moved by more than this factor since the previous
 REACTIVE_MAX_RATIO = 2.0  # a breach scales the ready fleet by observed/target p95, at most this much
 
@@ -63,7 +74,7 @@ def autoscale(
     """Decide replicas, engine knobs and tier split for the next interval; see the module docstring."""
     plan_fn = plan_fn or planner.plan
     tier = current.tier
-    slo_ttft, slo_tpot = _slo_targets(spec)
+    slo_ttft, slo_tpot = slo_targets(spec)
 
     stale = observation is None or now - observation.time > policy.stale_after_seconds
     if stale:
@@ -84,12 +95,17 @@ def autoscale(
     obs = observation
     fresh = not state.recommendations and not state.load_history
 
+    steady = obs.rps > 0 and _rate_steady(obs, state)
+    state = replace(state, steady_windows=state.steady_windows + 1 if steady else 0)
     state = _token_mix(obs, state, policy)
     state = _calibrate(spec, policy, current, obs, state)
+    state = _spend_budget(obs, state)
     load, demand_rps, anticipated_rps, state = _anticipated_load(spec, policy, obs, state, now)
     state = replace(state, load_history=_remember(state.load_history, now, demand_rps, policy))
 
-    result = plan_fn(spec, load, policy, state.ttft_factor, state.tpot_factor)
+    headroom, spent = budgeted_headroom(spec, policy, state, now)
+    planning = policy if headroom == policy.headroom else policy.model_copy(update={"headroom": headroom})
+    result = plan_fn(spec, load, planning, state.ttft_factor, state.tpot_factor)
     planned = _choose(result, current, policy)
     limited = planned is None
     if planned is None:  # nothing meets the SLO at this load: run the largest fleet we may
@@ -109,8 +125,15 @@ def autoscale(
     raw = min(max(raw, spec.scaling.min_replicas), spec.scaling.max_replicas)
 
     seed = _hint_seed(spec, policy, state, now, plan_fn) if fresh else ()
-    recs = (*seed, *((t, r) for t, r in state.recommendations if t > now - _keep(policy)), (now, raw))
-    state = replace(state, recommendations=recs)
+    hint_time = seed[0][0] if seed else state.hint_time
+    kept = [(t, r) for t, r in state.recommendations if t > now - _keep(policy)]
+    if hint_time is not None and state.steady_windows >= HINT_TRUST_WINDOWS:
+        kept = [(t, r) for t, r in kept if t > hint_time]  # steady traffic observed: it decides, not the hint
+        hint_time = None
+    if hint_time is not None and hint_time <= now - _keep(policy):
+        hint_time = None
+    recs = (*seed, *kept, (now, raw))
+    state = replace(state, recommendations=recs, hint_time=hint_time)
     target = _stabilize(policy, current.replicas, recs, now, state.last_scale_time)
     target = min(max(target, spec.scaling.min_replicas), spec.scaling.max_replicas)
 
@@ -134,7 +157,7 @@ def autoscale(
         elif limited:
             why = f"no configuration meets the SLO at {anticipated_rps:.3g} rps (capacity limited)"
         elif target > current.replicas:
-            why = f"planned for {anticipated_rps:.3g} rps"
+            why = f"planned for {anticipated_rps:.3g} rps{_budget_note(policy, headroom, spent)}"
         else:
             why = f"load fell to {demand_rps:.3g} rps for {policy.scale_down_stabilization_seconds:.0f} s"
         reason = f"{verb} {tier} {current.replicas}→{target}: {why} {at}"
@@ -151,15 +174,56 @@ def autoscale(
     elif raw > current.replicas:
         reason = f"{held}: scale-up to {raw} waits for stabilization {at}"
     else:
-        reason = f"{held}: planned for {anticipated_rps:.3g} rps {at}"
+        reason = f"{held}: planned for {anticipated_rps:.3g} rps{_budget_note(policy, headroom, spent)} {at}"
     return Decision(new_plan, state, "hold", reason, True, slo_met)
+
+
+def _spend_budget(obs: Observation, state: ScalerState) -> ScalerState:
+    """Fold this window's first tokens, and those that missed the TTFT target, into the decayed budget counts."""
+    if obs.ttft_met is None:
+        return state
+    met, seen = obs.ttft_met
+    decay = math.exp(-obs.window_s / BUDGET_HORIZON_S)
+    return replace(
+        state,
+        slo_seen=state.slo_seen * decay + seen,
+        slo_missed=state.slo_missed * decay + max(seen - met, 0.0),
+    )
+
+
+def budgeted_headroom(
+    spec: InferenceServiceSpec, policy: SLOPolicySpec, state: ScalerState, now: float
+) -> tuple[float, float]:
+    """The headroom to plan with, and the share of the TTFT error budget spent over the last hour.
+
+    The SLO allows 1 − attainment of requests to miss. While the service spends less than BUDGET_AIM of that,
+    capacity kept free is capacity it does not need: the headroom shrinks in proportion, rounded up to a 0.01
+    grid so nearby values share a plan. Spending the aim or more plans with the policy's full headroom.
+    Not on on/off traffic (a quiet gap within the horizon): its misses come a burst at a time, so calm
+    windows, however many requests they hold, say little about the next burst.
+    """
+    allowed = 1.0 - spec.slo.attainment
+    prior_seen = BUDGET_PRIOR_MISSES / (BUDGET_AIM * allowed)
+    spent = (state.slo_missed + BUDGET_PRIOR_MISSES) / ((state.slo_seen + prior_seen) * allowed)
+    on_off = state.last_quiet is not None and now - state.last_quiet < BUDGET_HORIZON_S
+    if not policy.adaptive_headroom or on_off:
+        return policy.headroom, spent
+    share = min(spent / BUDGET_AIM, 1.0)
+    return min(math.ceil(policy.headroom * share * 100 - 1e-9) / 100, policy.headroom), spent
+
+
+def _budget_note(policy: SLOPolicySpec, headroom: float, spent: float) -> str:
+    if headroom == policy.headroom:
+        return ""
+    return f" with headroom {headroom:.2g} ({spent:.0%} of the TTFT error budget spent)"
 
 
 def _hint_seed(
     spec: InferenceServiceSpec, policy: SLOPolicySpec, state: ScalerState, now: float, plan_fn: PlanFn
 ) -> tuple[tuple[float, int], ...]:
     """A fresh autoscaler's first recommendation: the replicas planned for the manifest's traffic hints, as
-    if recommended the interval before its first observation, so they stand for one scale-down window."""
+    if recommended the interval before its first observation, so they stand for one scale-down window, or
+    until HINT_TRUST_WINDOWS windows of steady traffic have shown what the service needs."""
     if spec.traffic.expected_rps is None:
         return ()
     hinted = _feasible(
@@ -170,7 +234,7 @@ def _hint_seed(
     return ((now - policy.evaluation_interval_seconds, hinted.replicas),)
 
 
-def _slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:
+def slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:
     slo = spec.slo
     ttft = slo.ttft_p95_ms if slo.ttft_p95_ms is not None else slo.ttft_p99_ms
     tpot = slo.tpot_p95_ms if slo.tpot_p95_ms is not None else slo.tpot_p99_ms
@@ -414,7 +478,7 @@ def _calibrate(
         new = (1 - cal.smoothing) * factor + cal.smoothing * factor * ratio
         return min(max(new, cal.min_factor), cal.max_factor)
 
-    slo_ttft, _ = _slo_targets(spec)
+    slo_ttft, _ = slo_targets(spec)
     ttft = obs.ttft_p95_ms if obs.ttft_p95_ms is not None and obs.ttft_p95_ms <= slo_ttft else None
     if ttft is None and obs.tpot_p50_ms is None:
         return state
@@ -435,6 +499,11 @@ def _steady(obs: Observation, state: ScalerState, ready: int) -> bool:
     """
     if (obs.queue_depth or 0.0) > ready:
         return False
+    return _rate_steady(obs, state)
+
+
+def _rate_steady(obs: Observation, state: ScalerState) -> bool:
+    """Whether the rate stayed within STEADY_RATIO of the previous window's (the newest remembered point)."""
     if not state.load_history:
         return True
     t, before = state.load_history[-1]

@@ -87,6 +87,7 @@ class _MemoPlan:
             load.prompt_tokens.tobytes(),
             load.output_tokens.tobytes(),
             load.batch_fraction,
+            policy.headroom,
             round(ttft_f, 2),
             round(tpot_f, 2),
         )

@@ -114,6 +114,10 @@ def test_scaler_windows_round_trip_exactly_through_status() -> None:
         output_tokens_nodes=tuple(float(i) for i in range(16)),
         token_weight=412.75,
         last_quiet=990.0,
+        slo_seen=51234.5,
+        slo_missed=17.25,
+        hint_time=985.0,
+        steady_windows=3,
     )
     wire = {"scaler": status.scaler_status(state)}
     InferenceServiceStatus.model_validate(wire)

@@ -1,5 +1,6 @@
 """autoscale as tables of observation → decision, on the real planner and perf model."""
 
+import math
 import re
 from dataclasses import replace
 from itertools import pairwise
@@ -9,7 +10,14 @@ import pytest
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
-from policies.autoscale import _predict, autoscale, bucket_ratio
+from policies.autoscale import (
+    BUDGET_HORIZON_S,
+    HINT_TRUST_WINDOWS,
+    _predict,
+    autoscale,
+    bucket_ratio,
+    budgeted_headroom,
+)
 from policies.compare import _MemoPlan
 from policies.observe import TTFT_BUCKETS
 from policies.types import Candidate, Observation, PlanResult, ScalerState
@@ -90,23 +98,38 @@ def test_slow_decline_scales_down_only_after_the_stabilization_window():
     assert history[-1][2] < plan_at(peak).replicas
 
 
-def test_a_fresh_autoscaler_keeps_the_hinted_fleet_one_window_then_follows_the_traffic():
-    hinted = SPEC.model_copy(update={"traffic": SPEC.traffic.model_copy(update={"expected_rps": 200.0})})
+HINTED = SPEC.model_copy(update={"traffic": SPEC.traffic.model_copy(update={"expected_rps": 200.0})})
+
+
+def _replay_hinted(rates: list[float]) -> dict[float, int]:
+    """Replicas per interval of a fresh autoscaler for a 200 rps hint, fed these rates one interval each."""
     current, state = plan_at(200.0), ScalerState()
-    low = plan_at(10.0 * 1.05).replicas
-    assert current.replicas > low + POLICY.max_scale_down_step
     sizes = {}
-    for step in range(1, 41):  # 10 minutes of steady traffic far below the hint
+    for step, rps in enumerate(rates, start=1):
         now = 15.0 * step
         d = autoscale(
-            hinted, POLICY, current, obs(now, 10.0, ready=current.replicas), state, now, plan_fn=MEMO
+            HINTED, POLICY, current, obs(now, rps, ready=current.replicas), state, now, plan_fn=MEMO
         )
         current, state = d.plan, d.state
         sizes[now] = current.replicas
+    return sizes
+
+
+def test_steady_traffic_replaces_the_hint_after_a_few_windows():
+    low = plan_at(10.0 * 1.05).replicas
+    assert plan_at(200.0).replicas > low + POLICY.max_scale_down_step
+    sizes = _replay_hinted([10.0] * 40)  # 10 minutes of steady traffic far below the hint
+    trusted = 15.0 * HINT_TRUST_WINDOWS
+    assert all(n == plan_at(200.0).replicas for t, n in sizes.items() if t < trusted)
+    assert sizes[trusted + 15.0] < plan_at(200.0).replicas  # observations decide from then on
+    assert sizes[600.0] == low
+
+
+def test_on_off_traffic_keeps_the_hinted_fleet_for_one_window():
+    sizes = _replay_hinted([10.0, 0.0] * 20)  # bursts with quiet gaps: never steady, so the hint stands
     window = POLICY.scale_down_stabilization_seconds
     assert all(n == plan_at(200.0).replicas for t, n in sizes.items() if t < window - 15.0)
-    # the hint is no remembered peak: once the window has passed, the fleet steps down to the traffic's plan
-    assert sizes[600.0] == low
+    assert sizes[600.0] < plan_at(200.0).replicas  # the hint is no remembered peak: it goes with its window
 
 
 def test_without_a_hint_a_fresh_autoscaler_follows_the_traffic_at_once():
@@ -254,3 +277,50 @@ def test_mixed_traffic_splits_tiers_and_idle_windows_keep_the_engine_settings():
         plan_at(40.0).max_batch,
         plan_at(40.0).batch_window_ms,
     )
+
+
+@pytest.mark.parametrize(
+    ("seen", "missed", "last_quiet", "adaptive", "expected"),
+    [
+        (0.0, 0.0, None, True, 0.2),  # no evidence yet: the prior sits at the aim, full headroom
+        (1e6, 0.0, None, True, 0.01),  # a million first tokens, none late: next to nothing kept free
+        (1e6, 5000.0, None, True, 0.2),  # half the 1% budget spent: the aim, full headroom
+        (1e6, 20000.0, None, True, 0.2),  # overspent: never more than the policy's headroom
+        (1e6, 1250.0, None, True, 0.06),  # an eighth of the budget: about a quarter of the headroom
+        (1e6, 0.0, 3000.0, True, 0.2),  # a quiet gap within the horizon: on/off traffic keeps it all
+        (1e6, 0.0, 3600.0 - BUDGET_HORIZON_S - 1, True, 0.01),  # ... until the gap is an hour old
+        (1e6, 0.0, None, False, 0.2),  # adaptiveHeadroom off
+    ],
+)
+def test_headroom_follows_the_error_budget(seen, missed, last_quiet, adaptive, expected):
+    policy = SLOPolicySpec(headroom=0.2, adaptive_headroom=adaptive)
+    state = ScalerState(slo_seen=seen, slo_missed=missed, last_quiet=last_quiet)
+    headroom, spent = budgeted_headroom(SPEC, policy, state, now=3600.0)
+    assert headroom == pytest.approx(expected)
+    assert spent == pytest.approx((missed + 10) / ((seen + 2000) * 0.01))
+
+
+def _met(o: Observation, late_share: float) -> Observation:
+    seen = o.requests
+    return replace(o, ttft_met=(seen * (1 - late_share), seen))
+
+
+def test_a_service_far_inside_its_slo_plans_fewer_replicas_and_late_tokens_restore_the_headroom():
+    rps = 100.0
+    current, state = plan_at(rps), ScalerState()
+    sizes = []
+    for step in range(1, 121):  # 30 minutes, every first token on time
+        now = 15.0 * step
+        o = _met(obs(now, rps, ready=current.replicas), 0.0)
+        d = autoscale(SPEC, POLICY, current, o, state, now, plan_fn=MEMO)
+        current, state = d.plan, d.state
+        sizes.append(current.replicas)
+    full = plan_at(
+        1.05 ** math.ceil(math.log(rps) / math.log(1.05))
+    ).replicas  # the whole headroom, on the grid
+    assert sizes[-1] < full
+    assert "of the TTFT error budget spent" in d.reason
+    late = _met(obs(now + 15.0, rps, ready=current.replicas), 1.0)  # a window of late first tokens
+    d = autoscale(SPEC, POLICY, current, late, state, now + 15.0, plan_fn=MEMO)
+    assert budgeted_headroom(SPEC, POLICY, d.state, now + 15.0)[0] == POLICY.headroom
+    assert d.plan.replicas == full
