@@ -61,8 +61,8 @@ class SLOPolicySpec(Resource):
     adaptive_headroom: bool = Field(
         default=True,
         description=(
-            "Lower the headroom while the service's measured TTFT attainment over the last hour spends less "
-            "than half its error budget, down to 0 when it spends none; `headroom` is the most it plans with."
+            "Lower the headroom, in quarter steps, while the service's first tokens over the last hour spend "
+            "less than half the error budget its attainment target allows; `headroom` is the most it plans with."
         ),
     )
     evaluation_interval_seconds: float = Field(

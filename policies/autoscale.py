@@ -9,8 +9,8 @@ One decision per interval, from the planner at the load the service must be read
    with the model, and only by what the histogram buckets can resolve. The token mix comes from the
    token-count histograms, averaged over windows by their requests.
 3. Budget: the share of first tokens later than the TTFT target over the last hour, against the 1 − attainment
-   the SLO allows. Spending less than half of it lowers the headroom the plan keeps in proportion (not on on/off
-   traffic, whose misses come a burst at a time); late tokens bring it back.
+   the SLO allows. Spending less than half of it lowers the headroom the plan keeps in proportion, in quarter
+   steps (not on on/off traffic, whose misses come a burst at a time); late tokens bring it back.
 4. Anticipate: plan for the largest of the current demand (completions plus the backlog, which should
    drain within one interval) and recent peaks, fading by age; on on/off traffic peaks are first held for
    two scale-down windows, so capacity for bursts stays standing while the pods that would serve them take
@@ -57,6 +57,7 @@ ON_OFF_RATIO = 0.25
 BUDGET_HORIZON_S = 3600.0
 BUDGET_AIM = 0.5
 BUDGET_PRIOR_MISSES = 10.0
+BUDGET_LEVELS = 4  # the headroom takes this many steps down to 0, so services share plans
 HINT_TRUST_WINDOWS = 8  # consecutive windows of steady traffic after which observations replace the hint
 STEADY_RATIO = 2.0  # calibration skips a window whose rate moved by more than this factor since the previous
 REACTIVE_MAX_RATIO = 2.0  # a breach scales the ready fleet by observed/target p95, at most this much
@@ -197,8 +198,9 @@ def budgeted_headroom(
     """The headroom to plan with, and the share of the TTFT error budget spent over the last hour.
 
     The SLO allows 1 − attainment of requests to miss. While the service spends less than BUDGET_AIM of that,
-    capacity kept free is capacity it does not need: the headroom shrinks in proportion, rounded up to a 0.01
-    grid so nearby values share a plan. Spending the aim or more plans with the policy's full headroom.
+    capacity kept free is capacity it does not need: the headroom shrinks in proportion, rounded up to one of
+    BUDGET_LEVELS steps so services share plans (each new headroom is a new plan to compute and cache).
+    Spending the aim or more plans with the policy's full headroom.
     Not on on/off traffic (a quiet gap within the horizon): its misses come a burst at a time, so calm
     windows, however many requests they hold, say little about the next burst.
     """
@@ -208,8 +210,8 @@ def budgeted_headroom(
     on_off = state.last_quiet is not None and now - state.last_quiet < BUDGET_HORIZON_S
     if not policy.adaptive_headroom or on_off:
         return policy.headroom, spent
-    share = min(spent / BUDGET_AIM, 1.0)
-    return min(math.ceil(policy.headroom * share * 100 - 1e-9) / 100, policy.headroom), spent
+    level = math.ceil(min(spent / BUDGET_AIM, 1.0) * BUDGET_LEVELS - 1e-9) / BUDGET_LEVELS
+    return policy.headroom * level, spent
 
 
 def _budget_note(policy: SLOPolicySpec, headroom: float, spent: float) -> str:

@@ -283,12 +283,12 @@ def test_mixed_traffic_splits_tiers_and_idle_windows_keep_the_engine_settings():
     ("seen", "missed", "last_quiet", "adaptive", "expected"),
     [
         (0.0, 0.0, None, True, 0.2),  # no evidence yet: the prior sits at the aim, full headroom
-        (1e6, 0.0, None, True, 0.01),  # a million first tokens, none late: next to nothing kept free
+        (1e6, 0.0, None, True, 0.05),  # a million first tokens, none late: the lowest step, a quarter
         (1e6, 5000.0, None, True, 0.2),  # half the 1% budget spent: the aim, full headroom
         (1e6, 20000.0, None, True, 0.2),  # overspent: never more than the policy's headroom
-        (1e6, 1250.0, None, True, 0.06),  # an eighth of the budget: about a quarter of the headroom
+        (1e6, 1500.0, None, True, 0.1),  # 15% of the budget, 30% of the aim: the second step
         (1e6, 0.0, 3000.0, True, 0.2),  # a quiet gap within the horizon: on/off traffic keeps it all
-        (1e6, 0.0, 3600.0 - BUDGET_HORIZON_S - 1, True, 0.01),  # ... until the gap is an hour old
+        (1e6, 0.0, 3600.0 - BUDGET_HORIZON_S - 1, True, 0.05),  # ... until the gap is an hour old
         (1e6, 0.0, None, False, 0.2),  # adaptiveHeadroom off
     ],
 )
