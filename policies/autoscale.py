@@ -100,7 +100,7 @@ def autoscale(
     state = replace(state, steady_windows=state.steady_windows + 1 if steady else 0)
     state = _token_mix(obs, state, policy)
     state = _calibrate(spec, policy, current, obs, state)
-    state = _spend_budget(obs, state)
+    state = _spend_budget(obs, state, policy)
     load, demand_rps, anticipated_rps, state = _anticipated_load(spec, policy, obs, state, now)
     state = replace(state, load_history=_remember(state.load_history, now, demand_rps, policy))
 
@@ -179,16 +179,22 @@ def autoscale(
     return Decision(new_plan, state, "hold", reason, True, slo_met)
 
 
-def _spend_budget(obs: Observation, state: ScalerState) -> ScalerState:
-    """Fold this window's first tokens, and those that missed the TTFT target, into the decayed budget counts."""
+def _spend_budget(obs: Observation, state: ScalerState, policy: SLOPolicySpec) -> ScalerState:
+    """Fold this window's first tokens, and those that missed the TTFT target, into the decayed budget counts.
+
+    The operator's query window may be longer than the interval (a minute of `increase` every 15 s), so
+    consecutive windows overlap: each counts for its new share, interval / window, and a token counts once.
+    """
     if obs.ttft_met is None:
         return state
     met, seen = obs.ttft_met
-    decay = math.exp(-obs.window_s / BUDGET_HORIZON_S)
+    interval = policy.evaluation_interval_seconds
+    share = min(interval / obs.window_s, 1.0)
+    decay = math.exp(-interval / BUDGET_HORIZON_S)
     return replace(
         state,
-        slo_seen=state.slo_seen * decay + seen,
-        slo_missed=state.slo_missed * decay + max(seen - met, 0.0),
+        slo_seen=state.slo_seen * decay + share * seen,
+        slo_missed=state.slo_missed * decay + share * max(seen - met, 0.0),
     )
 
 

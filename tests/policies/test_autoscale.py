@@ -324,3 +324,17 @@ def test_a_service_far_inside_its_slo_plans_fewer_replicas_and_late_tokens_resto
     d = autoscale(SPEC, POLICY, current, late, state, now + 15.0, plan_fn=MEMO)
     assert budgeted_headroom(SPEC, POLICY, d.state, now + 15.0)[0] == POLICY.headroom
     assert d.plan.replicas == full
+
+
+def test_overlapping_query_windows_count_each_first_token_once():
+    # a minute of increase() read every 15 s: each window adds a quarter of what it holds
+    current = plan_at(10.0)
+    state = ScalerState()
+    for step in range(1, 41):
+        now = 15.0 * step
+        o = replace(obs(now, 10.0, ready=current.replicas, window=60.0), ttft_met=(570.0, 600.0))
+        state = autoscale(SPEC, POLICY, current, o, state, now, plan_fn=MEMO).state
+    decay = math.exp(-15.0 / BUDGET_HORIZON_S)
+    served = sum(150.0 * decay**k for k in range(40))  # 10 rps for 15 s per interval, decayed
+    assert state.slo_seen == pytest.approx(served)
+    assert state.slo_missed == pytest.approx(served * 0.05)
