@@ -82,6 +82,16 @@ def test_the_base_lists_existing_files_and_a_valid_default_policy() -> None:
     assert validate_manifest(_load("default-slopolicy.yaml")) == []
 
 
+def test_the_default_policy_spells_out_every_field_at_its_default() -> None:
+    """On-call reads the default policy's knobs in this file, and the API server stores it as written."""
+    from crds.slopolicy import SLOPolicySpec
+
+    spec = _load("default-slopolicy.yaml")["spec"]
+    defaults = SLOPolicySpec().model_dump(by_alias=True, mode="json")
+    assert set(spec) == set(defaults)
+    assert SLOPolicySpec.model_validate(spec) == SLOPolicySpec()
+
+
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="needs kubectl (kustomize)")
 def test_kustomize_builds_the_base() -> None:
     built = subprocess.run(
