@@ -670,14 +670,19 @@ def explain(
 ) -> tuple[dict[str, Any], Any]:
     """The explanation as JSON, and the planner result (for --plot)."""
     from controllers.cli import plan_report
-    from controllers.status import plan_from_status
+    from controllers.status import plan_from_status, state_from_status
     from policies import planner
+    from policies.autoscale import budgeted_headroom
     from policies.profiles import profile_for
 
     spec = InferenceServiceSpec.model_validate(obj["spec"])
     status = obj.get("status") or {}
     calibration = status.get("calibration") or {}
     ttft, tpot = float(calibration.get("ttftFactor", 1.0)), float(calibration.get("tpotFactor", 1.0))
+    # plan with the headroom the operator plans with: the policy's, lowered while the error budget is unspent
+    headroom, spent = budgeted_headroom(spec, policy, state_from_status(status), time.time())
+    configured = policy
+    policy = policy.model_copy(update={"headroom": headroom})
     load, load_source = observed_load(spec, observed, rps)
     result = planner.plan(spec, load, policy, ttft, tpot)
     report = plan_report(spec, load, profile_for(spec.model), result)
@@ -701,7 +706,8 @@ def explain(
         "namespace": meta["namespace"],
         "name": meta["name"],
         "mode": spec.mode,
-        "policy": {"source": policy_source, **policy.to_wire()},
+        "policy": {"source": policy_source, **configured.to_wire()},
+        "errorBudget": {"spent": round(spent, 4), "headroom": headroom},
         "slo": spec.slo.to_wire(),
         "observed": observed,
         "calibration": {"ttftFactor": ttft, "tpotFactor": tpot, "samples": calibration.get("samples", 0)},
@@ -818,6 +824,11 @@ def print_explain(report: dict[str, Any]) -> None:
     console.print(
         f"[bold]Calibration[/]: TTFT ×{cal['ttftFactor']:.3g}, TPOT ×{cal['tpotFactor']:.3g} "
         f"({cal['samples']} windows); predictions below are multiplied by these"
+    )
+    budget = report["errorBudget"]
+    console.print(
+        f"[bold]Error budget[/]: {budget['spent']:.0%} of the TTFT misses the SLO allows spent over the last "
+        f"hour; planning with headroom {budget['headroom']:.2g} (policy {report['policy']['headroom']:.2g})"
     )
     console.print(f"[bold]Planned for[/]: {escape(report['loadSource'])}")
     running = report["running"]

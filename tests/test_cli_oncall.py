@@ -321,6 +321,31 @@ async def test_explain_replans_with_the_observed_load_and_calibration(api, capsy
 
 
 @pytest.mark.asyncio
+async def test_explain_plans_with_the_headroom_the_error_budget_leaves(api, capsys) -> None:
+    client, config = api
+    code, out, _ = await cli(capsys, "explain", "chat", "--json", "--kubeconfig", str(config))
+    assert json.loads(out)["errorBudget"] == {"spent": 0.5, "headroom": 0.2}  # no evidence: full headroom
+    # a million first tokens in the hour, none late: the operator plans with a quarter of the headroom
+    scaler = {"sloSeen": 1e6, "sloMissed": 0.0}
+    await client.patch_status("InferenceService", "team-a", "chat", {**CHAT_STATUS, "scaler": scaler})
+    args = ("explain", "chat", "--rps", "40", "--kubeconfig", str(config))
+    code, out, _ = await cli(capsys, *args, "--json")
+    assert code == 0
+    report = json.loads(out)
+    assert report["errorBudget"]["headroom"] == pytest.approx(0.05)
+    assert report["policy"]["headroom"] == 0.2  # the policy as configured
+    spec = InferenceServiceSpec.model_validate(
+        (await client.get("InferenceService", "team-a", "chat"))["spec"]
+    )
+    load = _expected_load(spec, 40.0)
+    lean, full = (planner.plan(spec, load, SLOPolicySpec(headroom=h), 1.4, 0.8).chosen for h in (0.05, 0.2))
+    assert lean is not None and full is not None and lean.replicas < full.replicas
+    assert report["plan"]["replicas"] == lean.replicas
+    code, out, _ = await cli(capsys, *args)
+    assert "planning with headroom 0.05 (policy 0.2)" in out
+
+
+@pytest.mark.asyncio
 async def test_explain_uses_the_cluster_policy_and_names_a_missing_one(api, capsys) -> None:
     client, config = api
     await client.create(
