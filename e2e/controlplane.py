@@ -166,6 +166,16 @@ class ControlPlane:
 
         procs.wait_until(healthy, 60, "kube-controller-manager /healthz", interval=0.25)
 
+        # Pods are refused until their namespace's default service account exists, which the service account
+        # controller creates shortly after it starts: a pod created in that gap failed a test once.
+        def default_account() -> bool:
+            self._check_running("kube-controller-manager")
+            with self.http() as client:
+                path = "/api/v1/namespaces/default/serviceaccounts/default"
+                return client.get(path, timeout=2).status_code == 200
+
+        procs.wait_until(default_account, 30, "the default service account", interval=0.25)
+
     def http(self) -> httpx.Client:
         """An admin HTTP client for raw API calls (health, /version)."""
         assert self.creds is not None
