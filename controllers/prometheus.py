@@ -88,6 +88,10 @@ def _value(row: dict[str, Any]) -> float | None:
     return None if math.isnan(value) or math.isinf(value) else value
 
 
+def _service_tier(labels: dict[str, str]) -> tuple[ServiceKey, str]:
+    return (labels["namespace"], labels["inferenceservice"]), labels.get("tier", "")
+
+
 class SnapshotBuilder:
     """Takes the rows of one query at a time, so only one decoded answer need be alive at once (see `read`)."""
 
@@ -103,25 +107,13 @@ class SnapshotBuilder:
                 value = _value(row)
                 if value is None or "le" not in labels:
                     continue
-                key = (
-                    (labels["namespace"], labels["inferenceservice"]),
-                    labels.get("tier", ""),
-                    labels["series"],
-                )
-                self.buckets[key][labels["le"]] = value
-        elif name == "requests":
+                self.buckets[(*_service_tier(labels), labels["series"])][labels["le"]] = value
+        elif name in ("requests", "gauges"):
             for row in rows:
                 labels, value = row["metric"], _value(row)
                 if value is not None:
-                    self.scalars[((labels["namespace"], labels["inferenceservice"]), labels.get("tier", ""))][
-                        "requests"
-                    ] = value
-        elif name == "gauges":
-            for row in rows:
-                labels, value = row["metric"], _value(row)
-                if value is not None:
-                    key = ((labels["namespace"], labels["inferenceservice"]), labels.get("tier", ""))
-                    self.scalars[key][labels["series"]] = value
+                    series = "requests" if name == "requests" else labels["series"]
+                    self.scalars[_service_tier(labels)][series] = value
 
     def build(self, time: float, window_s: float) -> Snapshot:
         windows: dict[ServiceKey, dict[str, TierWindow]] = defaultdict(dict)
