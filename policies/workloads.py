@@ -12,7 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-AZURE_CODE_TRACE = Path(__file__).resolve().parents[2] / "shared" / "data" / "azure_llm_2023_code.csv"
+DATA = Path(__file__).resolve().parents[1] / "data"  # vendored traces with their licenses (data/README.md)
+AZURE_CODE_TRACE = DATA / "azure_llm_2023_code.csv"
+MOONCAKE_CONVERSATION_TRACE = DATA / "mooncake_fast25_conversation.jsonl"
 CITATION = "Azure LLM inference trace 2023 (code): Patel et al., Splitwise, ISCA 2024; Azure public dataset, CC-BY 4.0"
 
 

@@ -19,7 +19,7 @@ from policies.perfmodel import StepModel
 from policies.profiles import profile_for
 
 ROOT = Path(__file__).resolve().parents[2]
-TRACE = ROOT.parent / "shared" / "data" / "azure_llm_2023_code.csv"
+TRACE = ROOT / "data" / "azure_llm_2023_code.csv"
 POLICY = SLOPolicySpec()
 FEW = settings(max_examples=5, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
@@ -248,7 +248,6 @@ def test_load_from_spec_reproduces_the_hinted_percentiles():
     assert planner.load_from_spec(chat(traffic__class="batch")).batch_fraction == 1.0
 
 
-@pytest.mark.skipif(not TRACE.exists(), reason="shared Azure trace not present")
 def test_load_from_azure_trace():
     load = planner.load_from_trace(TRACE)
     rows = len(load.prompt_tokens)

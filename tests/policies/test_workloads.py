@@ -5,7 +5,6 @@ import pytest
 
 from policies.workloads import AZURE_CODE_TRACE, Trace, diurnal, load_csv, resolve, scale_rate
 
-needs_trace = pytest.mark.skipif(not AZURE_CODE_TRACE.exists(), reason="Azure code trace not present")
 
 
 def _small(n: int = 400, seed: int = 0) -> Trace:
@@ -28,7 +27,6 @@ def test_csv_round_trip(tmp_path):
     assert tr.output_tokens.tolist() == [10, 8, 1]
 
 
-@needs_trace
 def test_azure_code_trace_shape():
     tr = load_csv()
     assert len(tr) == 8819
