@@ -6,6 +6,14 @@ import enum
 from dataclasses import dataclass, field
 
 
+class InvalidParameterError(ValueError):
+    """A sampling parameter out of range; `param` names it, so the server can say which without parsing."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class Priority(enum.IntEnum):
     """Lower value is served first; BATCH requests are also preempted first."""
 
@@ -28,8 +36,10 @@ class SamplingParams:
     logprobs: int | None = None
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"invalid sampling parameter: {name}={getattr(self, name)!r}: {why}")
+        def bad(name: str, why: str) -> InvalidParameterError:
+            return InvalidParameterError(
+                name, f"invalid sampling parameter: {name}={getattr(self, name)!r}: {why}"
+            )
 
         if isinstance(self.stop, str):
             self.stop = [self.stop]

@@ -1,0 +1,97 @@
+"""Response plumbing shared by the generation routes: server-sent events, the usage block, logprobs as text,
+and aborting a request in the engine however its response ends."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.types import Receive, Scope, Send
+
+from worker_image.engine import RequestOutput
+from worker_image.engine_thread import EngineRunner, RequestStream
+from worker_image.errors import APIError
+from worker_image.protocol import PromptTokensDetails, TokenLogprob, TopLogprob, Usage
+
+
+def usage_of(output: RequestOutput) -> Usage:
+    return Usage(
+        prompt_tokens=output.num_prompt_tokens,
+        completion_tokens=output.num_output_tokens,
+        total_tokens=output.num_prompt_tokens + output.num_output_tokens,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=output.num_cached_tokens),
+    )
+
+
+def token_logprobs(runner: EngineRunner, output: RequestOutput) -> list[TokenLogprob]:
+    """The engine's logprobs of the new tokens, each with its top alternatives, as decoded strings."""
+    decode = runner.engine.tokenizer.decode
+    tops = output.new_top_logprobs or [[] for _ in output.new_token_ids]
+    return [
+        TokenLogprob(
+            token=decode([token_id]),
+            logprob=logprob,
+            top_logprobs=[TopLogprob(token=decode([tid]), logprob=lp) for tid, lp in top],
+        )
+        for token_id, logprob, top in zip(output.new_token_ids, output.new_logprobs or [], tops, strict=False)
+    ]
+
+
+def sse(payload: BaseModel | dict[str, Any] | str) -> str:
+    if isinstance(payload, BaseModel):
+        payload = payload.model_dump(mode="json", exclude_none=False)
+    text = payload if isinstance(payload, str) else json.dumps(payload, separators=(",", ":"))
+    return f"data: {text}\n\n"
+
+
+class EventStreamResponse(StreamingResponse):
+    """Server-sent events whose request is aborted in the engine however the response ends."""
+
+    def __init__(self, content: AsyncIterator[str], stream: RequestStream) -> None:
+        super().__init__(
+            self._errors_as_events(content),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache"},
+        )
+        self._stream = stream
+
+    @staticmethod
+    async def _errors_as_events(content: AsyncIterator[str]) -> AsyncIterator[str]:
+        """Once the 200 is sent, a failure (engine error, drain timeout) can only be told in the stream."""
+        try:
+            async for event in content:
+                yield event
+        except APIError as exc:
+            yield sse(exc.body())
+            yield sse("[DONE]")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._stream.close()
+
+
+async def until_disconnect(request: Request, stream: RequestStream, work: Awaitable[Response]) -> Response:
+    """Run a non-streaming request, aborting it in the engine when the client goes away first."""
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        return Response(status_code=499)
+    finally:
+        watcher.cancel()
+        stream.close()
