@@ -14,8 +14,9 @@ import torch
 
 from worker_image.block_manager import BlockManager
 from worker_image.config import EngineConfig
+from worker_image.grammar import GrammarError, Grammars
 from worker_image.model_runner import ModelRunner
-from worker_image.sampling import Priority, SamplingParams
+from worker_image.sampling import InvalidParameterError, Priority, SamplingParams
 from worker_image.scheduler import Scheduler
 from worker_image.sequence import Sequence
 from worker_image.tokenizer import detokenize_incrementally
@@ -64,6 +65,7 @@ class LLMEngine:
             self.runner.num_blocks, config.block_size, config.enable_prefix_caching
         )
         self.scheduler = Scheduler(config, self.block_manager)
+        self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size)
         self._aborts: set[str] = set()
         self._seqs: dict[str, Sequence] = {}  # requests added and not yet finished
         self.deferred_until: float | None = None  # the batch window the last step waits out, if any
@@ -83,6 +85,15 @@ class LLMEngine:
             )
         if not all(0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if any(t >= vocab for t in params.logit_bias):
+            raise InvalidParameterError(
+                "logit_bias", f"invalid logit_bias: token ids must be in [0, {vocab})"
+            )
+        if params.grammar is not None:
+            try:
+                self.grammars.check(params.grammar)
+            except GrammarError as exc:
+                raise InvalidParameterError("grammar", f"invalid grammar: {exc}") from None
 
     def add_request(
         self,
@@ -99,6 +110,8 @@ class LLMEngine:
         seq = Sequence(request_id, list(prompt_token_ids), params, Priority(priority), time.monotonic())
         if params.seed is not None:
             seq.generator = torch.Generator(self.config.device).manual_seed(params.seed)
+        if params.grammar is not None:
+            seq.matcher = self.grammars.matcher(params.grammar)
         self._seqs[request_id] = seq
         self.scheduler.add(seq)
 
@@ -159,13 +172,17 @@ class LLMEngine:
         if seq.first_token_time is None:
             seq.first_token_time = now
         reason = None
-        if token in params.stop_token_ids or (token == self.tokenizer.eos_token_id and not params.ignore_eos):
+        stop_token = token in params.stop_token_ids or (
+            token == self.tokenizer.eos_token_id and not params.ignore_eos
+        )
+        if stop_token:
             reason = "stop"
+        elif seq.matcher is not None and seq.matcher.advance(token):
+            reason = "stop"  # the grammar is complete (a closed JSON value): nothing but EOS could follow
         elif seq.num_output_tokens >= params.max_tokens:
             reason = "length"
         # A stop token's own text is not output, but bytes held back before it as an incomplete character
         # are: as U+FFFD, as when the length limit cuts one off.
-        stop_token = reason == "stop"
         delta, seq.prefix_offset, seq.read_offset = detokenize_incrementally(
             self.tokenizer,
             seq.token_ids[:-1] if stop_token else seq.token_ids,
