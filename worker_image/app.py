@@ -24,10 +24,11 @@ from worker_image import routes
 from worker_image.config import EngineConfig
 from worker_image.engine import LLMEngine
 from worker_image.engine_thread import EngineRunner
-from worker_image.errors import RETRY_AFTER_S, APIError, bad_request
+from worker_image.errors import RETRY_AFTER_S, APIError
 from worker_image.protocol import ErrorResponse
 from worker_image.sampling import SamplingParams
 from worker_image.state import ServeOptions, WorkerState
+from worker_image.validation import client_error
 
 logger = logging.getLogger("goodput.worker")
 
@@ -165,17 +166,9 @@ def create_app(
         return exc.response()
 
     @app.exception_handler(RequestValidationError)
-    async def on_validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
-        """400, not FastAPI's 422; `param` is the top-level field, the message has the full location."""
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request", "type": ""}
-        if first.get("type") == "json_invalid":
-            return bad_request(
-                f"malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}"
-            ).response()
-        loc = [str(part) for part in first.get("loc", ())[1:]]  # after "body", "header" or "query"
-        param = loc[0] if loc else None
-        message = f"{'.'.join(loc)}: {first['msg']}" if loc else str(first["msg"])
-        return bad_request(message, param).response()
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        """400, not FastAPI's 422, in the client's terms: `param` is the top-level field."""
+        return client_error(exc.errors(), request.url.path).response()
 
     @app.exception_handler(StarletteHTTPException)
     async def on_http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

@@ -1,36 +1,31 @@
-"""The OpenAI routes: models, completions and chat. Each handler admits the request, turns its body into
-engine parameters (`params.py`), submits it to the engine thread, and answers as JSON or server-sent events."""
+"""The OpenAI routes (models, completions, chat) and vLLM's /tokenize and /detokenize. The generation
+handlers live in `completions.py` and `chat.py`."""
 
 from __future__ import annotations
 
-import itertools
-import time
-from collections.abc import AsyncIterator
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from worker_image.engine import RequestOutput
-from worker_image.errors import bad_request
-from worker_image.params import check_lengths, check_model, resolve_priority, sampling_params, start
+from worker_image.chat import chat_completion
+from worker_image.completions import completion
+from worker_image.errors import bad_request, not_found
+from worker_image.params import check_model
 from worker_image.protocol import (
-    AssistantMessage,
-    ChatChoice,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatLogprobs,
-    CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ModelCard,
     ModelList,
     PriorityName,
-    TokenLogprob,
+    TokenizeRequest,
+    TokenizeResponse,
 )
 from worker_image.state import WorkerState
-from worker_image.streaming import EventStreamResponse, sse, token_logprobs, until_disconnect, usage_of
 
 _SSE_EVENT = {
     "type": "object",
@@ -46,11 +41,21 @@ _SSE = {
 router = APIRouter()
 
 
+def _card(state: WorkerState) -> ModelCard:
+    return ModelCard(id=state.model_name, created=state.created, max_model_len=state.config.max_model_len)
+
+
 @router.get("/v1/models", response_model=ModelList)
 async def models(request: Request) -> ModelList:
+    return ModelList(data=[_card(request.app.state.worker)])
+
+
+@router.get("/v1/models/{model_id:path}", response_model=ModelCard)
+async def model(request: Request, model_id: str) -> ModelCard:
     state: WorkerState = request.app.state.worker
-    card = ModelCard(id=state.model_name, created=state.created, max_model_len=state.config.max_model_len)
-    return ModelList(data=[card])
+    if model_id != state.model_name:
+        raise not_found(f"The model `{model_id}` does not exist.", "model")
+    return _card(state)
 
 
 @router.post("/v1/completions", response_model=CompletionResponse, responses={200: _SSE})
@@ -59,7 +64,7 @@ async def completions(
     body: CompletionRequest,
     x_goodput_priority: Annotated[PriorityName | None, Header()] = None,
 ) -> Response:
-    return await _completion(request, body, x_goodput_priority)
+    return await completion(request, body, x_goodput_priority)
 
 
 @router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={200: _SSE})
@@ -68,166 +73,35 @@ async def chat_completions(
     body: ChatCompletionRequest,
     x_goodput_priority: Annotated[PriorityName | None, Header()] = None,
 ) -> Response:
-    return await _chat_completion(request, body, x_goodput_priority)
+    return await chat_completion(request, body, x_goodput_priority)
 
 
-async def _completion(
-    request: Request, body: CompletionRequest, header_priority: PriorityName | None
-) -> Response:
-    arrival: float = request.state.arrival
+@router.post("/tokenize", response_model=TokenizeResponse)
+async def tokenize(request: Request, body: TokenizeRequest) -> TokenizeResponse:
+    """vLLM's /tokenize: a prompt's token ids, or chat messages' through the chat template."""
     state: WorkerState = request.app.state.worker
-    runner = state.admit()
-    check_model(state, body)
-    if body.echo:
-        raise bad_request("echo is not supported", "echo")
-    prompt = body.prompt
-    if isinstance(prompt, list) and isinstance(prompt[0], str | list):
-        prompt = prompt[0]
+    runner = state.loaded()
+    check_model(state, body.model)
     tokenizer = runner.engine.tokenizer
-    prompt_ids = tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
-    max_tokens = check_lengths(
-        state, prompt_ids, 16 if body.max_tokens is None else body.max_tokens, "prompt"
-    )
-    params = sampling_params(body, max_tokens, body.logprobs)
-    stream = start(
-        runner, "cmpl", "prompt", prompt_ids, params, resolve_priority(body, header_priority), arrival
-    )
-    created, model = int(time.time()), state.model_name
-
-    def logprobs_of(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
-        """The legacy completions layout; offsets count characters of the decoded tokens."""
-        if body.logprobs is None:
-            return None
-        offsets = list(itertools.accumulate((len(e.token) for e in entries), initial=offset))[: len(entries)]
-        return CompletionLogprobs(
-            tokens=[e.token for e in entries],
-            token_logprobs=[e.logprob for e in entries],
-            top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries],
-            text_offset=offsets,
-        )
-
-    if body.stream:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-
-        async def events() -> AsyncIterator[str]:
-            offset = 0
-            async for output in stream.outputs():
-                choice = CompletionChoice(
-                    index=0,
-                    text=output.new_text,
-                    logprobs=logprobs_of(token_logprobs(runner, output), offset),
-                    finish_reason=output.finish_reason if output.finished else None,
-                )
-                offset += len(output.new_text)
-                chunk = CompletionResponse(
-                    id=stream.request_id, created=created, model=model, choices=[choice]
-                )
-                yield sse(chunk.model_dump(mode="json", exclude={"usage"} if not include_usage else set()))
-                if output.finished and include_usage:
-                    final = CompletionResponse(
-                        id=stream.request_id, created=created, model=model, choices=[], usage=usage_of(output)
-                    )
-                    yield sse(final)
-            yield sse("[DONE]")
-
-        return EventStreamResponse(events(), stream)
-
-    async def collect() -> Response:
-        text: list[str] = []
-        entries: list[TokenLogprob] = []
-        last = None
-        async for output in stream.outputs():
-            text.append(output.new_text)
-            entries.extend(token_logprobs(runner, output))
-            last = output
-        assert last is not None
-        merged = logprobs_of(entries, 0)
-        choice = CompletionChoice(
-            index=0, text="".join(text), logprobs=merged, finish_reason=last.finish_reason
-        )
-        response = CompletionResponse(
-            id=stream.request_id, created=created, model=model, choices=[choice], usage=usage_of(last)
-        )
-        return JSONResponse(response.model_dump(mode="json"))
-
-    return await until_disconnect(request, stream, collect())
+    if (body.prompt is None) == (body.messages is None):
+        raise bad_request("send exactly one of prompt and messages", "prompt")
+    if body.prompt is not None:
+        tokens = tokenizer.encode(body.prompt)
+    else:
+        try:
+            text = tokenizer.apply_chat_template([m.for_template() for m in body.messages or []])
+        except Exception as exc:
+            raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
+        tokens = tokenizer.encode(text)
+    return TokenizeResponse(tokens=tokens, count=len(tokens), max_model_len=state.config.max_model_len)
 
 
-async def _chat_completion(
-    request: Request, body: ChatCompletionRequest, header_priority: PriorityName | None
-) -> Response:
-    arrival: float = request.state.arrival
+@router.post("/detokenize", response_model=DetokenizeResponse)
+async def detokenize(request: Request, body: DetokenizeRequest) -> DetokenizeResponse:
     state: WorkerState = request.app.state.worker
-    runner = state.admit()
-    check_model(state, body)
-    tokenizer = runner.engine.tokenizer
-    messages = [{"role": m.role, "content": m.text()} for m in body.messages]
-    try:
-        prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages))
-    except Exception as exc:  # a template rejecting these messages (raise_exception) is the client's error
-        raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
-    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
-    max_tokens = check_lengths(state, prompt_ids, requested, "messages")
-    wants_logprobs = body.logprobs or body.top_logprobs is not None
-    params = sampling_params(body, max_tokens, (body.top_logprobs or 0) if wants_logprobs else None)
-    stream = start(
-        runner, "chatcmpl", "messages", prompt_ids, params, resolve_priority(body, header_priority), arrival
-    )
-    created, model = int(time.time()), state.model_name
-
-    def logprobs_of(output: RequestOutput) -> ChatLogprobs | None:
-        return ChatLogprobs(content=token_logprobs(runner, output)) if wants_logprobs else None
-
-    if body.stream:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-
-        def chunk(delta: dict[str, str], logprobs: ChatLogprobs | None, finish: str | None) -> dict[str, Any]:
-            payload: dict[str, Any] = {
-                "id": stream.request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{
-                    "index": 0, "delta": delta, "finish_reason": finish,
-                    "logprobs": logprobs.model_dump(mode="json") if logprobs else None,
-                }],
-            }  # fmt: skip
-            if include_usage:
-                payload["usage"] = None
-            return payload
-
-        async def events() -> AsyncIterator[str]:
-            first = True
-            async for output in stream.outputs():
-                if first:
-                    yield sse(chunk({"role": "assistant", "content": ""}, None, None))
-                    first = False
-                delta = {"content": output.new_text} if output.new_text else {}
-                finish = output.finish_reason if output.finished else None
-                yield sse(chunk(delta, logprobs_of(output), finish))
-                if output.finished and include_usage:
-                    final = chunk({}, None, None) | {"choices": [], "usage": usage_of(output).model_dump()}
-                    yield sse(final)
-            yield sse("[DONE]")
-
-        return EventStreamResponse(events(), stream)
-
-    async def collect() -> Response:
-        text: list[str] = []
-        tokens: list[TokenLogprob] = []
-        last = None
-        async for output in stream.outputs():
-            text.append(output.new_text)
-            if wants_logprobs:
-                tokens.extend(token_logprobs(runner, output))
-            last = output
-        assert last is not None
-        choice = ChatChoice(
-            index=0,
-            message=AssistantMessage(content="".join(text)),
-            logprobs=ChatLogprobs(content=tokens) if wants_logprobs else None,
-            finish_reason=last.finish_reason,
-        )
-        response = ChatCompletionResponse(
-            id=stream.request_id, created=created, model=model, choices=[choice], usage=usage_of(last)
-        )
-        return JSONResponse(response.model_dump(mode="json"))
-
-    return await until_disconnect(request, stream, collect())
+    runner = state.loaded()
+    check_model(state, body.model)
+    vocab = runner.engine.model_config.vocab_size
+    if any(t >= vocab for t in body.tokens):
+        raise bad_request(f"token ids must be in [0, {vocab})", "tokens")
+    return DetokenizeResponse(prompt=runner.engine.tokenizer.decode(body.tokens))

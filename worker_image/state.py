@@ -46,6 +46,12 @@ class WorkerState:
     def ready(self) -> bool:
         return self.runner is not None and self.healthy and not self.draining
 
+    def loaded(self) -> EngineRunner:
+        """The runner, for requests that only need the tokenizer: 503 while the model loads."""
+        if self.runner is None:
+            raise unavailable("the model is still loading", "loading")
+        return self.runner
+
     def admit(self) -> EngineRunner:
         """The runner, if this worker takes new requests now (the runner re-checks its queue on submit)."""
         if self.draining:

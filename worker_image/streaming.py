@@ -19,13 +19,50 @@ from worker_image.errors import APIError
 from worker_image.protocol import PromptTokensDetails, TokenLogprob, TopLogprob, Usage
 
 
-def usage_of(output: RequestOutput) -> Usage:
+def usage_of(finals: list[RequestOutput]) -> Usage:
+    """The usage of one request's choices (their last outputs): the prompt counts once, as OpenAI's does."""
+    prompt = finals[0].num_prompt_tokens
+    completion = sum(output.num_output_tokens for output in finals)
     return Usage(
-        prompt_tokens=output.num_prompt_tokens,
-        completion_tokens=output.num_output_tokens,
-        total_tokens=output.num_prompt_tokens + output.num_output_tokens,
-        prompt_tokens_details=PromptTokensDetails(cached_tokens=output.num_cached_tokens),
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=finals[0].num_cached_tokens),
     )
+
+
+async def merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
+    """The outputs of a request's choices as they come, each with its choice index."""
+    if len(streams) == 1:
+        async for output in streams[0].outputs():
+            yield 0, output
+        return
+    queue: asyncio.Queue[tuple[int, RequestOutput | BaseException | None]] = asyncio.Queue()
+
+    async def pump(index: int, stream: RequestStream) -> None:
+        try:
+            async for output in stream.outputs():
+                queue.put_nowait((index, output))
+        except Exception as exc:
+            queue.put_nowait((index, exc))
+        queue.put_nowait((index, None))
+
+    tasks = [asyncio.ensure_future(pump(i, s)) for i, s in enumerate(streams)]
+    try:
+        remaining = len(streams)
+        while remaining:
+            index, item = await queue.get()
+            if item is None:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield index, item
+    finally:
+        for task in tasks:
+            task.cancel()
+        for stream in streams:
+            stream.close()
 
 
 def token_logprobs(runner: EngineRunner, output: RequestOutput) -> list[TokenLogprob]:
@@ -52,13 +89,13 @@ def sse(payload: BaseModel | dict[str, Any] | str) -> str:
 class EventStreamResponse(StreamingResponse):
     """Server-sent events whose request is aborted in the engine however the response ends."""
 
-    def __init__(self, content: AsyncIterator[str], stream: RequestStream) -> None:
+    def __init__(self, content: AsyncIterator[str], streams: list[RequestStream]) -> None:
         super().__init__(
             self._errors_as_events(content),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache"},
         )
-        self._stream = stream
+        self._streams = streams
 
     @staticmethod
     async def _errors_as_events(content: AsyncIterator[str]) -> AsyncIterator[str]:
@@ -74,10 +111,13 @@ class EventStreamResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            self._stream.close()
+            for stream in self._streams:
+                stream.close()
 
 
-async def until_disconnect(request: Request, stream: RequestStream, work: Awaitable[Response]) -> Response:
+async def until_disconnect(
+    request: Request, streams: list[RequestStream], work: Awaitable[Response]
+) -> Response:
     """Run a non-streaming request, aborting it in the engine when the client goes away first."""
 
     async def disconnected() -> None:
@@ -94,4 +134,5 @@ async def until_disconnect(request: Request, stream: RequestStream, work: Awaita
         return Response(status_code=499)
     finally:
         watcher.cancel()
-        stream.close()
+        for stream in streams:
+            stream.close()

@@ -142,7 +142,7 @@ BAD_REQUESTS = {
     "wrong type": ("/v1/completions", {"prompt": "hi", "max_tokens": "many"}, "max_tokens"),
     "negative temperature": ("/v1/completions", {"prompt": "hi", "temperature": -1}, "temperature"),
     "top_p zero": ("/v1/completions", {"prompt": "hi", "top_p": 0}, "top_p"),
-    "n above one": ("/v1/completions", {"prompt": "hi", "n": 2}, "n"),
+    "n zero": ("/v1/completions", {"prompt": "hi", "n": 0}, "n"),
     "max_tokens zero": ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
     "over-long prompt": ("/v1/completions", {"prompt": "x" * (MAX_MODEL_LEN + 10)}, "prompt"),
     "prompt plus output too long": (
