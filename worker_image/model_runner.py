@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from worker_image import attention, parallel, tp_ranks
+from worker_image import attention, cpu, parallel, tp_ranks
 from worker_image.config import EngineConfig
 from worker_image.cuda_graphs import DecodeGraphs
 from worker_image.loader import load_model, torch_dtype
@@ -20,16 +18,6 @@ from worker_image.sequence import Sequence
 from worker_image.transfer import to_device
 
 DECODE_GROUP_SIZE = 16  # reference decodes sorted by length and gathered in groups, so padding stays small
-
-
-def cpu_quota() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (a pod's CPU limit)."""
-    n = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        return n if quota == "max" else max(1, min(n, int(quota) // int(period)))
-    except (OSError, ValueError):
-        return n
 
 
 @dataclass
@@ -109,7 +97,9 @@ class ModelRunner:
         self.followers: tp_ranks.Followers | None = None
         self.graphs: DecodeGraphs | None = None
         if self.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads or min(torch.get_num_threads(), cpu_quota()))
+            threads = config.cpu_threads or cpu.default_threads(torch.get_num_threads())
+            torch.set_num_threads(threads)
+            cpu.warn_if_oversubscribed(threads)
         elif config.tensor_parallel_size == 1:  # "cuda" means the current GPU; name it, and make it current
             index = self.device.index
             self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
