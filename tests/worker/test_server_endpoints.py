@@ -3,7 +3,7 @@ that name the parameter (item 8)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import openai
@@ -81,14 +81,19 @@ CLEAR_400S = {
 
 
 @pytest.mark.parametrize("case", CLEAR_400S, ids=list(CLEAR_400S))
-def test_400s_speak_the_clients_terms(server: tuple[str, WorkerState], case: str) -> None:
+def test_400s_speak_the_clients_terms(
+    server: tuple[str, WorkerState], case: str, record_property: Callable[[str, object], None]
+) -> None:
     path, body, param, says = CLEAR_400S[case]
     if isinstance(body, str):
         response = httpx.post(server[0] + path, content=body, headers={"content-type": "application/json"})
     else:
         response = httpx.post(server[0] + path, json=body)
+    error = response.json().get("error", {})
+    record_property(
+        "worker_bad_input", {"case": case, "status": response.status_code, "param": error.get("param")}
+    )
     assert response.status_code == 400, response.text
-    error = response.json()["error"]
     assert error["param"] == param
     assert says in error["message"]
     assert "constrained-str" not in error["message"] and "list[" not in error["message"]

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import httpx
@@ -246,18 +246,28 @@ UNSUPPORTED_CHAT = {
 
 @pytest.mark.parametrize("case", UNSUPPORTED, ids=list(UNSUPPORTED))
 def test_unsupported_values_are_refused_naming_the_parameter(
-    server: tuple[str, WorkerState], case: str
+    server: tuple[str, WorkerState], case: str, record_property: Callable[[str, object], None]
 ) -> None:
     body, param = UNSUPPORTED[case]
     response = httpx.post(server[0] + "/v1/completions", json=body)
+    error = response.json().get("error", {})
+    record_property(
+        "worker_bad_input", {"case": case, "status": response.status_code, "param": error.get("param")}
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
 
 
 @pytest.mark.parametrize("case", UNSUPPORTED_CHAT, ids=list(UNSUPPORTED_CHAT))
-def test_unsupported_chat_values_are_refused(server: tuple[str, WorkerState], case: str) -> None:
+def test_unsupported_chat_values_are_refused(
+    server: tuple[str, WorkerState], case: str, record_property: Callable[[str, object], None]
+) -> None:
     extra, param = UNSUPPORTED_CHAT[case]
     body = {"messages": [{"role": "user", "content": "hi"}]} | extra
     response = httpx.post(server[0] + "/v1/chat/completions", json=body)
+    error = response.json().get("error", {})
+    record_property(
+        "worker_bad_input", {"case": case, "status": response.status_code, "param": error.get("param")}
+    )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
