@@ -156,11 +156,12 @@ class EngineRunner:
             self.metrics.observe_finished(FinishedRequest("abort", 0.0, 0.0, 0, 0))
 
     def abort_all(self) -> None:
+        """Abort every request in the engine; each stream still reads the error that says why."""
         for stream in list(self._streams.values()):
             stream.queue.put_nowait(
                 unavailable("the server shut down before the request finished", "shutdown")
             )
-            stream.close()
+            self.abort(stream.request_id)
 
     def _take_work(self) -> tuple[list[_Submission], list[str]] | None:
         """Wait for new requests, aborts, or a step to run (none while the batch window is open); None
