@@ -55,7 +55,8 @@ async def chat_completion(
     tokenizer = runner.engine.tokenizer
     messages = [m.for_template() for m in body.messages]
     try:
-        prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages))
+        definitions = [tool.model_dump() for tool in body.tools] if body.tools else None
+        prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, definitions))
     except Exception as exc:  # a template rejecting these messages (raise_exception) is the client's error
         raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens

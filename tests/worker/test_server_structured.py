@@ -271,3 +271,30 @@ def test_unsupported_chat_values_are_refused(
     )
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+def test_the_prompt_shows_the_tools_and_earlier_calls(client: openai.OpenAI) -> None:
+    """Tool definitions and an assistant's earlier tool calls reach the chat template, not just the grammar."""
+    named = {"type": "function", "function": {"name": "get_time"}}
+    history = [
+        {"role": "user", "content": "Time?"},
+        {
+            "role": "assistant",
+            "content": None,
+            "tool_calls": [
+                {
+                    "id": "call_1",
+                    "type": "function",
+                    "function": {"name": "get_time", "arguments": '{"zone":"UTC"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_1", "content": "12:00"},
+    ]
+    base = dict(model=MODEL, max_tokens=60, temperature=1.0, seed=0)
+    plain = client.chat.completions.create(messages=history[:1], **base)
+    with_tools = client.chat.completions.create(messages=history[:1], tools=[TIME], tool_choice=named, **base)
+    with_history = client.chat.completions.create(messages=history, tools=[TIME], tool_choice=named, **base)
+    assert plain.usage and with_tools.usage and with_history.usage
+    assert with_tools.usage.prompt_tokens > plain.usage.prompt_tokens + len('"get_time"')
+    assert with_history.usage.prompt_tokens > with_tools.usage.prompt_tokens + len('{"zone":"UTC"}')
