@@ -8,6 +8,7 @@ printable ASCII character for every id above them, as `ByteTokenizer.decode` doe
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import llguidance
@@ -77,10 +78,15 @@ class Grammars:
         return self._ll
 
     def check(self, grammar: str) -> None:
-        """Raise GrammarError unless the grammar compiles."""
-        error = llguidance.LLMatcher.validate_grammar(grammar, self.ll_tokenizer)
+        """Raise GrammarError unless the grammar compiles (remembered: clients repeat their schemas, and the
+        server and the engine both check)."""
+        error = self._validate(grammar)
         if error:
             raise GrammarError(error)
+
+    @functools.lru_cache(maxsize=512)  # noqa: B019 (one Grammars per engine, living as long as it)
+    def _validate(self, grammar: str) -> str:
+        return llguidance.LLMatcher.validate_grammar(grammar, self.ll_tokenizer)
 
     def matcher(self, grammar: str) -> Matcher:
         return Matcher(llguidance.LLMatcher(self.ll_tokenizer, grammar, log_level=0), self.vocab_size)
