@@ -14,9 +14,8 @@ from fastapi.responses import JSONResponse, Response
 from worker_image.engine import RequestOutput
 from worker_image.errors import bad_request
 from worker_image.params import (
+    admit,
     check_lengths,
-    check_model,
-    check_supported,
     grammar,
     resolve_priority,
     sampling_params,
@@ -31,9 +30,9 @@ from worker_image.protocol import (
     PriorityName,
     TokenLogprob,
 )
-from worker_image.state import WorkerState
 from worker_image.streaming import (
     EventStreamResponse,
+    collect_choices,
     merged,
     sse,
     token_logprobs,
@@ -47,10 +46,7 @@ async def chat_completion(
     request: Request, body: ChatCompletionRequest, header_priority: PriorityName | None
 ) -> Response:
     arrival: float = request.state.arrival
-    state: WorkerState = request.app.state.worker
-    runner = state.admit()
-    check_model(state, body.model)
-    check_supported(body)
+    state, runner = admit(request, body)
     tools = tool_schema(body)
     tokenizer = runner.engine.tokenizer
     messages = [m.for_template() for m in body.messages]
@@ -140,24 +136,19 @@ async def chat_completion(
         return EventStreamResponse(events(), streams)
 
     async def collect() -> Response:
-        texts: list[list[str]] = [[] for _ in streams]
-        entries: list[list[TokenLogprob]] = [[] for _ in streams]
-        finals: dict[int, RequestOutput] = {}
-        async for index, output in merged(streams):
-            texts[index].append(output.new_text)
-            if wants_logprobs:
-                entries[index].extend(token_logprobs(runner, output))
-            if output.finished:
-                finals[index] = output
+        done = await collect_choices(runner, streams, wants_logprobs)
         choices = []
-        for i in range(len(streams)):
-            message, finish = answer("".join(texts[i]), finals[i].finish_reason)
+        for i, c in enumerate(done):
+            message, finish = answer(c.text, c.final.finish_reason)
             choices.append(
-                ChatChoice(index=i, message=message, logprobs=logprobs_of(entries[i]), finish_reason=finish)
+                ChatChoice(index=i, message=message, logprobs=logprobs_of(c.logprobs), finish_reason=finish)
             )
-        usage = usage_of([finals[i] for i in range(len(streams))])
         response = ChatCompletionResponse(
-            id=request_id, created=created, model=model, choices=choices, usage=usage
+            id=request_id,
+            created=created,
+            model=model,
+            choices=choices,
+            usage=usage_of([c.final for c in done]),
         )
         return JSONResponse(response.model_dump(mode="json"))
 

@@ -13,9 +13,8 @@ from fastapi.responses import JSONResponse, Response
 from worker_image.engine import RequestOutput
 from worker_image.errors import bad_request
 from worker_image.params import (
+    admit,
     check_lengths,
-    check_model,
-    check_supported,
     grammar,
     resolve_priority,
     sampling_params,
@@ -29,9 +28,9 @@ from worker_image.protocol import (
     PriorityName,
     TokenLogprob,
 )
-from worker_image.state import WorkerState
 from worker_image.streaming import (
     EventStreamResponse,
+    collect_choices,
     merged,
     sse,
     token_logprobs,
@@ -44,10 +43,7 @@ async def completion(
     request: Request, body: CompletionRequest, header_priority: PriorityName | None
 ) -> Response:
     arrival: float = request.state.arrival
-    state: WorkerState = request.app.state.worker
-    runner = state.admit()
-    check_model(state, body.model)
-    check_supported(body)
+    state, runner = admit(request, body)
     if body.echo:
         raise bad_request("echo is not supported", "echo")
     prompt = body.prompt
@@ -104,24 +100,13 @@ async def completion(
         return EventStreamResponse(events(), streams)
 
     async def collect() -> Response:
-        texts: list[list[str]] = [[] for _ in streams]
-        entries: list[list[TokenLogprob]] = [[] for _ in streams]
-        finals: dict[int, RequestOutput] = {}
-        async for index, output in merged(streams):
-            texts[index].append(output.new_text)
-            entries[index].extend(token_logprobs(runner, output))
-            if output.finished:
-                finals[index] = output
+        done = await collect_choices(runner, streams, body.logprobs is not None)
         choices = [
             CompletionChoice(
-                index=i,
-                text="".join(texts[i]),
-                logprobs=logprobs_of(entries[i], 0),
-                finish_reason=finals[i].finish_reason,
+                index=i, text=c.text, logprobs=logprobs_of(c.logprobs, 0), finish_reason=c.final.finish_reason
             )
-            for i in range(len(streams))
+            for i, c in enumerate(done)
         ]
-        final_list = [finals[i] for i in range(len(streams))]
-        return JSONResponse(response(choices, final_list).model_dump(mode="json"))
+        return JSONResponse(response(choices, [c.final for c in done]).model_dump(mode="json"))
 
     return await until_disconnect(request, streams, collect())

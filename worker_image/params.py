@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from fastapi import Request
+
 from worker_image.engine import QueueFullError
 from worker_image.engine_thread import EngineRunner, RequestStream
 from worker_image.errors import bad_request, not_found, queue_full
@@ -17,6 +19,16 @@ from worker_image.state import WorkerState
 
 def resolve_priority(body: GenerationRequest, header: PriorityName | None) -> Priority:
     return Priority[(body.priority or header or "interactive").upper()]
+
+
+def admit(request: Request, body: GenerationRequest) -> tuple[WorkerState, EngineRunner]:
+    """The worker's state and engine thread, once this request may go ahead: not draining, loading or
+    overloaded, our model, and only values the worker serves."""
+    state: WorkerState = request.app.state.worker
+    runner = state.admit()
+    check_model(state, body.model)
+    check_supported(body)
+    return state, runner
 
 
 def check_supported(body: GenerationRequest) -> None:

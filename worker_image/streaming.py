@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Awaitable
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
@@ -29,6 +30,29 @@ def usage_of(finals: list[RequestOutput]) -> Usage:
         total_tokens=prompt + completion,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=finals[0].num_cached_tokens),
     )
+
+
+@dataclass
+class Choice:
+    """One choice of a finished non-streaming request."""
+
+    text: str
+    logprobs: list[TokenLogprob]
+    final: RequestOutput
+
+
+async def collect_choices(runner: EngineRunner, streams: list[RequestStream], logprobs: bool) -> list[Choice]:
+    """Run a request's choices to the end: each one's text, logprobs (when asked) and last output."""
+    texts: list[list[str]] = [[] for _ in streams]
+    entries: list[list[TokenLogprob]] = [[] for _ in streams]
+    finals: dict[int, RequestOutput] = {}
+    async for index, output in merged(streams):
+        texts[index].append(output.new_text)
+        if logprobs:
+            entries[index].extend(token_logprobs(runner, output))
+        if output.finished:
+            finals[index] = output
+    return [Choice("".join(texts[i]), entries[i], finals[i]) for i in range(len(streams))]
 
 
 async def merged(streams: list[RequestStream]) -> AsyncIterator[tuple[int, RequestOutput]]:
