@@ -12,7 +12,8 @@ reads safetensors instead, so `load_weights` is the phase a real model changes.
 
 Output schema ("goodput.cold_start/1"): {schema, device, machine, measured_at, versions, runs: [{model,
 device, dtype, weight_bytes, health_s, ready_s, phases_s: {imports, load_weights, kv_sizing,
-graph_capture, engine, warm_up}, num_kv_blocks, cuda_graph_sizes}]}. `ready_s` is the start delay.
+graph_capture, engine, warm_up}, num_kv_blocks, cuda_graph_sizes, host_load_1m_before}]}. `ready_s` is
+the start delay.
 """
 
 from __future__ import annotations
@@ -210,7 +211,8 @@ def main() -> int:
     }
     log = args.log or Path(tempfile.mkstemp(prefix="cold_start_", suffix=".log")[1])
     for preset in args.preset:
-        run = measure(preset, args.device, args.dtype, args.timeout_s, log)
+        load_1m = os.getloadavg()[0]  # a shared machine's other work slows every phase
+        run = measure(preset, args.device, args.dtype, args.timeout_s, log) | {"host_load_1m_before": load_1m}
         result["runs"].append(run)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))  # each run as soon as it is measured

@@ -21,9 +21,12 @@ time limit still reports what it measured.
 from __future__ import annotations
 
 import argparse
+import cProfile
 import dataclasses
 import gc
 import json
+import pstats
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -113,6 +116,7 @@ def run_ours(s: Setup, w: Workload, seed: int) -> tuple[dict, int]:
         "cuda_graphs": engine.runner.graphs is not None,
         "preemptions": engine.stats().num_preemptions,
         "tpot_bs1_ms": 1000 * bs1_tpot(engine, w.prompts[0][: s.bs1_prompt], s.bs1_output),
+        "decode_step_profile": decode_step_profile(engine, w),
     }
     engine.close()
     del engine
@@ -128,6 +132,50 @@ def bs1_tpot(engine: LLMEngine, prompt: list[int], n: int) -> float:
         for out in engine.step():
             times.extend(time.perf_counter() for _ in out.new_token_ids)
     return (times[-1] - times[0]) / (len(times) - 1)
+
+
+def decode_step_profile(engine: LLMEngine, w: Workload, steps: int = 16, top: int = 15) -> dict:
+    """Where a decode step's host time goes at the full batch (up to 256): median step time without the
+    profiler, then cProfile over as many steps, its top functions by own time per step. The sampler's
+    fetch of the tokens (`tolist`) is the wait for the GPU; everything else is Python work the GPU
+    waits for, which the tuning of the Python per step aims at."""
+    batch, limit = min(256, len(w.prompts)), engine.config.max_model_len
+    prompt_len = min(64, limit // 2)
+    steps = min(steps, (limit - prompt_len - 4) // 2)
+    for i in range(batch):
+        engine.add_request(f"profile-{i}", w.prompts[i][:prompt_len], greedy(2 * steps + 4))
+    engine.step()  # the prompts (at most 16384 tokens: one step)
+    engine.step()  # the first decode step, outside the clock
+
+    def timed_step() -> float:
+        start = time.perf_counter()
+        engine.step()
+        return time.perf_counter() - start
+
+    plain = [timed_step() for _ in range(steps)]
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for _ in range(steps):
+        engine.step()
+    profiler.disable()
+    while engine.has_unfinished_requests():
+        engine.step()
+    stats = pstats.Stats(profiler).stats  # type: ignore[attr-defined]
+    rows = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]
+    return {
+        "batch": batch,
+        "steps": steps,
+        "step_ms_median": 1000 * statistics.median(plain),
+        "top_functions_by_own_time": [
+            {
+                "function": f"{Path(file).name}:{line}({name})",
+                "own_ms_per_step": 1000 * own / steps,
+                "cumulative_ms_per_step": 1000 * cumulative / steps,
+                "calls_per_step": calls / steps,
+            }
+            for (file, line, name), (_, calls, own, cumulative, _) in rows
+        ],
+    }
 
 
 def parity_prompts(s: Setup, w: Workload) -> list[list[int]]:

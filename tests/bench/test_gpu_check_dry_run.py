@@ -85,6 +85,10 @@ def test_bench_writes_every_figure(dry_run) -> None:
     assert result["tpot_bs1_over_roofline"] == pytest.approx(ratio)
     speedup = result["ours"]["output_tokens_per_s"] / result["hf_continuous"]["output_tokens_per_s"]
     assert result["speedup_vs_hf_continuous"] == pytest.approx(speedup)
+    profile = result["ours"]["decode_step_profile"]
+    assert profile["batch"] == result["requests"] and profile["steps"] > 0 and profile["step_ms_median"] > 0
+    functions = profile["top_functions_by_own_time"]
+    assert functions and all(f["own_ms_per_step"] <= f["cumulative_ms_per_step"] + 1e-9 for f in functions)
 
 
 def test_cold_start_has_the_schema_the_simulator_reads(dry_run) -> None:
