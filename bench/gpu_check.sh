@@ -3,10 +3,10 @@
 #
 # Stages, each under its own time limit, each writing its JSON to $OUT as soon as it ends (a run cut
 # short still returns what finished); about 6 minutes on one H100 in all:
-#   0 wheels      install the carried wheels of bench/gpu_wheels.txt (the server's stack)      10 s
+#   0 wheels      install the carried wheels of bench/gpu_wheels.txt (the server's stack)      20 s
 #   1 env         GPU, driver, versions, copy bandwidth, bf16 matmul rate   -> env.json        20 s
 #   2 tests       pytest tests/worker/test_engine_gpu.py, 60 s a test       -> gpu_tests.json   90 s
-#   3 bench       bench/engine_gpu.py (256 requests, 100-1024 tokens)       -> engine_gpu.json 190 s
+#   3 bench       bench/engine_gpu.py (256 requests, 100-1024 tokens)       -> engine_gpu.json 180 s
 #   4 cold start  process start to /health and /ready, qwen2.5-0.5b bf16   -> cold_start.json  50 s
 # plus summary.json (each stage's status, seconds, budget) and gpu_check.log (everything printed).
 #
@@ -93,11 +93,11 @@ install_wheels() {
         "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
             --target "$SCRATCH/site" .whl/*.whl || return 1
     fi
-    PYTHONPATH=$SCRATCH/site "$PY" -c 'import fastapi, pydantic, starlette, uvicorn; print("server stack:", fastapi.__version__, pydantic.__version__, uvicorn.__version__)'
+    PYTHONPATH=$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH} "$PY" -c 'import fastapi, pydantic, starlette, uvicorn; print("server stack:", fastapi.__version__, pydantic.__version__, uvicorn.__version__)'
 }
 export -f install_wheels wheel_specs
 export PY WHEELS DRY SCRATCH
-stage wheels 10 bash -c install_wheels
+stage wheels 20 bash -c install_wheels
 export PYTHONPATH=$ROOT:$SCRATCH/site${PYTHONPATH:+:$PYTHONPATH}
 export PYTHONUNBUFFERED=1
 
@@ -112,7 +112,7 @@ else
     stage env 20 "$PY" bench/gpu_env.py --json "$OUT/env.json"
     stage tests 90 "$PY" bench/pytest_json.py --json "$OUT/gpu_tests.json" -- \
         tests/worker/test_engine_gpu.py --timeout=60
-    stage bench 190 "$PY" bench/engine_gpu.py --json "$OUT/engine_gpu.json"
+    stage bench 180 "$PY" bench/engine_gpu.py --json "$OUT/engine_gpu.json"
     stage cold_start 50 "$PY" bench/cold_start.py --preset qwen2.5-0.5b --device cuda --dtype bfloat16 \
         --timeout-s 45 --json "$OUT/cold_start.json" --log "$SCRATCH/cold_start.log"
 fi
