@@ -8,7 +8,8 @@
 #   2 tests       pytest tests/worker/test_engine_gpu.py, 60 s a test       -> gpu_tests.json   90 s
 #   3 bench       bench/engine_gpu.py (256 requests, 100-1024 tokens)       -> engine_gpu.json 180 s
 #   4 cold start  process start to /health and /ready, qwen2.5-0.5b bf16   -> cold_start.json  50 s
-# plus summary.json (each stage's status, seconds, budget) and gpu_check.log (everything printed).
+# plus summary.json (each stage's status, seconds, budget), verdict.json (the acceptance figures, also
+# printed last) and gpu_check.log (everything printed).
 #
 # Before calling the device tool, once per session, here in the repository root:
 #   bench/gpu_check.sh --fetch-wheels            # pip download of bench/gpu_wheels.txt into .whl/
@@ -119,4 +120,6 @@ fi
 [[ -f $SCRATCH/cold_start.log ]] && cat "$SCRATCH/cold_start.log" >>"$LOG"
 echo "--- summary ($OUT)"
 cat "$OUT/summary.json"
+echo "--- acceptance (verdict.json)" | tee -a "$LOG"
+timeout 30 "$PY" bench/gpu_verdict.py --out "$OUT" 2>&1 | tee -a "$LOG"
 exit $FAILED

@@ -50,7 +50,20 @@ def test_every_stage_passes_and_is_summarized(dry_run) -> None:
         "gpu_tests.json",
         "engine_gpu.json",
         "cold_start.json",
+        "verdict.json",
     }  # the device tool returns at most 8 files
+
+
+def test_verdict_reads_every_stage(dry_run) -> None:
+    out, done = dry_run
+    verdict = load(out, "verdict.json")
+    assert verdict["gpu_tests_pass"]["status"] == "met"
+    assert verdict["greedy_parity"] == {"value": True, "status": "met"}
+    for name in ("cold_start_ready_s", "tpot_bs1_over_roofline"):  # figures without a bar
+        assert verdict[name]["status"] == "reported" and verdict[name]["value"] > 0, name
+    for name in ("output_tokens_per_s", "speedup_vs_hf_continuous", "tpot_bs1_ms"):
+        assert verdict[name]["value"] > 0 and verdict[name]["status"] in ("met", "not met"), name
+    assert done.stdout.rstrip().splitlines()[-1].startswith("cold_start_ready_s")  # the table is printed last
 
 
 def test_env_describes_the_machine(dry_run) -> None:
