@@ -58,7 +58,7 @@ async def chat_completion(
     requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
     max_tokens = check_lengths(state, prompt_ids, requested, "messages")
     wants_logprobs = body.logprobs or body.top_logprobs is not None
-    constraint = grammar(runner, body, tools[0] if tools else None)
+    constraint = await grammar(runner, body, tools[0] if tools else None)
     params = sampling_params(
         body, max_tokens, (body.top_logprobs or 0) if wants_logprobs else None, constraint
     )

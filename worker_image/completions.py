@@ -53,7 +53,8 @@ async def completion(
     max_tokens = check_lengths(
         state, prompt_ids, 16 if body.max_tokens is None else body.max_tokens, "prompt"
     )
-    params = sampling_params(body, max_tokens, body.logprobs, grammar(runner, body, None))
+    constraint = await grammar(runner, body, None)
+    params = sampling_params(body, max_tokens, body.logprobs, constraint)
     request_id = f"cmpl-{uuid.uuid4().hex}"
     priority = resolve_priority(body, header_priority)
     streams = start(runner, request_id, "prompt", prompt_ids, params, body.n, priority, arrival)

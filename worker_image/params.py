@@ -3,6 +3,7 @@ problem a 400 naming the client's parameter."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from typing import Any
 
@@ -41,8 +42,11 @@ def check_supported(body: GenerationRequest) -> None:
         raise bad_request("stream_options is only allowed with stream=true", "stream_options")
 
 
-def grammar(runner: EngineRunner, body: GenerationRequest, tool_schema: dict[str, Any] | None) -> str | None:
-    """The grammar the output must match: the tool call's schema, or the response format's."""
+async def grammar(
+    runner: EngineRunner, body: GenerationRequest, tool_schema: dict[str, Any] | None
+) -> str | None:
+    """The grammar the output must match: the tool call's schema, or the response format's. It compiles
+    off the event loop (a large schema takes a while)."""
     fmt, param = body.response_format, "response_format"
     if tool_schema is not None:
         schema, param = tool_schema, "tool_choice"
@@ -54,6 +58,10 @@ def grammar(runner: EngineRunner, body: GenerationRequest, tool_schema: dict[str
         raise bad_request("response_format of type json_schema needs json_schema", "response_format")
     else:
         schema = fmt.json_schema.schema_
+    return await asyncio.to_thread(_compile, runner, schema, param)
+
+
+def _compile(runner: EngineRunner, schema: dict[str, Any], param: str) -> str:
     try:
         compiled = json_schema_grammar(schema)
         runner.engine.grammars.check(compiled)
