@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
 from worker_image.engine import EngineStats, LLMEngine, QueueFullError, RequestOutput
-from worker_image.errors import APIError, queue_full, unavailable
+from worker_image.errors import APIError, bad_request, queue_full, unavailable
 from worker_image.metrics import FinishedRequest, WorkerMetrics
-from worker_image.sampling import Priority, SamplingParams
+from worker_image.sampling import InvalidParameterError, Priority, SamplingParams
 
 logger = logging.getLogger("goodput.worker")
 
@@ -191,6 +191,10 @@ class EngineRunner:
                         self.engine.add_request(sub.request_id, sub.prompt_ids, sub.params, sub.priority)
                     except QueueFullError as exc:
                         self.loop.call_soon_threadsafe(self._refuse, sub.request_id, queue_full(str(exc)))
+                    except ValueError as exc:  # checked on submit already; one request's fault all the same
+                        param = exc.param if isinstance(exc, InvalidParameterError) else None
+                        error = bad_request(str(exc), param)
+                        self.loop.call_soon_threadsafe(self._refuse, sub.request_id, error)
                 for request_id in aborts:
                     self.engine.abort_request(request_id)
                 outputs = self.engine.step()
