@@ -1,0 +1,91 @@
+"""What the router reads of a request body and of a worker's /metrics."""
+
+import json
+
+import pytest
+
+from router.endpoints import ready_urls
+from router.errors import RouterError
+from router.refresh import parse_gauges
+from router.requests import parse
+
+
+def routed(body: dict, header: str | None = None, chat: bool = False, block_tokens: int = 4):
+    return parse(json.dumps(body).encode(), header, "interactive", block_tokens, chat)
+
+
+def test_blocks_are_chained_over_full_blocks_only() -> None:
+    a = routed({"prompt": "x" * 16 * 3 + "tail"})  # 16 characters a block of 4 tokens
+    b = routed({"prompt": "x" * 16 * 2 + "y" * 16})
+    assert len(a.blocks) == 3
+    assert a.blocks[:2] == b.blocks[:2]
+    assert a.blocks[2] != b.blocks[2]
+    # equal content at a different position is a different block: ids carry their whole prefix
+    assert routed({"prompt": "y" * 16}).blocks[0] != b.blocks[2]
+    assert a.prompt_tokens == (16 * 3 + 4) // 4
+
+
+def test_token_id_prompts_are_measured_exactly() -> None:
+    r = routed({"prompt": list(range(10))})
+    assert r.prompt_tokens == 10
+    assert len(r.blocks) == 2
+    assert routed({"prompt": [*range(8), 99]}).blocks == r.blocks
+
+
+def test_chat_turns_share_their_history_blocks() -> None:
+    history = [{"role": "user", "content": "q" * 40}, {"role": "assistant", "content": "a" * 40}]
+    one = routed({"messages": history}, chat=True)
+    two = routed({"messages": [*history, {"role": "user", "content": "more"}]}, chat=True)
+    assert two.blocks[: len(one.blocks)] == one.blocks
+    parts = routed(
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "q" * 40}]}]}, chat=True
+    )
+    assert parts.blocks[:2] == one.blocks[:2]
+
+
+def test_max_tokens_and_class() -> None:
+    assert routed({"prompt": "x", "max_tokens": 7}).max_tokens == 7
+    chat = routed({"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 9}, chat=True)
+    assert chat.max_tokens == 9
+    assert routed({"prompt": "x", "service_tier": "flex"}).request_class == "batch"
+    assert routed({"prompt": "x"}, header="batch").request_class == "batch"
+    assert routed({"prompt": "x"}).request_class == "interactive"
+
+
+@pytest.mark.parametrize("body", [{"prompt": []}, {"prompt": [1, "a"]}, {"prompt": True}, {"prompt": None}])
+def test_bad_prompts(body: dict) -> None:
+    with pytest.raises(RouterError) as error:
+        routed(body)
+    assert (error.value.status, error.value.param) == (400, "prompt")
+
+
+def test_parse_gauges_sums_label_sets_and_names_what_is_missing() -> None:
+    text = (
+        "# HELP vllm:num_requests_running x\n"
+        'vllm:num_requests_running{model_name="a"} 2.0\n'
+        'vllm:num_requests_running{model_name="b"} 1.0\n'
+        "vllm:num_requests_waiting 4\n"
+        'vllm:num_requests_waiting_by_reason{reason="x"} 100\n'
+        'vllm:kv_cache_usage_perc{model_name="a",x="}"} 0.25\n'
+    )
+    gauges = parse_gauges(text)
+    assert (gauges.running, gauges.waiting, gauges.kv_usage) == (3, 4, 0.25)
+    with pytest.raises(ValueError, match="vllm:kv_cache_usage_perc"):
+        parse_gauges('vllm:num_requests_running{model_name="a"} 2.0\nvllm:num_requests_waiting 0\n')
+
+
+def test_ready_urls_from_endpoint_slices() -> None:
+    slices = [
+        {
+            "ports": [{"name": "http", "port": 8000}],
+            "endpoints": [
+                {"addresses": ["10.0.0.2"], "conditions": {"ready": True}},
+                {"addresses": ["10.0.0.3"], "conditions": {"ready": False, "terminating": True}},
+                {"addresses": ["10.0.0.4"]},
+            ],
+        },
+        {"ports": [{"name": "http", "port": 8000}], "endpoints": [{"addresses": ["fd00::5"]}]},
+        {"ports": [{"name": "metrics", "port": 9000}], "endpoints": [{"addresses": ["10.0.0.9"]}]},
+        {"ports": None, "endpoints": None},
+    ]
+    assert ready_urls(slices) == ["http://10.0.0.2:8000", "http://10.0.0.4:8000", "http://[fd00::5]:8000"]
