@@ -15,9 +15,12 @@ limits; when every replica is, the request waits in the router's queue rather th
 
 from __future__ import annotations
 
+import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
+
+from policies.prefix_cache import PrefixCache
 
 QUEUE: Final = "queue"
 Route = int | Literal["queue"]
@@ -117,3 +120,43 @@ def route(
         return works[i] + fresh, replicas[i].kv_usage, i
 
     return min(open_, key=after)
+
+
+class SimulatedRouting:
+    """The routing decision as the trace-replay simulator applies it: each request's prefix blocks, a prefix
+    cache per replica sized from its KV pool, and the hit counts for the report.
+
+    In the simulation the router's estimate of a replica's cache is the cache itself (the router's estimate is
+    what it sent there, which the replica keeps until evicted). When every replica is at its bound the request
+    still goes to the least-loaded one: the simulator models the router's queue as the replica's own.
+    """
+
+    def __init__(
+        self, policy: RoutingPolicy, blocks: Sequence[Sequence[int]], cache_blocks: int, seed: int = 0
+    ) -> None:
+        self.policy, self.blocks, self.cache_blocks = policy, blocks, cache_blocks
+        self._rng = random.Random(seed)
+        self.hit_blocks = 0
+        self.total_blocks = 0
+
+    def new_cache(self) -> PrefixCache:
+        return PrefixCache(self.cache_blocks)
+
+    def choose(self, replicas: Sequence[ReplicaLoad], request: int, prompt_tokens: int) -> int:
+        choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, self._rng.random())
+        if choice == QUEUE:
+            return min(range(len(replicas)), key=lambda i: (work(replicas[i], self.policy), i))
+        return choice
+
+    def prefill(self, cache: PrefixCache, request: int, prompt_tokens: int) -> int:
+        """Tokens the replica must compute when it admits the request: the prompt less its cached prefix (at
+        least one token: the last one is always computed for the first output token)."""
+        blocks = self.blocks[request]
+        hit = cache.insert(blocks)
+        self.hit_blocks += hit
+        self.total_blocks += len(blocks)
+        return max(prompt_tokens - hit * self.policy.block_tokens, 1)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_blocks / self.total_blocks if self.total_blocks else 0.0

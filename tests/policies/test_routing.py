@@ -1,9 +1,13 @@
 """routing.route as tables of replica state → choice, and the prefix cache it reads."""
 
+import numpy as np
 import pytest
 
+from policies.baselines import Static
 from policies.prefix_cache import PrefixCache
-from policies.routing import QUEUE, ReplicaLoad, RoutingPolicy, at_bound, route
+from policies.routing import QUEUE, ReplicaLoad, RoutingPolicy, SimulatedRouting, at_bound, route
+from policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
+from policies.workloads import Trace
 
 
 def cache_with(*prompts: list[int], capacity: int = 100) -> PrefixCache:
@@ -120,3 +124,48 @@ def test_prefix_cache_lru_keeps_the_head_of_recent_prompts() -> None:
 def test_prefix_cache_rejects_negative_capacity() -> None:
     with pytest.raises(ValueError, match="capacity_blocks"):
         PrefixCache(-1)
+
+
+# --- the simulator routing through the same decision -------------------------------------------------------
+
+SIM_PROFILE = StepProfile(
+    weights_s=0.010,
+    kv_s_per_token=0.0,
+    compute_s_per_token=0.0002,
+    overhead_s=0.0,
+    kv_capacity_tokens=200_000,
+)
+
+
+def _conversations(n: int = 600, sessions: int = 24, seed: int = 0) -> tuple[Trace, list[list[int]]]:
+    """Sessions whose turns share a 6-block history; each turn adds one block of its own."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.sort(rng.uniform(0, 120, n))
+    session = rng.integers(0, sessions, n)
+    blocks = [[1000 * int(s) + b for b in range(6)] + [10**6 + i] for i, s in enumerate(session)]
+    trace = Trace("conv", arrivals, np.full(n, 7 * 512), np.full(n, 20))
+    return trace, blocks
+
+
+def _simulate(kind: str, trace: Trace, blocks: list[list[int]]) -> tuple[float, float]:
+    routing = SimulatedRouting(RoutingPolicy(kind=kind, max_requests=16), blocks, cache_blocks=60)
+    cfg = SimConfig(
+        profile=SIM_PROFILE,
+        engine=EngineConfig(max_batch=16, batch_window_s=0.0, chunk_tokens=4096),
+        slo=SLOTarget(ttft_ms=500, tpot_ms=50),
+        initial_replicas=4,
+        routing=routing,
+    )
+    result = simulate(trace, Static(4), cfg)
+    return routing.hit_rate, result.ttft_p95_ms
+
+
+def test_simulator_prefix_routing_hits_more_and_answers_sooner() -> None:
+    trace, blocks = _conversations()
+    random_hits, random_ttft = _simulate("random", trace, blocks)
+    prefix_hits, prefix_ttft = _simulate("prefix", trace, blocks)
+    least_hits, _ = _simulate("least_load", trace, blocks)
+    # 24 sessions of 6 blocks do not fit one replica's 60 blocks; routed by prefix, each replica keeps its own
+    assert prefix_hits > 1.5 * random_hits
+    assert prefix_hits > least_hits
+    assert prefix_ttft < random_ttft
