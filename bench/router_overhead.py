@@ -2,7 +2,7 @@
 chunks one router core carries, with many concurrent streams against a fast fake upstream.
 
 Three processes: a minimal SSE upstream (raw asyncio HTTP/1.1, so it costs little CPU), the router
-(`python -m router`, pinned to one core where `taskset` exists), and this load generator. TTFT is measured at the
+(`python -m router`, one process: one event loop on one core at a time), and this load generator. TTFT is measured at the
 client for the same load sent directly to the upstream and through the router; the difference of the
 percentiles is the router's addition. Throughput is counted as SSE events delivered per CPU-second the router
 process used (utime + stime from /proc), so it reads per core even on a busy, shared machine; the router's CPU
@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -157,12 +156,11 @@ def _wait_up(url: str, process: subprocess.Popen[bytes]) -> None:
     raise RuntimeError(f"{url} did not come up")
 
 
-def measure(streams: int = 1000, seconds: float = 10.0, router_core: int = 0) -> dict[str, float | int | str]:
+def measure(streams: int = 1000, seconds: float = 10.0) -> dict[str, float | int | str]:
     """Start upstream and router, run the TTFT load direct and through the router, then the throughput load."""
     up_port, router_port = free_port(), free_port()
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     upstream = subprocess.Popen([sys.executable, __file__, "upstream", str(up_port)], env=env)
-    pin = ["taskset", "-c", str(router_core)] if shutil.which("taskset") else []
     router_args = ["--port", str(router_port), "--upstream", f"interactive=http://127.0.0.1:{up_port}"]
     router_args += [
         "--policy",
@@ -172,7 +170,7 @@ def measure(streams: int = 1000, seconds: float = 10.0, router_core: int = 0) ->
         "--refresh-s",
         "1",
     ]
-    router = subprocess.Popen([*pin, sys.executable, "-m", "router", *router_args], env=env)
+    router = subprocess.Popen([sys.executable, "-m", "router", *router_args], env=env)
     direct, routed = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{router_port}"
     try:
         _wait_up(direct + "/metrics", upstream)
@@ -207,7 +205,8 @@ def measure(streams: int = 1000, seconds: float = 10.0, router_core: int = 0) ->
         "chunks_per_s_per_core": round(bulk.events / cpu) if cpu > 0 else 0,
         "chunks_per_s_wall": round(bulk.events / wall),
         "router_cpu_utilisation": round(cpu / wall, 3),
-        "router_pinned": f"core {router_core}" if pin else "no (taskset missing)",
+        "machine_cpus": os.cpu_count() or 0,
+        "machine_load_1m": round(os.getloadavg()[0], 2),
     }
 
 

@@ -97,11 +97,13 @@ def route(
     prefix_blocks: Sequence[int],
     policy: RoutingPolicy,
     draw: float = 0.0,
+    bounded: bool = True,
 ) -> Route:
     """The index of the replica that takes the request, or QUEUE when every replica is at its bound (or there
     are none). `draw` is a uniform number in [0, 1), used by the random policy only, so the function stays pure.
+    `bounded=False` ignores the replicas' bounds (the choice once a queued request's turn comes).
     """
-    open_ = [i for i, load in enumerate(replicas) if not at_bound(load, policy)]
+    open_ = [i for i, load in enumerate(replicas) if not (bounded and at_bound(load, policy))]
     if not open_:
         return QUEUE
     if policy.kind == "random":
@@ -128,7 +130,8 @@ class SimulatedRouting:
 
     In the simulation the router's estimate of a replica's cache is the cache itself (the router's estimate is
     what it sent there, which the replica keeps until evicted). When every replica is at its bound the request
-    still goes to the least-loaded one: the simulator models the router's queue as the replica's own.
+    goes where the same policy would send it without the bounds: the simulator models the router's queue as the
+    replicas' own.
     """
 
     def __init__(
@@ -143,9 +146,13 @@ class SimulatedRouting:
         return PrefixCache(self.cache_blocks)
 
     def choose(self, replicas: Sequence[ReplicaLoad], request: int, prompt_tokens: int) -> int:
-        choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, self._rng.random())
-        if choice == QUEUE:
-            return min(range(len(replicas)), key=lambda i: (work(replicas[i], self.policy), i))
+        draw = self._rng.random()
+        choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, draw)
+        if (
+            choice == QUEUE
+        ):  # the policy's choice were no replica bounded: where the router's queue would send it
+            choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, draw, bounded=False)
+        assert choice != QUEUE
         return choice
 
     def prefill(self, cache: PrefixCache, request: int, prompt_tokens: int) -> int:

@@ -169,3 +169,10 @@ def test_simulator_prefix_routing_hits_more_and_answers_sooner() -> None:
     assert prefix_hits > 1.5 * random_hits
     assert prefix_hits > least_hits
     assert prefix_ttft < random_ttft
+
+
+def test_unbounded_choice_is_the_policys_once_a_queued_request_gets_its_turn() -> None:
+    full = [load(running=8, cache=HOT), load(running=8)]
+    assert route(full, 1536, [1, 2, 3], PREFIX) == QUEUE
+    assert route(full, 1536, [1, 2, 3], PREFIX, bounded=False) == 0
+    assert route(full, 512, [], LEAST, bounded=False) == 0
