@@ -50,8 +50,13 @@ class Router:
         return next(iter(self.tiers.values())).policy.block_tokens
 
     def tier_for(self, request_class: RequestClass) -> Tier:
-        """The class's own tier, or the service's only one (the class then only orders its queue)."""
-        return self.tiers.get(request_class) or next(iter(self.tiers.values()))
+        """The class's own tier while it has a replica in rotation, else a tier that has one (the class then only
+        orders that tier's queue), else the class's own tier, to wait for one (scale-up or scale from zero)."""
+        own = self.tiers.get(request_class)
+        if own is not None and own.in_rotation():
+            return own
+        serving = [t for t in self.tiers.values() if t.in_rotation()]
+        return serving[0] if serving else own or next(iter(self.tiers.values()))
 
     def tenant(self, request: web.Request) -> str:
         named = request.headers.get(TENANT_HEADER)

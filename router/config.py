@@ -83,7 +83,11 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     p.add_argument("--max-queue", type=int, default=1000, help="requests queued per tier before 429")
     p.add_argument("--max-wait-s", type=float, default=60.0, help="queue wait before 503")
     p.add_argument("--refresh-s", type=float, default=1.0, help="interval of the workers' /metrics refresh")
-    p.add_argument("--quotas", type=Path, help="JSON: {default: QUOTA, tenants: {NAME: QUOTA}}")
+    quota_source = p.add_mutually_exclusive_group()
+    quota_source.add_argument(
+        "--quotas", type=Path, help="a JSON file: {default: QUOTA, tenants: {NAME: QUOTA}}"
+    )
+    quota_source.add_argument("--quotas-json", help="the same JSON, inline (the operator passes it so)")
     p.add_argument(
         "--api-key-env", default="GOODPUT_API_KEY", help="environment variable holding the API key"
     )
@@ -102,7 +106,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
             max_prefill_tokens=a.max_prefill_tokens_per_replica,
             block_tokens=a.block_tokens,
         )
-        quotas = parse_quotas(json.loads(a.quotas.read_text())) if a.quotas else Quotas()
+        raw = a.quotas.read_text() if a.quotas else a.quotas_json
+        quotas = parse_quotas(json.loads(raw)) if raw else Quotas()
     except (ValueError, OSError) as error:
         p.error(str(error))
     if a.max_queue < 0 or a.max_wait_s <= 0 or a.refresh_s <= 0 or a.prefix_cache_blocks < 0:

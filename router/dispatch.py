@@ -136,7 +136,7 @@ class Tier:
                 self.metrics.queue_depth.labels(self.name).set(self._queued)
 
     def _timeout_message(self) -> str:
-        if not any(r.healthy for r in self.replicas.values()):
+        if not self.in_rotation():
             return (
                 f"no replica of the {self.name} tier is ready (scaled to zero, starting or failing) "
                 f"after {self.limits.max_wait_s:g} s; retry later"
@@ -182,6 +182,9 @@ class Tier:
     def release(self, lease: Lease) -> None:
         lease.end()
         self.pump()
+
+    def in_rotation(self) -> bool:
+        return any(r.healthy for r in self.replicas.values())
 
     @property
     def queued(self) -> int:

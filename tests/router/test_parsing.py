@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from router.config import parse_args, parse_quotas
 from router.endpoints import ready_urls
 from router.errors import RouterError
 from router.refresh import parse_gauges
@@ -89,3 +90,27 @@ def test_ready_urls_from_endpoint_slices() -> None:
         {"ports": None, "endpoints": None},
     ]
     assert ready_urls(slices) == ["http://10.0.0.2:8000", "http://10.0.0.4:8000", "http://[fd00::5]:8000"]
+
+
+def test_command_line_and_quota_errors_name_the_field(tmp_path) -> None:
+    config = parse_args(
+        [
+            "--upstream",
+            "interactive=http://a:1/",
+            "--quotas-json",
+            '{"tenants": {"t": {"maxConcurrentRequests": 2}}}',
+        ]
+    )
+    assert config.static == {"interactive": ["http://a:1"]}
+    assert config.quotas.tenants["t"].max_concurrent == 2
+    for bad, field in (
+        ('{"tenants": {"t": {"tokensPerSecond": -1}}}', "quotas.tenants.t: tokensPerSecond"),
+        ('{"default": {"maxConcurent": 2}}', "quotas.default"),
+        ('{"defaults": {}}', "quotas"),
+    ):
+        with pytest.raises(ValueError, match=field):
+            parse_quotas(json.loads(bad))
+    with pytest.raises(SystemExit):
+        parse_args(["--upstream", "fast=http://a:1"])
+    with pytest.raises(SystemExit):
+        parse_args(["--namespace", "ns"])  # a namespace without Services to watch
