@@ -1,5 +1,6 @@
 """Routing in simulation (issue 19, part a): random vs least outstanding work vs prefix-aware routing on a fixed
-fleet, through the simulator's routing hook (`policies.routing.SimulatedRouting`).
+fleet, through the simulator's routing hook (`policies.routing.SimulatedRouting`); then random vs prefix-aware
+with goodput's autoscaler in the loop (GPU-hours at the SLO), on the Mooncake trace.
 
 The fleet is the planner's plan for the trace's busiest 15 s (as `policies.compare.setup` provisions every
 simulation benchmark), scaled by `fleet_fraction`; each replica's prefix cache holds its KV pool in blocks
@@ -20,16 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
+from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.baselines import Static
 from policies.catalog import accelerator
-from policies.compare import _p50_p95, benchmark_service, engine_of
+from policies.compare import GoodputController, _MemoPlan, _p50_p95, benchmark_service, engine_of
 from policies.perfmodel import StepModel
 from policies.profiles import profile_for
 from policies.routing import KINDS, RoutingPolicy, SimulatedRouting
 from policies.simulator import SimConfig, SLOTarget, StepProfile, simulate
-from policies.types import Load
+from policies.types import Candidate, Load, ScalerState
 from policies.workloads import AZURE_CODE_TRACE, MOONCAKE_CONVERSATION_TRACE, Trace, load_csv
 
 MOONCAKE_BLOCK_TOKENS = 512
@@ -55,7 +57,7 @@ def load_mooncake(path: Path = MOONCAKE_CONVERSATION_TRACE) -> tuple[Trace, list
     return trace, [list(r["hash_ids"]) for r in rows]
 
 
-def fleet(trace: Trace, ttft_ms: float, seed: int = 0) -> tuple[SimConfig, int]:
+def fleet(trace: Trace, ttft_ms: float, seed: int = 0) -> tuple[SimConfig, Candidate, InferenceServiceSpec]:
     """The simulated replica and the planner's replica count for the trace's busiest 15 s (compare.setup's
     provisioning, with the TTFT target given: long-context chat cannot meet the code service's 1 s)."""
     peak_rps = float(trace.rate_per_window(15.0).max())
@@ -76,7 +78,7 @@ def fleet(trace: Trace, ttft_ms: float, seed: int = 0) -> tuple[SimConfig, int]:
         initial_replicas=plan.replicas,
         seed=seed,
     )
-    return sim, plan.replicas
+    return sim, plan, spec
 
 
 def compare(
@@ -87,7 +89,8 @@ def compare(
     seed: int = 0,
 ) -> dict[str, object]:
     """The same fixed fleet under each routing kind."""
-    sim, planned = fleet(trace, ttft_ms, seed)
+    sim, plan, _ = fleet(trace, ttft_ms, seed)
+    planned = plan.replicas
     replicas = max(1, math.ceil(planned * fleet_fraction))
     cache_blocks = sim.profile.kv_capacity_tokens // MOONCAKE_BLOCK_TOKENS
     out: dict[str, object] = {
@@ -114,11 +117,38 @@ def compare(
     return out
 
 
+def autoscaled(
+    trace: Trace, blocks: Sequence[Sequence[int]], ttft_ms: float, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """GPU-hours and attainment with goodput's autoscaler in the loop, behind random and prefix-aware routing."""
+    sim, plan, spec = fleet(trace, ttft_ms, seed)
+    cache_blocks = sim.profile.kv_capacity_tokens // MOONCAKE_BLOCK_TOKENS
+    out = {}
+    for kind in ("random", "prefix"):
+        policy = RoutingPolicy(
+            kind=kind, max_requests=sim.engine.max_batch, block_tokens=MOONCAKE_BLOCK_TOKENS
+        )
+        routing = SimulatedRouting(policy, blocks, cache_blocks, seed=seed)
+        controller = GoodputController(spec, SLOPolicySpec(), plan, ScalerState(), _MemoPlan())
+        result = simulate(trace, controller, replace(sim, routing=routing))
+        out[kind] = {
+            "gpu_hours": round(result.gpu_hours, 2),
+            "attainment": round(result.attainment, 4),
+            "prefix_hit_rate": round(routing.hit_rate, 4),
+            "ttft_p95_ms": round(result.ttft_p95_ms, 1),
+        }
+    return out
+
+
 def run(fleet_fraction: float = 1.0, seed: int = 0) -> dict[str, object]:
+    """The report's "simulation" (fixed fleet, both traces) and "autoscaled" (Mooncake) parts."""
     mooncake, blocks = load_mooncake()
     code = load_csv(AZURE_CODE_TRACE)
     return {
-        "mooncake": compare(mooncake, blocks, MOONCAKE_TTFT_MS, fleet_fraction, seed),
-        "code": compare(code, [[] for _ in range(len(code))], CODE_TTFT_MS, fleet_fraction, seed),
-        "data": CITATIONS,
+        "simulation": {
+            "mooncake": compare(mooncake, blocks, MOONCAKE_TTFT_MS, fleet_fraction, seed),
+            "code": compare(code, [[] for _ in range(len(code))], CODE_TTFT_MS, fleet_fraction, seed),
+            "data": CITATIONS,
+        },
+        "autoscaled": autoscaled(mooncake, blocks, MOONCAKE_TTFT_MS, seed),
     }

@@ -3,8 +3,9 @@
 Each replica runs vLLM-style steps: every running request decodes one token, admitted prompts are prefilled in
 chunks within a per-step token budget, and the step takes the time the performance model gives for that mix.
 Steps in which only decodes run are fast-forwarded in closed form, so an hour of traffic takes about a second.
-Requests reach ready replicas at random, as a Kubernetes Service spreads them; pods become ready a start delay
-after they are created and are billed from creation until they have drained. Every control interval the
+Requests reach ready replicas at random, as a Kubernetes Service spreads them (or, with `SimConfig.routing`,
+where `policies.routing` sends them from the replicas' state at arrival, with a prefix cache per replica); pods
+become ready a start delay after they are created and are billed from creation until they have drained. Every control interval the
 simulator fills vLLM-bucket histograms, builds the Observation through `policies.observe` exactly as the
 operator does from Prometheus, and asks the controller (goodput's `autoscale` or a baseline) for replicas.
 """
@@ -364,9 +365,8 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     engine.routing = cfg.routing
     new_cache = cfg.routing.new_cache if cfg.routing is not None else lambda: None
     horizon = trace.duration_s
-    pods = [
-        _Replica(-cfg.start_delay_s, 0.0, new_cache()) for _ in range(cfg.initial_replicas)
-    ]  # warm at t=0
+    # warm at t=0
+    pods = [_Replica(-cfg.start_delay_s, 0.0, new_cache()) for _ in range(cfg.initial_replicas)]
     retired: list[_Replica] = []
     pending: deque[int] = deque()  # arrived while no replica was ready (the Service had no endpoints)
     desired, events = cfg.initial_replicas, 0
