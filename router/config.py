@@ -76,9 +76,11 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     p.add_argument("--policy", choices=KINDS, default="prefix")
     p.add_argument("--max-requests-per-replica", type=int, default=256, help="the tier's max batch")
     p.add_argument("--max-prefill-tokens-per-replica", type=int, default=65536)
-    p.add_argument("--block-tokens", type=int, default=16, help="the worker's KV block size")
     p.add_argument(
-        "--prefix-cache-blocks", type=int, default=65536, help="blocks a replica is assumed to keep"
+        "--block-tokens", type=int, default=64, help="prefix hashing granularity: a multiple of the KV block"
+    )
+    p.add_argument(
+        "--prefix-cache-blocks", type=int, default=16384, help="blocks a replica is assumed to keep"
     )
     p.add_argument("--max-queue", type=int, default=1000, help="requests queued per tier before 429")
     p.add_argument("--max-wait-s", type=float, default=60.0, help="queue wait before 503")

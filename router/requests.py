@@ -114,31 +114,29 @@ def _prompt(prompt: Any, block_tokens: int) -> tuple[int, tuple[int, ...]]:
         and prompt
         and all(isinstance(t, int) and not isinstance(t, bool) for t in prompt)
     ):
+        if not all(0 <= t < 2**31 for t in prompt):
+            raise bad_request("prompt: token ids must be in [0, 2^31)", "prompt")
         return len(prompt), _id_blocks(prompt, block_tokens)
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str):
         return _prompt(prompt[0], block_tokens)
     raise bad_request("prompt: must be a string or a non-empty list of token ids", "prompt")
 
 
-def _chain(pieces: list[bytes]) -> tuple[int, ...]:
-    ids, previous = [], b""
-    for piece in pieces:
-        previous = hashlib.blake2b(previous + piece, digest_size=8).digest()
-        ids.append(int.from_bytes(previous, "little"))
+def _prefix_ids(data: bytes, block_bytes: int) -> tuple[int, ...]:
+    """One id per full block: the hash of everything up to the block's end (one running hash, copied per block)."""
+    running = hashlib.blake2b(digest_size=8)
+    ids = []
+    view = memoryview(data)
+    for end in range(block_bytes, len(data) + 1, block_bytes):
+        running.update(view[end - block_bytes : end])
+        ids.append(int.from_bytes(running.copy().digest(), "little"))
     return tuple(ids)
 
 
 def _text_blocks(text: str, block_tokens: int) -> tuple[int, ...]:
     """Only full blocks: a partial last block is never shared (vLLM caches full blocks only)."""
-    size = block_tokens * CHARS_PER_TOKEN
-    raw = text.encode("utf-8", "surrogatepass")
-    return _chain([raw[i : i + size] for i in range(0, len(raw) - size + 1, size)])
+    return _prefix_ids(text.encode("utf-8", "surrogatepass"), block_tokens * CHARS_PER_TOKEN)
 
 
 def _id_blocks(ids: list[int], block_tokens: int) -> tuple[int, ...]:
-    return _chain(
-        [
-            b",".join(str(t).encode() for t in ids[i : i + block_tokens])
-            for i in range(0, len(ids) - block_tokens + 1, block_tokens)
-        ]
-    )
+    return _prefix_ids(b"".join(t.to_bytes(4, "little") for t in ids), block_tokens * 4)

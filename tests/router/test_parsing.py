@@ -53,7 +53,9 @@ def test_max_tokens_and_class() -> None:
     assert routed({"prompt": "x"}).request_class == "interactive"
 
 
-@pytest.mark.parametrize("body", [{"prompt": []}, {"prompt": [1, "a"]}, {"prompt": True}, {"prompt": None}])
+@pytest.mark.parametrize(
+    "body", [{"prompt": []}, {"prompt": [1, "a"]}, {"prompt": True}, {"prompt": None}, {"prompt": [2**40]}]
+)
 def test_bad_prompts(body: dict) -> None:
     with pytest.raises(RouterError) as error:
         routed(body)
