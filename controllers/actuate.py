@@ -41,7 +41,7 @@ async def apply_plan(
     written = 0
     owner = owner_of(record)
     children = builders.build_children(owner, record.spec, plan)
-    for child in [*children, *router_builders.build_router_children(owner, record.spec)]:
+    for child in [*children, *router_builders.build_router_children(owner, record.spec, plan)]:
         key = f"{child['kind']}/{child['metadata']['name']}"
         digest = _digest(child)
         if record.applied.get(key) == digest:

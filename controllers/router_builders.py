@@ -14,6 +14,7 @@ from typing import Any
 from controllers import naming
 from controllers.builders import Owner, _container_security, _metadata, _pod_security, _probe
 from crds.inferenceservice import InferenceServiceSpec, QuotaLimits, RouterSpec, TrafficClass
+from policies.types import Candidate
 
 ROUTER_APP = "goodput-router"
 LABEL_ROUTER = "goodput.dev/router"
@@ -56,19 +57,23 @@ def quotas_json(router: RouterSpec) -> str:
     return json.dumps(data, sort_keys=True, separators=(",", ":"))
 
 
-def router_args(owner: Owner, spec: InferenceServiceSpec, router: RouterSpec) -> list[str]:
-    """Both tiers' Services are watched whatever the plan: a tier without endpoints is skipped by the router,
-    so a plan that adds or drops a tier does not roll the router."""
+def router_args(owner: Owner, spec: InferenceServiceSpec, router: RouterSpec, plan: Candidate) -> list[str]:
+    """Both tiers' Services are watched whatever the plan (a tier without endpoints is skipped by the router);
+    each planned tier's max batch bounds its replicas, so only a change of max batch rolls the router."""
     default_class = "batch" if spec.traffic.traffic_class == TrafficClass.BATCH else "interactive"
     args = ["--host", "0.0.0.0", "--port", str(ROUTER_PORT), "--namespace", owner.namespace]
     for tier in TIERS:
         args += ["--service", f"{tier}={naming.tier_name(owner.name, tier)}"]
+    for tier_config in plan.tiers:
+        args += ["--max-requests-per-replica", f"{tier_config.tier}={tier_config.max_batch}"]
     args += ["--default-class", default_class, "--max-queue", str(router.max_queue)]
     args += ["--max-wait-s", f"{router.max_wait_seconds:g}", "--quotas-json", quotas_json(router)]
     return args
 
 
-def build_router_deployment(owner: Owner, spec: InferenceServiceSpec, router: RouterSpec) -> dict[str, Any]:
+def build_router_deployment(
+    owner: Owner, spec: InferenceServiceSpec, router: RouterSpec, plan: Candidate
+) -> dict[str, Any]:
     name = router_name(owner.name)
     env: list[dict[str, Any]] = [{"name": "HOME", "value": "/tmp"}]
     secret = spec.worker.api_key_secret
@@ -83,7 +88,7 @@ def build_router_deployment(owner: Owner, spec: InferenceServiceSpec, router: Ro
         "name": "router",
         "image": router.image,
         "command": ["python", "-m", "router"],
-        "args": router_args(owner, spec, router),
+        "args": router_args(owner, spec, router, plan),
         "env": env,
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/ready", period=5, failures=2),
@@ -175,13 +180,13 @@ def build_router_access(owner: Owner) -> list[dict[str, Any]]:
     ]
 
 
-def build_router_children(owner: Owner, spec: InferenceServiceSpec) -> list[dict[str, Any]]:
+def build_router_children(owner: Owner, spec: InferenceServiceSpec, plan: Candidate) -> list[dict[str, Any]]:
     """The router's objects, access first (the pods need their service account); none without spec.router."""
     if spec.router is None:
         return []
     return [
         *build_router_access(owner),
-        build_router_deployment(owner, spec, spec.router),
+        build_router_deployment(owner, spec, spec.router, plan),
         build_router_service(owner),
         build_router_pdb(owner),
     ]

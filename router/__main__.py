@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import sys
+from dataclasses import replace
 
 import aiohttp
 from aiohttp import web
@@ -22,9 +23,12 @@ REFRESH_TIMEOUT_SHARE = 0.8  # a refresh gives up before the next one starts: a 
 def build(config: RouterConfig) -> Router:
     metrics = RouterMetrics()
     tier_names = config.static or config.services
-    tiers = {
-        name: Tier(name, config.policy, config.limits, metrics, config.cache_blocks) for name in tier_names
-    }
+    tiers = {}
+    for name in tier_names:
+        policy = replace(
+            config.policy, max_requests=config.max_requests.get(name, config.policy.max_requests)
+        )
+        tiers[name] = Tier(name, policy, config.limits, metrics, config.cache_blocks)
     for name, urls in config.static.items():
         tiers[name].set_endpoints(urls)
     return Router(tiers, config.default_class, metrics, config.quotas, config.api_key)

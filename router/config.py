@@ -14,6 +14,7 @@ from router.dispatch import QueueLimits
 from router.quota import Quotas, QuotaSpec
 from router.requests import CLASSES, RequestClass
 
+DEFAULT_MAX_REQUESTS = 256
 QUOTA_FIELDS = {
     "tokensPerSecond": "tokens_per_s",
     "burstTokens": "burst_tokens",
@@ -29,7 +30,8 @@ class RouterConfig:
     static: dict[RequestClass, list[str]]  # tier → upstream URLs, when not watching EndpointSlices
     namespace: str | None
     services: dict[RequestClass, str]  # tier → the Service whose EndpointSlices list its replicas
-    policy: RoutingPolicy
+    policy: RoutingPolicy  # every tier's, but for its max requests per replica
+    max_requests: dict[RequestClass, int]
     limits: QueueLimits
     quotas: Quotas
     api_key: str | None
@@ -74,7 +76,13 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     p.add_argument("--namespace", help="watch EndpointSlices in this namespace (with --service)")
     p.add_argument("--service", action="append", default=[], metavar="TIER=NAME", help="a tier's Service")
     p.add_argument("--policy", choices=KINDS, default="prefix")
-    p.add_argument("--max-requests-per-replica", type=int, default=256, help="the tier's max batch")
+    p.add_argument(
+        "--max-requests-per-replica",
+        action="append",
+        default=[],
+        metavar="[TIER=]N",
+        help="requests a replica holds before the router queues (the tier's max batch); per tier or for all",
+    )
     p.add_argument("--max-prefill-tokens-per-replica", type=int, default=65536)
     p.add_argument(
         "--block-tokens", type=int, default=64, help="prefix hashing granularity: a multiple of the KV block"
@@ -99,12 +107,21 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         tier, url = _tier_value("--upstream", value)
         static.setdefault(tier, []).append(url.rstrip("/"))
     services = dict(_tier_value("--service", v) for v in a.service)
+    everywhere, max_requests = DEFAULT_MAX_REQUESTS, {}
+    for value in a.max_requests_per_replica:
+        tier, n = _tier_value("--max-requests-per-replica", value) if "=" in value else (None, value)
+        if not n.isdigit() or int(n) < 1:
+            p.error(f"--max-requests-per-replica: expected a positive integer, got {n!r}")
+        if tier is None:
+            everywhere = int(n)
+        else:
+            max_requests[tier] = int(n)
     if bool(services) == bool(static) or bool(services) != bool(a.namespace):
         p.error("give either --upstream, or --namespace with --service")
     try:
         policy = RoutingPolicy(
             kind=a.policy,
-            max_requests=a.max_requests_per_replica,
+            max_requests=everywhere,
             max_prefill_tokens=a.max_prefill_tokens_per_replica,
             block_tokens=a.block_tokens,
         )
@@ -122,6 +139,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         namespace=a.namespace,
         services=services,
         policy=policy,
+        max_requests=max_requests,
         limits=QueueLimits(max_queue=a.max_queue, max_wait_s=a.max_wait_s),
         quotas=quotas,
         api_key=os.environ.get(a.api_key_env) or None,

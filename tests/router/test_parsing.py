@@ -116,3 +116,20 @@ def test_command_line_and_quota_errors_name_the_field(tmp_path) -> None:
         parse_args(["--upstream", "fast=http://a:1"])
     with pytest.raises(SystemExit):
         parse_args(["--namespace", "ns"])  # a namespace without Services to watch
+
+
+def test_max_requests_per_replica_per_tier() -> None:
+    from router.__main__ import build
+
+    args = ["--upstream", "interactive=http://a:1", "--upstream", "batch=http://b:1"]
+    config = parse_args(
+        [*args, "--max-requests-per-replica", "32", "--max-requests-per-replica", "batch=128"]
+    )
+    assert (config.policy.max_requests, config.max_requests) == (32, {"batch": 128})
+    router = build(config)
+    assert router.tiers["interactive"].policy.max_requests == 32
+    assert router.tiers["batch"].policy.max_requests == 128
+    assert router.tiers["batch"].policy.kind == config.policy.kind
+    for bad in ("0", "many", "batch=-1", "fast=3"):
+        with pytest.raises(SystemExit):
+            parse_args([*args, "--max-requests-per-replica", bad])

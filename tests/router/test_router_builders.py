@@ -38,11 +38,11 @@ def by_kind(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_no_router_without_spec_router() -> None:
-    assert build_router_children(OWNER, spec_with(None)) == []
+    assert build_router_children(OWNER, spec_with(None), _plan()) == []
 
 
 def test_router_children() -> None:
-    children = build_router_children(OWNER, spec_with(ROUTER))
+    children = build_router_children(OWNER, spec_with(ROUTER), _plan())
     assert [c["kind"] for c in children] == [
         "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget",
     ]  # fmt: skip
@@ -82,22 +82,23 @@ def test_router_runs_under_the_workers_pod_security() -> None:
     spec = spec_with(ROUTER)
     plan_children = builders.build_children(OWNER, spec, _plan())
     worker = next(c for c in plan_children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
-    router = by_kind(build_router_children(OWNER, spec))["Deployment"]["spec"]["template"]["spec"]
+    router = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"]["spec"]
     assert router["securityContext"] == worker["securityContext"]
     assert router["containers"][0]["securityContext"] == worker["containers"][0]["securityContext"]
 
 
 def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
     spec = spec_with(ROUTER, worker={"apiKeySecret": {"name": "tiny-key", "key": "token"}})
-    container = by_kind(build_router_children(OWNER, spec))["Deployment"]["spec"]["template"]["spec"][
-        "containers"
-    ][0]
+    container = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"][
+        "spec"
+    ]["containers"][0]
     assert container["command"] == ["python", "-m", "router"]
     config = parse_args(container["args"])
     assert config.namespace == "team-a"
     assert config.services == {"interactive": "tiny-interactive", "batch": "tiny-batch"}
     assert config.default_class == "interactive"
     assert config.limits.max_wait_s == 30
+    assert config.max_requests == {"interactive": 8}  # the planned tier's max batch
     assert config.quotas.default == QuotaSpec(tokens_per_s=1000, max_concurrent=8)
     assert config.quotas.tenants == {"search": QuotaSpec(tokens_per_s=50000, burst_tokens=100000)}
     assert {
@@ -108,7 +109,9 @@ def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
 
 def test_batch_service_defaults_to_the_batch_class() -> None:
     traffic = {"class": "batch", "expectedRps": 2}
-    container = by_kind(build_router_children(OWNER, spec_with(ROUTER, traffic=traffic)))["Deployment"]
+    container = by_kind(build_router_children(OWNER, spec_with(ROUTER, traffic=traffic), _plan()))[
+        "Deployment"
+    ]
     assert parse_args(container["spec"]["template"]["spec"]["containers"][0]["args"]).default_class == "batch"
 
 
