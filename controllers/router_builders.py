@@ -12,7 +12,7 @@ import json
 from typing import Any
 
 from controllers import naming
-from controllers.builders import Owner, _container_security, _metadata, _pod_security, _probe
+from controllers.builders import PRESTOP_SECONDS, Owner, _container_security, _metadata, _pod_security, _probe
 from crds.inferenceservice import InferenceServiceSpec, QuotaLimits, RouterSpec, TrafficClass
 from policies.types import Candidate
 
@@ -20,6 +20,7 @@ ROUTER_APP = "goodput-router"
 LABEL_ROUTER = "goodput.dev/router"
 ROUTER_PORT = 8080
 SERVICE_PORT = 80
+DRAIN_SECONDS = 20  # on SIGTERM the router stops accepting and lets streams in flight finish this long
 TIERS = ("interactive", "batch")
 
 
@@ -67,7 +68,8 @@ def router_args(owner: Owner, spec: InferenceServiceSpec, router: RouterSpec, pl
     for tier_config in plan.tiers:
         args += ["--max-requests-per-replica", f"{tier_config.tier}={tier_config.max_batch}"]
     args += ["--default-class", default_class, "--max-queue", str(router.max_queue)]
-    args += ["--max-wait-s", f"{router.max_wait_seconds:g}", "--quotas-json", quotas_json(router)]
+    args += ["--max-wait-s", f"{router.max_wait_seconds:g}", "--drain-s", str(DRAIN_SECONDS)]
+    args += ["--quotas-json", quotas_json(router)]
     return args
 
 
@@ -92,6 +94,9 @@ def build_router_deployment(
         "env": env,
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],
         "readinessProbe": _probe("/ready", period=5, failures=2),
+        "lifecycle": {
+            "preStop": {"exec": {"command": ["python", "-c", f"import time; time.sleep({PRESTOP_SECONDS})"]}}
+        },
         "livenessProbe": _probe("/health", period=10, failures=3),
         "resources": {"requests": {"cpu": "500m", "memory": "256Mi"}, "limits": {"memory": "1Gi"}},
         "securityContext": _container_security(),
@@ -121,7 +126,7 @@ def build_router_deployment(
                     "enableServiceLinks": False,
                     "containers": [container],
                     "securityContext": _pod_security(),
-                    "terminationGracePeriodSeconds": 30,
+                    "terminationGracePeriodSeconds": PRESTOP_SECONDS + DRAIN_SECONDS + 5,
                     "volumes": [{"name": "tmp", "emptyDir": {}}],
                 },
             },

@@ -66,7 +66,8 @@ async def serve(config: RouterConfig) -> None:
         await session.close()
 
     app.cleanup_ctx.append(side_tasks)
-    runner = web.AppRunner(app, access_log=None, handle_signals=True)
+    # SIGTERM: stop accepting, let streams in flight finish for up to --drain-s
+    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=config.drain_s)
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()
     try:

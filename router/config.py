@@ -37,6 +37,7 @@ class RouterConfig:
     api_key: str | None
     cache_blocks: int
     refresh_s: float
+    drain_s: float
 
 
 def _tier_value(flag: str, value: str) -> tuple[RequestClass, str]:
@@ -92,6 +93,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     )
     p.add_argument("--max-queue", type=int, default=1000, help="requests queued per tier before 429")
     p.add_argument("--max-wait-s", type=float, default=60.0, help="queue wait before 503")
+    p.add_argument("--drain-s", type=float, default=20.0, help="on SIGTERM, how long streams may finish")
     p.add_argument("--refresh-s", type=float, default=1.0, help="interval of the workers' /metrics refresh")
     quota_source = p.add_mutually_exclusive_group()
     quota_source.add_argument(
@@ -129,8 +131,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         quotas = parse_quotas(json.loads(raw)) if raw else Quotas()
     except (ValueError, OSError) as error:
         p.error(str(error))
-    if a.max_queue < 0 or a.max_wait_s <= 0 or a.refresh_s <= 0 or a.prefix_cache_blocks < 0:
-        p.error("--max-queue must be ≥ 0, --prefix-cache-blocks ≥ 0, --max-wait-s and --refresh-s > 0")
+    if a.max_queue < 0 or a.prefix_cache_blocks < 0 or min(a.max_wait_s, a.refresh_s, a.drain_s) <= 0:
+        p.error("--max-queue and --prefix-cache-blocks must be ≥ 0; --max-wait-s, --refresh-s, --drain-s > 0")
     return RouterConfig(
         host=a.host,
         port=a.port,
@@ -145,4 +147,5 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         api_key=os.environ.get(a.api_key_env) or None,
         cache_blocks=a.prefix_cache_blocks,
         refresh_s=a.refresh_s,
+        drain_s=a.drain_s,
     )
