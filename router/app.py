@@ -2,8 +2,8 @@
 
 Order of checks: API key (401), body (400), tenant quota (429), then the tier's dispatch (429/503 when its queue
 is full or its wait runs out). A replica that fails before answering (connection refused or reset, or taken
-out of rotation by a refresh) gets the request sent elsewhere; once bytes have streamed to the client a
-failure ends only that stream.
+out of rotation by a refresh), or answers 503 (draining or not ready), gets the request sent elsewhere; once
+bytes have streamed to the client a failure ends only that stream.
 """
 
 from __future__ import annotations
@@ -125,6 +125,10 @@ async def _forward(
         async with router.session.post(
             lease.replica.url + request.path, data=body, headers=headers
         ) as upstream:
+            if upstream.status == 503:  # draining, loading or failed: not this replica, for now
+                lease.task = None
+                tier.mark_down(lease.replica)
+                return None
             response = web.StreamResponse(
                 status=upstream.status,
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED_RESPONSE},

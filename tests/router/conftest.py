@@ -34,6 +34,7 @@ class FakeWorker:
     waiting: int = 0
     kv_usage: float = 0.0
     hang: asyncio.Event = field(default_factory=asyncio.Event)  # set: every request and scrape hangs
+    draining: bool = False  # completions answer 503, as a worker does after SIGTERM
     received: list[dict] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     server: TestServer | None = None
@@ -63,6 +64,10 @@ class FakeWorker:
 
     async def _completions(self, request: web.Request) -> web.StreamResponse:
         await self._stall()
+        if self.draining:
+            return web.json_response(
+                {"error": {"message": "draining", "type": "service_unavailable"}}, status=503
+            )
         try:
             body = await request.json()
         except ValueError:

@@ -304,3 +304,21 @@ async def test_a_class_whose_tier_has_no_replica_goes_to_one_that_has(workers, m
     status, text = await post(client, url, {**BODY, "service_tier": "flex"})
     assert status == 200
     assert workers_in(text) == {"i"}
+
+
+async def test_a_draining_worker_sends_its_requests_elsewhere(workers, make_router, client) -> None:
+    draining, good = await workers("draining", draining=True), await workers("good")
+    router, url = await make_router(
+        {"interactive": [draining.url, good.url]},
+        policy=RoutingPolicy(kind="least_load"),
+        limits=QueueLimits(max_wait_s=0.3),
+    )
+    status, text = await post(client, url)
+    assert status == 200
+    assert workers_in(text) == {"good"}
+    assert not router.tiers["interactive"].replicas[draining.url].healthy
+    good.draining = True
+    status, text = await post(client, url)
+    assert status == 503  # both out of rotation until a refresh finds them ready: the wait runs out
+    assert json.loads(text)["error"]["code"] == "queue_timeout"
+    assert "no replica of the interactive tier is ready" in json.loads(text)["error"]["message"]
