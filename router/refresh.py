@@ -8,6 +8,7 @@ taken out of rotation at once (its unanswered requests are rerouted) and comes b
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from router.replicas import Replica
 RUNNING = "vllm:num_requests_running"
 WAITING = "vllm:num_requests_waiting"
 KV_USAGE = "vllm:kv_cache_usage_perc"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +36,13 @@ def parse_gauges(text: str) -> Gauges:
     for line in text.splitlines():
         if not line.startswith(("vllm:num_requests_", KV_USAGE)):
             continue
-        brace = line.find("{")
-        name, rest = (line[:brace], line[line.rindex("}") + 1 :]) if brace >= 0 else line.split(" ", 1)
-        if name in (RUNNING, WAITING, KV_USAGE):
-            found[name] = found.get(name, 0.0) + float(rest.split()[0])
+        try:
+            brace = line.find("{")
+            name, rest = (line[:brace], line[line.rindex("}") + 1 :]) if brace >= 0 else line.split(" ", 1)
+            if name in (RUNNING, WAITING, KV_USAGE):
+                found[name] = found.get(name, 0.0) + float(rest.split()[0])
+        except (ValueError, IndexError):
+            raise ValueError(f"/metrics has a malformed line: {line[:200]!r}") from None
     missing = [n for n in (RUNNING, WAITING, KV_USAGE) if n not in found]
     if missing:
         raise ValueError(f"/metrics lacks {', '.join(missing)}")
@@ -52,7 +57,11 @@ async def refresh_replica(
             if r.status != 200:
                 raise ValueError(f"/metrics answered {r.status}")
             gauges = parse_gauges(await r.text())
-    except (aiohttp.ClientError, TimeoutError, ValueError):
+    except (aiohttp.ClientError, TimeoutError, ValueError) as error:
+        if replica.healthy:
+            log.warning(
+                "%s leaves the %s tier's rotation: %s", replica.url, tier.name, error or type(error).__name__
+            )
         tier.mark_down(replica)
         return
     replica.refreshed(gauges.running, gauges.waiting, gauges.kv_usage)

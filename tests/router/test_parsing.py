@@ -73,6 +73,10 @@ def test_parse_gauges_sums_label_sets_and_names_what_is_missing() -> None:
     )
     gauges = parse_gauges(text)
     assert (gauges.running, gauges.waiting, gauges.kv_usage) == (3, 4, 0.25)
+    with pytest.raises(ValueError, match="malformed"):
+        parse_gauges("vllm:num_requests_running{a=1}\n")
+    with pytest.raises(ValueError, match="malformed"):
+        parse_gauges("vllm:num_requests_running\n")
     with pytest.raises(ValueError, match="vllm:kv_cache_usage_perc"):
         parse_gauges('vllm:num_requests_running{model_name="a"} 2.0\nvllm:num_requests_waiting 0\n')
 
