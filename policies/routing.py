@@ -148,11 +148,9 @@ class SimulatedRouting:
     def choose(self, replicas: Sequence[ReplicaLoad], request: int, prompt_tokens: int) -> int:
         draw = self._rng.random()
         choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, draw)
-        if (
-            choice == QUEUE
-        ):  # the policy's choice were no replica bounded: where the router's queue would send it
+        if choice == QUEUE:  # where the router would send it once its turn in the queue comes
             choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, draw, bounded=False)
-        assert choice != QUEUE
+        assert choice != QUEUE, "route(bounded=False) always picks one of a non-empty fleet"
         return choice
 
     def prefill(self, cache: PrefixCache, request: int, prompt_tokens: int) -> int:
