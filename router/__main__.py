@@ -14,6 +14,7 @@ from aiohttp import web
 from router.app import Router, create_app
 from router.config import RouterConfig, parse_args
 from router.dispatch import Tier
+from router.endpoints import InCluster, watch_tier
 from router.metrics import RouterMetrics
 from router.refresh import refresh_forever
 
@@ -49,8 +50,6 @@ async def serve(config: RouterConfig) -> None:
             )
         )
         if config.services:
-            from router.endpoints import InCluster, watch_tier
-
             api = InCluster()
             for tier, service in config.services.items():
                 assert config.namespace is not None

@@ -116,6 +116,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
             p.error(f"--max-requests-per-replica: expected a positive integer, got {n!r}")
         if tier is None:
             everywhere = int(n)
+        elif tier not in (services or static):
+            p.error(f"--max-requests-per-replica: no tier {tier!r} among --upstream/--service")
         else:
             max_requests[tier] = int(n)
     if bool(services) == bool(static) or bool(services) != bool(a.namespace):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from router.__main__ import build
 from router.config import parse_args, parse_quotas
 from router.endpoints import ready_urls
 from router.errors import RouterError
@@ -123,8 +124,6 @@ def test_command_line_and_quota_errors_name_the_field(tmp_path) -> None:
 
 
 def test_max_requests_per_replica_per_tier() -> None:
-    from router.__main__ import build
-
     args = ["--upstream", "interactive=http://a:1", "--upstream", "batch=http://b:1"]
     config = parse_args(
         [*args, "--max-requests-per-replica", "32", "--max-requests-per-replica", "batch=128"]
@@ -137,3 +136,5 @@ def test_max_requests_per_replica_per_tier() -> None:
     for bad in ("0", "many", "batch=-1", "fast=3"):
         with pytest.raises(SystemExit):
             parse_args([*args, "--max-requests-per-replica", bad])
+    with pytest.raises(SystemExit):  # a bound for a tier the router does not have
+        parse_args(["--upstream", "interactive=http://a:1", "--max-requests-per-replica", "batch=8"])
