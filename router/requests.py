@@ -45,7 +45,7 @@ def parse(
 ) -> Routed:
     try:
         data = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as error:
+    except (ValueError, RecursionError) as error:  # UnicodeDecodeError is a ValueError
         raise bad_request(f"malformed JSON body: {error}") from None
     if not isinstance(data, dict):
         raise bad_request("the request body must be a JSON object")

@@ -84,6 +84,9 @@ async def test_a_single_tier_serves_every_class(workers, make_router, client) ->
     ("body", "headers", "param"),
     [
         (b"{not json", {}, None),
+        (b"\xff\xfe", {}, None),
+        (b"[" * 100_000 + b"]" * 100_000, {}, None),
+        (b"", {}, None),
         (b"[1, 2]", {}, None),
         ({**BODY, "service_tier": "turbo"}, {}, "service_tier"),
         ({**BODY, "service_tier": "flex"}, {"X-Goodput-Class": "interactive"}, "service_tier"),
