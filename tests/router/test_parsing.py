@@ -3,6 +3,8 @@
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from router.__main__ import build
 from router.config import parse_args, parse_quotas
@@ -138,3 +140,26 @@ def test_max_requests_per_replica_per_tier() -> None:
             parse_args([*args, "--max-requests-per-replica", bad])
     with pytest.raises(SystemExit):  # a bound for a tier the router does not have
         parse_args(["--upstream", "interactive=http://a:1", "--max-requests-per-replica", "batch=8"])
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+FIELDS = ("model", "prompt", "messages", "max_tokens", "max_completion_tokens", "service_tier", "stream")
+
+
+@settings(max_examples=300, deadline=None)
+@given(body=st.dictionaries(st.sampled_from(FIELDS), JSON, max_size=6), chat=st.booleans())
+def test_any_json_body_parses_or_is_a_400(body: dict, chat: bool) -> None:
+    """Whatever a client sends, the router answers a routed request or a 400 naming the problem: never a 5xx."""
+    try:
+        parsed = parse(json.dumps(body).encode(), None, "interactive", 4, chat)
+    except RouterError as error:
+        assert error.status == 400
+    else:
+        assert parsed.prompt_tokens >= 0
+        assert parsed.max_tokens is None or parsed.max_tokens >= 1
