@@ -17,9 +17,12 @@ from worker_image.protocol import GenerationRequest, PriorityName
 from worker_image.sampling import InvalidParameterError, Priority, SamplingParams
 from worker_image.state import WorkerState
 
+_TIER_CLASS: dict[str | None, PriorityName] = {"flex": "batch", "priority": "interactive"}
+
 
 def resolve_priority(body: GenerationRequest, header: PriorityName | None) -> Priority:
-    return Priority[(body.priority or header or "interactive").upper()]
+    """The body's `priority`, else its `service_tier`'s class, else the header's, else interactive."""
+    return Priority[(body.priority or _TIER_CLASS.get(body.service_tier) or header or "interactive").upper()]
 
 
 def admit(request: Request, body: GenerationRequest) -> tuple[WorkerState, EngineRunner]:

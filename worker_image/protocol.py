@@ -79,6 +79,11 @@ class GenerationRequest(_StrictBody):
     stream: bool = False
     stream_options: StreamOptions | None = None
     priority: PriorityName | None = Field(default=None, description="Overrides the x-goodput-priority header")
+    service_tier: Literal["auto", "default", "flex", "priority"] | None = Field(
+        default=None,
+        description="OpenAI's tier, as the goodput router reads it: flex is the batch class, priority the "
+        "interactive one; `priority` wins over it",
+    )
     user: str | None = None
 
 

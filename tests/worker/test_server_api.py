@@ -122,6 +122,9 @@ def test_priority_from_header_or_field(server: tuple[str, WorkerState]) -> None:
     assert httpx.post(url, json=body, headers={"x-goodput-priority": "batch"}).status_code == 200
     assert httpx.post(url, json=body | {"priority": "interactive"}).status_code == 200
     assert httpx.post(url, json=body | {"priority": "urgent"}).status_code == 400
+    assert httpx.post(url, json=body | {"service_tier": "flex"}).status_code == 200  # as the router reads it
+    refused = httpx.post(url, json=body | {"service_tier": "turbo"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier"
 
 
 def test_token_id_prompts(server: tuple[str, WorkerState], client: openai.OpenAI) -> None:
