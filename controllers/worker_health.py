@@ -8,6 +8,7 @@ one problem out. Replicas of a tier usually fail alike, so equal problems are to
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,9 @@ from typing import Any
 STARTING = frozenset({"ContainerCreating", "PodInitializing"})  # waiting reasons that are just progress
 MESSAGE_CHARS = 300  # of each container message: a log tail can be long; a condition message should not be
 SHOWN = 2  # distinct problems spelled out; the rest are counted
+RAISED = re.compile(
+    r"^[\w.]*(Error|Exception|Exit|Interrupt)\b.*"
+)  # a traceback's last line: "RuntimeError: …"
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,17 @@ class WorkerProblem:
 def _clip(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= MESSAGE_CHARS else text[: MESSAGE_CHARS - 1] + "…"
+
+
+def _last_words(log_tail: str) -> str:
+    """What a log tail says went wrong: the last exception raised, else its end (shutdown chatter follows a
+    traceback, so neither its first nor its last line is the point)."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    raised = [line for line in lines if RAISED.match(line)]
+    if raised:
+        return _clip(raised[-1])
+    text = " ".join(" ".join(lines).split())
+    return text if len(text) <= MESSAGE_CHARS else "…" + text[-(MESSAGE_CHARS - 1) :]
 
 
 def _container_problem(status: dict[str, Any]) -> tuple[str, str] | None:
@@ -40,7 +55,7 @@ def _container_problem(status: dict[str, Any]) -> tuple[str, str] | None:
     if last and last.get("reason") != "Completed":
         reason = reason or last.get("reason") or "Terminated"
         exit_text = f"last exit {last.get('reason') or 'Terminated'} (exit code {last.get('exitCode', '?')})"
-        parts.append(exit_text + (f": {_clip(last['message'])}" if last.get("message") else ""))
+        parts.append(exit_text + (f": {_last_words(last['message'])}" if last.get("message") else ""))
     if not parts:
         return None
     return reason, f"container {name}: " + "; ".join(parts)

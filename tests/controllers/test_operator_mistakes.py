@@ -114,7 +114,8 @@ CRASH = _pod(
     last={
         "reason": "Error",
         "exitCode": 1,
-        "message": f"Traceback (most recent call last):\n  ...\n{NO_DRIVER}\n",
+        "message": "".join(f'  File "x.py", line {i}, in f\n' for i in range(40))
+        + f"{NO_DRIVER}\nINFO:     Application shutdown complete.\nINFO:     Finished server process [7]\n",
     },
 )
 
