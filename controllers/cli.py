@@ -19,6 +19,7 @@ import numpy as np
 import yaml
 
 from controllers import oncall
+from policies.display import ms
 
 EXIT_INVALID = 2  # the manifest does not validate
 EXIT_INFEASIBLE = 3  # no plan meets the SLO within the limits
@@ -245,8 +246,8 @@ def _print_table(report: dict[str, Any], alternatives: int) -> None:
             " + ".join(str(t["replicas"]) for t in c["tiers"]) if len(c["tiers"]) > 1 else str(c["replicas"]),
             str(c["max_batch"]),
             f"{c['batch_window_ms']:g}",
-            "—" if p["ttft_p95_ms"] is None else f"{p['ttft_p95_ms']:.0f} ms",
-            "—" if p["tpot_p95_ms"] is None else f"{p['tpot_p95_ms']:.1f} ms",
+            "—" if p["ttft_p95_ms"] is None else f"{ms(p['ttft_p95_ms'])} ms",
+            "—" if p["tpot_p95_ms"] is None else f"{ms(p['tpot_p95_ms'])} ms",
             "—" if c["cost_per_hour"] is None else f"{c['cost_per_hour']:.2f}",
             "—" if c["utilisation"] is None else f"{c['utilisation']:.0%}",
             c.get("rejected") or _verdict(label, c, report["plan"]),

@@ -29,6 +29,7 @@ from crds.common import GROUP, VERSION
 from crds.inferenceservice import PLURAL, InferenceServiceSpec
 from crds.slopolicy import PLURAL as POLICY_PLURAL
 from crds.slopolicy import SLOPolicySpec
+from policies.display import ms, ms_pair
 from policies.types import Candidate, Load
 
 PROMETHEUS_ENV = "GOODPUT_PROMETHEUS_URL"
@@ -392,10 +393,6 @@ def _console() -> Any:
     return Console(width=max(Console().width, 160))
 
 
-def _ms(value: float | None, digits: int = 0) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
-
-
 def _targets(slo: dict[str, Any]) -> tuple[str, float | None, float | None]:
     ttft = slo.get("ttftP95Ms") or slo.get("ttftP99Ms")
     tpot = slo.get("tpotP95Ms") or slo.get("tpotP99Ms")
@@ -403,10 +400,10 @@ def _targets(slo: dict[str, Any]) -> tuple[str, float | None, float | None]:
     return level, ttft, tpot
 
 
-def _against(value: float | None, target: float | None, digits: int) -> str:
+def _against(value: float | None, target: float | None) -> str:
     if value is None:
         return "—"
-    text = f"{value:.{digits}f}"
+    text = ms(value) if target is None else ms_pair(value, target)[0]
     return f"[red]{text}[/]" if target is not None and value > target else f"[green]{text}[/]"
 
 
@@ -466,8 +463,8 @@ def print_status(rows: list[dict[str, Any]], show_namespace: bool) -> None:
         cells += [
             row["name"],
             row["mode"],
-            f"{level} {_ms(ttft)}/{_ms(tpot)}",
-            f"{_against(observed.get('ttftP95Ms'), ttft, 0)}/{_against(observed.get('tpotP95Ms'), tpot, 1)}"
+            f"{level} {ms(ttft)}/{ms(tpot)}",
+            f"{_against(observed.get('ttftP95Ms'), ttft)}/{_against(observed.get('tpotP95Ms'), tpot)}"
             + (f"\n[dim]{source}[/]" if source else ""),
             "—" if observed.get("rps") is None else f"{observed['rps']:.2f}",
             tiers,
@@ -814,9 +811,9 @@ def print_explain(report: dict[str, Any]) -> None:
         console.print(
             f"[bold]Observed[/] ({observed['source']}{', ' + observed['note'] if observed.get('note') else ''}, "
             f"window {observed.get('windowSeconds', 0):g} s at {observed.get('time')}): "
-            f"{observed.get('rps', 0):.3g} rps, TTFT p95 {_ms(observed.get('ttftP95Ms'))} ms, "
-            f"TPOT p95 {_ms(observed.get('tpotP95Ms'), 1)} ms, KV {_pct(observed.get('kvCacheUsage'))}, "
-            f"queue {_ms(observed.get('queueDepth'), 1)}"
+            f"{observed.get('rps', 0):.3g} rps, TTFT p95 {ms(observed.get('ttftP95Ms'))} ms, "
+            f"TPOT p95 {ms(observed.get('tpotP95Ms'))} ms, KV {_pct(observed.get('kvCacheUsage'))}, "
+            f"queue {ms(observed.get('queueDepth'))}"
         )
     else:
         console.print("[bold]Observed[/]: nothing yet (no window recorded in status)")
@@ -835,8 +832,8 @@ def print_explain(report: dict[str, Any]) -> None:
     console.print(
         f"[bold]Running plan[/] (status.plan): {plan_summary(running)}"
         + (
-            f", {running['replicas']} replicas, predicted TTFT/TPOT p95 {running['predictedTtftP95Ms']:.0f}/"
-            f"{running['predictedTpotP95Ms']:.1f} ms"
+            f", {running['replicas']} replicas, predicted TTFT/TPOT p95 {ms(running['predictedTtftP95Ms'])}/"
+            f"{ms(running['predictedTpotP95Ms'])} ms"
             if running
             else ""
         )
@@ -887,8 +884,8 @@ def print_explain(report: dict[str, Any]) -> None:
         for row in frontier["rows"]:
             table.add_row(
                 f"{row['rpsPerReplica']:.3g}",
-                f"{row['ttftP95Ms']:.0f}",
-                f"{row['tpotP95Ms']:.1f}",
+                ms(row["ttftP95Ms"]),
+                ms(row["tpotP95Ms"]),
                 "[green]met[/]" if row["meetsSlo"] else "[red]missed[/]",
                 "[bold]← planned[/]" if row["planned"] else "",
             )

@@ -62,6 +62,8 @@ def write_overlay(stack: Stack, settings: OperatorSettings) -> Path:
         "GOODPUT_OPERATOR_METRICS_PORT": str(metrics_port),
         # Kopf's liveness endpoint on the pod's own address: 0.0.0.0:8080 is shared by the whole host here.
         "GOODPUT_OPERATOR_LIVENESS": f"http://$(POD_IP):{liveness_port}/healthz",
+        # This checkout's packages, not whichever checkout the venv's editable install points at.
+        "PYTHONPATH": str(REPO),
     }
     ops: list[dict[str, object]] = [
         {

@@ -135,8 +135,10 @@ def _preset(name: str, config: dict[str, Any]) -> ModelProfile:
     return from_config(config, name)
 
 
-# Shapes from the public config.json files; tiny, bench-small and qwen2.5-0.5b are the worker's random presets
-# (worker_image/presets.py; a test keeps the two in step, since policies may not import the worker).
+# The `random:<preset>` models the worker can run (worker_image/presets.py; a test keeps the two in step,
+# since policies may not import the worker, nor the operator image carry torch). The operator refuses any other.
+WORKER_PRESETS = frozenset({"tiny", "bench-small", "qwen2.5-0.5b"})
+# Shapes from the public config.json files: the worker's presets, and public checkpoints for what-if planning.
 PRESETS: dict[str, ModelProfile] = {
     p.name: p
     for p in (
