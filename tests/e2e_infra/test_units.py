@@ -7,7 +7,7 @@ from pathlib import Path
 from cryptography import x509
 
 from e2e import build, pki
-from e2e.kubelet import Kubelet, PodRecord, expand
+from e2e.kubelet import IMAGE_ROOT, Kubelet, PodRecord, expand
 
 
 def kubelet(tmp_path: Path) -> Kubelet:
@@ -43,6 +43,17 @@ def test_rewrite_maps_mount_paths_at_path_boundaries(tmp_path: Path) -> None:
     assert k.rewrite(rec, spec, "--config=/etc/goodput/engine.yaml") == f"--config={tmp_path}/cfg/engine.yaml"
     assert k.rewrite(rec, spec, "/etc/goodput") == f"{tmp_path}/cfg"
     assert k.rewrite(rec, spec, "/etc/goodputx/a") == "/etc/goodputx/a"
+
+
+def test_rewrite_leaves_the_checkout_alone_under_a_mounted_parent(tmp_path: Path) -> None:
+    """A clone under /tmp runs its operator from there although the pod mounts an emptyDir at /tmp."""
+    k = kubelet(tmp_path)
+    rec = PodRecord("uid", "ns", "p", "127.0.0.2", tmp_path, "", [], mounts={"tmp": tmp_path / "tmp"})
+    parent = str(Path(IMAGE_ROOT).parent)
+    spec = {"volumeMounts": [{"name": "tmp", "mountPath": parent}]}
+    script = f"{IMAGE_ROOT}/operator/main.py"
+    assert k.rewrite(rec, spec, script) == script
+    assert k.rewrite(rec, spec, f"{parent}/scratch") == f"{tmp_path}/tmp/scratch"
 
 
 def test_versions_come_from_the_go_modules() -> None:
