@@ -7,6 +7,7 @@ process, port or the state dir was left behind.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import kubernetes
@@ -23,7 +24,7 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[Stack]:
     """The running stack: ``.kubeconfig``, ``.server``, ``.prometheus_url``, ``.api_client()``."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # a first build takes minutes: show its progress
-        build.ensure_binaries()
+        build.ensure_binaries(node=os.environ.get("GOODPUT_E2E_NODE") == "real")
     with running_stack() as stack:
         STARTED.append(stack)
         yield stack

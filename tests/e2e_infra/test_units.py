@@ -66,7 +66,7 @@ def test_versions_come_from_the_go_modules() -> None:
 
 
 def test_pki_issues_leaf_certs_signed_by_the_ca(tmp_path: Path) -> None:
-    creds = pki.generate(tmp_path)
+    creds = pki.generate(tmp_path, ("198.19.0.1",))
     ca = x509.load_pem_x509_certificate(creds.ca.cert.read_bytes())
     serving = x509.load_pem_x509_certificate(creds.serving.cert.read_bytes())
     admin = x509.load_pem_x509_certificate(creds.admin.cert.read_bytes())
@@ -76,3 +76,11 @@ def test_pki_issues_leaf_certs_signed_by_the_ca(tmp_path: Path) -> None:
     assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
     assert admin.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
     assert creds.sa_private.stat().st_mode & 0o777 == 0o600
+    ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    assert ips == ["127.0.0.1", "198.19.0.1"]
+    kubelet = x509.load_pem_x509_certificate(
+        pki.issue(creds, "kubelet", "node", None, ("198.18.0.1",)).cert.read_bytes()
+    )
+    kubelet.verify_directly_issued_by(ca)
+    kubelet_sans = kubelet.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in kubelet_sans.get_values_for_type(x509.IPAddress)] == ["198.18.0.1"]
