@@ -117,6 +117,7 @@ class RealNode:
                     "type": "bridge",
                     "bridge": self.net.bridge,
                     "isGateway": True,
+                    "isDefaultGateway": True,  # Service IPs (198.19.N.0/24) leave through the bridge
                     "ipMasq": False,
                     "hairpinMode": True,
                     "ipam": {

@@ -12,6 +12,7 @@ Install = server-side dry run first (the API server validates every object), the
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from dataclasses import dataclass
@@ -66,9 +67,17 @@ def write_overlay(stack: Stack, settings: OperatorSettings) -> Path:
     }
     if stack.runtime == "real":  # the image make images built, never pulled (no registry is reachable)
         image = stack.images[OPERATOR_IMAGE]
+        # No cluster DNS here: the in-cluster API name resolves through /etc/hosts to the Service's IP.
+        api_ip = str(next(ipaddress.ip_network(stack.service_cidr()).hosts()))
+        names = ["kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
         run = [
             {"op": "replace", "path": f"{container}/image", "value": image},
             {"op": "replace", "path": f"{container}/imagePullPolicy", "value": "Never"},
+            {
+                "op": "add",
+                "path": "/spec/template/spec/hostAliases",
+                "value": [{"ip": api_ip, "hostnames": names}],
+            },
         ]
     else:
         script = ["python", str(REPO / "operator" / "main.py")]

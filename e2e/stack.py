@@ -118,6 +118,10 @@ class Stack:
         logs = sorted((self.state_dir / "pods").glob(f"{namespace}_{name}_*/*.log"))
         return "".join(f"==> {log.name} <==\n{log.read_text(errors='replace')}" for log in logs)
 
+    def service_cidr(self) -> str:
+        """The Services' address range (the real node's own, else the process kubelet's fixed one)."""
+        return hostnet.NodeNetwork(self.network).service_cidr if self.network is not None else SERVICE_CIDR
+
     def save(self) -> None:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_procs"}
         (self.state_dir / "stack.json").write_text(json.dumps(data, default=str, indent=2))
