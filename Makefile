@@ -52,14 +52,14 @@ lint: venv
 unit: setup
 	$(PY) -m pytest -m "not e2e" -q
 
-e2e: setup cluster-binaries
+e2e: setup cluster-binaries images
 	$(PY) -m pytest -m e2e -q
 
 # The e2e suite with every stack on the real node (containerd, kubelet, kube-proxy) instead of the process kubelet.
 e2e-real-node: setup cluster-binaries images
 	GOODPUT_E2E_NODE=real $(PY) -m pytest -m e2e -q
 
-test: setup cluster-binaries lint
+test: setup cluster-binaries images lint
 	$(PY) -m pytest -q
 
 demo: setup cluster-binaries

@@ -159,7 +159,20 @@ def ensure(image: Image) -> tuple[str, float]:
         build_from_file(image, reference)
     seconds = time.monotonic() - began
     log(f"built {reference} in {seconds:.0f}s")
+    for stale in stale_tags(image, listed(image.name)):  # the layers they share with the new one stay
+        subprocess.run(podman("rmi", stale), capture_output=True, check=False)
     return reference, seconds
+
+
+def listed(name: str) -> list[str]:
+    out = podman("images", "--format={{.Repository}}:{{.Tag}}", name)
+    return subprocess.run(out, capture_output=True, text=True, check=False).stdout.split()
+
+
+def stale_tags(image: Image, references: list[str]) -> list[str]:
+    """Digest tags of ``image`` other than the current one: what earlier inputs built."""
+    prefix, current = f"{image.name}:{version()}-", tag(image)
+    return [r for r in references if r.startswith(prefix) and r != current]
 
 
 def size_bytes(reference: str) -> int:

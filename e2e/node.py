@@ -288,6 +288,9 @@ def load_images(socket: Path, references: object) -> None:
         if result.returncode != 0 or save.returncode != 0:
             raise RuntimeError(f"loading {reference} into containerd failed: {result.stderr}")
         ctr(socket, "images", "tag", "--force", reference, version_tag)
+        stale = [r for r in present if r.startswith(f"{version_tag}-") and r != reference]
+        if stale:  # containerd collects the content only they held
+            ctr(socket, "images", "rm", *stale)
 
 
 def stop(

@@ -118,6 +118,15 @@ class Stack:
         logs = sorted((self.state_dir / "pods").glob(f"{namespace}_{name}_*/*.log"))
         return "".join(f"==> {log.name} <==\n{log.read_text(errors='replace')}" for log in logs)
 
+    def container_running(self, container_id: str) -> bool:
+        """Whether a container status's ``containerID`` still runs: a process, or a containerd container."""
+        kind, _, ident = container_id.partition("://")
+        if kind == "process":
+            return procs.alive(int(ident))
+        socket = self.state_dir / "node" / "containerd.sock"
+        found = real_node.crictl(socket, "ps", "--quiet", "--state=running", f"--id={ident}")
+        return found.returncode == 0 and bool(found.stdout.strip())
+
     def service_cidr(self) -> str:
         """The Services' address range (the real node's own, else the process kubelet's fixed one)."""
         return hostnet.NodeNetwork(self.network).service_cidr if self.network is not None else SERVICE_CIDR

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from cryptography import x509
 
-from e2e import build, pki
+from e2e import build, images, pki
 from e2e.kubelet import IMAGE_ROOT, Kubelet, PodRecord, expand
 
 
@@ -84,3 +84,17 @@ def test_pki_issues_leaf_certs_signed_by_the_ca(tmp_path: Path) -> None:
     kubelet.verify_directly_issued_by(ca)
     kubelet_sans = kubelet.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [str(ip) for ip in kubelet_sans.get_values_for_type(x509.IPAddress)] == ["198.18.0.1"]
+
+
+def test_image_tags_carry_the_version_and_a_digest_of_every_input(tmp_path: Path) -> None:
+    operator = images.tag(images.OPERATOR)
+    assert operator.startswith(f"ghcr.io/goodput/operator:{images.version()}-")
+    assert images.tag(images.OPERATOR) == operator  # stable while nothing changes
+    moved = images.Image(
+        "ghcr.io/goodput/operator", images.OPERATOR.containerfile, ("crds",), images.BASE.name
+    )
+    assert images.tag(moved) != operator  # another set of inputs, another digest
+    based = [images.tag(i) for i in images.IMAGES if i.base == images.BASE.name]
+    assert all(images.digest(images.BASE) != t.rsplit("-", 1)[1] for t in based)
+    older = [operator.rsplit("-", 1)[0] + "-000000000000", operator, "ghcr.io/goodput/worker:0.1.0-1"]
+    assert images.stale_tags(images.OPERATOR, older) == [older[0]]
