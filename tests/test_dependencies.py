@@ -15,9 +15,9 @@ from importlib.metadata import packages_distributions, requires
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-PRODUCT = ["crds", "controllers", "policies", "worker_image", "operator"]
+PRODUCT = ["crds", "controllers", "policies", "worker_image", "router", "operator"]
 TOOLING = ["tests", "e2e", "bench", "controllers/testing"]  # fakes for tests, shipped beside the code
-LOCAL = {"crds", "controllers", "policies", "worker_image", "e2e", "bench", "tests", "conftest"}
+LOCAL = {"crds", "controllers", "policies", "worker_image", "router", "e2e", "bench", "tests", "conftest"}
 NOT_IMPORTED = {"pytest-timeout", "ruff"}  # a pytest plugin loaded by entry point; the linter
 
 
