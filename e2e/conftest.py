@@ -1,8 +1,8 @@
 """Fixtures for tests on the real local stack (mark them ``@pytest.mark.e2e``).
 
-``cluster`` is session-scoped: one control plane, process kubelet and Prometheus for the whole run,
-torn down (processes stopped, state dir removed) when the session ends; the run then fails if any
-process, port or the state dir was left behind.
+``cluster`` is session-scoped: one control plane, node (the process kubelet, or the real node with
+``GOODPUT_E2E_NODE=real``) and Prometheus for the whole run, torn down when the session ends; the run then
+fails if any process, port, the state dir or (real node) any host change was left behind.
 """
 
 from __future__ import annotations
