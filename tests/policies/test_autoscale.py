@@ -10,14 +10,10 @@ import pytest
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
-from policies.autoscale import (
-    BUDGET_HORIZON_S,
-    HINT_TRUST_WINDOWS,
-    _predict,
-    autoscale,
-    bucket_ratio,
-    budgeted_headroom,
-)
+from policies.autoscale import HINT_TRUST_WINDOWS, autoscale
+from policies.budget import BUDGET_HORIZON_S, budgeted_headroom
+from policies.calibration import bucket_ratio
+from policies.calibration import predict as _predict
 from policies.compare import _MemoPlan
 from policies.observe import TTFT_BUCKETS
 from policies.types import Candidate, Observation, PlanResult, ScalerState
