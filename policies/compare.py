@@ -2,19 +2,15 @@
 
 Every policy replays the same trace on the same simulated fleet (same perf model, start delay, routing seed);
 each baseline is swept over its main knob, and its headline figures are those of its cheapest setting that
-reaches the attainment target (or its highest-attainment setting when none does).
+reaches the attainment target (or its highest-attainment setting when none does). This module is the pure
+part: the setup, the simulations to run, each one run, and the report built from their results;
+`controllers.replay` runs them side by side and renders tables and plots.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, replace
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
@@ -27,6 +23,7 @@ from policies.baselines import HPA, KEDA, Static, oracle
 from policies.catalog import accelerator, price_of
 from policies.latency import ReplicaPredictor, TokenStats
 from policies.perfmodel import StepModel
+from policies.plancache import PlanCache
 from policies.profiles import profile_for
 from policies.simulator import (
     Actuation,
@@ -71,29 +68,6 @@ def benchmark_service(
             "scaling": {"minReplicas": 1, "maxReplicas": max_replicas, "maxTensorParallel": 1},
         }
     )
-
-
-class _MemoPlan:
-    """The planner, memoized on its inputs: a replay asks for the same quantized load many times."""
-
-    def __init__(self) -> None:
-        self.cache: dict[tuple[Any, ...], PlanResult] = {}
-
-    def __call__(
-        self, spec: InferenceServiceSpec, load: Load, policy: SLOPolicySpec, ttft_f: float, tpot_f: float
-    ) -> PlanResult:
-        key = (
-            load.rps,
-            load.prompt_tokens.tobytes(),
-            load.output_tokens.tobytes(),
-            load.batch_fraction,
-            policy.headroom,
-            round(ttft_f, 2),
-            round(tpot_f, 2),
-        )
-        if key not in self.cache:
-            self.cache[key] = planner.plan(spec, load, policy, round(ttft_f, 2), round(tpot_f, 2))
-        return self.cache[key]
 
 
 @dataclass
@@ -183,65 +157,22 @@ def _p50_p95(tokens: np.ndarray) -> tuple[int, int]:
     return max(1, round(float(p50))), max(1, round(float(p95)))
 
 
-def _job(trace: Trace, job: tuple[Any, SimConfig, Any]) -> SimResult:
+Job = tuple[
+    Any, SimConfig, Any
+]  # (controller, or None for the oracle; the fleet; setting, or oracle capacity)
+
+
+def run_job(trace: Trace, job: Job) -> SimResult:
+    """One simulation of the comparison (the oracle's search is several)."""
     controller, cfg, arg = job
     if controller is None:  # the oracle searches its schedule with repeated simulations
         return oracle(trace, cfg, arg)[0]
     return simulate(trace, controller, cfg, arg)
 
 
-Progress = Callable[[int, int], None]  # (simulations done, simulations in all): at the start and after each
-
-
-def _run_jobs(
-    trace: Trace, jobs: list[tuple[Any, SimConfig, Any]], workers: int, progress: Progress | None = None
-) -> list[SimResult]:
-    done: dict[int, SimResult] = {}
-
-    def finished(index: int, result: SimResult) -> None:
-        done[index] = result
-        if progress is not None:
-            progress(len(done), len(jobs))
-
-    if progress is not None:
-        progress(0, len(jobs))
-    if workers <= 1 or len(jobs) <= 1:
-        for index, job in enumerate(jobs):
-            finished(index, _job(trace, job))
-        return [done[i] for i in range(len(jobs))]
-    # the oracle (several simulations) starts first so it does not finish last alone
-    order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] is not None)
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
-        futures = {pool.submit(_job, trace, jobs[i]): i for i in order}
-        for future in as_completed(futures):
-            finished(futures[future], future.result())
-    return [done[i] for i in range(len(jobs))]
-
-
-def _best(results: list[SimResult], target: float) -> SimResult:
-    meeting = [r for r in results if r.attainment >= target]
-    if meeting:
-        return min(meeting, key=lambda r: r.gpu_hours)
-    return max(results, key=lambda r: (r.attainment, -r.gpu_hours))
-
-
-def run(
-    trace: Trace,
-    policies: tuple[str, ...] = POLICIES,
-    start_delay_s: float = 90.0,
-    seed: int = 0,
-    policy: SLOPolicySpec | None = None,
-    workers: int = 2,
-    progress: Progress | None = None,
-) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
-    """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results.
-
-    Simulations are independent, so `workers` processes run them side by side.
-    """
-    started = time.perf_counter()
-    s = setup(trace, start_delay_s, seed, policy)
-    target = s.sim.slo.attainment
-    jobs: list[tuple[str, Any]] = []  # (policy name, job), run in parallel, results kept in this order
+def sweep_jobs(s: Setup, policies: tuple[str, ...]) -> list[tuple[str, Job]]:
+    """(policy name, simulation) for every policy and setting of its sweep, in report order."""
+    jobs: list[tuple[str, Job]] = []
     for name in policies:
         if name == "goodput":
             # the policy as configured first (the headline), then its main knob swept like the baselines'
@@ -254,7 +185,7 @@ def run(
                 (
                     name,
                     (
-                        GoodputController(s.spec, p, s.initial, ScalerState(), _MemoPlan()),
+                        GoodputController(s.spec, p, s.initial, ScalerState(), PlanCache()),
                         s.sim,
                         f"headroom={p.headroom:g}",
                     ),
@@ -274,11 +205,21 @@ def run(
             jobs.append((name, (None, s.sim, s.capacity_rps)))
         else:
             raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
-    runs: dict[str, list[SimResult]] = {}
-    for (name, _), result in zip(
-        jobs, _run_jobs(trace, [job for _, job in jobs], workers, progress), strict=True
-    ):
-        runs.setdefault(name, []).append(result)
+    return jobs
+
+
+def _best(results: list[SimResult], target: float) -> SimResult:
+    meeting = [r for r in results if r.attainment >= target]
+    if meeting:
+        return min(meeting, key=lambda r: r.gpu_hours)
+    return max(results, key=lambda r: (r.attainment, -r.gpu_hours))
+
+
+def build_report(
+    trace: Trace, s: Setup, runs: dict[str, list[SimResult]], start_delay_s: float
+) -> dict[str, Any]:
+    """The comparison's report: each policy's headline figures and sweep, the targets, workload and setup."""
+    target = s.sim.slo.attainment
     report: dict[str, Any] = {"policies": {}}
     for name, results in runs.items():
         best = results[0] if name == "goodput" else _best(results, target)
@@ -311,8 +252,7 @@ def run(
         "price_per_gpu_hour": s.sim.price_per_gpu_hour,
         "goodput_headroom": s.policy.headroom,
     }
-    report["wall_s"] = round(time.perf_counter() - started, 2)
-    return report, runs
+    return report
 
 
 def _targets(p: dict[str, dict[str, Any]], target: float) -> dict[str, Any]:
@@ -356,146 +296,3 @@ def _targets(p: dict[str, dict[str, Any]], target: float) -> dict[str, Any]:
         ratio = g["gpu_hours"] / p["oracle"]["gpu_hours"]
         out["vs_oracle"] = {"ratio": round(ratio, 4), "goal_diurnal": 1.25, "met": ratio <= 1.25}
     return out
-
-
-def table(report: dict[str, Any]) -> str:
-    """One row per policy and setting."""
-    head = f"{'policy':8} {'setting':22} {'attain':>7} {'TTFT p95':>9} {'TPOT p95':>9} {'GPU-h':>7} {'cost $':>8} {'events':>6}"
-    lines = [head, "-" * len(head)]
-    for name, entry in report["policies"].items():
-        for row in entry.get("sweep", [entry]):
-            mark = (
-                "*" if row is not entry and row["setting"] == entry["setting"] and "sweep" in entry else " "
-            )
-            lines.append(
-                f"{name:8} {row['setting'] + mark:22} {row['attainment']:7.2%} {row['ttft_p95_ms']:8.0f}m "
-                f"{row['tpot_p95_ms']:8.1f}m {row['gpu_hours']:7.2f} {row['cost']:8.2f} {row['scale_events']:6d}"
-            )
-    lines.append("(* the setting reported for the baseline; ms in TTFT/TPOT columns)")
-    return "\n".join(lines)
-
-
-def plot(report: dict[str, Any], runs: dict[str, list[SimResult]], path: str) -> None:
-    """The frontier (GPU-hours against attainment) and, over time, load, replicas and p95 against the SLO."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(10, 12))
-    for name, results in runs.items():
-        ax0.plot([r.gpu_hours for r in results], [100 * r.attainment for r in results], "o-", label=name)
-    ax0.axhline(100 * report["setup"]["slo"]["attainment"], color="grey", ls="--", lw=0.8)
-    ax0.set_xlabel("GPU-hours")
-    ax0.set_ylabel("SLO attainment (%)")
-    ax0.set_title(f"{report['workload']['name']}: cost against attainment")
-    ax0.legend()
-    shown = {name: _pick(results, report["policies"][name]["setting"]) for name, results in runs.items()}
-    first = next(iter(shown.values()))
-    ax1.plot(first.timeline.time / 60, first.timeline.rps, color="grey", lw=0.7, label="offered rps")
-    ax1.set_ylabel("requests/s")
-    twin = ax1.twinx()
-    for name, r in shown.items():
-        twin.step(r.timeline.time / 60, r.timeline.ready, where="post", label=f"{name} ready")
-    twin.set_ylabel("ready replicas")
-    twin.legend(loc="upper right", fontsize=8)
-    for name, r in shown.items():
-        ax2.plot(r.timeline.time / 60, r.timeline.ttft_p95_ms, lw=0.8, label=f"{name} TTFT p95")
-    ax2.axhline(report["setup"]["slo"]["ttft_p95_ms"], color="red", ls="--", lw=0.8, label="SLO")
-    ax2.set_yscale("log")
-    ax2.set_xlabel("minutes")
-    ax2.set_ylabel("ms (observed per interval)")
-    ax2.legend(fontsize=8)
-    fig.text(0.01, 0.005, report["workload"]["data"], fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _pick(results: list[SimResult], setting: str) -> SimResult:
-    return next((r for r in results if r.setting == setting), results[0])
-
-
-def json_ready(report: dict[str, Any]) -> dict[str, Any]:
-    """Replace non-finite floats (an unfinished request's p95) with None so the JSON is standard."""
-
-    def clean(x: Any) -> Any:
-        if isinstance(x, float) and not math.isfinite(x):
-            return None
-        if isinstance(x, dict):
-            return {k: clean(v) for k, v in x.items()}
-        if isinstance(x, list):
-            return [clean(v) for v in x]
-        return x
-
-    return clean(report)
-
-
-def add_arguments(parser: Any) -> None:
-    """The `goodput simulate` options (an argparse parser)."""
-    parser.add_argument("--trace", required=True, help="a trace CSV (Azure LLM format) or synthetic:diurnal")
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply the trace's request rate")
-    parser.add_argument(
-        "--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES)
-    )
-    parser.add_argument("--start-delay", type=float, default=90.0, help="seconds from pod creation to ready")
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument(
-        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel simulations"
-    )
-    parser.add_argument(
-        "--headroom", type=float, help="SLOPolicy headroom for goodput (default: the default policy's)"
-    )
-    parser.add_argument("--json", dest="json_path", help="write the report as JSON here")
-    parser.add_argument("--plot", help="write the frontier and timeline plot (PNG) here")
-
-
-@contextmanager
-def _progress_bar() -> Iterator[Progress]:
-    """A bar on stderr counting finished simulations (a full comparison takes minutes); gone when done."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bar
-
-    columns = (TextColumn("simulations"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Bar(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("simulate", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-def command(args: Any) -> int:
-    """`goodput simulate`: replay a trace under each policy and print one row per policy and setting."""
-    import json
-
-    from policies.workloads import resolve
-
-    names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
-    unknown = [n for n in names if n not in POLICIES]
-    if unknown:
-        raise SystemExit(f"unknown policies: {', '.join(unknown)}; known: {', '.join(POLICIES)}")
-    trace = resolve(args.trace, scale=args.scale, seed=args.seed)
-    policy = SLOPolicySpec(headroom=args.headroom) if args.headroom is not None else None
-    with _progress_bar() as progress:
-        report, runs = run(
-            trace,
-            names,
-            start_delay_s=args.start_delay,
-            seed=args.seed,
-            policy=policy,
-            workers=args.workers,
-            progress=progress,
-        )
-    print(table(report))
-    for key, figure in report["targets"].items():
-        print(f"target {key}: {figure}")
-    for key, figure in report.get("targets_goodput_best_setting", {}).items():
-        print(f"target (goodput's best setting) {key}: {figure}")
-    print(
-        f"{len(trace)} requests over {trace.duration_s / 3600:.2f} h simulated in {report['wall_s']} s. Data: {CITATION}"
-    )
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(json_ready(report), f, indent=2)
-    if args.plot:
-        plot(report, runs, args.plot)
-    return 0

@@ -14,8 +14,8 @@ from policies.autoscale import HINT_TRUST_WINDOWS, autoscale
 from policies.budget import BUDGET_HORIZON_S, budgeted_headroom
 from policies.calibration import bucket_ratio
 from policies.calibration import predict as _predict
-from policies.compare import _MemoPlan
 from policies.observe import TTFT_BUCKETS
+from policies.plancache import PlanCache
 from policies.types import Candidate, Observation, PlanResult, ScalerState
 
 SPEC = InferenceServiceSpec.model_validate(
@@ -28,7 +28,9 @@ SPEC = InferenceServiceSpec.model_validate(
     }
 )
 POLICY = SLOPolicySpec()
-MEMO = _MemoPlan()  # the planner, memoized as in the simulator: loops over many intervals stay fast
+MEMO = (
+    PlanCache()
+)  # the planner, memoized as in the operator and the simulator: loops over many intervals stay fast
 
 
 def plan_at(rps: float, ttft_factor: float = 1.0, tpot_factor: float = 1.0) -> Candidate:

@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from policies.compare import _best, json_ready, run, table
+from controllers.replay import json_ready, run, table
+from policies.compare import _best
 from policies.simulator import SimResult, Timeline
 from policies.workloads import Trace
 
