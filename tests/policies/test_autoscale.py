@@ -28,9 +28,7 @@ SPEC = InferenceServiceSpec.model_validate(
     }
 )
 POLICY = SLOPolicySpec()
-MEMO = (
-    PlanCache()
-)  # the planner, memoized as in the operator and the simulator: loops over many intervals stay fast
+MEMO = PlanCache()  # the planner, memoized as in the operator: loops over many intervals stay fast
 
 
 def plan_at(rps: float, ttft_factor: float = 1.0, tpot_factor: float = 1.0) -> Candidate:
