@@ -18,7 +18,7 @@ from typing import Any
 from crds.slopolicy import SLOPolicySpec
 from policies.compare import POLICIES, Job, build_report, run_job, setup, sweep_jobs
 from policies.simulator import SimResult
-from policies.workloads import CITATION, Trace
+from policies.workloads import Trace
 
 Progress = Callable[[int, int], None]  # (simulations done, simulations in all): at the start and after each
 
@@ -149,7 +149,11 @@ def json_ready(report: dict[str, Any]) -> dict[str, Any]:
 
 def add_arguments(parser: Any) -> None:
     """The `goodput simulate` options (an argparse parser)."""
-    parser.add_argument("--trace", required=True, help="a trace CSV (Azure LLM format) or synthetic:diurnal")
+    parser.add_argument(
+        "--trace",
+        required=True,
+        help="a trace file (Azure LLM CSV or Mooncake JSONL, detected) or synthetic:diurnal",
+    )
     parser.add_argument("--scale", type=float, default=1.0, help="multiply the trace's request rate")
     parser.add_argument(
         "--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES)
@@ -207,7 +211,7 @@ def command(args: Any) -> int:
     for key, figure in report.get("targets_goodput_best_setting", {}).items():
         print(f"target (goodput's best setting) {key}: {figure}")
     print(
-        f"{len(trace)} requests over {trace.duration_s / 3600:.2f} h simulated in {report['wall_s']} s. Data: {CITATION}"
+        f"{len(trace)} requests over {trace.duration_s / 3600:.2f} h simulated in {report['wall_s']} s. Data: {trace.source or trace.name}"
     )
     if args.json_path:
         with open(args.json_path, "w") as f:

@@ -36,7 +36,7 @@ from policies.simulator import (
     simulate,
 )
 from policies.types import Candidate, Load, Observation, PlanResult, ScalerState
-from policies.workloads import CITATION, Trace
+from policies.workloads import Trace
 
 POLICIES = ("goodput", "hpa", "keda", "static", "oracle")
 HPA_TARGETS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # vllm:num_requests_running per pod
@@ -239,7 +239,7 @@ def build_report(
         "duration_s": round(trace.duration_s, 1),
         "peak_rps_15s": round(float(trace.rate_per_window(15.0).max()), 2),
         "mean_rps": round(len(trace) / max(trace.duration_s, 1.0), 3),
-        "data": CITATION,
+        "data": trace.source or trace.name,
     }
     report["setup"] = {
         "model": s.spec.model.name,

@@ -39,6 +39,7 @@ def test_report_on_a_short_trace():
     assert p["oracle"]["gpu_hours"] <= min(
         s["gpu_hours"] for s in p["static"]["sweep"] if s["attainment"] >= p["oracle"]["attainment"]
     )
-    assert "attainment" in report["targets"] and "Splitwise" in report["workload"]["data"]
+    assert "attainment" in report["targets"]
+    assert report["workload"]["data"] == "short"  # the trace replayed, not a fixed citation
     json.dumps(json_ready(report))  # standard JSON
     assert table(report).count("\n") >= 2 + len(p["static"]["sweep"])
