@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -212,3 +213,34 @@ def resolve(spec: str, scale: float = 1.0, seed: int = 0, csv: str | Path = AZUR
         return base if scale == 1.0 else scale_rate(base, scale, seed=seed)
     trace = load_trace(spec)
     return trace if scale == 1.0 else scale_rate(trace, scale, seed=seed)
+
+
+def lognormal_tokens(rng: np.random.Generator, p50: float, p95: float, count: int) -> np.ndarray:
+    """`count` random token lengths, lognormal with the given median and 95th percentile, at least 1."""
+    sigma = np.log(max(p95, p50) / p50) / 1.6448536269514722  # the standard normal's 95th percentile
+    return np.maximum(np.rint(p50 * np.exp(sigma * rng.standard_normal(count))), 1).astype(np.int64)
+
+
+def poisson(
+    name: str,
+    rate: Callable[[np.ndarray], np.ndarray],
+    peak_rps: float,
+    duration_s: float,
+    prompt: tuple[float, float],
+    output: tuple[float, float],
+    seed: int = 0,
+) -> Trace:
+    """A seeded non-homogeneous Poisson trace: arrivals at `rate(t)` (≤ peak_rps) by thinning, token lengths
+    lognormal with the given (p50, p95) of prompt and output."""
+    rng = np.random.default_rng(seed)
+    candidates = np.sort(rng.uniform(0.0, duration_s, rng.poisson(peak_rps * duration_s)))
+    kept = candidates[rng.random(len(candidates)) * peak_rps < rate(candidates)]
+    n = len(kept)
+    return Trace(
+        name,
+        kept,
+        lognormal_tokens(rng, *prompt, n),
+        lognormal_tokens(rng, *output, n),
+        f"synthetic {name} (seed {seed}): prompts p50/p95 {prompt[0]:g}/{prompt[1]:g}, "
+        f"outputs {output[0]:g}/{output[1]:g} tokens",
+    )
