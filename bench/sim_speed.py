@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import cProfile
 import json
+import os
 import pstats
 import time
 from pathlib import Path
@@ -23,6 +24,13 @@ from controllers.replay import run
 from policies.compare import POLICIES, setup, sweep_jobs
 from policies.simulator import simulate
 from policies.workloads import poisson
+
+
+def _cpu_s() -> float:
+    """CPU seconds of this process and its finished children (the worker pool): the machine is shared, so
+    wall time alone says as much about the neighbours as about the simulator."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def main() -> int:
@@ -59,17 +67,27 @@ def main() -> int:
         profile.dump_stats(args.profile)
         pstats.Stats(args.profile).sort_stats("tottime").print_stats(15)
         return 0
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), _cpu_s()
     report, runs = run(trace, POLICIES, seed=args.seed, workers=args.workers)
-    wall = time.perf_counter() - started
+    wall, cpu = time.perf_counter() - started, _cpu_s() - cpu0
     simulations = sum(len(r) for r in runs.values())
-    print(f"{len(trace)} requests, {simulations} simulations, every policy and sweep: {wall:.1f} s")
+    print(
+        f"{len(trace)} requests, {simulations} simulations, every policy and sweep: {wall:.1f} s wall, "
+        f"{cpu:.1f} CPU-s in all processes (wall / workers on an idle machine)"
+    )
     for name, entry in report["policies"].items():
         print(
             f"  {name:8} {entry['setting']:22} attainment {entry['attainment']:.4%} GPU-h {entry['gpu_hours']}"
         )
     if args.json:
-        out = {"requests": len(trace), "simulations": simulations, "wall_s": round(wall, 1), "report": report}
+        out = {
+            "requests": len(trace),
+            "simulations": simulations,
+            "wall_s": round(wall, 1),
+            "cpu_s": round(cpu, 1),
+            "load_average_1m": os.getloadavg()[0],
+            "report": report,
+        }
         Path(args.json).write_text(json.dumps(out, indent=2, default=float))
     return 0
 

@@ -4,7 +4,8 @@ One decision per interval, from the planner at the load the service must be read
 
 1. Fresh metrics or hold: with no observation, or a stale one, hold the current plan (never scale down) and
    say metrics are unavailable. Zero traffic is an observation.
-2. Calibrate the performance model on the running configuration (policies/calibration.py).
+2. Calibrate the performance model on the running configuration (policies/calibration.py), and learn what
+   a replica of it really carries at the SLO (policies/capacity.py): the plan divides the load by that factor.
 3. Budget: the headroom the plan keeps, from the TTFT error budget spent (policies/budget.py).
 4. Anticipate the load to plan for: demand, fading recent peaks, the observed token mix (policies/demand.py).
 5. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
@@ -26,6 +27,7 @@ from crds.slopolicy import MissingMetrics, SLOPolicySpec
 from policies import planner
 from policies.budget import budget_note, budgeted_headroom, spend_budget
 from policies.calibration import calibrate
+from policies.capacity import capacity_factor, learn_capacity
 from policies.demand import anticipated_load, rate_steady, remember, token_mix
 from policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
 
@@ -56,13 +58,16 @@ def autoscale(
     state = replace(state, steady_windows=state.steady_windows + 1 if steady else 0)
     state = token_mix(obs, state, policy)
     state = calibrate(spec, policy, current, obs, state, slo_ttft)
+    state = learn_capacity(spec, policy, current, obs, state)
     state = spend_budget(obs, state, policy)
     load, demand_rps, anticipated_rps, state = anticipated_load(spec, policy, obs, state, now)
     state = replace(state, load_history=remember(state.load_history, now, demand_rps, policy))
 
     headroom, spent = budgeted_headroom(spec, policy, state, now)
     planning = policy if headroom == policy.headroom else policy.model_copy(update={"headroom": headroom})
-    result = plan_fn(spec, load, planning, state.ttft_factor, state.tpot_factor)
+    # a replica carries k times what the model says: plan the model's fleet for 1/k of the load
+    scaled = replace(load, rps=load.rps / capacity_factor(state, current))
+    result = plan_fn(spec, scaled, planning, state.ttft_factor, state.tpot_factor)
     planned = _choose(result, current, policy)
     limited = planned is None
     if planned is None:  # nothing meets the SLO at this load: run the largest fleet we may

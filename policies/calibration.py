@@ -23,6 +23,9 @@ from policies.perfmodel import StepModel
 from policies.profiles import profile_for
 from policies.types import Candidate, Observation, ScalerState
 
+QUEUEING_SHARE = 1.25  # TTFT calibrates from windows predicted within this factor of the unloaded p95
+UNLOADED_RPS = 1e-3  # per replica: the rate the unloaded prediction is made at
+
 
 def calibrate(
     spec: InferenceServiceSpec,
@@ -40,8 +43,11 @@ def calibrate(
     business, so TTFT learns only from windows that meet the SLO. TPOT learns from a breach too: without a
     queue a slow decode step is the model's error, and it is how a breach that no queue signals (a batch too
     large for the TPOT target) reaches the plan, which then runs smaller batches on more replicas.
-    TTFT calibrates on its p95; TPOT on the inter-token median, because the factor scales decode-only steps
-    and the p95 of inter-token gaps is the prefill-chunk steps'.
+    TTFT calibrates on its p95, and only where the model says queueing adds little to it (predicted within
+    QUEUEING_SHARE of the unloaded p95): nearer the knee the error is where the knee lies, which the learned
+    capacity corrects on the rate axis; both correcting one window would fight. TPOT calibrates on the
+    inter-token median, because the factor scales decode-only steps and the p95 of inter-token gaps is the
+    prefill-chunk steps'.
     """
     cal = policy.calibration
     ready = obs.ready_replicas or current.replicas
@@ -53,6 +59,7 @@ def calibrate(
     if predicted is None:
         return state
     ttft_pred, tpot_pred = predicted
+    unloaded = predict(spec, current, obs, state, UNLOADED_RPS)
 
     def update(factor: float, observed: float | None, pred: float, bounds: tuple[float, ...]) -> float:
         if observed is None or not math.isfinite(pred) or pred <= 0:
@@ -61,7 +68,13 @@ def calibrate(
         new = (1 - cal.smoothing) * factor + cal.smoothing * factor * ratio
         return min(max(new, cal.min_factor), cal.max_factor)
 
+    # near the knee the error is the capacity learner's (policies/capacity.py)
+    # unless faster than the model unloaded: no knee explains that
+    latency_bound = unloaded is not None and (
+        ttft_pred <= QUEUEING_SHARE * unloaded[0] or (obs.ttft_p95_ms or math.inf) < unloaded[0]
+    )
     ttft = obs.ttft_p95_ms if obs.ttft_p95_ms is not None and obs.ttft_p95_ms <= slo_ttft_ms else None
+    ttft = ttft if latency_bound else None
     if ttft is None and obs.tpot_p50_ms is None:
         return state
     return replace(
