@@ -16,7 +16,19 @@ from multiprocessing import get_context
 from typing import Any
 
 from crds.slopolicy import SLOPolicySpec
-from policies.compare import POLICIES, Job, build_report, run_job, setup, sweep_jobs
+from policies.compare import (
+    BRACKET_ROUNDS,
+    POLICIES,
+    SWEEPS,
+    Job,
+    Setup,
+    baseline_job,
+    bracketing,
+    build_report,
+    run_job,
+    setup,
+    sweep_jobs,
+)
 from policies.simulator import SimResult
 from policies.workloads import Trace
 
@@ -48,6 +60,24 @@ def _run_jobs(
     return [done[i] for i in range(len(jobs))]
 
 
+def _bracket(trace: Trace, s: Setup, runs: dict[str, list[SimResult]], workers: int) -> None:
+    """Extend the HPA and KEDA sweeps, a setting per round, until each holds settings on both sides of the
+    attainment target (a sweep that stops short of its knee makes any comparison an artifact of the sweep)."""
+    knobs = {name: list(SWEEPS[name]) for name in SWEEPS if name in runs}
+    for _ in range(BRACKET_ROUNDS):
+        more = {
+            name: k
+            for name, values in knobs.items()
+            if (k := bracketing(values, runs[name], s.sim.slo.attainment)) is not None
+        }
+        if not more:
+            return
+        jobs = [baseline_job(name, k, s) for name, k in more.items()]
+        for name, result in zip(more, _run_jobs(trace, jobs, workers), strict=True):
+            knobs[name].append(more[name])
+            runs[name].append(result)
+
+
 def run(
     trace: Trace,
     policies: tuple[str, ...] = POLICIES,
@@ -69,6 +99,7 @@ def run(
         jobs, _run_jobs(trace, [job for _, job in jobs], workers, progress), strict=True
     ):
         runs.setdefault(name, []).append(result)
+    _bracket(trace, s, runs, workers)
     report = build_report(trace, s, runs, start_delay_s)
     report["wall_s"] = round(time.perf_counter() - started, 2)
     return report, runs

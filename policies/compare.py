@@ -41,6 +41,8 @@ from policies.workloads import Trace
 POLICIES = ("goodput", "hpa", "keda", "static", "oracle")
 HPA_TARGETS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # vllm:num_requests_running per pod
 KEDA_THRESHOLDS = (1.0, 2.0, 4.0, 8.0, 16.0)  # vllm:num_requests_waiting per replica
+SWEEPS = {"hpa": HPA_TARGETS, "keda": KEDA_THRESHOLDS}  # extended until they bracket the target
+BRACKET_ROUNDS = 4  # at most this many settings added to each sweep
 GOODPUT_HEADROOMS = (0.0, 0.1, 0.2, 0.3)  # SLOPolicy headroom, goodput's main knob
 STATIC_FRACTIONS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)  # of the replicas planned for the peak 15 s rate
 
@@ -192,10 +194,8 @@ def sweep_jobs(s: Setup, policies: tuple[str, ...]) -> list[tuple[str, Job]]:
                 )
                 for p in knobs
             ]
-        elif name == "hpa":
-            jobs += [(name, (HPA(target=t), s.sim, f"running/pod={t:g}")) for t in HPA_TARGETS]
-        elif name == "keda":
-            jobs += [(name, (KEDA(threshold=t), s.sim, f"waiting/replica={t:g}")) for t in KEDA_THRESHOLDS]
+        elif name in SWEEPS:
+            jobs += [(name, baseline_job(name, knob, s)) for knob in SWEEPS[name]]
         elif name == "static":
             counts = sorted({max(1, round(f * s.peak_replicas)) for f in STATIC_FRACTIONS})
             while len(counts) < 5:  # small fleets: extend upwards so the sweep still has five settings
@@ -206,6 +206,27 @@ def sweep_jobs(s: Setup, policies: tuple[str, ...]) -> list[tuple[str, Job]]:
         else:
             raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}")
     return jobs
+
+
+def baseline_job(name: str, knob: float, s: Setup) -> Job:
+    """One setting of an HPA or KEDA sweep."""
+    if name == "hpa":
+        return (HPA(target=knob), s.sim, f"running/pod={knob:g}")
+    return (KEDA(threshold=knob), s.sim, f"waiting/replica={knob:g}")
+
+
+def bracketing(knobs: list[float], results: list[SimResult], target: float) -> float | None:
+    """The next setting a baseline's sweep needs to hold settings on both sides of the attainment target.
+
+    A larger per-pod target (HPA) or threshold (KEDA) runs fewer replicas: when every setting reaches the
+    target the sweep doubles its largest, when none does it halves its smallest; None once it brackets.
+    """
+    meets = [r.attainment >= target for r in results]
+    if all(meets):
+        return max(knobs) * 2
+    if not any(meets):
+        return min(knobs) / 2
+    return None
 
 
 def _best(results: list[SimResult], target: float) -> SimResult:
