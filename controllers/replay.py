@@ -86,13 +86,14 @@ def run(
     policy: SLOPolicySpec | None = None,
     workers: int = 2,
     progress: Progress | None = None,
+    slo_ms: tuple[float, float] = (1000.0, 100.0),
 ) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
     """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results.
 
     Simulations are independent, so `workers` processes run them side by side.
     """
     started = time.perf_counter()
-    s = setup(trace, start_delay_s, seed, policy)
+    s = setup(trace, start_delay_s, seed, policy, slo_ms)
     jobs = sweep_jobs(s, policies)
     runs: dict[str, list[SimResult]] = {}
     for (name, _), result in zip(

@@ -52,6 +52,7 @@ def benchmark_service(
     max_replicas: int = 64,
     prompt_tokens: tuple[int, int] | None = None,
     output_tokens: tuple[int, int] | None = None,
+    slo_ms: tuple[float, float] = (1000.0, 100.0),
 ) -> InferenceServiceSpec:
     """A Llama-3-8B class service on H100 SXM with interactive SLOs, as a platform team would apply it.
 
@@ -64,7 +65,7 @@ def benchmark_service(
     return InferenceServiceSpec.model_validate(
         {
             "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
-            "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
+            "slo": {"ttftP95Ms": slo_ms[0], "tpotP95Ms": slo_ms[1], "attainment": 0.99},
             "traffic": traffic,
             "accelerators": [{"type": "H100-SXM", "maxCount": max_replicas}],
             "scaling": {"minReplicas": 1, "maxReplicas": max_replicas, "maxTensorParallel": 1},
@@ -106,7 +107,11 @@ class Setup:
 
 
 def setup(
-    trace: Trace, start_delay_s: float = 90.0, seed: int = 0, policy: SLOPolicySpec | None = None
+    trace: Trace,
+    start_delay_s: float = 90.0,
+    seed: int = 0,
+    policy: SLOPolicySpec | None = None,
+    slo_ms: tuple[float, float] = (1000.0, 100.0),
 ) -> Setup:
     """The service, its initial plan and the simulated fleet.
 
@@ -117,7 +122,10 @@ def setup(
     """
     peak_rps = float(trace.rate_per_window(15.0).max())
     spec = benchmark_service(
-        peak_rps, prompt_tokens=_p50_p95(trace.prompt_tokens), output_tokens=_p50_p95(trace.output_tokens)
+        peak_rps,
+        prompt_tokens=_p50_p95(trace.prompt_tokens),
+        output_tokens=_p50_p95(trace.output_tokens),
+        slo_ms=slo_ms,
     )
     policy = policy or SLOPolicySpec()
     load = Load(rps=peak_rps, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens)
