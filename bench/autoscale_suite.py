@@ -177,7 +177,12 @@ def main() -> int:
     parser.add_argument("--plot-dir", default=None)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--start-delay", type=float, default=90.0, help="seconds from pod creation to ready")
+    parser.add_argument(
+        "--start-delay",
+        type=float,
+        default=None,
+        help="seconds from pod creation to ready (default: start model)",
+    )
     parser.add_argument("--only", help="comma-separated workload names (default: all)")
     args = parser.parse_args()
     suite = workloads(args.seed)

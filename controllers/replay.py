@@ -81,7 +81,7 @@ def _bracket(trace: Trace, s: Setup, runs: dict[str, list[SimResult]], workers: 
 def run(
     trace: Trace,
     policies: tuple[str, ...] = POLICIES,
-    start_delay_s: float = 90.0,
+    start_delay_s: float | None = None,
     seed: int = 0,
     policy: SLOPolicySpec | None = None,
     workers: int = 2,
@@ -101,7 +101,7 @@ def run(
     ):
         runs.setdefault(name, []).append(result)
     _bracket(trace, s, runs, workers)
-    report = build_report(trace, s, runs, start_delay_s)
+    report = build_report(trace, s, runs)
     report["wall_s"] = round(time.perf_counter() - started, 2)
     return report, runs
 
@@ -190,7 +190,12 @@ def add_arguments(parser: Any) -> None:
     parser.add_argument(
         "--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES)
     )
-    parser.add_argument("--start-delay", type=float, default=90.0, help="seconds from pod creation to ready")
+    parser.add_argument(
+        "--start-delay",
+        type=float,
+        default=None,
+        help="seconds from pod creation to ready (default: the worker start model, policies/startup.py)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel simulations"

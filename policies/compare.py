@@ -35,6 +35,7 @@ from policies.simulator import (
     StepProfile,
     simulate,
 )
+from policies.startup import StartModel
 from policies.types import Candidate, Load, Observation, PlanResult, ScalerState
 from policies.workloads import Trace
 
@@ -108,12 +109,13 @@ class Setup:
 
 def setup(
     trace: Trace,
-    start_delay_s: float = 90.0,
+    start_delay_s: float | None = None,
     seed: int = 0,
     policy: SLOPolicySpec | None = None,
     slo_ms: tuple[float, float] = (1000.0, 100.0),
 ) -> Setup:
-    """The service, its initial plan and the simulated fleet.
+    """The service, its initial plan and the simulated fleet; pods start in `start_delay_s`, by default what
+    `policies.startup.StartModel` gives for the model and its TP.
 
     Every policy starts from the same fleet: the plan for the trace's busiest 15 s, as a platform team
     provisions a new service for its expected peak (the manifest's `expectedRps` hint, with the trace's
@@ -148,6 +150,8 @@ def setup(
         tpot_ms=spec.slo.tpot_p95_ms or 0.0,
         attainment=spec.slo.attainment,
     )
+    if start_delay_s is None:
+        start_delay_s = StartModel().delay_s(profile_for(spec.model), initial.tensor_parallel)
     sim = SimConfig(
         profile=profile,
         engine=engine_of(initial),
@@ -244,9 +248,7 @@ def _best(results: list[SimResult], target: float) -> SimResult:
     return max(results, key=lambda r: (r.attainment, -r.gpu_hours))
 
 
-def build_report(
-    trace: Trace, s: Setup, runs: dict[str, list[SimResult]], start_delay_s: float
-) -> dict[str, Any]:
+def build_report(trace: Trace, s: Setup, runs: dict[str, list[SimResult]]) -> dict[str, Any]:
     """The comparison's report: each policy's headline figures and sweep, the targets, workload and setup."""
     target = s.sim.slo.attainment
     report: dict[str, Any] = {"policies": {}}
@@ -275,7 +277,7 @@ def build_report(
         "accelerator": s.initial.accelerator,
         "tensor_parallel": s.initial.tensor_parallel,
         "slo": {"ttft_p95_ms": s.sim.slo.ttft_ms, "tpot_p95_ms": s.sim.slo.tpot_ms, "attainment": target},
-        "start_delay_s": start_delay_s,
+        "start_delay_s": round(s.sim.start_delay_s, 1),
         "interval_s": s.sim.interval_s,
         "peak_replicas_planned": s.peak_replicas,
         "price_per_gpu_hour": s.sim.price_per_gpu_hour,
