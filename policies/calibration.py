@@ -25,6 +25,9 @@ from policies.types import Candidate, Observation, ScalerState
 
 QUEUEING_SHARE = 1.25  # TTFT calibrates from windows predicted within this factor of the unloaded p95
 UNLOADED_RPS = 1e-3  # per replica: the rate the unloaded prediction is made at
+NEAR_TARGET = (
+    0.5  # the learned capacity is lowered only from windows whose TTFT p95 reaches this share of the SLO
+)
 
 
 def calibrate(
@@ -43,9 +46,10 @@ def calibrate(
     business, so TTFT learns only from windows that meet the SLO. TPOT learns from a breach too: without a
     queue a slow decode step is the model's error, and it is how a breach that no queue signals (a batch too
     large for the TPOT target) reaches the plan, which then runs smaller batches on more replicas.
-    TTFT calibrates on its p95, and only where the model says queueing adds little to it (predicted within
-    QUEUEING_SHARE of the unloaded p95): nearer the knee the error is where the knee lies, which the learned
-    capacity corrects on the rate axis; both correcting one window would fight. TPOT calibrates on the
+    TTFT calibrates on its p95 where the model says queueing adds little to it (predicted within
+    QUEUEING_SHARE of the unloaded p95), where the replica is faster than the model unloaded, or slower than
+    predicted while far from the target; elsewhere the error is where the knee lies, which the learned
+    capacity corrects on the rate axis: the two never correct the same window. TPOT calibrates on the
     inter-token median, because the factor scales decode-only steps and the p95 of inter-token gaps is the
     prefill-chunk steps'.
     """
@@ -69,9 +73,13 @@ def calibrate(
         return min(max(new, cal.min_factor), cal.max_factor)
 
     # near the knee the error is the capacity learner's (policies/capacity.py)
-    # unless faster than the model unloaded: no knee explains that
+    # unless faster than the model unloaded (no knee explains that), or slower while still far below the
+    # target, which the capacity learner does not read as a knee (policies/capacity.py)
+    seen = obs.ttft_p95_ms if obs.ttft_p95_ms is not None else math.inf
     latency_bound = unloaded is not None and (
-        ttft_pred <= QUEUEING_SHARE * unloaded[0] or (obs.ttft_p95_ms or math.inf) < unloaded[0]
+        ttft_pred <= QUEUEING_SHARE * unloaded[0]
+        or seen < unloaded[0]
+        or ttft_pred < seen < NEAR_TARGET * slo_ttft_ms
     )
     ttft = obs.ttft_p95_ms if obs.ttft_p95_ms is not None and obs.ttft_p95_ms <= slo_ttft_ms else None
     ttft = ttft if latency_bound else None

@@ -14,6 +14,9 @@ whose prediction lies in that bucket bound it: k in [λ / λ'_hi, λ / λ'_lo]. 
 estimate (a geometric EWMA with the calibration's smoothing). Where the model's curve is flat (queueing adds
 under a quarter to the unloaded latency) a small latency error is a large rate error, so such windows only
 bound k from below; there the TTFT calibration learns instead, and the two never correct the same window.
+k is lowered only by windows whose TTFT p95 is at least NEAR_TARGET of the SLO's target: far below it,
+latency above the model's is mostly arrival clustering the Poisson model does not see (bursty traffic), and
+extrapolating it to the knee would add replicas that do not lower it, a feedback that runs to the bound.
 Planning divides the load by k, quantized to the same 5 % grid as rates so plans stay shared.
 
 The TTFT and TPOT calibration factors (policies/calibration.py) stay: they correct the latency axis (a slower
@@ -30,7 +33,7 @@ import numpy as np
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
-from policies.calibration import QUEUEING_SHARE, UNLOADED_RPS
+from policies.calibration import NEAR_TARGET, QUEUEING_SHARE, UNLOADED_RPS
 from policies.catalog import accelerator
 from policies.demand import rate_steady, token_samples
 from policies.latency import ReplicaPredictor, TokenStats
@@ -84,6 +87,8 @@ def learn_capacity(
     upper = lam / lo_rate if lo_rate > 0 else math.inf
     # on the flat part of the curve the point says little: only the bounds do
     aim = min(max(k if point is None else lam / point, lower), upper)
+    if aim < k and observed < NEAR_TARGET * spec.slo.ttft_p95_ms:
+        return state  # far below the target, extrapolating the model's curve down is not safe (see above)
     new = k ** (1 - cal.smoothing) * aim**cal.smoothing
     new = min(max(new, CAPACITY_BOUNDS[0]), CAPACITY_BOUNDS[1])
     learned[key] = (new, samples + 1)
