@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controllers import actuate, conditions, status
+from controllers import actuate, conditions, router_builders, status
 from controllers.conditions import Cond
 from controllers.kube import KubeError
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
@@ -78,6 +78,8 @@ def compose(
     if record.plan is not None:
         out["plan"] = status.plan_status(record.plan)
     out["calibration"] = status.calibration_status(record.state, now)
+    if record.spec.router is not None and record.spec.mode == Mode.AUTO:
+        out["endpoint"] = router_builders.endpoint(record.name, record.namespace)
     if extra:
         out.update(extra)
     return out

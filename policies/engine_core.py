@@ -10,6 +10,7 @@ so the loop compiles (nopython mode):
   tokens of KV cache they hold.
 - `run` (int64, one row per running sequence in admission order): request id, prompt tokens left to prefill,
   output tokens left, context tokens, and the prefill tokens taken in the current step.
+- `prefill`: tokens each request computes when admitted (its prompt, less a prefix cached on its replica).
 - `prof`: the step roofline (`policies.simulator.StepProfile`), `cfg`: max batch, batch window, chunk tokens.
 
 Outcomes are written in place: first-token and finish times per request, the ids in the order their events
@@ -139,7 +140,7 @@ def _decode_run(t: float, t_end: float, st: np.ndarray, queue: np.ndarray, run: 
 
 @njit(cache=True)
 def advance(t: float, t_end: float, st: np.ndarray, queue: np.ndarray, run: np.ndarray, arrival: np.ndarray,
-            prompt: np.ndarray, output: np.ndarray, prof: np.ndarray, cfg: np.ndarray,
+            prompt: np.ndarray, prefill: np.ndarray, output: np.ndarray, prof: np.ndarray, cfg: np.ndarray,
             first_token: np.ndarray, finish: np.ndarray, first_log: np.ndarray, fin_log: np.ndarray,
             cursor: np.ndarray, itl_edges: np.ndarray, itl_weights: np.ndarray) -> float:  # fmt: skip
     """Run the replica until its clock reaches t_end (its last step may end a little later); its new clock."""
@@ -182,8 +183,8 @@ def advance(t: float, t_end: float, st: np.ndarray, queue: np.ndarray, run: np.n
             st[KV_USED] += prompt[rid] + output[rid]
             row = st[N_RUN]
             st[N_RUN] += 1
-            take = min(prompt[rid], budget)
-            run[row, RID], run[row, PREFILL_LEFT], run[row, OUT_LEFT] = rid, prompt[rid], output[rid]
+            take = min(prefill[rid], budget)
+            run[row, RID], run[row, PREFILL_LEFT], run[row, OUT_LEFT] = rid, prefill[rid], output[rid]
             run[row, CONTEXT], run[row, TAKE] = 0, take
             budget -= take
             tokens += take

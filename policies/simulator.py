@@ -4,8 +4,10 @@ Each replica runs vLLM-style steps: every running request decodes one token, adm
 chunks within a per-step token budget, and the step takes the time the performance model gives for that mix.
 Steps in which only decodes run are fast-forwarded in closed form, and the step loop is compiled
 (`policies/engine_core.py`), so a replica's hour of traffic takes a fraction of a second.
-Requests reach ready replicas at random, as a Kubernetes Service spreads them; pods become ready a start delay
-after they are created and are billed from creation until they have drained. Every control interval the
+Requests reach ready replicas at random, as a Kubernetes Service spreads them (or, with `SimConfig.routing`,
+where `policies.routing` sends them from the replicas' state at arrival, with a prefix cache per replica); pods
+become ready a start delay after they are created and are billed from creation until they have drained. Every
+control interval the
 simulator fills vLLM-bucket histograms, builds the Observation through `policies.observe` exactly as the
 operator does from Prometheus, and asks the controller (goodput's `autoscale` or a baseline) for replicas.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -29,6 +32,8 @@ from policies.observe import (
     build_observation,
 )
 from policies.perfmodel import StepModel
+from policies.prefix_cache import PrefixCache
+from policies.routing import ReplicaLoad, SimulatedRouting
 from policies.types import Observation
 from policies.workloads import Trace
 
@@ -117,9 +122,9 @@ class Controller(Protocol):
 class _Replica:
     """One worker pod: its queue of routed requests and its running batch, as `policies.engine_core` arrays."""
 
-    __slots__ = ("created", "done_at", "draining", "queue", "ready_at", "run", "st", "t")
+    __slots__ = ("cache", "created", "done_at", "draining", "queue", "ready_at", "run", "st", "t")
 
-    def __init__(self, created: float, ready_at: float) -> None:
+    def __init__(self, created: float, ready_at: float, cache: PrefixCache | None = None) -> None:
         self.created = created
         self.ready_at = ready_at
         self.t = ready_at  # the replica's own clock: the end of its last step
@@ -128,6 +133,7 @@ class _Replica:
         self.queue = np.zeros(64, dtype=np.int64)  # routed request ids: waiting, then not yet arrived
         self.st = np.zeros(5, dtype=np.int64)  # queue indices, running sequences, KV tokens held
         self.run = np.zeros((0, 5), dtype=np.int64)  # one row per running sequence
+        self.cache = cache  # prefix blocks it holds, when the simulation routes by state
 
     def route(self, rids: np.ndarray) -> None:
         """Append requests to the queue (they arrive at the replica's clock by their arrival time)."""
@@ -191,6 +197,7 @@ class _Engine:
     def __init__(self, trace: Trace, profile: StepProfile, config: EngineConfig, records: _Records) -> None:
         self.arrival = np.ascontiguousarray(trace.arrival_s, dtype=float)
         self.prompt = np.ascontiguousarray(trace.prompt_tokens, dtype=np.int64)
+        self.prefill = self.prompt.copy()  # tokens to compute at admission: less a cached prefix when routed
         self.output = np.ascontiguousarray(trace.output_tokens, dtype=np.int64)
         self.prof = np.array(
             [
@@ -215,7 +222,7 @@ class _Engine:
             r.run = grown
         knobs = np.array([float(cfg.max_batch), cfg.batch_window_s, float(cfg.chunk_tokens)])
         r.t = core.advance(
-            r.t, t_end, r.st, r.queue, r.run, self.arrival, self.prompt, self.output, self.prof, knobs,
+            r.t, t_end, r.st, r.queue, r.run, self.arrival, self.prompt, self.prefill, self.output, self.prof, knobs,
             rec.first_token, rec.finish, rec.first_log, rec.fin_log, rec.cursor, rec.itl_edges, rec.itl_weights,
         )  # fmt: skip
 
@@ -274,6 +281,7 @@ class SimConfig:
     interval_s: float = 15.0
     initial_replicas: int = 1
     seed: int = 0
+    routing: SimulatedRouting | None = None  # None: uniformly at random, as a Kubernetes Service spreads
 
 
 def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str = "") -> SimResult:
@@ -287,8 +295,10 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
         fin_log=np.zeros(n, dtype=np.int64),
     )
     engine = _Engine(trace, cfg.profile, cfg.engine, rec)
+    new_cache = cfg.routing.new_cache if cfg.routing is not None else lambda: None
     horizon = trace.duration_s
-    pods = [_Replica(-cfg.start_delay_s, 0.0) for _ in range(cfg.initial_replicas)]  # warm at t=0
+    # warm at t=0
+    pods = [_Replica(-cfg.start_delay_s, 0.0, new_cache()) for _ in range(cfg.initial_replicas)]
     retired: list[_Replica] = []
     pending: deque[int] = deque()  # arrived while no replica was ready (the Service had no endpoints)
     desired, events = cfg.initial_replicas, 0
@@ -308,13 +318,18 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
         eligible = np.searchsorted(ready_at, np.maximum(arrival[routed], t0), side="right")
         pick = (rng.random(len(routed)) * eligible).astype(int)
         pending.extend(routed[eligible == 0].tolist())
-        served = eligible > 0
-        by_replica = np.argsort(pick[served], kind="stable")  # each replica's share, in arrival order
-        rids, picks = routed[served][by_replica], pick[served][by_replica]
-        bounds = np.searchsorted(picks, np.arange(len(live) + 1))
-        for k, r in enumerate(live):
-            if bounds[k + 1] > bounds[k]:
-                r.route(rids[bounds[k] : bounds[k + 1]])
+        if cfg.routing is not None:  # where the router sends it, from the replicas' state at its arrival
+            for rid, e in zip(routed.tolist(), eligible.tolist(), strict=True):
+                if e > 0:
+                    _route_by_state(engine, cfg.routing, live[:e], rid, max(float(arrival[rid]), t0))
+        else:
+            served = eligible > 0
+            by_replica = np.argsort(pick[served], kind="stable")  # each replica's share, in arrival order
+            rids, picks = routed[served][by_replica], pick[served][by_replica]
+            bounds = np.searchsorted(picks, np.arange(len(live) + 1))
+            for k, r in enumerate(live):
+                if bounds[k + 1] > bounds[k]:
+                    r.route(rids[bounds[k] : bounds[k + 1]])
         nxt = stop
         for r in pods:
             engine.advance(r, t1)
@@ -341,7 +356,7 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
             target = max(act.replicas, 0)
             if target != desired:
                 events += 1
-                _resize(pods, live, target, t1, cfg.start_delay_s)
+                _resize(pods, live, target, t1, cfg.start_delay_s, new_cache)
                 desired = target
         t0 = t1
     for r in pods:
@@ -352,10 +367,46 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     return _result(controller.name, setting, trace, rec, cfg, gpu_hours, events, log)
 
 
-def _resize(pods: list[_Replica], live: list[_Replica], target: int, now: float, delay: float) -> None:
+def _route_by_state(
+    engine: _Engine, routing: SimulatedRouting, ready: list[_Replica], rid: int, now: float
+) -> None:
+    """Bring the ready replicas to the request's arrival, then let the routing policy pick one from their state.
+
+    The chosen replica's prefix cache takes the request's blocks as it is routed (the router's estimate of a
+    replica's cache is what it sent there), and the request will prefill only the uncached part.
+    """
+    prompt = engine.prompt
+    loads = []
+    for r in ready:
+        engine.advance(r, now)
+        head, tail, n_run = int(r.st[core.HEAD]), int(r.st[core.TAIL]), r.running
+        loads.append(
+            ReplicaLoad(
+                prefill_tokens=int(r.run[:n_run, core.PREFILL_LEFT].sum())
+                + int(prompt[r.queue[head:tail]].sum()),
+                running=n_run,
+                waiting=tail - head,
+                kv_usage=r.kv_used / engine.prof[core.KV_CAPACITY],
+                prefix=r.cache if r.cache is not None else PrefixCache(0),
+            )
+        )
+    chosen = ready[routing.choose(loads, rid, int(prompt[rid]))]
+    if chosen.cache is not None:
+        engine.prefill[rid] = routing.prefill(chosen.cache, rid, int(prompt[rid]))
+    chosen.route(np.array([rid], dtype=np.int64))
+
+
+def _resize(
+    pods: list[_Replica],
+    live: list[_Replica],
+    target: int,
+    now: float,
+    delay: float,
+    new_cache: Callable[[], PrefixCache | None],
+) -> None:
     """Scale the Deployment: new pods start now; removals take not-ready pods first, then the least loaded."""
     if target > len(live):
-        pods.extend(_Replica(now, now + delay) for _ in range(target - len(live)))
+        pods.extend(_Replica(now, now + delay, new_cache()) for _ in range(target - len(live)))
         return
     victims = sorted(live, key=lambda r: (r.ready_at <= now, r.running + r.queued))
     for r in victims[: len(live) - target]:

@@ -5,7 +5,8 @@
 - `rules.yaml`: plain rule groups, for `promtool` and for a Prometheus configured with `rule_files`;
 - `prometheus-rules.yaml`: the same groups as a `monitoring.coreos.com/v1` PrometheusRule;
 - `goodput-dashboard.json`: the Grafana dashboard; its panels read the series the rules record;
-- `monitors.yaml`: PodMonitors that scrape the workers and the operator with the labels the rules expect.
+- `monitors.yaml`: PodMonitors that scrape the workers, the operator and the routers with the labels the rules
+  expect.
 
 The SLO of each service reaches Prometheus through the operator's gauges `goodput_slo_ttft_target_seconds`
 and `goodput_slo_tpot_target_seconds` (labels namespace, inferenceservice, percentile="95"|"99"). A p95
@@ -382,7 +383,8 @@ def prometheus_rule(groups: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def pod_monitors() -> list[dict[str, Any]]:
-    """Scrape configs for the Prometheus Operator: workers (pod labels to series labels) and the operator.
+    """Scrape configs for the Prometheus Operator: workers (pod labels to series labels), the operator, and the
+    routers (their goodput:router_* series labelled with the service they front).
 
     The worker relabelling matches e2e/prometheus.py, so both stacks give the series the same labels. The
     operator's series name services in their own `namespace` label, hence honorLabels.
@@ -423,7 +425,29 @@ def pod_monitors() -> list[dict[str, Any]]:
             ],
         },
     }
-    return [workers, operator]
+    routers = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": "goodput-routers", "labels": labels},
+        "spec": {
+            "namespaceSelector": {"any": True},
+            "selector": {"matchExpressions": [{"key": "goodput.dev/router", "operator": "Exists"}]},
+            "podMetricsEndpoints": [
+                {
+                    "port": "http",
+                    "path": "/metrics",
+                    "interval": "15s",
+                    "relabelings": [
+                        {
+                            "sourceLabels": ["__meta_kubernetes_pod_label_goodput_dev_router"],
+                            "targetLabel": "inferenceservice",
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    return [workers, operator, routers]
 
 
 # --- dashboard ------------------------------------------------------------------------------------------
