@@ -197,6 +197,8 @@ def add_arguments(parser: Any) -> None:
         help="seconds from pod creation to ready (default: the worker start model, policies/startup.py)",
     )
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ttft-ms", type=float, default=1000.0, help="the service's TTFT p95 target (ms)")
+    parser.add_argument("--tpot-ms", type=float, default=100.0, help="the service's TPOT p95 target (ms)")
     parser.add_argument(
         "--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel simulations"
     )
@@ -230,18 +232,27 @@ def command(args: Any) -> int:
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         raise SystemExit(f"unknown policies: {', '.join(unknown)}; known: {', '.join(POLICIES)}")
-    trace = resolve(args.trace, scale=args.scale, seed=args.seed)
+    try:
+        trace = resolve(args.trace, scale=args.scale, seed=args.seed)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: --trace: {error}") from None
     policy = SLOPolicySpec(headroom=args.headroom) if args.headroom is not None else None
     with _progress_bar() as progress:
-        report, runs = run(
-            trace,
-            names,
-            start_delay_s=args.start_delay,
-            seed=args.seed,
-            policy=policy,
-            workers=args.workers,
-            progress=progress,
-        )
+        try:
+            report, runs = run(
+                trace,
+                names,
+                start_delay_s=args.start_delay,
+                seed=args.seed,
+                policy=policy,
+                workers=args.workers,
+                progress=progress,
+                slo_ms=(args.ttft_ms, args.tpot_ms),
+            )
+        except ValueError as error:  # no configuration meets the SLO at the trace's peak
+            raise SystemExit(
+                f"error: {error} (SLO: TTFT p95 {args.ttft_ms:g} ms, TPOT p95 {args.tpot_ms:g} ms)"
+            ) from None
     print(table(report))
     for key, figure in report["targets"].items():
         print(f"target {key}: {figure}")
