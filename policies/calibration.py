@@ -122,6 +122,21 @@ def bucket_ratio(observed_ms: float, predicted_ms: float, bounds_s: tuple[float,
     return 1.0
 
 
+def running_predictor(spec: InferenceServiceSpec, current: Candidate, state: ScalerState) -> ReplicaPredictor:
+    """The model of one replica of the running configuration, calibrated, at the observed token mix."""
+    prompts, outputs = token_samples(state, planner.load_from_spec(spec))
+    model = StepModel(
+        profile_for(spec.model),
+        accelerator(current.accelerator),
+        current.tensor_parallel,
+        state.ttft_factor,
+        state.tpot_factor,
+    )
+    return ReplicaPredictor(
+        model, TokenStats.from_samples(prompts, outputs), current.chunk_tokens, current.max_batch
+    )
+
+
 def predict(
     spec: InferenceServiceSpec,
     current: Candidate,
@@ -130,19 +145,7 @@ def predict(
     rps_per_replica: float,
 ) -> tuple[float, float] | None:
     """Predicted TTFT p95 and inter-token p50 (ms) of the running configuration at the observed rate."""
-    hint = planner.load_from_spec(spec)
-    prompts, outputs = token_samples(state, hint)
-    model = StepModel(
-        profile_for(spec.model),
-        accelerator(current.accelerator),
-        current.tensor_parallel,
-        state.ttft_factor,
-        state.tpot_factor,
-    )
-    predictor = ReplicaPredictor(
-        model, TokenStats.from_samples(prompts, outputs), current.chunk_tokens, current.max_batch
-    )
-    p = predictor.predict(
+    p = running_predictor(spec, current, state).predict(
         np.array([[max(rps_per_replica, 1e-6)]]),
         np.array([current.max_batch]),
         np.array([current.batch_window_ms / 1000.0]),

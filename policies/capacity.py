@@ -32,14 +32,9 @@ import numpy as np
 
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.calibration import NEAR_TARGET, QUEUEING_SHARE, UNLOADED_RPS
-from policies.catalog import accelerator
-from policies.demand import rate_steady, token_samples
-from policies.latency import ReplicaPredictor, TokenStats
+from policies.calibration import NEAR_TARGET, QUEUEING_SHARE, UNLOADED_RPS, running_predictor
+from policies.demand import rate_steady
 from policies.observe import TTFT_BUCKETS
-from policies.perfmodel import StepModel
-from policies.profiles import profile_for
 from policies.types import Candidate, Observation, ScalerState
 
 CAPACITY_BOUNDS = (0.25, 4.0)  # the model is trusted to within a factor of four either way
@@ -109,17 +104,7 @@ def equivalent_rates(
     edges = (0.0, *(b * 1000.0 for b in TTFT_BUCKETS), math.inf)
     i = next(j for j in range(1, len(edges)) if observed_ms <= edges[j])
     lo, hi = edges[i - 1], edges[i]
-    prompts, outputs = token_samples(state, planner.load_from_spec(spec))
-    model = StepModel(
-        profile_for(spec.model),
-        accelerator(current.accelerator),
-        current.tensor_parallel,
-        state.ttft_factor,
-        state.tpot_factor,
-    )
-    predictor = ReplicaPredictor(
-        model, TokenStats.from_samples(prompts, outputs), current.chunk_tokens, current.max_batch
-    )
+    predictor = running_predictor(spec, current, state)
     batch = np.array([current.max_batch])
     saturation = float(predictor.saturation_rps(batch)[0])
     rates = saturation * np.arange(0, GRID_RATES + 1) / GRID_RATES
