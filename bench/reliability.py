@@ -26,6 +26,12 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLOAD = "tests/reliability/test_overload.py"
+# The worker's answers to bad requests (in-process): each must be a 4xx naming the parameter.
+WORKER_BAD_INPUT = [
+    "tests/worker/test_server_endpoints.py::test_400s_speak_the_clients_terms",
+    "tests/worker/test_server_structured.py::test_unsupported_values_are_refused_naming_the_parameter",
+    "tests/worker/test_server_structured.py::test_unsupported_chat_values_are_refused",
+]
 E2E = ["e2e/test_reliability_input.py", "e2e/test_reliability_access.py"]
 FAULTS = "e2e/test_reliability_faults.py"
 # Scale-down under load: the scenario's load step, whose second half removes replicas while requests flow.
@@ -109,6 +115,13 @@ def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "fuzzed_valid_specs_reconciled": len(reconciled),
                 "their_ready_reasons": {r: reconciled.count(r) for r in sorted(set(reconciled))},
             },
+            "worker": {
+                "tried": len(worker := properties(tests, "worker_bad_input")),
+                "4xx_naming_the_parameter": sum(
+                    400 <= w["status"] < 500 and bool(w["param"]) for w in worker
+                ),
+                "cases": worker,
+            },
         },
         "least_privilege": access,
         "requests": {
@@ -132,7 +145,9 @@ def main() -> None:
         "--no-faults", action="store_true", help="skip the fault injections (the slowest part)"
     )
     args = parser.parse_args()
-    paths = [OVERLOAD] + ([] if args.no_e2e else E2E + ([] if args.no_faults else [FAULTS, LOAD_STEP]))
+    paths = [OVERLOAD, *WORKER_BAD_INPUT] + (
+        [] if args.no_e2e else E2E + ([] if args.no_faults else [FAULTS, LOAD_STEP])
+    )
     collector = Collector()
     began = time.monotonic()
     code = pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *paths], plugins=[collector])
