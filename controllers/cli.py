@@ -294,17 +294,17 @@ def plot_frontiers(curves: Sequence[Any], spec: Any, path: str) -> None:
     plt.close(figure)
 
 
-# ---------------------------------------------------------------- simulate (policies.compare owns it)
+# ---------------------------------------------------------------- simulate (controllers.replay owns it)
 
 
 def _configure_simulate(parser: argparse.ArgumentParser) -> None:
-    from policies.compare import add_arguments
+    from controllers.replay import add_arguments
 
     add_arguments(parser)
 
 
 def _run_simulate(args: argparse.Namespace) -> int:
-    from policies.compare import command
+    from controllers.replay import command
 
     return command(args)
 
