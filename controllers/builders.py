@@ -21,6 +21,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 PRESTOP_SECONDS = 5  # lets endpoints drop the pod before SIGTERM starts the drain
 DRAIN_SECONDS = {"interactive": 30, "batch": 120}  # batch requests run longer, give them longer to finish
 CPU_PER_GPU = 4
+# The CPU pool is for local runs and tests, on nodes of a few cores. The catalog's CPU capacity is fitted to the
+# worker on one core, so each rank is limited to one core (torch's threads follow the cgroup quota); it requests
+# a quarter of it, so that a two-core node holds several replicas beside the operator.
+CPU_WORKER_CORES = 1
+CPU_WORKER_REQUEST_MILLICORES = 250
 MEMORY_GIB_PER_GPU = 16
 WORKER_USER = 65532  # distroless "nonroot"
 
@@ -107,7 +112,11 @@ def engine_args(plan: Candidate, tier: TierConfig) -> list[str]:
 
 def _resources(plan: Candidate) -> dict[str, Any]:
     if not is_gpu(plan.accelerator):
-        return {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"memory": "4Gi"}}
+        ranks = plan.tensor_parallel
+        return {
+            "requests": {"cpu": f"{CPU_WORKER_REQUEST_MILLICORES * ranks}m", "memory": "2Gi"},
+            "limits": {"cpu": str(CPU_WORKER_CORES * ranks), "memory": "4Gi"},
+        }
     gpus = plan.tensor_parallel
     return {
         "requests": {

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+from kubernetes.utils.quantity import parse_quantity
 
 from controllers import builders, naming
 from controllers.builders import Owner
 from crds.inferenceservice import SecretKeyRef, WorkerSpec
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _container(deployment: dict[str, Any]) -> dict[str, Any]:
@@ -60,6 +65,31 @@ def test_accelerator_shapes_the_pod(
     assert config_map["data"]["GOODPUT_DEVICE"] == device
     assert config_map["data"]["GOODPUT_MODEL"] == spec.model.source
     assert container["args"][container["args"].index("--tensor-parallel-size") + 1] == str(tp)
+
+
+def _shipped_operator_cpu_request() -> str:
+    deployment = yaml.safe_load((REPO / "manifests" / "operator" / "deployment.yaml").read_text())
+    return deployment["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+
+
+def test_cpu_worker_is_limited_to_one_core_and_packs_several_on_a_small_node(
+    owner: Owner, example_spec: Any, make_plan: Any
+) -> None:
+    """A real CPU limit (the core the catalog's CPU capacity is fitted to) and a request small enough that a
+    two-core node holds the tiny example's largest plan beside the operator; GPU workers keep their cores."""
+    (cpu,) = _deployments(builders.build_children(owner, example_spec("tiny-cpu.yaml"), make_plan()))
+    resources = _container(cpu)["resources"]
+    assert resources["limits"]["cpu"] == "1"
+    request = parse_quantity(resources["requests"]["cpu"])
+    assert request < parse_quantity(resources["limits"]["cpu"])
+    operator = parse_quantity(_shipped_operator_cpu_request())
+    max_replicas = example_spec("tiny-cpu.yaml").scaling.max_replicas
+    assert max_replicas * request + operator <= 2
+    gpu_plan = make_plan(accelerator="L40S", tp=2)
+    (gpu,) = _deployments(builders.build_children(owner, example_spec("chat-llama3-8b.yaml"), gpu_plan))
+    gpu_resources = _container(gpu)["resources"]
+    assert gpu_resources["requests"]["cpu"] == str(2 * builders.CPU_PER_GPU)
+    assert "cpu" not in gpu_resources["limits"]
 
 
 @pytest.mark.parametrize(
