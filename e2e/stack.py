@@ -127,6 +127,17 @@ class Stack:
         found = real_node.crictl(socket, "ps", "--quiet", "--state=running", f"--id={ident}")
         return found.returncode == 0 and bool(found.stdout.strip())
 
+    def container_pid(self, container_id: str) -> int:
+        """The host PID of a container status's ``containerID``: the process itself, or containerd's task."""
+        kind, _, ident = container_id.partition("://")
+        if kind == "process":
+            return int(ident)
+        socket = self.state_dir / "node" / "containerd.sock"
+        found = real_node.crictl(socket, "inspect", "--output=json", ident)
+        if found.returncode != 0:
+            raise RuntimeError(f"crictl inspect {ident}: {found.stderr.strip()}")
+        return int(json.loads(found.stdout)["info"]["pid"])
+
     def service_cidr(self) -> str:
         """The Services' address range (the real node's own, else the process kubelet's fixed one)."""
         return hostnet.NodeNetwork(self.network).service_cidr if self.network is not None else SERVICE_CIDR

@@ -117,8 +117,9 @@ def operator_pod(stack: Stack) -> kubernetes.client.V1Pod:
     return pod
 
 
-def container_pid(pod: kubernetes.client.V1Pod) -> int:
-    return int(pod.status.container_statuses[0].container_id.removeprefix("process://"))
+def container_pid(stack: Stack, pod: kubernetes.client.V1Pod) -> int:
+    """The host PID of the pod's (first) container, on either node."""
+    return stack.container_pid(pod.status.container_statuses[0].container_id)
 
 
 def restarts(pod: kubernetes.client.V1Pod) -> int:
@@ -306,7 +307,7 @@ def test_worker_killed_mid_stream_fails_only_its_clients_and_restarts(
                 asyncio.create_task(loadgen.one_request(client, balancer, arrival, run, i)) for i in range(6)
             ]
             await asyncio.sleep(1.5)
-            os.kill(container_pid(victim), signal.SIGKILL)
+            os.kill(container_pid(stack, victim), signal.SIGKILL)
             await asyncio.gather(*tasks)
 
     asyncio.run(drive())
@@ -339,7 +340,7 @@ def test_operator_killed_after_creating_children_converges_without_duplicates(
     stack: Stack, namespace: str, record_property: Any
 ) -> None:
     pod = operator_pod(stack)
-    pid, before = container_pid(pod), restarts(pod)
+    pid, before = container_pid(stack, pod), restarts(pod)
     manifest = service.tiny_service(namespace, POLICY.name, SLO)
     manifest["spec"]["mode"] = "auto"
     service.apply(stack, manifest)
