@@ -64,8 +64,6 @@ def write_overlay(stack: Stack, settings: OperatorSettings) -> Path:
         "GOODPUT_OPERATOR_METRICS_PORT": str(metrics_port),
         # Kopf's liveness endpoint on the pod's own address: 0.0.0.0:8080 is shared by the whole host here.
         "GOODPUT_OPERATOR_LIVENESS": f"http://$(POD_IP):{liveness_port}/healthz",
-        # This checkout's packages, not whichever checkout the venv's editable install points at.
-        "PYTHONPATH": str(REPO),
     }
     if stack.runtime == "real":  # the image make images built, never pulled (no registry is reachable)
         image = stack.images[OPERATOR_IMAGE]
@@ -83,6 +81,9 @@ def write_overlay(stack: Stack, settings: OperatorSettings) -> Path:
         ]
     else:
         script = ["python", str(REPO / "operator" / "main.py")]
+        # This checkout's packages, not whichever checkout the venv's editable install points at (the image
+        # has its own PYTHONPATH, which this would hide).
+        env["PYTHONPATH"] = str(REPO)
         run = [{"op": "replace", "path": f"{container}/command", "value": script}]
     ops: list[dict[str, object]] = [
         *run,
