@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
 from pathlib import Path
 
+import pytest
+import yaml
 from cryptography import x509
 
 from e2e import build, images, pki
+from e2e import node as real_node
+from e2e import operator as goodput
 from e2e.kubelet import IMAGE_ROOT, Kubelet, PodRecord, expand
+from e2e.stack import REPO, Stack
 
 
 def kubelet(tmp_path: Path) -> Kubelet:
@@ -98,3 +105,53 @@ def test_image_tags_carry_the_version_and_a_digest_of_every_input(tmp_path: Path
     assert all(images.digest(images.BASE) != t.rsplit("-", 1)[1] for t in based)
     older = [operator.rsplit("-", 1)[0] + "-000000000000", operator, "ghcr.io/goodput/worker:0.1.0-1"]
     assert images.stale_tags(images.OPERATOR, older) == [older[0]]
+
+
+def stack_at(tmp_path: Path, runtime: str) -> Stack:
+    real = runtime == "real"
+    return Stack(
+        state_dir=tmp_path,
+        kubeconfig=tmp_path / "kubeconfig",
+        server="https://198.18.7.1:6443",
+        version="v1.34.4",
+        prometheus_url="http://198.18.7.1:9090",
+        start_seconds=0.0,
+        pids={},
+        ports={},
+        nodes=["goodput-node"],
+        runtime=runtime,
+        network=7 if real else None,
+        images={goodput.OPERATOR_IMAGE: "ghcr.io/goodput/operator:0.1.0-abc"} if real else {},
+    )
+
+
+def overlay_env(tmp_path: Path, runtime: str) -> dict[str, str]:
+    tmp_path.mkdir()
+    directory = goodput.write_overlay(stack_at(tmp_path, runtime), goodput.OperatorSettings())
+    patch = yaml.safe_load(
+        yaml.safe_load((directory / "kustomization.yaml").read_text())["patches"][0]["patch"]
+    )
+    added = [op["value"] for op in patch if op["path"].endswith("/env/-")]
+    return {e["name"]: e["value"] for e in added}
+
+
+def test_only_the_process_operator_runs_this_checkout_the_image_keeps_its_own_path(tmp_path: Path) -> None:
+    """The image's PYTHONPATH is /app: overriding it with a host path crash-loops the operator on the real node."""
+    assert overlay_env(tmp_path / "process", "process")["PYTHONPATH"] == str(REPO)
+    assert "PYTHONPATH" not in overlay_env(tmp_path / "real", "real")
+
+
+def test_container_pid_of_a_process_or_a_containerd_task(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    asked: list[tuple[str, ...]] = []
+
+    def crictl(socket: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        asked.append(args)
+        return subprocess.CompletedProcess(args, 0, json.dumps({"info": {"pid": 4242}}), "")
+
+    monkeypatch.setattr(real_node, "crictl", crictl)
+    assert stack_at(tmp_path, "process").container_pid("process://1234") == 1234
+    assert asked == []
+    assert stack_at(tmp_path, "real").container_pid("containerd://c0ffee") == 4242
+    assert asked == [("inspect", "--output=json", "c0ffee")]
