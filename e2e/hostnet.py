@@ -8,6 +8,7 @@ mounts: :func:`snapshot` records them, :func:`restore` puts them back, :func:`di
 
 from __future__ import annotations
 
+import ipaddress
 import random
 import subprocess
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ SYSCTLS = (
     "kernel/keys/root_maxkeys",
     "kernel/keys/root_maxbytes",
 )
+STACK_RANGE = ipaddress.ip_network("198.18.0.0/15")  # every stack's pods and Services, and nothing else
 TABLES = ("filter", "nat", "mangle", "raw")
 NETNS = Path("/var/run/netns")
 

@@ -11,7 +11,7 @@ Client-side, per request: TTFT (send → first token), TPOT ((last − first tok
 end, and the failure if any (HTTP status, an SSE error event, a transport error, a truncated stream).
 A closed loop (:func:`saturate`) keeps a fixed number of requests open instead: what completes per second
 is the backends' capacity. Bounded: at most ``max_requests`` arrivals, ``max_in_flight`` open streams, ``deadline_s`` in all.
-Loopback only: a backend that is not a loopback address is refused.
+Local only: a backend outside loopback and the stacks' range (198.18.0.0/15, the real node's pods) is refused.
 
 CLI: ``python -m e2e.loadgen --target 127.0.0.5:8000 --profile poisson:4:30 --json out/load.json``.
 """
@@ -31,6 +31,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from e2e import hostnet
 from policies import workloads
 
 VOCAB = 512  # token ids stay inside the tiny preset's vocabulary
@@ -187,10 +188,13 @@ def parse_profile(text: str, max_prompt: int, max_output: int) -> list[Arrival]:
 # --- the run ------------------------------------------------------------------------------------------
 
 
-def loopback(backend: str) -> str:
-    host = backend.rsplit(":", 1)[0]
-    if not ipaddress.ip_address(host).is_loopback:
-        raise ValueError(f"backend {backend} is not a loopback address; the load generator stays local")
+def local(backend: str) -> str:
+    """The backend, if it is a loopback address (process kubelet) or a stack's pod (real node)."""
+    address = ipaddress.ip_address(backend.rsplit(":", 1)[0])
+    if not (address.is_loopback or address in hostnet.STACK_RANGE):
+        raise ValueError(
+            f"backend {backend} is neither loopback nor in {hostnet.STACK_RANGE}; the load generator stays local"
+        )
     return backend
 
 
@@ -204,7 +208,7 @@ class Balancer:
 
     async def refresh(self) -> None:
         backends = await asyncio.to_thread(self.source)
-        self.backends = [loopback(b) for b in backends]
+        self.backends = [local(b) for b in backends]
 
     def pick(self) -> str | None:
         if not self.backends:
@@ -408,7 +412,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write every request's result here")
     args = parser.parse_args()
     arrivals = parse_profile(args.profile, args.max_prompt, args.max_output)
-    targets = [loopback(t) for t in args.target]
+    targets = [local(t) for t in args.target]
     run = asyncio.run(
         replay(arrivals, lambda: targets, max_requests=args.max_requests, deadline_s=args.deadline_s)
     )

@@ -101,11 +101,17 @@ def test_records_each_kind_of_failure(scripted: str) -> None:
     assert loadgen.summary(run.results)["failed"] == 3
 
 
-def test_no_backend_is_a_failure_and_non_loopback_is_refused() -> None:
+def test_no_backend_is_a_failure_and_a_backend_off_the_stack_is_refused() -> None:
     run = asyncio.run(loadgen.replay([loadgen.Arrival(0.0, 1, 1)], lambda: []))
     assert [r.error for r in run.results] == ["no backend"]
-    with pytest.raises(ValueError, match="not a loopback"):
-        asyncio.run(loadgen.replay([loadgen.Arrival(0.0, 1, 1)], lambda: ["10.0.0.1:8000"]))
+    for backend in ("10.0.0.1:8000", "198.20.0.1:8000", "192.168.1.2:8000"):
+        with pytest.raises(ValueError, match="stays local"):
+            asyncio.run(loadgen.replay([loadgen.Arrival(0.0, 1, 1)], lambda b=backend: [b]))
+    assert [loadgen.local(b) for b in ("127.0.0.5:8000", "198.18.3.5:8000", "198.19.3.1:80")] == [
+        "127.0.0.5:8000",
+        "198.18.3.5:8000",
+        "198.19.3.1:80",
+    ]
 
 
 def test_bounds_on_count_and_time(scripted: str) -> None:
