@@ -34,8 +34,8 @@ from typing import Any
 import aiohttp
 import yaml
 
-from controllers.testing.prometheus import PrometheusProcess, free_port
-from controllers.testing.workers import SyntheticWorkers, Traffic
+from testkit.prometheus import PrometheusProcess, free_port
+from testkit.workers import SyntheticWorkers, Traffic
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_PATH = "/apis/goodput.dev/v1alpha1"
@@ -171,7 +171,7 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
     try:
         processes.append(
             subprocess.Popen(
-                [sys.executable, "-m", "controllers.testing.apiserver", "--port", str(api_port)], cwd=ROOT
+                [sys.executable, "-m", "testkit.apiserver", "--port", str(api_port)], cwd=ROOT
             )
         )
         await _wait_http(f"{api_url}/version", 30)

@@ -20,12 +20,12 @@ from controllers import builders, oncall
 from controllers.cli import main
 from controllers.kube import KubeClient
 from controllers.prometheus import queries
-from controllers.testing.apiserver import ApiServer
-from controllers.testing.prometheus import free_port
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.types import Load
+from testkit.apiserver import ApiServer
+from testkit.prometheus import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "manifests" / "examples"

@@ -18,32 +18,14 @@ from prometheus_client import (
     generate_latest,
 )
 
-TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
-INTER_TOKEN_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.0075,
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-)  # fmt: skip
-REQUEST_LATENCY_BUCKETS = (
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
-    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
-)  # fmt: skip
-FINISH_REASONS = ("stop", "length", "abort")
-
-
-def token_count_buckets(max_value: int) -> tuple[float, ...]:
-    """vLLM's 1-2-5 series up to `max_value` (e.g. 100 -> 1, 2, 5, 10, 20, 50, 100)."""
-    buckets: list[float] = []
-    scale = 1
-    while True:
-        for mantissa in (1, 2, 5):
-            if mantissa * scale > max_value:
-                return tuple(buckets)
-            buckets.append(float(mantissa * scale))
-        scale *= 10
+from worker_image import contract as c
+from worker_image.contract import (
+    FINISH_REASONS,
+    INTER_TOKEN_BUCKETS,
+    REQUEST_LATENCY_BUCKETS,
+    TTFT_BUCKETS,
+    token_count_buckets,
+)
 
 
 class EngineStatsLike(Protocol):
@@ -74,7 +56,7 @@ class WorkerMetrics:
     def __init__(self, model_name: str, max_model_len: int) -> None:
         self.registry = CollectorRegistry()
         self.model_name = model_name
-        labels = ["model_name"]
+        labels = [c.MODEL_NAME_LABEL]
 
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, labels, registry=self.registry)
@@ -86,61 +68,59 @@ class WorkerMetrics:
             return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
 
         self.num_requests_running = gauge(
-            "vllm:num_requests_running", "Number of requests in model execution batches."
+            c.NUM_REQUESTS_RUNNING, "Number of requests in model execution batches."
         )
         self.num_requests_waiting = gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed."
+            c.NUM_REQUESTS_WAITING, "Number of requests waiting to be processed."
         )
-        self.kv_cache_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.kv_cache_usage = gauge(c.KV_CACHE_USAGE, "KV-cache usage. 1 means 100 percent usage.")
         self.gpu_cache_usage = gauge(
-            "vllm:gpu_cache_usage_perc",
+            c.GPU_CACHE_USAGE,
             "GPU KV-cache usage. 1 means 100 percent usage. DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
         )
         self.prefix_cache_queries = counter(
-            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens."
+            c.PREFIX_CACHE_QUERIES, "Prefix cache queries, in terms of number of queried tokens."
         )
         self.prefix_cache_hits = counter(
-            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
+            c.PREFIX_CACHE_HITS, "Prefix cache hits, in terms of number of cached tokens."
         )
-        self.num_preemptions = counter(
-            "vllm:num_preemptions", "Cumulative number of preemption from the engine."
-        )
-        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
-        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
+        self.num_preemptions = counter(c.NUM_PREEMPTIONS, "Cumulative number of preemption from the engine.")
+        self.prompt_tokens = counter(c.PROMPT_TOKENS, "Number of prefill tokens processed.")
+        self.generation_tokens = counter(c.GENERATION_TOKENS, "Number of generation tokens processed.")
         self.request_success = Counter(
-            "vllm:request_success",
+            c.REQUEST_SUCCESS,
             "Count of successfully processed requests.",
-            [*labels, "finished_reason"],
+            [*labels, c.FINISHED_REASON_LABEL],
             registry=self.registry,
         )
         token_buckets = token_count_buckets(max_model_len)
         self.request_prompt_tokens = histogram(
-            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
+            c.REQUEST_PROMPT_TOKENS, "Number of prefill tokens processed.", token_buckets
         )
         self.request_generation_tokens = histogram(
-            "vllm:request_generation_tokens", "Number of generation tokens processed.", token_buckets
+            c.REQUEST_GENERATION_TOKENS, "Number of generation tokens processed.", token_buckets
         )
         self.time_to_first_token = histogram(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
+            c.TTFT, "Histogram of time to first token in seconds.", TTFT_BUCKETS
         )
         self.inter_token_latency = histogram(
-            "vllm:inter_token_latency_seconds",
+            c.INTER_TOKEN_LATENCY,
             "Histogram of inter-token latency in seconds.",
             INTER_TOKEN_BUCKETS,
         )
         self.time_per_output_token = histogram(
-            "vllm:time_per_output_token_seconds",
+            c.TIME_PER_OUTPUT_TOKEN,
             "Histogram of time per output token in seconds. "
             "DEPRECATED: Use vllm:inter_token_latency_seconds instead.",
             INTER_TOKEN_BUCKETS,
         )
         self.e2e_request_latency = histogram(
-            "vllm:e2e_request_latency_seconds",
+            c.E2E_REQUEST_LATENCY,
             "Histogram of e2e request latency in seconds.",
             REQUEST_LATENCY_BUCKETS,
         )
         self.request_queue_time = histogram(
-            "vllm:request_queue_time_seconds",
+            c.REQUEST_QUEUE_TIME,
             "Histogram of time spent in WAITING phase for request.",
             REQUEST_LATENCY_BUCKETS,
         )

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from worker_image.metrics import INTER_TOKEN_BUCKETS, TTFT_BUCKETS
+from worker_image import contract as c
 
 HERE = Path(__file__).resolve().parent
 RULES_FILE = HERE / "rules.yaml"
@@ -44,13 +44,14 @@ PERCENTILES = ("95", "99")  # the SLO fields ttftP95Ms/ttftP99Ms and tpotP95Ms/t
 # The operator's own /metrics (controllers/metrics.py). Its per-service series carry `namespace` and
 # `inferenceservice` labels; `service_namespace` reads them whether or not the scrape honours labels.
 # Decisions are {action, mode}; the per-service panel also needs {namespace, inferenceservice}.
-DECISIONS = "goodput_operator_decisions_total"
-RECONCILE_ERRORS = "goodput_operator_reconcile_errors_total"  # {stage}
-POLL_DURATION = "goodput_operator_poll_duration_seconds"  # histogram
-PROMETHEUS_UP = "goodput_operator_prometheus_up"  # 1 when the last interval's queries succeeded
-SERVICES_MANAGED = "goodput_operator_services"
-PLAN_REPLICAS = "goodput_plan_replicas"  # {namespace, inferenceservice, tier}: the plan's replicas per tier
+DECISIONS = c.total(c.OPERATOR_DECISIONS)
+RECONCILE_ERRORS = c.total(c.OPERATOR_RECONCILE_ERRORS)  # {stage}
+POLL_DURATION = c.OPERATOR_POLL_DURATION  # histogram
+PROMETHEUS_UP = c.OPERATOR_PROMETHEUS_UP  # 1 when the last interval's queries succeeded
+SERVICES_MANAGED = c.OPERATOR_SERVICES
+PLAN_REPLICAS = c.PLAN_REPLICAS  # {namespace, inferenceservice, tier}: the plan's replicas per tier
 PLANNED = "goodput:plan_replicas"
+SUCCESS = c.total(c.REQUEST_SUCCESS)  # {finished_reason}
 
 
 def service_namespace(expr: str) -> str:
@@ -73,7 +74,7 @@ class Sli:
 
     @property
     def target_gauge(self) -> str:
-        return f"goodput_slo_{self.key}_target_seconds"
+        return c.slo_target_gauge(self.key)
 
     @property
     def target(self) -> str:
@@ -102,8 +103,8 @@ class Sli:
 
 
 SLIS = (
-    Sli("ttft", "TTFT", "vllm:time_to_first_token_seconds", TTFT_BUCKETS),
-    Sli("tpot", "TPOT", "vllm:inter_token_latency_seconds", INTER_TOKEN_BUCKETS),
+    Sli("ttft", "TTFT", c.TTFT, c.TTFT_BUCKETS),
+    Sli("tpot", "TPOT", c.INTER_TOKEN_LATENCY, c.INTER_TOKEN_BUCKETS),
 )
 
 
@@ -299,7 +300,7 @@ def operations_alerts() -> list[dict[str, Any]]:
         },
         {
             "alert": "GoodputKVCacheSaturated",
-            "expr": f"max by ({SERVICE}, tier) (vllm:kv_cache_usage_perc) > 0.95",
+            "expr": f"max by ({SERVICE}, tier) ({c.KV_CACHE_USAGE}) > 0.95",
             "for": "10m",
             "labels": {"severity": "warning"},
             "annotations": {
@@ -537,12 +538,12 @@ def service_panels() -> list[dict[str, Any]]:
             "reqps",
             [
                 (
-                    f'sum by (namespace, tier) (rate(vllm:request_success_total{{{per_tier}, finished_reason!="abort"}}'
+                    f'sum by (namespace, tier) (rate({SUCCESS}{{{per_tier}, finished_reason!="abort"}}'
                     "[$__rate_interval]))",
                     "{{tier}} {{namespace}}",
                 ),
                 (
-                    f'sum by (namespace) (rate(vllm:request_success_total{{{per_tier}, finished_reason="abort"}}'
+                    f'sum by (namespace) (rate({SUCCESS}{{{per_tier}, finished_reason="abort"}}'
                     "[$__rate_interval]))",
                     "aborted {{namespace}}",
                 ),
@@ -567,11 +568,11 @@ def service_panels() -> list[dict[str, Any]]:
             "percentunit",
             [
                 (
-                    f"max by (namespace, tier) (vllm:kv_cache_usage_perc{{{per_tier}}})",
+                    f"max by (namespace, tier) ({c.KV_CACHE_USAGE}{{{per_tier}}})",
                     "{{tier}} max {{namespace}}",
                 ),
                 (
-                    f"avg by (namespace, tier) (vllm:kv_cache_usage_perc{{{per_tier}}})",
+                    f"avg by (namespace, tier) ({c.KV_CACHE_USAGE}{{{per_tier}}})",
                     "{{tier}} mean {{namespace}}",
                 ),
             ],
@@ -582,11 +583,11 @@ def service_panels() -> list[dict[str, Any]]:
             "short",
             [
                 (
-                    f"sum by (namespace, tier) (vllm:num_requests_waiting{{{per_tier}}})",
+                    f"sum by (namespace, tier) ({c.NUM_REQUESTS_WAITING}{{{per_tier}}})",
                     "{{tier}} waiting {{namespace}}",
                 ),
                 (
-                    f"sum by (namespace, tier) (vllm:num_requests_running{{{per_tier}}})",
+                    f"sum by (namespace, tier) ({c.NUM_REQUESTS_RUNNING}{{{per_tier}}})",
                     "{{tier}} running {{namespace}}",
                 ),
             ],

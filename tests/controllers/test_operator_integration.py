@@ -22,9 +22,9 @@ import pytest_asyncio
 import yaml
 from kopf.testing import KopfRunner
 
-from controllers.testing import prometheus
-from controllers.testing.apiserver import ApiServer
-from controllers.testing.workers import SyntheticWorkers, Traffic
+from testkit import prometheus
+from testkit.apiserver import ApiServer
+from testkit.workers import SyntheticWorkers, Traffic
 
 pytestmark = [
     pytest.mark.prometheus,
