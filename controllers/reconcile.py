@@ -21,15 +21,15 @@ from controllers.conditions import Cond
 from controllers.kube import KubeError
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
 from controllers.naming import MAX_LABEL_VALUE
+from controllers.observation import observe_service
 from controllers.planning import policy_call
 from controllers.prometheus import Snapshot
 from controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
 from crds.inferenceservice import InferenceServiceSpec, Mode
 from crds.slopolicy import SLOPolicySpec
-from policies.autoscale import autoscale, slo_targets
-from policies.observe import build_observation
+from policies.autoscale import autoscale
 from policies.planner import load_from_spec
-from policies.types import Candidate, Decision, Observation, PlanResult
+from policies.types import Candidate, Decision, PlanResult
 
 log = logging.getLogger("goodput.operator")
 
@@ -188,7 +188,7 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             valid.append(Cond("SLOMet", "Unknown", "NotYetObserved", "no control interval has run yet"))
         extra = None
         if previous is None or previous != record.plan:
-            reason = f"planned {_summary(record.plan)} on {cause}"
+            reason = f"planned {status.plan_summary(status.plan_status(record.plan))} on {cause}"
             extra = {
                 "lastDecision": status.decision_status(
                     now, previous.replicas if previous else 0, record.plan.replicas, reason
@@ -196,15 +196,6 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             }
             await actuate.post_event(rt.kube, record, "Planned", reason, now)
         await actuate.write_status(rt.kube, record, compose(record, valid, now, extra), now)
-
-
-def _summary(plan: Candidate) -> str:
-    tiers = ", ".join(f"{t.tier}×{t.replicas}" for t in plan.tiers)
-    return (
-        f"{plan.accelerator} TP{plan.tensor_parallel} [{tiers}], predicted TTFT p95 "
-        f"{plan.predicted_ttft_p95_ms:.0f} ms, TPOT p95 {plan.predicted_tpot_p95_ms:.1f} ms, "
-        f"${plan.cost_per_hour:.2f}/h"
-    )
 
 
 async def _plan_now(
@@ -227,34 +218,6 @@ async def _plan_now(
     if result.chosen is None:
         return result
     return result.chosen
-
-
-def observation_for(
-    record: ServiceRecord, snapshot: Snapshot | None, policy: SLOPolicySpec
-) -> tuple[Observation | None, Cond]:
-    """This interval's observation, or None with the MetricsAvailable=False reason (missing or stale)."""
-    if snapshot is None:
-        return None, Cond("MetricsAvailable", "False", "PrometheusUnavailable", "Prometheus did not answer")
-    tiers = snapshot.services.get(record.key)
-    if not tiers:
-        return None, Cond(
-            "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"
-        )
-    age = snapshot.age(record.key)
-    if age is None or age > policy.stale_after_seconds:
-        shown = "no sample" if age is None else f"newest sample {age:.0f} s old"
-        return None, Cond(
-            "MetricsAvailable", "False", "Stale", f"{shown} (stale after {policy.stale_after_seconds:g} s)"
-        )
-    ttft_target_ms, _ = slo_targets(record.spec)
-    observation = build_observation(
-        snapshot.time, snapshot.window_s, tiers, ttft_target_s=ttft_target_ms / 1000
-    )
-    if observation is None:
-        return None, Cond(
-            "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"
-        )
-    return observation, Cond("MetricsAvailable", "True", "Fresh", f"window of {snapshot.window_s:g} s")
 
 
 def ready_condition(record: ServiceRecord, ready: dict[str, tuple[int, int]]) -> Cond:
@@ -310,7 +273,7 @@ async def evaluate(
         if record.plan is None:
             return "hold"
         policy = await rt.policy(record.spec.policy_ref)
-        observation, metrics_cond = observation_for(record, snapshot, policy)
+        observation, metrics_cond = observe_service(snapshot, record.key, record.spec, policy)
         record.observation = observation
         previous = record.plan
         decision = await policy_call(

@@ -189,3 +189,17 @@ def policy_status(
     return SLOPolicyStatus.model_validate(
         {"observedGeneration": generation, "services": users, "conditions": conditions}
     ).to_wire()
+
+
+def plan_summary(plan: dict[str, Any] | None) -> str:
+    """A plan in status.plan's form on one line: what events, `goodput status`, `explain` and its what-ifs show."""
+    if not plan:
+        return "—"
+    tiers = plan.get("tiers") or [plan]
+    shown = ", ".join(
+        f"{t['tier']}×{t['replicas']} B{t['maxBatch']} W{t['batchWindowMs']:g}ms" for t in tiers
+    )
+    return (
+        f"{plan['tensorParallel']}×{plan['accelerator']} [{shown}], predicted TTFT/TPOT p95 "
+        f"{plan['predictedTtftP95Ms']:.0f}/{plan['predictedTpotP95Ms']:.1f} ms, ${plan['costPerHour']:.2f}/h"
+    )

@@ -17,7 +17,7 @@ import pytest_asyncio
 import yaml
 
 from controllers import builders, oncall
-from controllers.cli import main
+from controllers.cli import explain, main
 from controllers.kube import KubeClient
 from controllers.prometheus import queries
 from crds.inferenceservice import InferenceServiceSpec
@@ -178,7 +178,7 @@ async def test_status_defaults_to_the_context_namespace_and_renders_a_table(api,
     code, out, _ = await cli(capsys, "status", "--kubeconfig", str(config))
     assert code == 0
     assert "chat" in out and "tiny" not in out  # the context's namespace is team-a
-    assert "1×H100-SXM B64 W5ms $7.90/h" in out
+    assert "1×H100-SXM [interactive×2 B64 W5ms], predicted TTFT/TPOT p95 310/22.0 ms, $7.90/h" in out
     assert "SLOMet=False Violated" in out
     assert "interactive 1/2" in out
     assert "scaled interactive 1→2" in out
@@ -285,7 +285,7 @@ async def test_explain_replans_with_the_observed_load_and_calibration(api, capsy
     report = json.loads(out)
     assert report["calibration"] == {"ttftFactor": 1.4, "tpotFactor": 0.8, "samples": 6}
     assert report["load"]["rps"] == 12.5 and report["loadSource"] == "rate: observed; token mix: observed"
-    assert report["load"]["prompt_tokens_p50"] == pytest.approx(700, rel=0.02)
+    assert report["load"]["promptTokensP50"] == pytest.approx(700, rel=0.02)
     assert report["running"] == CHAT_STATUS["plan"]
     assert report["policy"]["source"].startswith("built-in defaults")
     (event,) = report["events"]
@@ -297,14 +297,14 @@ async def test_explain_replans_with_the_observed_load_and_calibration(api, capsy
     expected = planner.plan(spec, _expected_load(spec, 12.5), SLOPolicySpec(), 1.4, 0.8).chosen
     assert expected is not None
     chosen = report["plan"]
-    assert (chosen["accelerator"], chosen["tensor_parallel"], chosen["replicas"], chosen["max_batch"]) == (
+    assert (chosen["accelerator"], chosen["tensorParallel"], chosen["replicas"], chosen["maxBatch"]) == (
         expected.accelerator,
         expected.tensor_parallel,
         expected.replicas,
         expected.max_batch,
     )
     assert report["alternatives"] and all(  # each alternative is ruled out by name, or costs as much or more
-        a["rejected"] or a["cost_per_hour"] >= chosen["cost_per_hour"] for a in report["alternatives"]
+        a["rejected"] or a["costPerHour"] >= chosen["costPerHour"] for a in report["alternatives"]
     )
     assert [w["change"].split(" (")[0] for w in report["whatIf"]] == [
         "load ×0.5",
@@ -392,7 +392,7 @@ def test_replica_range_brackets_the_replica_count() -> None:
     load = replace(planner.load_from_spec(spec), rps=30.0)
     chosen = planner.plan(spec, load, policy).chosen
     assert chosen is not None
-    ranges = oncall.replica_range(spec, chosen, load, policy, 1.0, 1.0)
+    ranges = explain.replica_range(spec, chosen, load, policy, 1.0, 1.0)
     assert ranges is not None and ranges.replicas == chosen.replicas
 
     def need(rps: float) -> int:
@@ -424,7 +424,7 @@ def test_every_goodput_command_in_the_docs_exists() -> None:
 
 
 def test_status_prints_operator_text_verbatim_even_with_brackets(capsys) -> None:
-    from controllers.oncall import print_status
+    from controllers.cli.status import print_status
 
     reason = "planned CPU TP1 [interactive×1], predicted TTFT p95 4 ms"
     row = {
