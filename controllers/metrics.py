@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from crds.inferenceservice import InferenceServiceSpec
+from policies.types import Candidate
 from worker_image import contract as c
-
-if TYPE_CHECKING:
-    from controllers.runtime import ServiceRecord
 
 REGISTRY = CollectorRegistry()
 
@@ -74,7 +73,16 @@ PLAN_REPLICAS = Gauge(
 )
 
 
-def export_services(services: Iterable[ServiceRecord]) -> None:
+class ExportedService(Protocol):
+    """What the per-service gauges read of a managed service (controllers.runtime.ServiceRecord has it)."""
+
+    namespace: str
+    name: str
+    spec: InferenceServiceSpec
+    plan: Candidate | None
+
+
+def export_services(services: Iterable[ExportedService]) -> None:
     """Set the per-service gauges from the managed services; series of services or tiers now gone go too."""
     wanted: dict[Gauge, dict[tuple[str, ...], float]] = {
         g: {} for g in (*SLO_TARGETS.values(), PLAN_REPLICAS)
