@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("controllers", "crds", "policies", "worker_image", "testkit")
+PACKAGES = ("controllers", "crds", "observability", "policies", "worker_image", "testkit")
 
 
 def module_name(path: Path) -> str:

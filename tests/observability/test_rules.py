@@ -115,8 +115,8 @@ def run_promtool_test(
 
 def test_generated_files_are_current(observability: ModuleType) -> None:
     for path, text in observability.rendered().items():
-        assert path.exists(), f"{path} missing: run `python manifests/observability/generate.py`"
-        assert path.read_text() == text, f"{path} is stale: run `python manifests/observability/generate.py`"
+        assert path.exists(), f"{path} missing: run `python -m observability`"
+        assert path.read_text() == text, f"{path} is stale: run `python -m observability`"
 
 
 def test_prometheus_rule_carries_the_same_groups(observability: ModuleType) -> None:
