@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controllers import actuate, conditions, status
+from controllers import actuate, status
 from controllers.conditions import Cond
 from controllers.kube import KubeError
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
@@ -65,37 +65,10 @@ def infeasible_conditions(result: PlanResult) -> list[Cond]:
 def compose(
     record: ServiceRecord, updates: list[Cond], now: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The full status to write: earlier fields kept, conditions merged, this generation observed.
-
-    The scaler's windows are added by `actuate.write_status`, only when a write is due.
-    """
-    kept = ("observed", "plan", "lastDecision", "calibration", "scaler", "replicas")
-    out = {k: v for k, v in record.status.items() if k in kept}
-    out["observedGeneration"] = record.generation
-    out["conditions"] = conditions.merge(
-        record.status.get("conditions", []), updates, record.generation, status.utc(now)
+    """The service's full status to write, from what the record holds (see status.service_status)."""
+    return status.service_status(
+        record.status, record.generation, updates, now, record.plan, record.state, extra
     )
-    if record.plan is not None:
-        out["plan"] = status.plan_status(record.plan)
-    out["calibration"] = status.calibration_status(record.state, now)
-    if extra:
-        out.update(extra)
-    return out
-
-
-def invalid_spec_status(
-    record_status: dict[str, Any], generation: int, message: str, now: float
-) -> dict[str, Any]:
-    merged = conditions.merge(
-        record_status.get("conditions", []),
-        [
-            Cond("InvalidSpec", "True", "SpecRejected", message),
-            Cond("Ready", "False", "InvalidSpec", "the spec is invalid; nothing was changed"),
-        ],
-        generation,
-        status.utc(now),
-    )
-    return {**record_status, "observedGeneration": generation, "conditions": merged}
 
 
 def record_for(rt: Runtime, body: dict[str, Any], spec: InferenceServiceSpec) -> ServiceRecord:
@@ -146,7 +119,7 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             "InferenceService",
             meta["namespace"],
             meta["name"],
-            invalid_spec_status(stored, generation, message, now),
+            status.rejected_spec_status(stored, generation, message, now),
         )
         rt.services.pop((meta["namespace"], meta["name"]), None)
         return

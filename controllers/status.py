@@ -111,6 +111,53 @@ def calibration_status(state: ScalerState, now: float) -> dict[str, Any]:
     ).to_wire()
 
 
+KEPT = (
+    "observed",
+    "plan",
+    "lastDecision",
+    "calibration",
+    "scaler",
+    "replicas",
+)  # carried from write to write
+
+
+def service_status(
+    previous: dict[str, Any],
+    generation: int,
+    updates: list[Cond],
+    now: float,
+    plan: Candidate | None,
+    state: ScalerState,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An InferenceService's full status: earlier fields kept, conditions merged, this generation observed,
+    the plan and calibration as the operator holds them, then `extra` (this write's observed, lastDecision...).
+
+    The scaler's windows are added (scaler_status) by `actuate.write_status`, only when a write is due.
+    """
+    out = {k: v for k, v in previous.items() if k in KEPT}
+    out["observedGeneration"] = generation
+    out["conditions"] = merge(previous.get("conditions", []), updates, generation, utc(now))
+    if plan is not None:
+        out["plan"] = plan_status(plan)
+    out["calibration"] = calibration_status(state, now)
+    if extra:
+        out.update(extra)
+    return out
+
+
+def rejected_spec_status(
+    previous: dict[str, Any], generation: int, message: str, now: float
+) -> dict[str, Any]:
+    """The status of a spec the operator refuses: everything else as it was, nothing changed."""
+    updates = [
+        Cond("InvalidSpec", "True", "SpecRejected", message),
+        Cond("Ready", "False", "InvalidSpec", "the spec is invalid; nothing was changed"),
+    ]
+    merged = merge(previous.get("conditions", []), updates, generation, utc(now))
+    return {**previous, "observedGeneration": generation, "conditions": merged}
+
+
 def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], ...]:
     """Each run of equal recommendations as its last point.
 
