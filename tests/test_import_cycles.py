@@ -80,3 +80,29 @@ def test_no_import_cycles() -> None:
     graph = {name: imports(name, path, known) for name, path in found.items()}
     assert sum(len(edges) for edges in graph.values()) > 100  # the parser sees the project's imports
     assert cycles(graph) == []
+
+
+# Who may import whom (docs/architecture.md, "Dependency rule"): each package's allowed project imports.
+ALLOWED = {
+    "crds": {"crds"},
+    "policies": {"crds", "policies", "worker_image.contract"},
+    "controllers": {"controllers", "crds", "policies", "worker_image.contract"},
+    "observability": {"observability", "worker_image.contract"},
+    "worker_image": {"worker_image"},
+}
+WORKER_ENTRY = ("controllers.cli.serve", "worker_image.__main__")  # `goodput serve` starts the worker
+
+
+def test_packages_import_only_what_the_dependency_rule_allows() -> None:
+    found = modules()
+    known = set(found)
+    broken = []
+    for name, path in found.items():
+        package = name.split(".")[0]
+        if package not in ALLOWED:
+            continue
+        for target in imports(name, path, known):
+            allowed = any(target == a or target.startswith(f"{a}.") for a in ALLOWED[package])
+            if not allowed and (name, target) != WORKER_ENTRY:
+                broken.append(f"{name} -> {target}")
+    assert broken == []
