@@ -5,6 +5,7 @@ Status is built through the crds pydantic models, so what the operator writes al
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,24 +30,9 @@ def utc(unix_s: float) -> datetime:
 
 
 def plan_status(plan: Candidate) -> dict[str, Any]:
-    return PlanStatus(
-        accelerator=plan.accelerator,
-        tensor_parallel=plan.tensor_parallel,
-        replicas=plan.replicas,
-        max_batch=plan.max_batch,
-        batch_window_ms=plan.batch_window_ms,
-        chunk_tokens=plan.chunk_tokens,
-        tier=plan.tier,
-        tiers=[
-            TierPlan(
-                tier=t.tier, replicas=t.replicas, max_batch=t.max_batch, batch_window_ms=t.batch_window_ms
-            )
-            for t in plan.tiers
-        ],
-        predicted_ttft_p95_ms=plan.predicted_ttft_p95_ms,
-        predicted_tpot_p95_ms=plan.predicted_tpot_p95_ms,
-        cost_per_hour=plan.cost_per_hour,
-    ).to_wire()
+    """The plan as status keeps it: every field of the candidate but its utilisation and verdict."""
+    kept = {name: getattr(plan, name) for name in PlanStatus.model_fields if name != "tiers"}
+    return PlanStatus(**kept, tiers=[TierPlan(**asdict(t)) for t in plan.tiers]).to_wire()
 
 
 def plan_from_status(plan: dict[str, Any], utilisation: float) -> Candidate:
@@ -55,25 +41,8 @@ def plan_from_status(plan: dict[str, Any], utilisation: float) -> Candidate:
     The status does not keep the plan's utilisation; the caller supplies it (see controllers.reconcile).
     """
     parsed = PlanStatus.model_validate(plan)
-    return Candidate(
-        accelerator=str(parsed.accelerator),
-        tensor_parallel=parsed.tensor_parallel,
-        replicas=parsed.replicas,
-        max_batch=parsed.max_batch,
-        batch_window_ms=parsed.batch_window_ms,
-        chunk_tokens=parsed.chunk_tokens,
-        tier=str(parsed.tier),
-        tiers=tuple(
-            TierConfig(
-                tier=t.tier, replicas=t.replicas, max_batch=t.max_batch, batch_window_ms=t.batch_window_ms
-            )
-            for t in parsed.tiers
-        ),
-        predicted_ttft_p95_ms=parsed.predicted_ttft_p95_ms,
-        predicted_tpot_p95_ms=parsed.predicted_tpot_p95_ms,
-        cost_per_hour=parsed.cost_per_hour,
-        utilisation=utilisation,
-    )
+    tiers = tuple(TierConfig(**t.model_dump()) for t in parsed.tiers)
+    return Candidate(**parsed.model_dump(exclude={"tiers"}), tiers=tiers, utilisation=utilisation)
 
 
 def observed_status(observation: Observation) -> dict[str, Any]:
