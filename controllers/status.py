@@ -137,6 +137,10 @@ def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], 
     return tuple(p for i, p in enumerate(points) if i == last or points[i + 1][1] != p[1])
 
 
+# The autoscaler's scalars that status keeps as they are (its windows are converted point by point).
+SCALER_SCALARS = ("token_weight", "last_quiet", "slo_seen", "slo_missed", "hint_time", "steady_windows")
+
+
 def scaler_status(state: ScalerState) -> dict[str, Any]:
     """The autoscaler's windows, exact (no rounding), so a restarted operator decides as this one would.
 
@@ -154,12 +158,7 @@ def scaler_status(state: ScalerState) -> dict[str, Any]:
         load_history=[LoadPoint(time=t, rps=r) for t, r in state.load_history[-SCALER_WINDOW_ITEMS:]],
         prompt_tokens_nodes=nodes(state.prompt_tokens_nodes),
         output_tokens_nodes=nodes(state.output_tokens_nodes),
-        token_weight=state.token_weight,
-        last_quiet=state.last_quiet,
-        slo_seen=state.slo_seen,
-        slo_missed=state.slo_missed,
-        hint_time=state.hint_time,
-        steady_windows=state.steady_windows,
+        **{name: getattr(state, name) for name in SCALER_SCALARS},
     ).to_wire()
 
 
@@ -184,12 +183,7 @@ def state_from_status(status: dict[str, Any]) -> ScalerState:
         load_history=tuple((p.time, p.rps) for p in scaler.load_history),
         prompt_tokens_nodes=nodes(scaler.prompt_tokens_nodes),
         output_tokens_nodes=nodes(scaler.output_tokens_nodes),
-        token_weight=scaler.token_weight,
-        last_quiet=scaler.last_quiet,
-        slo_seen=scaler.slo_seen,
-        slo_missed=scaler.slo_missed,
-        hint_time=scaler.hint_time,
-        steady_windows=scaler.steady_windows,
+        **{name: getattr(scaler, name) for name in SCALER_SCALARS},
     )
 
 

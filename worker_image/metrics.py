@@ -1,9 +1,9 @@
 """Prometheus metrics under vLLM's names, so vLLM dashboards, KEDA rules and our operator read our workers too.
 
-Names, types and bucket boundaries follow vLLM's v1 `PrometheusStatLogger`; the wire names of counters carry
-prometheus_client's `_total` suffix exactly as vLLM's do (`vllm:prompt_tokens_total`). Inter-token latency
-gets extra buckets below 10 ms because small models decode in 2-5 ms. One dedicated registry per worker, so
-tests can run several servers in one process.
+Names, labels and bucket boundaries are the contract's (worker_image.contract: vLLM's v1
+`PrometheusStatLogger`, with extra inter-token buckets below 10 ms); the wire names of counters carry
+prometheus_client's `_total` suffix exactly as vLLM's do (`vllm:prompt_tokens_total`). One dedicated registry
+per worker, so tests can run several servers in one process.
 """
 
 from dataclasses import dataclass
@@ -19,13 +19,9 @@ from prometheus_client import (
 )
 
 from worker_image import contract as c
-from worker_image.contract import (
-    FINISH_REASONS,
-    INTER_TOKEN_BUCKETS,
-    REQUEST_LATENCY_BUCKETS,
-    TTFT_BUCKETS,
-    token_count_buckets,
-)
+from worker_image.contract import INTER_TOKEN_BUCKETS as INTER_TOKEN_BUCKETS
+from worker_image.contract import TTFT_BUCKETS as TTFT_BUCKETS
+from worker_image.contract import token_count_buckets
 
 
 class EngineStatsLike(Protocol):
@@ -64,8 +60,10 @@ class WorkerMetrics:
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, labels, registry=self.registry)
 
-        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...] | None = None) -> Histogram:
+            """The contract's buckets for a latency histogram; token counts stop at max_model_len."""
+            bounds = c.LATENCY_HISTOGRAMS[name] if buckets is None else buckets
+            return Histogram(name, doc, labels, buckets=bounds, registry=self.registry)
 
         self.num_requests_running = gauge(
             c.NUM_REQUESTS_RUNNING, "Number of requests in model execution batches."
@@ -100,32 +98,23 @@ class WorkerMetrics:
         self.request_generation_tokens = histogram(
             c.REQUEST_GENERATION_TOKENS, "Number of generation tokens processed.", token_buckets
         )
-        self.time_to_first_token = histogram(
-            c.TTFT, "Histogram of time to first token in seconds.", TTFT_BUCKETS
-        )
+        self.time_to_first_token = histogram(c.TTFT, "Histogram of time to first token in seconds.")
         self.inter_token_latency = histogram(
-            c.INTER_TOKEN_LATENCY,
-            "Histogram of inter-token latency in seconds.",
-            INTER_TOKEN_BUCKETS,
+            c.INTER_TOKEN_LATENCY, "Histogram of inter-token latency in seconds."
         )
         self.time_per_output_token = histogram(
             c.TIME_PER_OUTPUT_TOKEN,
             "Histogram of time per output token in seconds. "
             "DEPRECATED: Use vllm:inter_token_latency_seconds instead.",
-            INTER_TOKEN_BUCKETS,
         )
         self.e2e_request_latency = histogram(
-            c.E2E_REQUEST_LATENCY,
-            "Histogram of e2e request latency in seconds.",
-            REQUEST_LATENCY_BUCKETS,
+            c.E2E_REQUEST_LATENCY, "Histogram of e2e request latency in seconds."
         )
         self.request_queue_time = histogram(
-            c.REQUEST_QUEUE_TIME,
-            "Histogram of time spent in WAITING phase for request.",
-            REQUEST_LATENCY_BUCKETS,
+            c.REQUEST_QUEUE_TIME, "Histogram of time spent in WAITING phase for request."
         )
         # Label children exist from the start, so every series is exported (as zero) before the first request.
-        for reason in FINISH_REASONS:
+        for reason in c.FINISH_REASONS:
             self.request_success.labels(model_name, reason)
         for metric in (
             self.num_requests_running, self.num_requests_waiting, self.kv_cache_usage, self.gpu_cache_usage,
