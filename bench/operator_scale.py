@@ -170,9 +170,7 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "testkit.apiserver", "--port", str(api_port)], cwd=ROOT
-            )
+            subprocess.Popen([sys.executable, "-m", "testkit.apiserver", "--port", str(api_port)], cwd=ROOT)
         )
         await _wait_http(f"{api_url}/version", 30)
         names = await _create_services(api_url, services, interval_s)

@@ -31,7 +31,9 @@ def imports(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 anchor = package.split(".")[: len(package.split(".")) - node.level + 1]
                 base = ".".join([*anchor, base] if base else anchor)
-            out |= {f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names}
+            out |= {
+                f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names
+            }
     return {m for m in out if m in known and m != name}
 
 
