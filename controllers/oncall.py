@@ -262,7 +262,7 @@ def refresh(
     return out, ""
 
 
-def observed(obj: dict[str, Any], fresh: Fresh | None, note: str) -> dict[str, Any] | None:
+def observation_shown(obj: dict[str, Any], fresh: Fresh | None, note: str) -> dict[str, Any] | None:
     """The observation shown: Prometheus's when refreshed and present, else what status last recorded (with
     why it is not fresh); both in status.observed's form."""
     from controllers.status import observed_status

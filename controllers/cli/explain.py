@@ -23,7 +23,7 @@ from controllers.oncall import (
     OncallError,
     connect,
     get_service,
-    observed,
+    observation_shown,
     observed_load,
     read_policy,
     recent_events,
@@ -284,7 +284,7 @@ def run(args: argparse.Namespace) -> int:
     except OncallError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.code
-    shown = observed(obj, None if fresh is None else fresh.get((namespace, args.name)), note)
+    shown = observation_shown(obj, None if fresh is None else fresh.get((namespace, args.name)), note)
     try:
         report, result = explain(obj, policy, policy_source, shown, args.rps)
         report["events"] = events

@@ -18,7 +18,7 @@ from controllers.oncall import (
     OncallError,
     connect,
     list_services,
-    observed,
+    observation_shown,
     read_policy,
     tier_replicas,
 )
@@ -56,7 +56,7 @@ def status_row(
         "resourceVersion": meta.get("resourceVersion"),
         "mode": spec.get("mode", "auto"),
         "slo": spec.get("slo", {}),
-        "observed": observed(obj, fresh, note),
+        "observed": observation_shown(obj, fresh, note),
         "tiers": tiers,
         "plan": status.get("plan"),
         "conditions": conditions,
