@@ -125,16 +125,21 @@ def paged_decode(
     block_tables: torch.Tensor,
     context_lens: torch.Tensor,
     scale: float,
+    *,
+    block: int | None = None,
+    splits: int | None = None,
+    launch: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """q [B, heads, D]; caches [kv_heads, blocks, block_size, D]; block_tables [B, W]; context_lens [B]
-    (each >= 1). Returns [B, heads, D] in q's dtype."""
+    (each >= 1). Returns [B, heads, D] in q's dtype. `block` (context tokens per iteration), `splits` and
+    `launch` (Triton's num_warps, num_stages) override the defaults: for tuning (bench/decode_tune.py)."""
     b, heads, hd = q.shape
     kv_heads, _, block_size, _ = k_cache.shape
     group = heads // kv_heads
     assert k_cache.stride() == v_cache.stride() and k_cache.stride(3) == q.stride(2) == 1, "rows contiguous"
     max_context = block_tables.shape[1] * block_size  # from shapes only: no device read, graph-safe
-    const = constants(group, hd, block_size, q.dtype)
-    splits = num_splits(b, kv_heads, max_context)
+    const = constants(group, hd, block_size, q.dtype) | ({"BLOCK": block} if block else {})
+    splits = splits or num_splits(b, kv_heads, max_context)
     split_len = triton.cdiv(triton.cdiv(max_context, splits), const["BLOCK"]) * const["BLOCK"]
     partial = torch.empty(b, heads, splits, hd, dtype=torch.float32, device=q.device)
     lse = torch.empty(b, heads, splits, dtype=torch.float32, device=q.device)
@@ -160,6 +165,7 @@ def paged_decode(
         lse.stride(0),
         lse.stride(1),
         **const,
+        **(launch or {}),
     )
     if splits == 1:
         return partial[:, :, 0].to(q.dtype)

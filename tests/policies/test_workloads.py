@@ -3,8 +3,7 @@
 import numpy as np
 import pytest
 
-from policies.workloads import AZURE_CODE_TRACE, Trace, diurnal, load_csv, resolve, scale_rate
-
+from policies.workloads import Trace, diurnal, load_csv, resolve, scale_rate
 
 
 def _small(n: int = 400, seed: int = 0) -> Trace:
