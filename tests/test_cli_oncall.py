@@ -442,3 +442,20 @@ def test_status_prints_operator_text_verbatim_even_with_brackets(capsys) -> None
     out = "".join(capsys.readouterr().out.split())
     assert "[interactive×1]" in out
     assert "Waiting[1]" in out
+
+
+def test_status_without_rights_on_slopolicies_warns_and_judges_staleness_by_the_defaults(capsys) -> None:
+    """Listing services in a namespace takes less RBAC than reading the cluster-scoped SLOPolicies."""
+    from kubernetes.client import ApiClient
+
+    from controllers.cli import status
+    from controllers.oncall import Cluster, OncallError
+
+    class Refusing(Cluster):
+        def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            raise OncallError(f"{what}: 403 Forbidden from {self.server}")
+
+    policy = status._policy(Refusing(ApiClient(), "https://api", "team-a"), "careful")
+    assert policy == SLOPolicySpec()
+    err = capsys.readouterr().err
+    assert err.startswith("warning: SLOPolicy careful: 403 Forbidden from https://api; judging staleness")

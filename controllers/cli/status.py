@@ -14,6 +14,7 @@ from rich.markup import escape
 from controllers.cli.reading import cluster_flags, key_of, refreshed
 from controllers.cli.render import age, console, ms
 from controllers.oncall import (
+    Cluster,
     Fresh,
     OncallError,
     connect,
@@ -24,6 +25,7 @@ from controllers.oncall import (
 )
 from controllers.status import plan_summary
 from crds.inferenceservice import SLO
+from crds.slopolicy import SLOPolicySpec
 
 # Healthy state of each condition: anything else is worth a look.
 HEALTHY = {"Ready": "True", "SLOMet": "True", "MetricsAvailable": "True", "CapacityLimited": "False"}
@@ -74,8 +76,7 @@ def run(args: argparse.Namespace) -> int:
         namespace = None if args.all_namespaces else (args.namespace or cluster.namespace)
         services = list_services(cluster, namespace)
         tiers = tier_replicas(cluster, namespace)
-        policy_of = functools.cache(lambda name: read_policy(cluster, name)[0])
-        fresh, note = refreshed(args, services, policy_of)
+        fresh, note = refreshed(args, services, functools.cache(lambda name: _policy(cluster, name)))
     except OncallError as error:
         print(f"error: {error}", file=sys.stderr)
         return error.code
@@ -91,6 +92,16 @@ def run(args: argparse.Namespace) -> int:
     else:
         print_status(rows, show_namespace=namespace is None)
     return 0
+
+
+def _policy(cluster: Cluster, name: str | None) -> SLOPolicySpec:
+    """A service's SLOPolicy, for its staleness limit. Reading SLOPolicies (cluster-scoped) takes more RBAC
+    than listing services: when refused, say so and judge staleness by the built-in defaults."""
+    try:
+        return read_policy(cluster, name)[0]
+    except OncallError as error:
+        print(f"warning: {error}; judging staleness by the built-in SLOPolicy defaults", file=sys.stderr)
+        return SLOPolicySpec()
 
 
 def _targets(slo: dict[str, Any]) -> tuple[str, float | None, float | None]:
