@@ -11,7 +11,7 @@ import json
 import zlib
 from typing import Any
 
-from controllers import builders, naming
+from controllers import builders, naming, router_builders
 from controllers import status as wire
 from controllers.kube import KubeClient
 from controllers.runtime import ServiceRecord
@@ -39,7 +39,9 @@ async def apply_plan(
     previous plan, so no list request is needed.
     """
     written = 0
-    for child in builders.build_children(owner_of(record), record.spec, plan):
+    owner = owner_of(record)
+    children = builders.build_children(owner, record.spec, plan)
+    for child in [*children, *router_builders.build_router_children(owner, record.spec, plan)]:
         key = f"{child['kind']}/{child['metadata']['name']}"
         digest = _digest(child)
         if record.applied.get(key) == digest:

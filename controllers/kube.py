@@ -30,6 +30,9 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "Event": ("/api/v1", "events", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
+    "ServiceAccount": ("/api/v1", "serviceaccounts", True),  # the router's, with its Role and RoleBinding
+    "Role": ("/apis/rbac.authorization.k8s.io/v1", "roles", True),
+    "RoleBinding": ("/apis/rbac.authorization.k8s.io/v1", "rolebindings", True),
     "InferenceService": ("/apis/goodput.dev/v1alpha1", "inferenceservices", True),
     "SLOPolicy": ("/apis/goodput.dev/v1alpha1", "slopolicies", False),
 }

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controllers import actuate, status
+from controllers import actuate, router_builders, status
 from controllers.conditions import Cond
 from controllers.kube import KubeError
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
@@ -66,8 +66,10 @@ def compose(
     record: ServiceRecord, updates: list[Cond], now: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The service's full status to write, from what the record holds (see status.service_status)."""
+    routed = record.spec.router is not None and record.spec.mode == Mode.AUTO
+    endpoint = router_builders.endpoint(record.name, record.namespace) if routed else None
     return status.service_status(
-        record.status, record.generation, updates, now, record.plan, record.state, extra
+        record.status, record.generation, updates, now, record.plan, record.state, endpoint, extra
     )
 
 

@@ -97,10 +97,12 @@ def service_status(
     now: float,
     plan: Candidate | None,
     state: ScalerState,
+    endpoint: str | None = None,
     extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """An InferenceService's full status: earlier fields kept, conditions merged, this generation observed,
-    the plan and calibration as the operator holds them, then `extra` (this write's observed, lastDecision...).
+    the plan and calibration as the operator holds them, the router's endpoint when one fronts the service,
+    then `extra` (this write's observed, lastDecision...).
 
     The scaler's windows are added (scaler_status) by `actuate.write_status`, only when a write is due.
     """
@@ -110,6 +112,8 @@ def service_status(
     if plan is not None:
         out["plan"] = plan_status(plan)
     out["calibration"] = calibration_status(state, now)
+    if endpoint is not None:
+        out["endpoint"] = endpoint
     if extra:
         out.update(extra)
     return out

@@ -222,6 +222,53 @@ class WorkerSpec(Resource):
     )
 
 
+class QuotaLimits(Resource):
+    tokens_per_second: float | None = Field(
+        default=None, gt=0, description="Prompt plus output-budget tokens a tenant may send per second."
+    )
+    burst_tokens: float | None = Field(
+        default=None,
+        gt=0,
+        description="Token bucket size: a burst allowed at once (one second's tokens if unset).",
+    )
+    max_concurrent_requests: int | None = Field(default=None, ge=1, description="Requests in flight at once.")
+
+
+class TenantQuota(QuotaLimits):
+    name: str = Field(
+        min_length=1,
+        max_length=253,
+        description="Tenant: the X-Goodput-Tenant header, else 'key-' and 12 hex digits of the API key's SHA-256.",
+    )
+
+
+class RouterSpec(Resource):
+    """The service's own endpoint: a router in front of its tiers (prefix- and load-aware, queueing, quotas)."""
+
+    replicas: int = Field(
+        default=2, ge=2, le=100, description="Router pods (at least two: one may be evicted)."
+    )
+    image: str = Field(
+        default="ghcr.io/goodput/operator:0.1.0",
+        min_length=1,
+        description="Image with the router (`python -m router`); the operator's image carries it.",
+    )
+    max_queue: int = Field(
+        default=1000, ge=0, le=1_000_000, description="Requests queued per tier before 429."
+    )
+    max_wait_seconds: float = Field(default=60.0, gt=0, le=3600, description="Queue wait before 503.")
+    default_quota: QuotaLimits | None = Field(default=None, description="Quota of every tenant not listed.")
+    tenant_quotas: list[TenantQuota] = Field(default_factory=list, max_length=1000)
+
+    cel_rules: ClassVar[tuple[Rule, ...]] = (
+        Rule(
+            rule="!has(self.tenantQuotas) || self.tenantQuotas.all(a, self.tenantQuotas.exists_one(b, b.name == a.name))",
+            message="each tenant may appear only once",
+            field_path=".tenantQuotas",
+        ),
+    )
+
+
 class InferenceServiceSpec(Resource):
     model: ModelSpec
     slo: SLO
@@ -238,6 +285,10 @@ class InferenceServiceSpec(Resource):
         description="auto: the operator actuates its plan; recommend: status and events only.",
     )
     worker: WorkerSpec = Field(default_factory=WorkerSpec)
+    router: RouterSpec | None = Field(
+        default=None,
+        description="Deploy a router: one endpoint (a Service named after the InferenceService) for every tier.",
+    )
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(
@@ -368,6 +419,9 @@ class InferenceServiceStatus(Resource):
     calibration: Calibration | None = None
     scaler: ScalerStatus | None = None
     replicas: int | None = Field(default=None, description="Ready replicas over all tiers.")
+    endpoint: str | None = Field(
+        default=None, description="The router's URL inside the cluster, when deployed."
+    )
 
 
 class InferenceService(Resource):

@@ -5,7 +5,8 @@ Code, not manifests: `python -m observability` writes into manifests/observabili
 - `rules.yaml`: plain rule groups, for `promtool` and for a Prometheus configured with `rule_files`;
 - `prometheus-rules.yaml`: the same groups as a `monitoring.coreos.com/v1` PrometheusRule;
 - `goodput-dashboard.json`: the Grafana dashboard; its panels read the series the rules record;
-- `monitors.yaml`: PodMonitors that scrape the workers and the operator with the labels the rules expect.
+- `monitors.yaml`: PodMonitors that scrape the workers, the operator and the routers with the labels the rules
+  expect.
 
 The SLO of each service reaches Prometheus through the operator's gauges `goodput_slo_ttft_target_seconds`
 and `goodput_slo_tpot_target_seconds` (labels namespace, inferenceservice, percentile="95"|"99"). A p95

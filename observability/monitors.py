@@ -8,7 +8,8 @@ from worker_image import contract as c
 
 
 def pod_monitors() -> list[dict[str, Any]]:
-    """Scrape configs for the Prometheus Operator: workers (pod labels to series labels) and the operator.
+    """Scrape configs for the Prometheus Operator: workers (pod labels to series labels), the operator, and the
+    routers (their goodput:router_* series labelled with the service they front).
 
     The worker relabelling matches e2e/prometheus.py, so both stacks give the series the same labels. The
     operator's series name services in their own `namespace` label, hence honorLabels.
@@ -49,4 +50,26 @@ def pod_monitors() -> list[dict[str, Any]]:
             ],
         },
     }
-    return [workers, operator]
+    routers = {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PodMonitor",
+        "metadata": {"name": "goodput-routers", "labels": labels},
+        "spec": {
+            "namespaceSelector": {"any": True},
+            "selector": {"matchExpressions": [{"key": "goodput.dev/router", "operator": "Exists"}]},
+            "podMetricsEndpoints": [
+                {
+                    "port": "http",
+                    "path": "/metrics",
+                    "interval": "15s",
+                    "relabelings": [
+                        {
+                            "sourceLabels": ["__meta_kubernetes_pod_label_goodput_dev_router"],
+                            "targetLabel": c.SERVICE_LABEL,
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    return [workers, operator, routers]

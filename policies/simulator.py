@@ -3,8 +3,9 @@
 Each replica runs vLLM-style steps: every running request decodes one token, admitted prompts are prefilled in
 chunks within a per-step token budget, and the step takes the time the performance model gives for that mix.
 Steps in which only decodes run are fast-forwarded in closed form, so an hour of traffic takes about a second.
-Requests reach ready replicas at random, as a Kubernetes Service spreads them; pods become ready a start delay
-after they are created and are billed from creation until they have drained. Every control interval the
+Requests reach ready replicas at random, as a Kubernetes Service spreads them (or, with `SimConfig.routing`,
+where `policies.routing` sends them from the replicas' state at arrival, with a prefix cache per replica); pods
+become ready a start delay after they are created and are billed from creation until they have drained. Every control interval the
 simulator fills vLLM-bucket histograms, builds the Observation through `policies.observe` exactly as the
 operator does from Prometheus, and asks the controller (goodput's `autoscale` or a baseline) for replicas.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -27,6 +29,8 @@ from policies.observe import (
     build_observation,
 )
 from policies.perfmodel import StepModel
+from policies.prefix_cache import PrefixCache
+from policies.routing import ReplicaLoad, SimulatedRouting
 from policies.types import Observation
 from policies.workloads import Trace
 
@@ -115,9 +119,11 @@ class Controller(Protocol):
 class _Replica:
     """One worker pod: its inbox of routed requests, its waiting queue and its running batch."""
 
-    __slots__ = ("created", "done_at", "draining", "inbox", "kv_used", "ready_at", "running", "t", "waiting")
+    __slots__ = (
+        "cache", "created", "done_at", "draining", "inbox", "kv_used", "ready_at", "running", "t", "waiting",
+    )  # fmt: skip
 
-    def __init__(self, created: float, ready_at: float) -> None:
+    def __init__(self, created: float, ready_at: float, cache: PrefixCache | None = None) -> None:
         self.created = created
         self.ready_at = ready_at
         self.t = ready_at  # the replica's own clock: the end of its last step
@@ -127,6 +133,7 @@ class _Replica:
         self.waiting: deque[int] = deque()
         self.running: list[list[int]] = []  # [rid, prefill_left, out_left, context]
         self.kv_used = 0
+        self.cache = cache  # prefix blocks it holds, when the simulation routes by state
 
     @property
     def idle(self) -> bool:
@@ -155,6 +162,7 @@ class _Engine:
         self.profile = profile
         self.config = config
         self.rec = records
+        self.routing: SimulatedRouting | None = None
 
     def _admissible(self, r: _Replica) -> bool:
         """A waiting request may join: a batch slot is free and its KV fits (or the replica is empty)."""
@@ -169,7 +177,10 @@ class _Engine:
     def _admit(self, r: _Replica) -> list[int]:
         rid = r.waiting.popleft()
         r.kv_used += self.prompt[rid] + self.output[rid]
-        seq = [rid, self.prompt[rid], self.output[rid], 0]
+        prefill = self.prompt[rid]
+        if self.routing is not None and r.cache is not None:  # a cached prefix is not computed again
+            prefill = self.routing.prefill(r.cache, rid, prefill)
+        seq = [rid, prefill, self.output[rid], 0]
         r.running.append(seq)
         return seq
 
@@ -342,6 +353,7 @@ class SimConfig:
     interval_s: float = 15.0
     initial_replicas: int = 1
     seed: int = 0
+    routing: SimulatedRouting | None = None  # None: uniformly at random, as a Kubernetes Service spreads
 
 
 def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str = "") -> SimResult:
@@ -350,8 +362,11 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     rng = np.random.default_rng(cfg.seed)
     rec = _Records(first_token=np.full(n, np.nan), finish=np.full(n, np.nan))
     engine = _Engine(trace, cfg.profile, cfg.engine, rec)
+    engine.routing = cfg.routing
+    new_cache = cfg.routing.new_cache if cfg.routing is not None else lambda: None
     horizon = trace.duration_s
-    pods = [_Replica(-cfg.start_delay_s, 0.0) for _ in range(cfg.initial_replicas)]  # warm at t=0
+    # warm at t=0
+    pods = [_Replica(-cfg.start_delay_s, 0.0, new_cache()) for _ in range(cfg.initial_replicas)]
     retired: list[_Replica] = []
     pending: deque[int] = deque()  # arrived while no replica was ready (the Service had no endpoints)
     desired, events = cfg.initial_replicas, 0
@@ -367,14 +382,16 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
         if pending and (ready_at <= t0).any():
             routed = np.r_[np.asarray(pending, dtype=int), routed]
             pending.clear()
-        # each request goes to a random replica among those ready when it arrives
+        # each request goes to a random replica among those ready when it arrives, or where the router sends it
         eligible = np.searchsorted(ready_at, np.maximum(arrival[routed], t0), side="right")
         pick = (rng.random(len(routed)) * eligible).astype(int)
         for rid, k, e in zip(routed.tolist(), pick.tolist(), eligible.tolist(), strict=True):
             if e == 0:
                 pending.append(rid)
-            else:
+            elif cfg.routing is None:
                 live[k].inbox.append(rid)
+            else:
+                _route_by_state(engine, cfg.routing, live[:e], rid, max(float(arrival[rid]), t0))
         nxt = stop
         for r in pods:
             engine.advance(r, t1)
@@ -401,7 +418,7 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
             target = max(act.replicas, 0)
             if target != desired:
                 events += 1
-                _resize(pods, live, target, t1, cfg.start_delay_s)
+                _resize(pods, live, target, t1, cfg.start_delay_s, new_cache)
                 desired = target
         t0 = t1
     for r in pods:
@@ -412,10 +429,38 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     return _result(controller.name, setting, trace, rec, cfg, gpu_hours, events, log)
 
 
-def _resize(pods: list[_Replica], live: list[_Replica], target: int, now: float, delay: float) -> None:
+def _route_by_state(
+    engine: _Engine, routing: SimulatedRouting, ready: list[_Replica], rid: int, now: float
+) -> None:
+    """Bring the ready replicas to the request's arrival, then let the routing policy pick one from their state."""
+    prompt = engine.prompt
+    loads = []
+    for r in ready:
+        engine.advance(r, now)
+        queued = [*r.waiting, *r.inbox]
+        loads.append(
+            ReplicaLoad(
+                prefill_tokens=sum(s[1] for s in r.running) + sum(prompt[q] for q in queued),
+                running=len(r.running),
+                waiting=len(queued),
+                kv_usage=r.kv_used / engine.profile.kv_capacity_tokens,
+                prefix=r.cache if r.cache is not None else PrefixCache(0),
+            )
+        )
+    ready[routing.choose(loads, rid, prompt[rid])].inbox.append(rid)
+
+
+def _resize(
+    pods: list[_Replica],
+    live: list[_Replica],
+    target: int,
+    now: float,
+    delay: float,
+    new_cache: Callable[[], PrefixCache | None],
+) -> None:
     """Scale the Deployment: new pods start now; removals take not-ready pods first, then the least loaded."""
     if target > len(live):
-        pods.extend(_Replica(now, now + delay) for _ in range(target - len(live)))
+        pods.extend(_Replica(now, now + delay, new_cache()) for _ in range(target - len(live)))
         return
     victims = sorted(live, key=lambda r: (r.ready_at <= now, len(r.running) + len(r.waiting) + len(r.inbox)))
     for r in victims[: len(live) - target]:

@@ -7,7 +7,7 @@ import ast
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PACKAGES = ("controllers", "crds", "observability", "policies", "worker_image", "testkit")
+PACKAGES = ("controllers", "crds", "observability", "policies", "router", "worker_image", "testkit")
 
 
 def module_name(path: Path) -> str:
@@ -90,6 +90,7 @@ ALLOWED = {
     "policies": {"crds", "policies", "worker_image.contract"},
     "controllers": {"controllers", "crds", "policies", "worker_image.contract"},
     "observability": {"observability", "worker_image.contract"},
+    "router": {"router", "policies", "worker_image.contract"},
     "worker_image": {"worker_image"},
 }
 WORKER_ENTRY = ("controllers.cli.serve", "worker_image.__main__")  # `goodput serve` starts the worker

@@ -13,6 +13,7 @@ import pytest_asyncio
 from controllers import actuate
 from controllers.kube import KubeClient
 from controllers.runtime import ServiceRecord
+from crds.inferenceservice import RouterSpec
 from testkit.apiserver import ApiServer
 
 NS = "team-a"
@@ -94,3 +95,21 @@ def test_status_writes_only_when_due(
     record = _record(example_spec)
     record.status, record.status_written_at = old, 1000.0
     assert actuate.status_due(record, new, 1000.0 + since_write) is due
+
+
+@pytest.mark.asyncio
+async def test_a_service_with_a_router_gets_its_children(api: Any, example_spec: Any, make_plan: Any) -> None:
+    server, client = api
+    record = _record(example_spec)
+    record.spec = record.spec.model_copy(update={"router": RouterSpec()})
+    plan = make_plan(tiers=(("interactive", 2, 32, 3.0),))
+    assert await actuate.apply_plan(client, record, plan, set()) == 4 + 6  # the workers', the router's
+    children = _children(server)
+    assert children[("services", "tiny")]["spec"]["selector"] == {"goodput.dev/router": "tiny"}
+    assert children[("deployments", "tiny-router")]["spec"]["replicas"] == 2
+    for plural in ("serviceaccounts", "roles", "rolebindings", "poddisruptionbudgets"):
+        assert (plural, "tiny-router") in children
+    # a new plan leaves the router alone: it watches both tiers' Services whatever the plan
+    assert (
+        await actuate.apply_plan(client, record, make_plan(tiers=(("interactive", 3, 32, 3.0),)), set()) == 1
+    )

@@ -44,6 +44,9 @@ def test_no_wildcards_and_no_secrets() -> None:
         ("Deployment", ["create", "patch", "list", "watch", "delete"]),  # + the ready index and pruning
         ("Service", ["create", "patch", "delete"]),
         ("PodDisruptionBudget", ["create", "patch"]),
+        ("ServiceAccount", ["create", "patch"]),  # the router's (spec.router)
+        ("Role", ["create", "patch"]),
+        ("RoleBinding", ["create", "patch"]),
         ("Event", ["create"]),
         ("InferenceService", ["get", "list", "watch", "patch"]),  # patch: Kopf's annotations only
         ("SLOPolicy", ["get", "list", "watch"]),

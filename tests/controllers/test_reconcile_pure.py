@@ -11,7 +11,7 @@ from controllers import reconcile
 from controllers.observation import observe_service
 from controllers.prometheus import Snapshot
 from controllers.runtime import ServiceRecord
-from crds.inferenceservice import Mode
+from crds.inferenceservice import Mode, RouterSpec
 from crds.slopolicy import SLOPolicySpec
 from policies.observe import TierWindow
 from policies.types import Decision, PlanResult, ScalerState
@@ -111,3 +111,16 @@ def test_capacity_limited_means_missing_the_slo_at_the_limit(
     plan = make_plan(tiers=(("interactive", replicas, 32, 3.0),))
     decision = Decision(plan, ScalerState(), "hold", "TTFT p95 900 ms > 500 ms", True, slo_met)
     assert reconcile.capacity_condition(record, decision).status == limited
+
+
+@pytest.mark.parametrize(
+    ("router", "mode", "endpoint"),
+    [
+        (None, Mode.AUTO, None),
+        (RouterSpec(), Mode.AUTO, "http://tiny.ns.svc:80"),
+        (RouterSpec(), Mode.RECOMMEND, None),  # recommend creates nothing, so there is no endpoint to show
+    ],
+)
+def test_status_shows_the_routers_endpoint(example_spec: Any, make_plan: Any, router, mode, endpoint) -> None:
+    record = _record(example_spec, make_plan, router=router, mode=mode)
+    assert reconcile.compose(record, [], 30.0).get("endpoint") == endpoint

@@ -1,0 +1,167 @@
+"""Which replica of a tier takes a request: the one decision the router process and the simulator share.
+
+Outstanding work of a replica is counted in prefill tokens: the prompt tokens sent to it whose first token has
+not come back, plus a fixed token-equivalent per running or waiting request (its share of the decode steps).
+A replica is *at its bound* when its requests, its in-flight prefill tokens or its KV usage reach the policy's
+limits; when every replica is, the request waits in the router's queue rather than in a replica's.
+
+- `random`: a uniform choice among replicas below their bound (what a Kubernetes Service does, bounded).
+- `least_load`: the least outstanding work.
+- `prefix`: prefix affinity with bounded load. The replica holding the longest cached prefix of the prompt wins
+  while its work stays within `affinity_ratio` × (and `affinity_slack_tokens` above) the least-loaded replica's;
+  otherwise the least work *after* placement (its work plus the prompt tokens it would have to prefill), so
+  partial hits still count. Bounding the affinity keeps a popular prefix from piling its traffic on one replica.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal, Protocol
+
+from policies.prefix_cache import PrefixCache
+
+QUEUE: Final = "queue"
+Route = int | Literal["queue"]
+RoutingKind = Literal["random", "least_load", "prefix"]
+KINDS: Final[tuple[RoutingKind, ...]] = ("random", "least_load", "prefix")
+
+
+class PrefixView(Protocol):
+    def matched_blocks(self, blocks: Sequence[int]) -> int: ...
+
+
+class _NoPrefix:
+    """A replica about whose cache nothing is known."""
+
+    def matched_blocks(self, blocks: Sequence[int]) -> int:
+        return 0
+
+
+NO_PREFIX: Final = _NoPrefix()
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicaLoad:
+    """What the router knows of one replica when a request arrives."""
+
+    prefill_tokens: int  # prompt tokens routed here whose first token has not come back
+    running: int
+    waiting: int
+    kv_usage: float  # fraction of the KV pool in use, 0..1
+    prefix: PrefixView = NO_PREFIX
+
+
+@dataclass(frozen=True, slots=True)
+class RoutingPolicy:
+    kind: RoutingKind = "prefix"
+    max_requests: int = 256  # running + waiting at which a replica is at its bound (the tier's max batch)
+    max_prefill_tokens: int = 65536  # in-flight prefill tokens at which a replica is at its bound
+    max_kv_usage: float = 0.98  # KV usage at which a replica is at its bound: new prompts would preempt
+    request_tokens: int = 256  # prefill-token equivalent of one running or waiting request
+    affinity_ratio: float = 1.5  # the prefix holder wins while its work ≤ ratio × the least work + slack
+    affinity_slack_tokens: int = 4096
+    block_tokens: int = 512  # tokens per prefix block
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {self.kind!r}")
+        for name in ("max_requests", "max_prefill_tokens", "block_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if not 0.0 < self.max_kv_usage <= 1.0:
+            raise ValueError(f"max_kv_usage must be in (0, 1], got {self.max_kv_usage}")
+        if self.affinity_ratio < 1.0:
+            raise ValueError(f"affinity_ratio must be ≥ 1, got {self.affinity_ratio}")
+        if self.request_tokens < 0 or self.affinity_slack_tokens < 0:
+            raise ValueError("request_tokens and affinity_slack_tokens must be ≥ 0")
+
+
+def work(load: ReplicaLoad, policy: RoutingPolicy) -> int:
+    """Outstanding work in prefill tokens."""
+    return load.prefill_tokens + policy.request_tokens * (load.running + load.waiting)
+
+
+def at_bound(load: ReplicaLoad, policy: RoutingPolicy) -> bool:
+    return (
+        load.running + load.waiting >= policy.max_requests
+        or load.prefill_tokens >= policy.max_prefill_tokens
+        or load.kv_usage >= policy.max_kv_usage
+    )
+
+
+def route(
+    replicas: Sequence[ReplicaLoad],
+    prompt_tokens: int,
+    prefix_blocks: Sequence[int],
+    policy: RoutingPolicy,
+    draw: float = 0.0,
+    bounded: bool = True,
+) -> Route:
+    """The index of the replica that takes the request, or QUEUE when every replica is at its bound (or there
+    are none). `draw` is a uniform number in [0, 1), used by the random policy only, so the function stays pure.
+    `bounded=False` ignores the replicas' bounds (the choice once a queued request's turn comes).
+    """
+    open_ = [i for i, load in enumerate(replicas) if not (bounded and at_bound(load, policy))]
+    if not open_:
+        return QUEUE
+    if policy.kind == "random":
+        return open_[min(int(draw * len(open_)), len(open_) - 1)]
+    works = {i: work(replicas[i], policy) for i in open_}
+    if policy.kind == "least_load":
+        return min(open_, key=lambda i: (works[i], replicas[i].kv_usage, i))
+    hits = {i: replicas[i].prefix.matched_blocks(prefix_blocks) if prefix_blocks else 0 for i in open_}
+    holder = max(open_, key=lambda i: (hits[i], -works[i], -i))
+    least = min(works.values())
+    if hits[holder] > 0 and works[holder] <= policy.affinity_ratio * least + policy.affinity_slack_tokens:
+        return holder
+
+    def after(i: int) -> tuple[int, float, int]:
+        fresh = max(prompt_tokens - hits[i] * policy.block_tokens, 0)
+        return works[i] + fresh, replicas[i].kv_usage, i
+
+    return min(open_, key=after)
+
+
+class SimulatedRouting:
+    """The routing decision as the trace-replay simulator applies it: each request's prefix blocks, a prefix
+    cache per replica sized from its KV pool, and the hit counts for the report.
+
+    In the simulation the router's estimate of a replica's cache is the cache itself (the router's estimate is
+    what it sent there, which the replica keeps until evicted). When every replica is at its bound the request
+    goes where the same policy would send it without the bounds: the simulator models the router's queue as the
+    replicas' own.
+    """
+
+    def __init__(
+        self, policy: RoutingPolicy, blocks: Sequence[Sequence[int]], cache_blocks: int, seed: int = 0
+    ) -> None:
+        self.policy, self.blocks, self.cache_blocks = policy, blocks, cache_blocks
+        self._rng = random.Random(seed)
+        self.hit_blocks = 0
+        self.total_blocks = 0
+
+    def new_cache(self) -> PrefixCache:
+        return PrefixCache(self.cache_blocks)
+
+    def choose(self, replicas: Sequence[ReplicaLoad], request: int, prompt_tokens: int) -> int:
+        draw = self._rng.random()
+        choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, draw)
+        if choice == QUEUE:  # where the router would send it once its turn in the queue comes
+            choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, draw, bounded=False)
+        assert choice != QUEUE, "route(bounded=False) always picks one of a non-empty fleet"
+        return choice
+
+    def prefill(self, cache: PrefixCache, request: int, prompt_tokens: int) -> int:
+        """Tokens the replica must compute when it admits the request: the prompt less its cached prefix (at
+        least one token: the last one is always computed for the first output token)."""
+        blocks = self.blocks[request]
+        hit = cache.insert(blocks)
+        self.hit_blocks += hit
+        self.total_blocks += len(blocks)
+        return max(prompt_tokens - hit * self.policy.block_tokens, 1)
+
+    @property
+    def hit_rate(self) -> float:
+        return self.hit_blocks / self.total_blocks if self.total_blocks else 0.0

@@ -1,0 +1,1 @@
+"""goodput's per-service router: one OpenAI-compatible endpoint in front of a service's tiers."""

@@ -1,0 +1,234 @@
+"""The router's HTTP side: OpenAI's endpoints, streamed through to the replica a tier picks, byte for byte.
+
+Order of checks: API key (401), body (400), tenant quota (429), then the tier's dispatch (429/503 when its queue
+is full or its wait runs out). A replica that fails before answering (connection refused or reset, or taken
+out of rotation by a refresh), or answers 503 (draining or not ready), gets the request sent elsewhere; once
+bytes have streamed to the client a failure ends only that stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import time
+from dataclasses import dataclass, field
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from router.dispatch import Tier
+from router.errors import RouterError, unavailable
+from router.metrics import RouterMetrics
+from router.quota import Quotas
+from router.replicas import Lease
+from router.requests import CLASS_HEADER, RequestClass, parse
+
+TENANT_HEADER = "X-Goodput-Tenant"
+MAX_ATTEMPTS = 3  # replicas tried for one request before 503
+MAX_BODY_BYTES = 64 * 1024 * 1024
+# request headers the replica needs; hop-by-hop and routing headers stay here
+FORWARDED_REQUEST = ("Authorization", "Content-Type", "Accept", "X-Request-Id", "traceparent")
+DROPPED_RESPONSE = frozenset(
+    {"content-length", "transfer-encoding", "connection", "keep-alive", "server", "date"}
+)
+
+
+@dataclass
+class Router:
+    tiers: dict[RequestClass, Tier]
+    default_class: RequestClass
+    metrics: RouterMetrics
+    quotas: Quotas = field(default_factory=Quotas)
+    api_key: str | None = None
+    session: aiohttp.ClientSession | None = None
+
+    @property
+    def block_tokens(self) -> int:
+        """Prompts are cut into the routing policy's blocks (every tier routes by the same policy)."""
+        return next(iter(self.tiers.values())).policy.block_tokens
+
+    def tier_for(self, request_class: RequestClass) -> Tier:
+        """The class's own tier while it has a replica in rotation, else a tier that has one (the class then only
+        orders that tier's queue), else the class's own tier, to wait for one (scale-up or scale from zero)."""
+        own = self.tiers.get(request_class)
+        if own is not None and own.in_rotation():
+            return own
+        serving = [t for t in self.tiers.values() if t.in_rotation()]
+        return serving[0] if serving else own or next(iter(self.tiers.values()))
+
+    def tenant(self, request: web.Request) -> str:
+        named = request.headers.get(TENANT_HEADER)
+        if named:
+            return named
+        auth = request.headers.get("Authorization", "")
+        if auth.startswith("Bearer ") and len(auth) > 7:
+            return "key-" + hashlib.sha256(auth[7:].encode()).hexdigest()[:12]
+        return "anonymous"
+
+    def check_key(self, request: web.Request) -> None:
+        if self.api_key is None:
+            return
+        auth = request.headers.get("Authorization", "")
+        given = auth[7:] if auth.startswith("Bearer ") else ""
+        if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+            self.metrics.rejections.labels("unauthorized").inc()
+            raise RouterError(
+                401,
+                "Incorrect or missing API key: send 'Authorization: Bearer <key>'",
+                code="invalid_api_key",
+            )
+
+
+ROUTER = web.AppKey("router", Router)
+
+
+async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
+    router: Router = request.app[ROUTER]
+    try:
+        router.check_key(request)
+        body = await request.read()
+        routed = parse(
+            body, request.headers.get(CLASS_HEADER), router.default_class, router.block_tokens, chat
+        )
+        tenant = router.tenant(request)
+        router.quotas.admit(tenant, routed.prompt_tokens + (routed.max_tokens or 0), time.monotonic())
+    except RouterError as error:
+        return error.response()
+    tier = router.tier_for(routed.request_class)
+    try:
+        for _ in range(MAX_ATTEMPTS):
+            lease = await tier.acquire(routed)
+            response = await _forward(request, router, tier, lease, body)
+            if response is not None:
+                router.metrics.requests.labels(tier.name, str(response.status)).inc()
+                return response
+        raise unavailable("replicas failed before answering; retry", "upstream_failed", 1)
+    except RouterError as error:
+        router.metrics.requests.labels(tier.name, str(error.status)).inc()
+        return error.response()
+    finally:
+        router.quotas.release(tenant)
+
+
+async def _forward(
+    request: web.Request, router: Router, tier: Tier, lease: Lease, body: bytes
+) -> web.StreamResponse | None:
+    """Stream the replica's answer through; None when the replica failed before answering (try another)."""
+    assert router.session is not None
+    task = asyncio.current_task()
+    lease.task = task
+    headers = {h: request.headers[h] for h in FORWARDED_REQUEST if h in request.headers}
+    response: web.StreamResponse | None = None
+    try:
+        async with router.session.post(
+            lease.replica.url + request.path, data=body, headers=headers
+        ) as upstream:
+            if upstream.status == 503:  # draining, loading or failed: not this replica, for now
+                lease.task = None
+                tier.mark_down(lease.replica)
+                return None
+            response = web.StreamResponse(
+                status=upstream.status,
+                headers={k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED_RESPONSE},
+            )
+            async for chunk in upstream.content.iter_any():
+                if not lease.first_byte:
+                    tier.answered(lease)
+                    await response.prepare(request)
+                await response.write(chunk)
+            if not lease.first_byte:
+                tier.answered(lease)
+                await response.prepare(request)
+            await response.write_eof()
+            return response
+    except asyncio.CancelledError:
+        if lease.rerouted and task is not None and not response_started(response):
+            task.uncancel()
+            return None
+        raise
+    except (aiohttp.ClientConnectionError, TimeoutError):
+        if response_started(response):
+            raise  # mid-stream: only this stream fails
+        lease.task = None  # this request retries by itself; marking the replica down must not cancel it
+        tier.mark_down(lease.replica)
+        return None
+    finally:
+        lease.task = None
+        tier.release(lease)
+
+
+def response_started(response: web.StreamResponse | None) -> bool:
+    return response is not None and response.prepared
+
+
+async def _models(request: web.Request) -> web.StreamResponse:
+    router: Router = request.app[ROUTER]
+    try:
+        router.check_key(request)
+    except RouterError as error:
+        return error.response()
+    assert router.session is not None
+    for tier in router.tiers.values():
+        for replica in tier.replicas.values():
+            if not replica.healthy:
+                continue
+            try:
+                async with router.session.get(replica.url + "/v1/models", headers=_auth(request)) as upstream:
+                    return web.Response(
+                        status=upstream.status, body=await upstream.read(), content_type="application/json"
+                    )
+            except aiohttp.ClientError:
+                tier.mark_down(replica)
+    return unavailable("no replica is ready", "no_replica", 1).response()
+
+
+def _auth(request: web.Request) -> dict[str, str]:
+    return {"Authorization": request.headers["Authorization"]} if "Authorization" in request.headers else {}
+
+
+async def _metrics(request: web.Request) -> web.Response:
+    router: Router = request.app[ROUTER]
+    for tier in router.tiers.values():
+        router.metrics.in_flight.labels(tier.name).set(sum(r.in_flight for r in tier.replicas.values()))
+    return web.Response(
+        body=generate_latest(router.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+    )
+
+
+async def _health(_: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def _chat(request: web.Request) -> web.StreamResponse:
+    return await _completions(request, chat=True)
+
+
+async def _text(request: web.Request) -> web.StreamResponse:
+    return await _completions(request, chat=False)
+
+
+def create_app(router: Router) -> web.Application:
+    """The app; its session to the replicas opens with it (one connection pool, no limit: the tiers bound)."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app[ROUTER] = router
+
+    async def session_context(_: web.Application):  # type: ignore[no-untyped-def]
+        if router.session is None:
+            router.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
+                auto_decompress=False,
+            )
+        yield
+        await router.session.close()
+
+    app.cleanup_ctx.append(session_context)
+    app.router.add_post("/v1/chat/completions", _chat)
+    app.router.add_post("/v1/completions", _text)
+    app.router.add_get("/v1/models", _models)
+    app.router.add_get("/metrics", _metrics)
+    app.router.add_get("/health", _health)
+    app.router.add_get("/ready", _health)
+    return app

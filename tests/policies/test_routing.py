@@ -1,0 +1,178 @@
+"""routing.route as tables of replica state → choice, and the prefix cache it reads."""
+
+import numpy as np
+import pytest
+
+from policies.baselines import Static
+from policies.prefix_cache import PrefixCache
+from policies.routing import QUEUE, ReplicaLoad, RoutingPolicy, SimulatedRouting, at_bound, route
+from policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
+from policies.workloads import Trace
+
+
+def cache_with(*prompts: list[int], capacity: int = 100) -> PrefixCache:
+    cache = PrefixCache(capacity)
+    for blocks in prompts:
+        cache.insert(blocks)
+    return cache
+
+
+def load(prefill: int = 0, running: int = 0, waiting: int = 0, kv: float = 0.0, cache=None) -> ReplicaLoad:
+    return ReplicaLoad(prefill, running, waiting, kv, cache if cache is not None else PrefixCache(0))
+
+
+PREFIX = RoutingPolicy(kind="prefix", max_requests=8, max_prefill_tokens=10_000, request_tokens=100)
+LEAST = RoutingPolicy(kind="least_load", max_requests=8, max_prefill_tokens=10_000, request_tokens=100)
+RANDOM = RoutingPolicy(kind="random", max_requests=8, max_prefill_tokens=10_000)
+
+HOT = cache_with([1, 2, 3])
+
+
+@pytest.mark.parametrize(
+    ("policy", "replicas", "prompt", "blocks", "expected"),
+    [
+        # least outstanding work: in-flight prefill tokens plus a token-equivalent per request
+        (LEAST, [load(prefill=500), load(prefill=100)], 512, [], 1),
+        (LEAST, [load(running=3), load(prefill=250)], 512, [], 1),
+        (LEAST, [load(running=2), load(waiting=3)], 512, [], 0),
+        # equal work: lower KV usage, then the lower index
+        (LEAST, [load(kv=0.5), load(kv=0.2)], 512, [], 1),
+        (LEAST, [load(), load()], 512, [], 0),
+        # least_load ignores the prefix
+        (LEAST, [load(prefill=100, cache=HOT), load()], 1536, [1, 2, 3], 1),
+        # prefix: the holder wins while it is within the bound of the least loaded replica
+        (PREFIX, [load(), load(prefill=1000, cache=HOT)], 1536, [1, 2, 3], 1),
+        (PREFIX, [load(prefill=2000), load(prefill=6000, cache=HOT)], 1536, [1, 2, 3], 1),
+        # ...and loses beyond it (1.5 × 1000 + 4096 = 5596 < 6000)
+        (PREFIX, [load(prefill=1000), load(prefill=6000, cache=HOT)], 1536, [1, 2, 3], 0),
+        # the longest cached prefix wins among holders
+        (PREFIX, [load(cache=cache_with([1])), load(cache=cache_with([1, 2]))], 1536, [1, 2, 3], 1),
+        # only leading blocks count: block 3 alone, after a different head, is no hit
+        (PREFIX, [load(prefill=50), load(prefill=100, cache=cache_with([9, 2, 3]))], 1536, [1, 2, 3], 0),
+        # no holder: least work after placement
+        (PREFIX, [load(prefill=300), load(prefill=200)], 1024, [7, 8], 1),
+        # a request without blocks routes by load
+        (PREFIX, [load(prefill=300, cache=HOT), load(prefill=200)], 1024, [], 1),
+        # replicas at their bound are skipped: requests, prefill tokens, KV usage
+        (LEAST, [load(running=5, waiting=3), load(prefill=900)], 512, [], 1),
+        (PREFIX, [load(prefill=10_000, cache=HOT), load(prefill=5000)], 1536, [1, 2, 3], 1),
+        (LEAST, [load(kv=0.98), load(prefill=2000)], 512, [], 1),
+        # every replica at its bound, or none at all: the request queues
+        (LEAST, [load(running=8), load(kv=0.99)], 512, [], QUEUE),
+        (PREFIX, [load(prefill=10_000, cache=HOT)], 1536, [1, 2, 3], QUEUE),
+        (PREFIX, [], 512, [1], QUEUE),
+        (RANDOM, [], 512, [], QUEUE),
+    ],
+)
+def test_route(policy, replicas, prompt, blocks, expected) -> None:
+    assert route(replicas, prompt, blocks, policy) == expected
+
+
+@pytest.mark.parametrize(("draw", "expected"), [(0.0, 0), (0.49, 0), (0.5, 2), (0.999, 2)])
+def test_random_draws_uniformly_among_open_replicas(draw: float, expected: int) -> None:
+    replicas = [load(), load(running=8), load()]
+    assert route(replicas, 512, [], RANDOM, draw) == expected
+
+
+def test_affinity_bound_spreads_a_hot_prefix() -> None:
+    """Every request shares one prefix: affinity keeps it on the holder until the bound, then load spreads it."""
+    policy = RoutingPolicy(kind="prefix", max_requests=64, request_tokens=0, affinity_slack_tokens=2048)
+    caches = [PrefixCache(100) for _ in range(3)]
+    prefill = [0, 0, 0]
+    blocks = [1, 2, 3, 4]
+    for _ in range(30):
+        replicas = [ReplicaLoad(prefill[i], 0, 0, 0.0, caches[i]) for i in range(3)]
+        i = route(replicas, 2048, blocks, policy)
+        assert isinstance(i, int)
+        fresh = 2048 - caches[i].insert(blocks) * 512
+        prefill[i] += fresh + 64  # the request's tokens after its prefix: never cached
+    assert all(p > 0 for p in prefill), prefill
+    assert max(prefill) <= policy.affinity_ratio * min(prefill) + policy.affinity_slack_tokens + 2048 + 64
+
+
+def test_at_bound() -> None:
+    assert not at_bound(load(running=7), LEAST)
+    assert at_bound(load(running=4, waiting=4), LEAST)
+    assert at_bound(load(prefill=10_000), LEAST)
+    assert at_bound(load(kv=0.98), LEAST)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("kind", "round_robin"), ("max_requests", 0), ("max_kv_usage", 1.5), ("affinity_ratio", 0.5)],
+)
+def test_policy_rejects_bad_fields(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field):
+        RoutingPolicy(**{field: value})
+
+
+def test_prefix_cache_lru_keeps_the_head_of_recent_prompts() -> None:
+    cache = PrefixCache(4)
+    assert cache.insert([1, 2, 3]) == 0
+    assert cache.insert([1, 2, 5]) == 2
+    assert cache.matched_blocks([1, 2, 3]) == 3  # four blocks fit
+    assert len(cache) == 4
+    cache.insert([7, 8])  # evicts the two least recent: 3, then 5 (a prompt's tail goes before its head)
+    assert len(cache) == 4
+    assert cache.matched_blocks([1, 2, 3]) == 2
+    assert cache.matched_blocks([1, 2, 5]) == 2
+    assert cache.matched_blocks([7, 8]) == 2
+    cache.clear()
+    assert cache.matched_blocks([7]) == 0
+
+
+def test_prefix_cache_rejects_negative_capacity() -> None:
+    with pytest.raises(ValueError, match="capacity_blocks"):
+        PrefixCache(-1)
+
+
+# --- the simulator routing through the same decision -------------------------------------------------------
+
+SIM_PROFILE = StepProfile(
+    weights_s=0.010,
+    kv_s_per_token=0.0,
+    compute_s_per_token=0.0002,
+    overhead_s=0.0,
+    kv_capacity_tokens=200_000,
+)
+
+
+def _conversations(n: int = 600, sessions: int = 24, seed: int = 0) -> tuple[Trace, list[list[int]]]:
+    """Sessions whose turns share a 6-block history; each turn adds one block of its own."""
+    rng = np.random.default_rng(seed)
+    arrivals = np.sort(rng.uniform(0, 120, n))
+    session = rng.integers(0, sessions, n)
+    blocks = [[1000 * int(s) + b for b in range(6)] + [10**6 + i] for i, s in enumerate(session)]
+    trace = Trace("conv", arrivals, np.full(n, 7 * 512), np.full(n, 20))
+    return trace, blocks
+
+
+def _simulate(kind: str, trace: Trace, blocks: list[list[int]]) -> tuple[float, float]:
+    routing = SimulatedRouting(RoutingPolicy(kind=kind, max_requests=16), blocks, cache_blocks=60)
+    cfg = SimConfig(
+        profile=SIM_PROFILE,
+        engine=EngineConfig(max_batch=16, batch_window_s=0.0, chunk_tokens=4096),
+        slo=SLOTarget(ttft_ms=500, tpot_ms=50),
+        initial_replicas=4,
+        routing=routing,
+    )
+    result = simulate(trace, Static(4), cfg)
+    return routing.hit_rate, result.ttft_p95_ms
+
+
+def test_simulator_prefix_routing_hits_more_and_answers_sooner() -> None:
+    trace, blocks = _conversations()
+    random_hits, random_ttft = _simulate("random", trace, blocks)
+    prefix_hits, prefix_ttft = _simulate("prefix", trace, blocks)
+    least_hits, _ = _simulate("least_load", trace, blocks)
+    # 24 sessions of 6 blocks do not fit one replica's 60 blocks; routed by prefix, each replica keeps its own
+    assert prefix_hits > 1.5 * random_hits
+    assert prefix_hits > least_hits
+    assert prefix_ttft < random_ttft
+
+
+def test_unbounded_choice_is_the_policys_once_a_queued_request_gets_its_turn() -> None:
+    full = [load(running=8, cache=HOT), load(running=8)]
+    assert route(full, 1536, [1, 2, 3], PREFIX) == QUEUE
+    assert route(full, 1536, [1, 2, 3], PREFIX, bounded=False) == 0
+    assert route(full, 512, [], LEAST, bounded=False) == 0

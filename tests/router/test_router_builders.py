@@ -1,0 +1,148 @@
+"""The operator's router children: tables of the built objects, and the arguments the router itself parses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from pydantic import ValidationError
+
+from controllers import builders, naming
+from controllers.router_builders import build_router_children, endpoint
+from crds.inferenceservice import InferenceServiceSpec, Tier
+from policies.types import Candidate, TierConfig
+from router.config import parse_args
+from router.quota import QuotaSpec
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "tiny-cpu.yaml"
+OWNER = builders.Owner(name="tiny", namespace="team-a", uid="u-1")
+ROUTER = {
+    "defaultQuota": {"tokensPerSecond": 1000, "maxConcurrentRequests": 8},
+    "tenantQuotas": [{"name": "search", "tokensPerSecond": 50000, "burstTokens": 100000}],
+    "maxWaitSeconds": 30,
+}
+
+
+def spec_with(router: dict[str, Any] | None, **overrides: Any) -> InferenceServiceSpec:
+    raw = yaml.safe_load(EXAMPLE.read_text())["spec"]
+    if router is not None:
+        raw["router"] = router
+    raw.update(overrides)
+    return InferenceServiceSpec.model_validate(raw)
+
+
+def by_kind(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {c["kind"]: c for c in children}
+
+
+def test_no_router_without_spec_router() -> None:
+    assert build_router_children(OWNER, spec_with(None), _plan()) == []
+
+
+def test_router_children() -> None:
+    children = build_router_children(OWNER, spec_with(ROUTER), _plan())
+    assert [c["kind"] for c in children] == [
+        "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget",
+    ]  # fmt: skip
+    kinds = by_kind(children)
+    for child in children:
+        assert child["metadata"]["namespace"] == "team-a"
+        assert child["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    service = kinds["Service"]
+    assert service["metadata"]["name"] == "tiny"  # the endpoint is named after the InferenceService
+    assert endpoint("tiny", "team-a") == "http://tiny.team-a.svc:80"
+    deployment = kinds["Deployment"]
+    assert deployment["spec"]["replicas"] == 2
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert kinds["PodDisruptionBudget"]["spec"] == {
+        "minAvailable": 1,
+        "selector": {"matchLabels": service["spec"]["selector"]},
+    }
+    # the workers' PDB must not count router pods
+    worker_pdb = builders.build_pdb(OWNER)["spec"]["selector"]["matchLabels"]
+    assert not worker_pdb.items() <= pod_labels.items()
+    assert naming.LABEL_SERVICE not in pod_labels
+    assert kinds["Role"]["rules"] == [
+        {
+            "apiGroups": ["discovery.k8s.io"],
+            "resources": ["endpointslices"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    assert (
+        deployment["spec"]["template"]["spec"]["serviceAccountName"]
+        == kinds["ServiceAccount"]["metadata"]["name"]
+    )
+
+
+def test_router_runs_under_the_workers_pod_security() -> None:
+    spec = spec_with(ROUTER)
+    plan_children = builders.build_children(OWNER, spec, _plan())
+    worker = next(c for c in plan_children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
+    router = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"]["spec"]
+    assert router["securityContext"] == worker["securityContext"]
+    assert router["containers"][0]["securityContext"] == worker["containers"][0]["securityContext"]
+
+
+def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
+    spec = spec_with(ROUTER, worker={"apiKeySecret": {"name": "tiny-key", "key": "token"}})
+    container = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"][
+        "spec"
+    ]["containers"][0]
+    assert container["command"] == ["python", "-m", "router"]
+    config = parse_args(container["args"])
+    assert config.namespace == "team-a"
+    assert config.services == {"interactive": "tiny-interactive", "batch": "tiny-batch"}
+    assert config.default_class == "interactive"
+    assert config.limits.max_wait_s == 30
+    assert config.max_requests == {"interactive": 8}  # the planned tier's max batch
+    grace = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"]["spec"]
+    assert grace["terminationGracePeriodSeconds"] > config.drain_s  # SIGKILL never cuts the drain short
+    assert config.quotas.default == QuotaSpec(tokens_per_s=1000, max_concurrent=8)
+    assert config.quotas.tenants == {"search": QuotaSpec(tokens_per_s=50000, burst_tokens=100000)}
+    assert {
+        "name": "GOODPUT_API_KEY",
+        "valueFrom": {"secretKeyRef": {"name": "tiny-key", "key": "token"}},
+    } in container["env"]
+
+
+def test_batch_service_defaults_to_the_batch_class() -> None:
+    traffic = {"class": "batch", "expectedRps": 2}
+    container = by_kind(build_router_children(OWNER, spec_with(ROUTER, traffic=traffic), _plan()))[
+        "Deployment"
+    ]
+    assert parse_args(container["spec"]["template"]["spec"]["containers"][0]["args"]).default_class == "batch"
+
+
+@pytest.mark.parametrize(
+    "router",
+    [
+        {"replicas": 1},
+        {"tenantQuotas": [{"name": "a", "tokensPerSecond": 0}]},
+        {"defaultQuota": {"maxConcurrentRequests": 0}},
+        {"defaultQuota": {"tokensPerSecnd": 5}},
+    ],
+)
+def test_bad_router_specs_are_rejected(router: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        spec_with(router)
+
+
+def _plan() -> Candidate:
+    return Candidate(
+        accelerator="CPU",
+        tensor_parallel=1,
+        replicas=1,
+        max_batch=8,
+        batch_window_ms=3.0,
+        chunk_tokens=512,
+        tier="interactive",
+        tiers=(TierConfig(Tier("interactive"), 1, 8, 3.0),),
+        predicted_ttft_p95_ms=100.0,
+        predicted_tpot_p95_ms=10.0,
+        cost_per_hour=0.05,
+        utilisation=0.5,
+    )
