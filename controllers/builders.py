@@ -234,9 +234,7 @@ def build_deployment(
                 "metadata": {
                     "labels": labels,
                     "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(naming.WORKER_PORT),
-                        "prometheus.io/path": "/metrics",
+                        **naming.scrape_annotations(naming.WORKER_PORT),
                         naming.ANNOTATION_CONFIG_HASH: config_hash(config),
                     },
                 },

@@ -29,6 +29,11 @@ OPERATOR_METRICS_PORT = 9090
 MAX_LABEL_VALUE = 63
 
 
+def scrape_annotations(port: int) -> dict[str, str]:
+    """The pod annotations Prometheus's pod discovery (e2e's, and the usual relabelling) scrapes by."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
+
+
 def fit(name: str, limit: int = MAX_LABEL_VALUE) -> str:
     """A DNS label of at most `limit` characters; long names keep a prefix and gain a stable hash."""
     if len(name) <= limit:
