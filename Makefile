@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps venv cluster-binaries test lint unit e2e demo crds bench clean
+.PHONY: setup system-deps venv cluster-binaries images test lint unit e2e e2e-real-node demo crds bench clean
 
 setup: system-deps venv
 
@@ -13,14 +13,26 @@ setup: system-deps venv
 cluster-binaries: venv
 	$(PY) -m e2e.build
 
-# Debian's prometheus package gives promtool and a Prometheus for the in-process tests (it has no
-# Kubernetes discovery, so the e2e stack builds its own); skipped when already present.
+# The base (Debian bookworm from mmdebstrap), pause, operator and worker images, built with podman and
+# tagged VERSION-DIGEST; podman's storage under ~/.cache/goodput keeps them, so only changed inputs rebuild.
+images: system-deps venv
+	$(PY) -m e2e.images
+
+# Debian's packages: prometheus (promtool and a Prometheus for the in-process tests; it has no Kubernetes
+# discovery, so the e2e stack builds its own), and the real node's containerd, runc, CNI plugins, iptables,
+# nftables, iproute2, plus podman and mmdebstrap for `make images`. Installs only what is missing.
+DEBIAN_PACKAGES := prometheus:prometheus containerd:containerd runc:runc \
+  /usr/lib/cni/bridge:containernetworking-plugins podman:podman mmdebstrap:mmdebstrap \
+  iptables:iptables nft:nftables ip:iproute2
 system-deps:
-	@command -v prometheus >/dev/null 2>&1 || { \
-	  echo "installing Debian's prometheus package"; \
+	@missing=""; for pair in $(DEBIAN_PACKAGES); do \
+	  tool=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$tool >/dev/null 2>&1 || [ -x "$$tool" ] || missing="$$missing $$pkg"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:$$missing"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
-	  $$SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  $$SUDO systemctl disable --now prometheus containerd >/dev/null 2>&1 || true; fi
 
 venv: $(STAMP)
 
@@ -40,10 +52,14 @@ lint: venv
 unit: setup
 	$(PY) -m pytest -m "not e2e" -q
 
-e2e: setup cluster-binaries
+e2e: setup cluster-binaries images
 	$(PY) -m pytest -m e2e -q
 
-test: setup cluster-binaries lint
+# The e2e suite with every stack on the real node (containerd, kubelet, kube-proxy) instead of the process kubelet.
+e2e-real-node: setup cluster-binaries images
+	GOODPUT_E2E_NODE=real $(PY) -m pytest -m e2e -q
+
+test: setup cluster-binaries images lint
 	$(PY) -m pytest -q
 
 demo: setup cluster-binaries

@@ -2,7 +2,8 @@
 
 Faults injected and survived (e2e/test_reliability_faults.py, on a stack of its own, and scale-down under
 load from the load-step scenario in e2e/test_scenarios.py), bad inputs tried and
-rejected by the real API server (e2e/test_reliability_input.py), least-privilege checks
+rejected by the real API server (e2e/test_reliability_input.py), bad inputs it accepts but the operator
+must refuse naming the field, with no error loop in its log (e2e/test_operator_mistakes.py), least-privilege checks
 (e2e/test_reliability_access.py), overload and KV exhaustion of a worker (tests/reliability/), requests sent
 and lost. The figures are the tests' own (``record_property`` and the modules' tallies), so the report and
 the assertions never disagree; a failed test is reported as such, with its figures when it had any.
@@ -26,7 +27,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 OVERLOAD = "tests/reliability/test_overload.py"
-E2E = ["e2e/test_reliability_input.py", "e2e/test_reliability_access.py"]
+# The worker's answers to bad requests (in-process): each must be a 4xx naming the parameter.
+WORKER_BAD_INPUT = [
+    "tests/worker/test_server_endpoints.py::test_400s_speak_the_clients_terms",
+    "tests/worker/test_server_structured.py::test_unsupported_values_are_refused_naming_the_parameter",
+    "tests/worker/test_server_structured.py::test_unsupported_chat_values_are_refused",
+]
+E2E = ["e2e/test_reliability_input.py", "e2e/test_operator_mistakes.py", "e2e/test_reliability_access.py"]
 FAULTS = "e2e/test_reliability_faults.py"
 # Scale-down under load: the scenario's load step, whose second half removes replicas while requests flow.
 LOAD_STEP = "e2e/test_scenarios.py::test_load_step_scales_up_then_down_after_stabilization_without_failures"
@@ -94,6 +101,12 @@ def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
     lost += sum(f.get("lost_elsewhere", 0) for f in faults)
     sent += sum(step["sent"] for step in load_step)
     lost += sum(step["failed"] + step["sent"] - step["answered"] for step in load_step)
+    mistakes = properties(tests, "operator_mistakes")
+    served = [m["requests"] for m in mistakes if "requests" in m]
+    sent += sum(r["sent"] for r in served)
+    lost += sum(r["sent"] - r["answered"] for r in served)
+    log_errors = properties(tests, "operator_log_errors")
+    watched_s = sum(e["seconds"] for e in log_errors)
     return {
         "tests": {"passed": outcomes.count("passed"), "failed": len(outcomes) - outcomes.count("passed")},
         "faults": {
@@ -108,6 +121,21 @@ def summarise(tests: dict[str, dict[str, Any]]) -> dict[str, Any]:
                 "impossible_specs": properties(tests, "operator_bad_input"),
                 "fuzzed_valid_specs_reconciled": len(reconciled),
                 "their_ready_reasons": {r: reconciled.count(r) for r in sorted(set(reconciled))},
+                "accepted_but_refused": mistakes,
+                "operator_log_errors": {
+                    "errors": sum(e["errors"] for e in log_errors),
+                    "watched_s": watched_s,
+                    "per_minute": round(60 * sum(e["errors"] for e in log_errors) / watched_s, 2)
+                    if watched_s
+                    else None,
+                },
+            },
+            "worker": {
+                "tried": len(worker := properties(tests, "worker_bad_input")),
+                "4xx_naming_the_parameter": sum(
+                    400 <= w["status"] < 500 and bool(w["param"]) for w in worker
+                ),
+                "cases": worker,
             },
         },
         "least_privilege": access,
@@ -132,7 +160,9 @@ def main() -> None:
         "--no-faults", action="store_true", help="skip the fault injections (the slowest part)"
     )
     args = parser.parse_args()
-    paths = [OVERLOAD] + ([] if args.no_e2e else E2E + ([] if args.no_faults else [FAULTS, LOAD_STEP]))
+    paths = [OVERLOAD, *WORKER_BAD_INPUT] + (
+        [] if args.no_e2e else E2E + ([] if args.no_faults else [FAULTS, LOAD_STEP])
+    )
     collector = Collector()
     began = time.monotonic()
     code = pytest.main(["-q", "-p", "no:cacheprovider", "--rootdir", str(ROOT), *paths], plugins=[collector])

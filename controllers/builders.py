@@ -208,6 +208,8 @@ def build_deployment(
         },
         "resources": _resources(plan),
         "securityContext": _container_security(),
+        # A worker that exits on error leaves its last log lines in its status, for the Ready condition.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "volumeMounts": mounts,
     }
     pod_spec: dict[str, Any] = {

@@ -127,6 +127,9 @@ async def service_changed(body: kopf.Body, reason: str, memo: kopf.Memo, **_: An
         await reconcile.reconcile(runtime(memo), _plain(body), str(reason))
     except PolicyNotFound as error:
         raise kopf.TemporaryError(str(error), delay=POLICY_RETRY_S) from None
+    except reconcile.PlanningFailed as error:  # in status and an Event already; retried at a bounded rate
+        RECONCILE_ERRORS.labels(stage="plan").inc()
+        raise kopf.TemporaryError(str(error), delay=reconcile.PLANNING_RETRY_S) from None
     except Exception:
         RECONCILE_ERRORS.labels(stage="reconcile").inc()
         raise

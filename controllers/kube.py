@@ -28,6 +28,7 @@ KINDS: dict[str, tuple[str, str, bool]] = {
     "ConfigMap": ("/api/v1", "configmaps", True),
     "Service": ("/api/v1", "services", True),
     "Event": ("/api/v1", "events", True),
+    "Pod": ("/api/v1", "pods", True),
     "Deployment": ("/apis/apps/v1", "deployments", True),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets", True),
     "ServiceAccount": ("/api/v1", "serviceaccounts", True),  # the router's, with its Role and RoleBinding
@@ -163,6 +164,12 @@ class KubeClient:
 
     async def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any]:
         return await self._request("GET", path_of(kind, namespace, name))
+
+    async def list(self, kind: str, namespace: str | None, label_selector: str) -> list[dict[str, Any]]:
+        answer = await self._request(
+            "GET", path_of(kind, namespace), params={"labelSelector": label_selector}
+        )
+        return list(answer.get("items") or [])
 
     async def delete(self, kind: str, namespace: str | None, name: str) -> None:
         try:

@@ -16,15 +16,17 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controllers import actuate, router_builders, status
+from controllers import actuate, builders, conditions, naming, router_builders, status
 from controllers.conditions import Cond
-from controllers.kube import KubeError
+from controllers.kube import KubeClient, KubeError
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
+from controllers.model_check import model_problem
 from controllers.naming import MAX_LABEL_VALUE
 from controllers.observation import observe_service
 from controllers.planning import policy_call
 from controllers.prometheus import Snapshot
 from controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
+from controllers.worker_health import worker_problem
 from crds.inferenceservice import InferenceServiceSpec, Mode
 from crds.slopolicy import SLOPolicySpec
 from policies.autoscale import autoscale
@@ -34,16 +36,23 @@ from policies.types import Candidate, Decision, PlanResult
 log = logging.getLogger("goodput.operator")
 
 EVENT_REASONS = {"scale": "Scaled", "retune": "Retuned", "rollout": "RolledOut"}
-CAPACITY_CONSTRAINTS = ("budget", "max_replicas", "max_count")
+PLANNING_RETRY_S = 60  # a planning failure no spec field explains is retried this often, not in a loop
 
 
-def infeasible_conditions(result: PlanResult) -> list[Cond]:
-    """Why nothing fits, as InvalidSpec (the spec cannot ever work) or CapacityLimited (its limits bind)."""
+class PlanningFailed(Exception):
+    """Planning raised for a spec the checks passed: reported in status, retried after PLANNING_RETRY_S."""
+
+
+def infeasible_conditions(result: PlanResult, running: Candidate | None = None) -> list[Cond]:
+    """Why nothing fits, as InvalidSpec (the spec cannot ever work) or CapacityLimited (its limits bind).
+
+    With a `running` plan (the spec changed under a running service) its workers are left as they are.
+    """
     best = result.alternatives[0] if result.alternatives else None
     constraint = result.binding_constraint or (best.rejected if best else None) or "unknown"
     detail = best.rejected if best is not None and best.rejected else constraint
     where = f" (best candidate: {best.accelerator} TP{best.tensor_parallel} ×{best.replicas})" if best else ""
-    if constraint.startswith(CAPACITY_CONSTRAINTS):
+    if not result.unservable:
         return [
             Cond("InvalidSpec", "False", "SpecValid", "the spec is valid"),
             Cond(
@@ -55,10 +64,16 @@ def infeasible_conditions(result: PlanResult) -> list[Cond]:
             Cond("Ready", "False", "NoFeasiblePlan", "no workers were created: no plan fits the limits"),
         ]
     reason = "ModelDoesNotFit" if constraint.startswith("memory") else "SLOUnachievable"
+    field = "spec.model" if reason == "ModelDoesNotFit" else "spec.slo"
+    workers = (
+        "no workers were created"
+        if running is None
+        else f"the running {running.replicas} replica(s) were left as they are"
+    )
     return [
-        Cond("InvalidSpec", "True", reason, f"no feasible plan: {detail}{where}"),
+        Cond("InvalidSpec", "True", reason, f"{field}: no feasible plan at any capacity: {detail}{where}"),
         Cond("CapacityLimited", "False", "NotApplicable", "the spec cannot be served at any capacity"),
-        Cond("Ready", "False", reason, "no workers were created: the spec cannot be served"),
+        Cond("Ready", "False", reason, f"{workers}: the spec cannot be served"),
     ]
 
 
@@ -107,7 +122,6 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
     """Plan and apply one service. Called by kopf (create/update/resume) and on SLOPolicy edits."""
     meta = body["metadata"]
     now = time.time()
-    generation = int(meta.get("generation") or 0)
     try:
         spec = InferenceServiceSpec.model_validate(body.get("spec") or {})
         if len(meta["name"]) > MAX_LABEL_VALUE:
@@ -115,15 +129,11 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
                 f"metadata.name: at most {MAX_LABEL_VALUE} characters (it becomes a label value)"
             )
     except (ValidationError, ValueError) as error:
-        message = str(error).replace("\n", " ")
-        stored = dict(body.get("status") or {})
-        await rt.kube.patch_status(
-            "InferenceService",
-            meta["namespace"],
-            meta["name"],
-            status.rejected_spec_status(stored, generation, message, now),
-        )
-        rt.services.pop((meta["namespace"], meta["name"]), None)
+        await refuse(rt, body, "SpecRejected", str(error).replace("\n", " "), now)
+        return
+    problem = model_problem(spec.model)
+    if problem is not None:
+        await refuse(rt, body, problem.reason, problem.message, now)
         return
     record = record_for(rt, body, spec)
     async with record.lock:
@@ -135,13 +145,21 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             ]
             await actuate.write_status(rt.kube, record, compose(record, updates, now), now)
             raise
-        keep_running = cause == "resume" and record.plan is not None
+        refused = (conditions.find(record.status.get("conditions", []), "InvalidSpec") or {}).get("status")
+        keep_running = cause == "resume" and record.plan is not None and refused != "True"
         if not keep_running:
-            decided = await _plan_now(rt, record, policy, now)
+            try:
+                decided = await _plan_now(rt, record, policy, now)
+            except Exception as error:
+                await _planning_failed(rt, record, error, now)
+                raise PlanningFailed(str(error)) from error
             if isinstance(decided, PlanResult):
-                await actuate.write_status(
-                    rt.kube, record, compose(record, infeasible_conditions(decided), now), now
-                )
+                running = record.plan if decided.unservable else None
+                updates = infeasible_conditions(decided, running)
+                await _warn_if_news(rt.kube, record.status, updates, owner_of(meta), now)
+                await actuate.write_status(rt.kube, record, compose(record, updates, now), now)
+                if running is not None:  # not managed under a spec it cannot serve; its next change re-plans
+                    rt.services.pop(record.key, None)
                 return
             previous, record.plan = record.plan, decided
         else:
@@ -173,6 +191,46 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
         await actuate.write_status(rt.kube, record, compose(record, valid, now, extra), now)
 
 
+def owner_of(meta: dict[str, Any]) -> builders.Owner:
+    return builders.Owner(name=meta["name"], namespace=meta["namespace"], uid=meta["uid"])
+
+
+async def refuse(rt: Runtime, body: dict[str, Any], reason: str, message: str, now: float) -> None:
+    """The spec cannot be served as written: InvalidSpec=True naming the field, a Warning Event when that is
+    news, nothing changed in the cluster, and the service left unmanaged until its spec changes (no retry)."""
+    meta = body["metadata"]
+    generation = int(meta.get("generation") or 0)
+    stored = dict(body.get("status") or {})
+    updated = status.rejected_spec_status(stored, generation, message, now, reason)
+    await rt.kube.patch_status("InferenceService", meta["namespace"], meta["name"], updated)
+    rt.services.pop((meta["namespace"], meta["name"]), None)
+    await _warn_if_news(rt.kube, stored, [Cond("InvalidSpec", "True", reason, message)], owner_of(meta), now)
+
+
+async def _warn_if_news(
+    kube: KubeClient, stored: dict[str, Any], updates: list[Cond], owner: builders.Owner, now: float
+) -> None:
+    """One Warning Event per new problem (InvalidSpec or CapacityLimited turning True, or its message
+    changing), so a resumed or re-planned service does not repeat it."""
+    for update in updates:
+        if update.type not in ("InvalidSpec", "CapacityLimited") or update.status != "True":
+            continue
+        before = conditions.find(stored.get("conditions", []), update.type) or {}
+        if (before.get("status"), before.get("message")) != ("True", update.message):
+            await kube.create(builders.build_event(owner, update.reason, update.message, now, "Warning"))
+
+
+async def _planning_failed(rt: Runtime, record: ServiceRecord, error: Exception, now: float) -> None:
+    """Planning raised: say so in Ready (and one Warning Event per distinct error) before the retry."""
+    log.error("planning %s/%s failed: %r", *record.key, error)
+    message = f"planning failed ({type(error).__name__}: {error}); retrying every {PLANNING_RETRY_S} s"
+    ready = Cond("Ready", "False", "PlanningFailed", message)
+    before = conditions.find(record.status.get("conditions", []), "Ready") or {}
+    await actuate.write_status(rt.kube, record, compose(record, [ready], now), now)
+    if before.get("message") != message:
+        await actuate.post_event(rt.kube, record, "PlanningFailed", message, now, "Warning")
+
+
 async def _plan_now(
     rt: Runtime, record: ServiceRecord, policy: SLOPolicySpec, now: float
 ) -> Candidate | PlanResult:
@@ -181,18 +239,20 @@ async def _plan_now(
     Returns the infeasible PlanResult when nothing fits (the caller writes conditions and builds nothing).
     """
     spec, state = record.spec, record.state
+    hinted = await policy_call(
+        rt.plans, spec, load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor
+    )
+    if hinted.unservable:  # no capacity can serve it: the same verdict on an update as on a create
+        return hinted
     if record.plan is not None and record.observation is not None:
         decision = await policy_call(
             autoscale, spec, policy, record.plan, record.observation, state, now, rt.plans
         )
         record.state = decision.state
         return decision.plan
-    result = await policy_call(
-        rt.plans, spec, load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor
-    )
-    if result.chosen is None:
-        return result
-    return result.chosen
+    if hinted.chosen is None:
+        return hinted
+    return hinted.chosen
 
 
 def ready_condition(record: ServiceRecord, ready: dict[str, tuple[int, int]]) -> Cond:
@@ -278,12 +338,33 @@ async def evaluate(
                     record.plan = previous
                     raise
             await actuate.post_event(rt.kube, record, EVENT_REASONS.get(action, "Decided"), reason, now)
-        updates = [metrics_cond, slo_condition(decision), ready_condition(record, ready)]
+        ready_cond = ready_condition(record, ready)
+        if ready_cond.reason == "ReplicasNotReady":
+            ready_cond = await _with_worker_problem(rt, record, ready_cond, now)
+        updates = [metrics_cond, slo_condition(decision), ready_cond]
         if observation is not None:
             updates.append(capacity_condition(record, decision))
         await actuate.write_status(rt.kube, record, compose(record, updates, now, extra), now)
         record.last_evaluated = now
         return action
+
+
+async def _with_worker_problem(rt: Runtime, record: ServiceRecord, ready: Cond, now: float) -> Cond:
+    """Not ready: the containers' own reason and message from the service's pods (read only now, so a
+    healthy fleet costs no reads), and a Warning Event when the reason is new."""
+    selector = f"{naming.LABEL_SERVICE}={record.name}"
+    try:
+        problem = worker_problem(await rt.kube.list("Pod", record.namespace, selector))
+    except KubeError as error:
+        log.warning("reading the pods of %s/%s failed: %s", *record.key, error)
+        return ready
+    if problem is None:
+        return ready
+    before = conditions.find(record.status.get("conditions", []), "Ready") or {}
+    if before.get("reason") != problem.reason:
+        message = f"workers not ready: {problem.message}"
+        await actuate.post_event(rt.kube, record, problem.reason, message, now, "Warning")
+    return Cond("Ready", "False", problem.reason, f"{ready.message}; {problem.message}")
 
 
 async def write_policy_status(

@@ -22,6 +22,7 @@ from crds.inferenceservice import (
 )
 from crds.inferenceservice import Decision as DecisionStatus
 from crds.slopolicy import SLOPolicyStatus
+from policies.display import ms
 from policies.types import Candidate, Observation, ScalerState, TierConfig
 
 
@@ -215,5 +216,5 @@ def plan_summary(plan: dict[str, Any] | None) -> str:
     )
     return (
         f"{plan['tensorParallel']}×{plan['accelerator']} [{shown}], predicted TTFT/TPOT p95 "
-        f"{plan['predictedTtftP95Ms']:.0f}/{plan['predictedTpotP95Ms']:.1f} ms, ${plan['costPerHour']:.2f}/h"
+        f"{ms(plan['predictedTtftP95Ms'])}/{ms(plan['predictedTpotP95Ms'])} ms, ${plan['costPerHour']:.2f}/h"
     )

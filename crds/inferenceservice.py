@@ -258,7 +258,8 @@ class RouterSpec(Resource):
     )
     max_wait_seconds: float = Field(default=60.0, gt=0, le=3600, description="Queue wait before 503.")
     default_quota: QuotaLimits | None = Field(default=None, description="Quota of every tenant not listed.")
-    tenant_quotas: list[TenantQuota] = Field(default_factory=list, max_length=1000)
+    # At most 100: the uniqueness rule is quadratic and the API server bounds a rule's estimated cost.
+    tenant_quotas: list[TenantQuota] = Field(default_factory=list, max_length=100)
 
     cel_rules: ClassVar[tuple[Rule, ...]] = (
         Rule(

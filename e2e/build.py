@@ -1,4 +1,6 @@
-"""Build the real control-plane binaries from the Go module proxy, once, into a cache outside the repo.
+"""Build the real cluster binaries from the Go module proxy, once, into a cache outside the repo.
+
+The control plane, the node's kubelet and kube-proxy, kubectl, etcd and Prometheus.
 
 The versions come from the go.mod files in e2e/cluster/ (the single source of truth); binaries are
 cached under ``$GOODPUT_CACHE`` (default ``~/.cache/goodput``) keyed by version and rebuilt only
@@ -21,6 +23,7 @@ from pathlib import Path
 CLUSTER_MODULE = Path(__file__).resolve().parent / "cluster"
 ETCD_MODULE = CLUSTER_MODULE / "etcd"
 PROMETHEUS_MODULE = CLUSTER_MODULE / "prometheus"
+CRICTL_MODULE = CLUSTER_MODULE / "crictl"
 CACHE_ROOT = Path(os.environ.get("GOODPUT_CACHE", Path.home() / ".cache" / "goodput"))
 
 
@@ -29,7 +32,7 @@ class Target:
     """One binary: where its main package lives and what /version must say."""
 
     name: str
-    kind: str  # cache family: k8s, etcd or prometheus
+    kind: str  # cache family: k8s, etcd, prometheus or crictl
     module_dir: Path
     package: str
     version: str
@@ -56,6 +59,10 @@ def kube_version() -> str:
 
 def etcd_version() -> str:
     return required_version(ETCD_MODULE, "go.etcd.io/etcd/server/v3")
+
+
+def crictl_version() -> str:
+    return required_version(CRICTL_MODULE, "sigs.k8s.io/cri-tools")
 
 
 def prometheus_version() -> str:
@@ -99,6 +106,9 @@ def targets() -> list[Target]:
             "kube-controller-manager", "k8s", CLUSTER_MODULE, cmd + "kube-controller-manager", kube, flags
         ),
         Target("kubectl", "k8s", CLUSTER_MODULE, cmd + "kubectl", kube, flags),
+        Target("kube-scheduler", "k8s", CLUSTER_MODULE, cmd + "kube-scheduler", kube, flags),
+        Target("kubelet", "k8s", CLUSTER_MODULE, cmd + "kubelet", kube, flags),
+        Target("kube-proxy", "k8s", CLUSTER_MODULE, cmd + "kube-proxy", kube, flags),
         Target(
             "prometheus",
             "prometheus",
@@ -107,6 +117,14 @@ def targets() -> list[Target]:
             prom,
             prometheus_ldflags(prom),
             tags="remove_all_sd,enable_kubernetes_sd",
+        ),
+        Target(
+            "crictl",
+            "crictl",
+            CRICTL_MODULE,
+            "sigs.k8s.io/cri-tools/cmd/crictl",
+            crictl_version(),
+            f"-X sigs.k8s.io/cri-tools/pkg/version.Version={crictl_version()}",
         ),
     ]
 
@@ -144,9 +162,15 @@ def go_build(target: Target) -> None:
     log(f"built {target.name} in {time.monotonic() - start:.0f}s ({packages} packages)")
 
 
-def ensure_binaries() -> dict[str, Path]:
-    """Paths of every control-plane binary, building the missing ones (under a lock: one builder)."""
-    wanted = targets()
+NODE_BINARIES = ("kube-scheduler", "kubelet", "kube-proxy", "crictl")  # only the real node needs these
+
+
+def ensure_binaries(node: bool = True) -> dict[str, Path]:
+    """Paths of the binaries, building the missing ones (under a lock: one builder).
+
+    ``node=False`` leaves out the real node's (the process kubelet schedules and runs pods itself).
+    """
+    wanted = [t for t in targets() if node or t.name not in NODE_BINARIES]
     missing = [t for t in wanted if not t.path.exists()]
     if missing:
         CACHE_ROOT.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,9 @@
 """``python -m e2e.cluster up|down|env``: the local stack from a shell.
 
-``up`` builds the binaries if missing, starts etcd, kube-apiserver, kube-controller-manager, the
-process kubelet and Prometheus (and, with ``--with-operator``, installs goodput), and leaves them running; ``env`` prints the exports to use it
-(``eval "$(python -m e2e.cluster env)"``); ``down`` stops everything and removes the state dir.
+``up`` builds the binaries if missing, starts etcd, kube-apiserver, kube-controller-manager, a node
+(the process kubelet, or with ``--node real`` containerd + kubelet + kube-proxy) and Prometheus (and,
+with ``--with-operator``, installs goodput), and leaves them running; ``env`` prints the exports to use
+it (``eval "$(python -m e2e.cluster env)"``); ``down`` stops everything and removes the state dir.
 The running stack is found through ``$GOODPUT_CACHE/current-stack`` (it holds the state dir path).
 (The Go module that builds the binaries lives in the e2e/cluster/ directory next to this file.)
 """
@@ -34,7 +35,7 @@ def up(args: argparse.Namespace) -> None:
     if running and any(procs.alive(pid) for pid in running.pids.values()):
         sys.exit(f"a stack is already running in {running.state_dir}; run `python -m e2e.cluster down` first")
     nodes = [] if args.no_kubelet else None
-    stack = start_stack(nodes=nodes, with_prometheus=not args.no_prometheus, tied=False)
+    stack = start_stack(nodes=nodes, with_prometheus=not args.no_prometheus, tied=False, node=args.node)
     POINTER.parent.mkdir(parents=True, exist_ok=True)
     POINTER.write_text(str(stack.state_dir))
     print(f"stack {stack.version} up in {stack.start_seconds:.1f}s: {stack.server}", file=sys.stderr)
@@ -75,6 +76,12 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the stack and leave it running")
     p_up.add_argument("--no-kubelet", action="store_true")
+    p_up.add_argument(
+        "--node",
+        choices=["process", "real"],
+        default=None,
+        help="the process kubelet or the real node (containerd, kubelet, kube-proxy); default $GOODPUT_E2E_NODE",
+    )
     p_up.add_argument("--no-prometheus", action="store_true")
     p_up.add_argument(
         "--with-operator",

@@ -1,12 +1,13 @@
 """Fixtures for tests on the real local stack (mark them ``@pytest.mark.e2e``).
 
-``cluster`` is session-scoped: one control plane, process kubelet and Prometheus for the whole run,
-torn down (processes stopped, state dir removed) when the session ends; the run then fails if any
-process, port or the state dir was left behind.
+``cluster`` is session-scoped: one control plane, node (the process kubelet, or the real node with
+``GOODPUT_E2E_NODE=real``) and Prometheus for the whole run, torn down when the session ends; the run then
+fails if any process, port, the state dir or (real node) any host change was left behind.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 
 import kubernetes
@@ -23,7 +24,7 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[Stack]:
     """The running stack: ``.kubeconfig``, ``.server``, ``.prometheus_url``, ``.api_client()``."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # a first build takes minutes: show its progress
-        build.ensure_binaries()
+        build.ensure_binaries(node=os.environ.get("GOODPUT_E2E_NODE") == "real")
     with running_stack() as stack:
         STARTED.append(stack)
         yield stack

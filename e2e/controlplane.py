@@ -1,10 +1,13 @@
-"""Start etcd, kube-apiserver and kube-controller-manager on loopback, the way envtest does plus a KCM.
+"""Start etcd, kube-apiserver and kube-controller-manager, the way envtest does plus a KCM.
 
-Everything listens on 127.0.0.1 at free ports; state (PKI, etcd data, logs) lives in one directory.
+Everything listens on 127.0.0.1 at free ports, but the API server, which listens on ``address``: loopback
+for the process kubelet, the node bridge's address when pods in containers must reach it. State (PKI, etcd
+data, logs) lives in one directory.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import ssl
 import subprocess
 from dataclasses import dataclass, field
@@ -39,7 +42,7 @@ CONTROLLERS = [
     "daemonset-controller",
     "ttl-after-finished-controller",
 ]
-SERVICE_CIDR = "10.0.0.0/24"
+SERVICE_CIDR = "198.19.0.0/24"  # from 198.18.0.0/15, reserved for benchmarking: never a real network
 
 
 @dataclass
@@ -49,6 +52,11 @@ class ControlPlane:
     state_dir: Path
     binaries: dict[str, Path]
     tied: bool = True
+    address: str = "127.0.0.1"
+    service_cidr: str = SERVICE_CIDR
+    # A real kubelet registers its Node tainted not-ready: the node-lifecycle controller lifts the taint
+    # once the node is Ready (and watches its lease). The process kubelet renews no lease: leave it out.
+    node_lifecycle: bool = False
     server: str = ""
     creds: pki.Pki | None = None
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
@@ -59,10 +67,12 @@ class ControlPlane:
         return self.state_dir / "admin.kubeconfig"
 
     def start(self) -> None:
-        self.creds = pki.generate(self.state_dir / "pki")
+        service_ip = str(next(ipaddress.ip_network(self.service_cidr).hosts()))  # the `kubernetes` Service
+        extra = (service_ip,) if self.address == "127.0.0.1" else (service_ip, self.address)
+        self.creds = pki.generate(self.state_dir / "pki", extra)
         (self.state_dir / "logs").mkdir(exist_ok=True)
         self.ports = {name: procs.free_port() for name in ("etcd", "etcd-peer", "apiserver", "kcm")}
-        self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+        self.server = f"https://{self.address}:{self.ports['apiserver']}"
         write_kubeconfig(
             self.kubeconfig, self.server, self.creds.ca.cert, cert_user(self.creds.admin), "admin"
         )
@@ -115,8 +125,8 @@ class ControlPlane:
             "kube-apiserver",
             [
                 str(self.binaries["kube-apiserver"]),
-                "--advertise-address=127.0.0.1",
-                "--bind-address=127.0.0.1",
+                f"--advertise-address={self.address}",
+                f"--bind-address={self.address}",
                 f"--secure-port={self.ports['apiserver']}",
                 f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
                 f"--cert-dir={self.state_dir / 'apiserver-certs'}",
@@ -126,8 +136,13 @@ class ControlPlane:
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
                 f"--service-account-key-file={c.sa_public}",
                 f"--service-account-signing-key-file={c.sa_private}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--authorization-mode=Node,RBAC",
+                # `kubectl logs` and exec: the API server calls the kubelet as admin, checking its cert.
+                f"--kubelet-client-certificate={c.admin.cert}",
+                f"--kubelet-client-key={c.admin.key}",
+                f"--kubelet-certificate-authority={c.ca.cert}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--allow-privileged=true",
                 "--profiling=false",
             ],
@@ -150,11 +165,11 @@ class ControlPlane:
                 "--bind-address=127.0.0.1",
                 f"--secure-port={self.ports['kcm']}",
                 f"--cert-dir={self.state_dir / 'kcm-certs'}",
-                f"--controllers={','.join(CONTROLLERS)}",
+                f"--controllers={','.join(CONTROLLERS + ['node-lifecycle-controller'] * self.node_lifecycle)}",
                 "--use-service-account-credentials=true",
                 f"--service-account-private-key-file={self.creds.sa_private}",
                 f"--root-ca-file={self.creds.ca.cert}",
-                f"--service-cluster-ip-range={SERVICE_CIDR}",
+                f"--service-cluster-ip-range={self.service_cidr}",
                 "--leader-elect=false",
             ],
         )

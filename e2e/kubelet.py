@@ -50,6 +50,11 @@ from kubernetes.utils import parse_quantity
 
 from e2e import procs
 
+# The "image" every process pod runs is this checkout. A volume mounted over, say, /tmp never hides an image's
+# own files in a container, so paths inside it are never rewritten (a checkout under /tmp would otherwise be
+# redirected into the pod's /tmp volume and the operator pod would crash-loop).
+IMAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
 Obj = dict[str, Any]
 LOOP_S = 0.5
 HEARTBEAT_S = 10.0
@@ -425,7 +430,12 @@ class Kubelet:
         return {"KUBECONFIG": str(directory / "kubeconfig")}
 
     def rewrite(self, rec: PodRecord, spec: Obj, text: str) -> str:
-        """Replace the container's mountPaths (at a path boundary) with the local volume directories."""
+        """Replace the container's mountPaths (at a path boundary) with the local volume directories.
+
+        Paths inside :data:`IMAGE_ROOT` are the image's own files and stay as they are.
+        """
+        if text == IMAGE_ROOT or text.startswith(IMAGE_ROOT + "/"):
+            return text
         for mount in sorted(spec.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"])):
             if mount["name"] not in (rec.mounts or {}):
                 continue

@@ -1,17 +1,18 @@
 """Install goodput on the local stack the way users do: `kubectl apply -k` of manifests/, via an overlay.
 
-The overlay (written into the stack's state dir) keeps the base intact and changes only what a cluster
-without images needs: the operator container's command runs this checkout's ``operator/main.py`` with the
-venv's Python (the process kubelet maps ``python``), and its settings point at the stack's Prometheus with
-a short poll. The process kubelet then runs the operator pod from the shipped Deployment, with a token of
-the shipped ServiceAccount (``goodput-system/goodput-operator``): it is bound only by the shipped RBAC,
-never the admin kubeconfig. Prometheus scrapes its /metrics through the pod annotations.
+The overlay (written into the stack's state dir) keeps the base intact and changes only what this stack
+needs: on the real node, the operator image `make images` built (its digest tag, never pulled); on the
+process kubelet, which runs no images, a command running this checkout's ``operator/main.py`` with the
+venv's Python. Its settings point at the stack's Prometheus with a short poll. The node then runs the
+operator pod from the shipped Deployment, with a token of the shipped ServiceAccount
+(``goodput-system/goodput-operator``): it is bound only by the shipped RBAC, never the admin kubeconfig. Prometheus scrapes its /metrics through the pod annotations.
 
 Install = server-side dry run first (the API server validates every object), then the real apply.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ from e2e import procs
 from e2e.stack import REPO, Stack
 
 NAMESPACE = "goodput-system"
+OPERATOR_IMAGE = "ghcr.io/goodput/operator"
 NAME = "goodput-operator"
 MANIFESTS = REPO / "manifests"
 
@@ -62,13 +64,28 @@ def write_overlay(stack: Stack, settings: OperatorSettings) -> Path:
         "GOODPUT_OPERATOR_METRICS_PORT": str(metrics_port),
         # Kopf's liveness endpoint on the pod's own address: 0.0.0.0:8080 is shared by the whole host here.
         "GOODPUT_OPERATOR_LIVENESS": f"http://$(POD_IP):{liveness_port}/healthz",
+        # This checkout's packages, not whichever checkout the venv's editable install points at.
+        "PYTHONPATH": str(REPO),
     }
+    if stack.runtime == "real":  # the image make images built, never pulled (no registry is reachable)
+        image = stack.images[OPERATOR_IMAGE]
+        # No cluster DNS here: the in-cluster API name resolves through /etc/hosts to the Service's IP.
+        api_ip = str(next(ipaddress.ip_network(stack.service_cidr()).hosts()))
+        names = ["kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
+        run = [
+            {"op": "replace", "path": f"{container}/image", "value": image},
+            {"op": "replace", "path": f"{container}/imagePullPolicy", "value": "Never"},
+            {
+                "op": "add",
+                "path": "/spec/template/spec/hostAliases",
+                "value": [{"ip": api_ip, "hostnames": names}],
+            },
+        ]
+    else:
+        script = ["python", str(REPO / "operator" / "main.py")]
+        run = [{"op": "replace", "path": f"{container}/command", "value": script}]
     ops: list[dict[str, object]] = [
-        {
-            "op": "replace",
-            "path": f"{container}/command",
-            "value": ["python", str(REPO / "operator" / "main.py")],
-        },
+        *run,
         {"op": "replace", "path": f"{container}/ports/0/containerPort", "value": liveness_port},
         {"op": "replace", "path": f"{container}/ports/1/containerPort", "value": metrics_port},
         {

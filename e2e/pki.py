@@ -17,7 +17,6 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 VALIDITY = dt.timedelta(days=7)
-SERVICE_IP = "10.0.0.1"  # first address of --service-cluster-ip-range: the `kubernetes` Service
 
 
 @dataclass(frozen=True)
@@ -92,14 +91,17 @@ def _issue(
     return pair, cert, key
 
 
-def generate(directory: Path) -> Pki:
-    """Create every credential the control plane, the process kubelet and Prometheus need."""
+def generate(directory: Path, ips: tuple[str, ...]) -> Pki:
+    """Create every credential the control plane, the node and Prometheus need.
+
+    ``ips``: the API server's addresses besides 127.0.0.1 (the `kubernetes` Service's, the node bridge's).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     ca_pair, ca_cert, ca_key = _issue(directory, "ca", _name("goodput-e2e-ca"), None)
     ca = (ca_cert, ca_key)
     dns = ["localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"]
     sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", SERVICE_IP)]
+    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ("127.0.0.1", *ips)]
     serving, _, _ = _issue(
         directory,
         "apiserver",
@@ -122,3 +124,17 @@ def generate(directory: Path) -> Pki:
         )
     )
     return Pki(ca_pair, serving, admin, kcm, sa_public, sa_private)
+
+
+def issue(
+    creds: Pki, stem: str, common_name: str, organization: str | None = None, server_ips: tuple[str, ...] = ()
+) -> CertPair:
+    """A leaf signed by the stack's CA, beside it: a client cert, or a serving cert for ``server_ips``."""
+    ca_cert = x509.load_pem_x509_certificate(creds.ca.cert.read_bytes())
+    ca_key = serialization.load_pem_private_key(creds.ca.key.read_bytes(), password=None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    usage = [ExtendedKeyUsageOID.SERVER_AUTH] if server_ips else [ExtendedKeyUsageOID.CLIENT_AUTH]
+    sans = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in server_ips] or None
+    name = _name(common_name, organization)
+    pair, _, _ = _issue(creds.ca.cert.parent, stem, name, (ca_cert, ca_key), usage=usage, sans=sans)
+    return pair

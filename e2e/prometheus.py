@@ -70,9 +70,18 @@ def scrape_config(server: str, creds: pki.Pki) -> dict[str, Any]:
 
 
 def start(
-    binary: Path, state_dir: Path, server: str, creds: pki.Pki, *, tied: bool = True
+    binary: Path,
+    state_dir: Path,
+    server: str,
+    creds: pki.Pki,
+    *,
+    tied: bool = True,
+    address: str = "127.0.0.1",
 ) -> tuple[subprocess.Popen[bytes], str]:
-    """Start Prometheus and wait until it is ready; returns the process and its base URL."""
+    """Start Prometheus and wait until it is ready; returns the process and its base URL.
+
+    ``address``: where it listens (the node bridge's, when the operator's pod must reach it).
+    """
     directory = state_dir / "prometheus"
     directory.mkdir(parents=True, exist_ok=True)
     config = {
@@ -81,13 +90,13 @@ def start(
         "scrape_configs": [scrape_config(server, creds)],
     }
     (directory / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    port = procs.free_port()
-    url = f"http://127.0.0.1:{port}"
+    port = procs.free_port(address)
+    url = f"http://{address}:{port}"
     argv = [
         str(binary),
         f"--config.file={directory / 'prometheus.yml'}",
         f"--storage.tsdb.path={directory / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
+        f"--web.listen-address={address}:{port}",
         "--web.enable-lifecycle",
         "--storage.tsdb.retention.time=1d",
     ]

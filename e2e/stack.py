@@ -1,4 +1,8 @@
-"""The whole local stack: control plane + process kubelet + Prometheus, as one start/stop unit.
+"""The whole local stack: control plane + a node + Prometheus, as one start/stop unit.
+
+The node is the process kubelet (``node="process"``, the default: pods are host processes) or a real one
+(``node="real"``, or ``GOODPUT_E2E_NODE=real``: kubelet + containerd + runc + CNI + kube-proxy, pods run
+from the images :mod:`e2e.images` builds; see :mod:`e2e.node`).
 
 Tests use :func:`running_stack` (or the ``cluster`` fixture in e2e/conftest.py); the CLI
 ``python -m e2e.cluster up|down|env`` uses :func:`start_stack` / :func:`stop_stack` with the state
@@ -23,8 +27,9 @@ from pathlib import Path
 import kubernetes
 from kubernetes.client import CoreV1Api
 
-from e2e import build, procs, prometheus
-from e2e.controlplane import ControlPlane, write_kubeconfig
+from e2e import build, hostnet, images, procs, prometheus
+from e2e import node as real_node
+from e2e.controlplane import SERVICE_CIDR, ControlPlane, write_kubeconfig
 
 REPO = Path(__file__).resolve().parent.parent
 STOP_ORDER = ["prometheus", "kube-controller-manager", "kube-apiserver", "etcd"]  # after the kubelets
@@ -55,6 +60,10 @@ class Stack:
     pids: dict[str, int]
     ports: dict[str, int]
     nodes: list[str]
+    runtime: str = "process"  # the node: "process" (the process kubelet) or "real" (containerd)
+    network: int | None = None  # the real node's N: pods in 198.18.N.0/24, Services in 198.19.N.0/24
+    baseline: dict[str, object] | None = None  # the host state the real node changes, before it started
+    images: dict[str, str] = field(default_factory=dict)  # repository -> the digest tag the node runs
     _procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict, repr=False)
 
     def api_client(self) -> kubernetes.client.ApiClient:
@@ -102,9 +111,25 @@ class Stack:
         return sorted(backends)
 
     def pod_logs(self, namespace: str, name: str) -> str:
-        """Everything the pod's containers wrote (there is no `kubectl logs`: no kubelet server)."""
+        """Everything the pod's containers wrote (`kubectl logs` on the real node; files on the process one)."""
+        if self.runtime == "real":
+            result = self.kubectl("logs", "-n", namespace, name, "--all-containers")
+            return result.stdout if result.returncode == 0 else result.stderr
         logs = sorted((self.state_dir / "pods").glob(f"{namespace}_{name}_*/*.log"))
         return "".join(f"==> {log.name} <==\n{log.read_text(errors='replace')}" for log in logs)
+
+    def container_running(self, container_id: str) -> bool:
+        """Whether a container status's ``containerID`` still runs: a process, or a containerd container."""
+        kind, _, ident = container_id.partition("://")
+        if kind == "process":
+            return procs.alive(int(ident))
+        socket = self.state_dir / "node" / "containerd.sock"
+        found = real_node.crictl(socket, "ps", "--quiet", "--state=running", f"--id={ident}")
+        return found.returncode == 0 and bool(found.stdout.strip())
+
+    def service_cidr(self) -> str:
+        """The Services' address range (the real node's own, else the process kubelet's fixed one)."""
+        return hostnet.NodeNetwork(self.network).service_cidr if self.network is not None else SERVICE_CIDR
 
     def save(self) -> None:
         data = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "_procs"}
@@ -123,28 +148,57 @@ def start_stack(
     nodes: list[NodeSpec] | None = None,
     with_prometheus: bool = True,
     tied: bool = True,
+    node: str | None = None,
 ) -> Stack:
     """Build (if needed) and start everything; on any failure, stop what started and re-raise.
 
     ``nodes`` defaults to one :class:`NodeSpec`; pass ``[]`` for no kubelet. ``tied`` processes die
-    with the calling thread (tests); the CLI passes False so they outlive it.
+    with the calling thread (tests); the CLI passes False so they outlive it. ``node``: "process" or
+    "real" (default: ``$GOODPUT_E2E_NODE``, else "process").
     """
     nodes = [NodeSpec()] if nodes is None else nodes
-    binaries = build.ensure_binaries()
+    runtime = node or os.environ.get("GOODPUT_E2E_NODE", "process")
+    if runtime not in ("process", "real"):
+        raise ValueError(f"node: {runtime!r} is neither 'process' nor 'real'")
+    if runtime == "real" and len(nodes) != 1:
+        raise ValueError(f"nodes: the real node is one machine, got {len(nodes)} NodeSpecs")
+    binaries = build.ensure_binaries(node=runtime == "real")
+    references = images.ensure_all() if runtime == "real" else {}
     began = time.monotonic()
     state_dir = state_dir or Path(tempfile.mkdtemp(prefix="goodput-e2e-"))
-    plane = ControlPlane(state_dir, binaries, tied=tied)
+    baseline = hostnet.snapshot() if runtime == "real" else None
+    net = hostnet.choose_network() if runtime == "real" else None
+    address = net.gateway if net else "127.0.0.1"
+    service_cidr = net.service_cidr if net else SERVICE_CIDR
+    plane = ControlPlane(
+        state_dir, binaries, tied=tied, address=address, service_cidr=service_cidr, node_lifecycle=bool(net)
+    )
     started: dict[str, subprocess.Popen[bytes]] = plane.processes
     try:
+        if net is not None:
+            hostnet.create_bridge(net)
+            hostnet.write_sysctl("net/ipv4/ip_forward", "1")  # pods reach the host and each other
         plane.start()
         assert plane.creds is not None
         prom_url = None
         if with_prometheus:
             started["prometheus"], prom_url = prometheus.start(
-                binaries["prometheus"], state_dir, plane.server, plane.creds, tied=tied
+                binaries["prometheus"], state_dir, plane.server, plane.creds, tied=tied, address=address
             )
-        for node in nodes:
-            started[f"kubelet/{node.name}"] = start_kubelet(plane, node, tied)
+        if net is not None:
+            if nodes[0].name != real_node.NODE_NAME:
+                raise ValueError(
+                    f"nodes[0].name: the real node is {real_node.NODE_NAME}, not {nodes[0].name}"
+                )
+            kubelet = real_node.RealNode(plane, net, nodes[0].labels, tied=tied)
+            try:
+                kubelet.start(binaries, references)
+            finally:
+                started |= kubelet.processes
+        else:
+            for spec in nodes:
+                started[f"kubelet/{spec.name}"] = start_kubelet(plane, spec, tied)
+        node_ports = kubelet.ports if net is not None else {}
         stack = Stack(
             state_dir=state_dir,
             kubeconfig=plane.kubeconfig,
@@ -153,17 +207,39 @@ def start_stack(
             prometheus_url=prom_url,
             start_seconds=round(time.monotonic() - began, 2),
             pids={name: p.pid for name, p in started.items()},
-            nodes=[node.name for node in nodes],
-            ports={**plane.ports, **({"prometheus": int(prom_url.rsplit(":", 1)[1])} if prom_url else {})},
+            nodes=[spec.name for spec in nodes],
+            ports={
+                **plane.ports,
+                **node_ports,
+                **({"prometheus": int(prom_url.rsplit(":", 1)[1])} if prom_url else {}),
+            },
+            runtime=runtime,
+            network=net.index if net else None,
+            baseline=baseline,
+            images=references,
             _procs=dict(started),
         )
         stack.save()
     except BaseException:
-        for name in stop_order(started):
+        pids = {name: p.pid for name, p in started.items()}
+        rest = started
+        if net is not None:
+            real_node.stop(pids, started, state_dir)
+            rest = {n: p for n, p in started.items() if n not in real_node.PROCESSES}
+        for name in stop_order(rest):
             procs.stop(started[name].pid, grace=5, proc=started[name])
+        if net is not None and baseline is not None:
+            restore_host(net, baseline)
         shutil.rmtree(state_dir, ignore_errors=True)
         raise
     return stack
+
+
+def restore_host(net: hostnet.NodeNetwork, baseline: dict[str, object]) -> None:
+    """After the real node's processes are gone: its cgroups, bridge, rules, namespaces and sysctls."""
+    real_node.remove_cgroups(f"/{net.bridge}")
+    hostnet.delete_bridge(net)
+    hostnet.restore(baseline)
 
 
 def pod_subnet() -> str:
@@ -211,24 +287,34 @@ def stop_order(processes: dict[str, object]) -> list[str]:
 
 
 def stop_stack(stack: Stack) -> None:
-    """Stop every process (kubelet first, so pods get their SIGTERM) and remove the state dir."""
-    for name in stop_order(stack.pids):
+    """Stop every process (the node first, so pods go while the API is up) and remove the state dir."""
+    rest = stack.pids
+    if stack.runtime == "real":
+        real_node.stop(stack.pids, stack._procs, stack.state_dir)
+        rest = {n: p for n, p in stack.pids.items() if n not in real_node.PROCESSES}
+    for name in stop_order(rest):
         pid, proc = stack.pids[name], stack._procs.get(name)
         # A stack loaded from stack.json has bare pids: only signal those that are still ours.
         if proc is not None or procs.mentions(pid, str(stack.state_dir)):
             grace = KUBELET_GRACE_S if name.startswith("kubelet/") else 10.0
             procs.stop(pid, grace=grace, proc=proc)
+    if stack.network is not None and stack.baseline is not None:
+        restore_host(hostnet.NodeNetwork(stack.network), stack.baseline)
     shutil.rmtree(stack.state_dir, ignore_errors=True)
 
 
 def leftovers(stack: Stack) -> list[str]:
-    """What a stopped stack left behind (processes, listening ports, its state dir); empty when clean."""
+    """What a stopped stack left behind (processes, listening ports, its state dir, the real node's host
+    changes: mounts, bridge, cgroups, rules, namespaces, sysctls); empty when clean."""
     found = [f"process {pid} ({name})" for name, pid in stack.pids.items() if procs.alive(pid)]
     found += [
         f"process {pid} under {stack.state_dir}" for pid in procs.processes_mentioning(str(stack.state_dir))
     ]
     found += [f"port {port} ({name})" for name, port in stack.ports.items() if procs.listening(port)]
     found += [f"directory {stack.state_dir}"] if stack.state_dir.exists() else []
+    if stack.network is not None and stack.baseline is not None:
+        bridge = hostnet.NodeNetwork(stack.network).bridge
+        found += real_node.leftovers(stack.state_dir, bridge, stack.baseline)
     return found
 
 

@@ -366,13 +366,13 @@ def test_deleting_the_service_garbage_collects_its_children(
     namespace, name = tiny
     selector = f"{service.LABEL_SERVICE}={name}"
     core, apps, policy = CoreV1Api(k8s), AppsV1Api(k8s), PolicyV1Api(k8s)
-    pids = [
-        int(c.container_id.removeprefix("process://"))
+    containers = [
+        c.container_id
         for p in core.list_namespaced_pod(namespace, label_selector=selector).items
         for c in p.status.container_statuses or []
         if c.container_id
     ]
-    assert pids
+    assert containers and all(cluster.container_running(c) for c in containers)
     CustomObjectsApi(k8s).delete_namespaced_custom_object(
         service.GROUP, service.VERSION, namespace, service.PLURAL, name
     )
@@ -387,4 +387,4 @@ def test_deleting_the_service_garbage_collects_its_children(
         )
 
     procs.wait_until(collected, 90, "children garbage-collected", interval=1.0)
-    assert not any(procs.alive(pid) for pid in pids)
+    assert not any(cluster.container_running(c) for c in containers)

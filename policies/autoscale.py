@@ -35,6 +35,7 @@ from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import MissingMetrics, SLOPolicySpec
 from policies import planner
 from policies.catalog import accelerator
+from policies.display import exceeds
 from policies.latency import ReplicaPredictor, TokenStats
 from policies.observe import ITL_BUCKETS, TTFT_BUCKETS
 from policies.perfmodel import StepModel
@@ -109,13 +110,13 @@ def autoscale(
     result = plan_fn(spec, load, planning, state.ttft_factor, state.tpot_factor)
     planned = _choose(result, current, policy)
     limited = planned is None
-    if planned is None:  # nothing meets the SLO at this load: run the largest fleet we may
-        planned = _with_replicas(current, spec.scaling.max_replicas)
+    if planned is None:  # nothing meets the SLO at this load: run the largest fleet we may, if that can help
+        planned = current if result.unservable else _with_replicas(current, spec.scaling.max_replicas)
 
     breach = _breach(obs, slo_ttft, slo_tpot)
     raw = planned.replicas
     reactive = ""
-    if breach and obs.ready_replicas:
+    if breach and obs.ready_replicas and not result.unservable:  # replicas cannot fix an unloaded miss
         ratio = max(
             (obs.ttft_p95_ms or 0.0) / slo_ttft if obs.ttft_p95_ms is not None else 0.0,
             (obs.tpot_p95_ms or 0.0) / slo_tpot if obs.tpot_p95_ms is not None else 0.0,
@@ -174,6 +175,8 @@ def autoscale(
         reason = f"{held}: scale-down to {raw} waits for stabilization {at}"
     elif raw > current.replicas:
         reason = f"{held}: scale-up to {raw} waits for stabilization {at}"
+    elif result.unservable:
+        reason = f"{held}: no replica count meets the SLO ({result.binding_constraint}) {at}"
     else:
         reason = f"{held}: planned for {anticipated_rps:.3g} rps{_budget_note(policy, headroom, spent)} {at}"
     return Decision(new_plan, state, "hold", reason, True, slo_met)
@@ -250,9 +253,9 @@ def slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:
 def _breach(obs: Observation, slo_ttft: float, slo_tpot: float) -> str | None:
     """The readable breach, or None when both observed p95s meet their targets (or are unknown)."""
     if obs.ttft_p95_ms is not None and obs.ttft_p95_ms > slo_ttft:
-        return f"TTFT p95 {obs.ttft_p95_ms:.0f} ms > {slo_ttft:.0f} ms"
+        return f"TTFT p95 {exceeds(obs.ttft_p95_ms, slo_ttft)}"
     if obs.tpot_p95_ms is not None and obs.tpot_p95_ms > slo_tpot:
-        return f"TPOT p95 {obs.tpot_p95_ms:.1f} ms > {slo_tpot:.0f} ms"
+        return f"TPOT p95 {exceeds(obs.tpot_p95_ms, slo_tpot)}"
     return None
 
 

@@ -31,6 +31,7 @@ import numpy as np
 from crds.inferenceservice import SLO, AcceleratorPool, InferenceServiceSpec, Tier, TrafficClass
 from crds.slopolicy import SLOPolicySpec, WindowRange
 from policies.catalog import accelerator, price_of
+from policies.display import exceeds
 from policies.latency import ReplicaPredictor, TokenStats
 from policies.perfmodel import StepModel
 from policies.profiles import ModelProfile, profile_for
@@ -259,10 +260,10 @@ def _why_none(predictor: ReplicaPredictor, batches: np.ndarray, windows: np.ndar
         p = predictor.predict(tiny, batches, windows, q, q)
         for quantile, limit in targets.tpot:
             if quantile == q and np.min(p.tpot) > limit:
-                return f"tpot: p{round(q * 100)} {np.min(p.tpot) * 1000:.1f} ms > {limit * 1000:.0f} ms even unloaded"
+                return f"tpot: p{round(q * 100)} {exceeds(np.min(p.tpot) * 1000, limit * 1000)} even unloaded"
         for quantile, limit in targets.ttft:
             if quantile == q and np.min(p.ttft) > limit:
-                return f"ttft: p{round(q * 100)} {np.min(p.ttft) * 1000:.0f} ms > {limit * 1000:.0f} ms even unloaded"
+                return f"ttft: p{round(q * 100)} {exceeds(np.min(p.ttft) * 1000, limit * 1000)} even unloaded"
     return "ttft: no load level meets the targets"
 
 

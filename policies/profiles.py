@@ -130,8 +130,63 @@ def from_architecture(arch: Architecture, name: str, dtype: str) -> ModelProfile
     )
 
 
-# One profile per `random:` preset the worker builds (worker_image.contract), public checkpoints' shapes included.
-PRESETS: dict[str, ModelProfile] = {name: from_config(config, name) for name, config in MODEL_PRESETS.items()}
+# The `random:<preset>` models the worker can run (worker_image.contract): the operator refuses any other.
+WORKER_PRESETS = frozenset(MODEL_PRESETS)
+# Public checkpoints' shapes (their config.json), so what-if planning and the simulator work without the weights.
+# The planner takes them as `random:<name>`; the operator does not, since the worker cannot build them.
+CHECKPOINTS: dict[str, dict[str, Any]] = {
+    "llama-2-7b": {
+        "model_type": "llama",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "torch_dtype": "float16",
+    },
+    "llama-3-8b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "torch_dtype": "bfloat16",
+    },
+    "qwen2.5-14b": {
+        "model_type": "qwen2",
+        "vocab_size": 152064,
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "torch_dtype": "bfloat16",
+    },
+    "llama-3-70b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "torch_dtype": "bfloat16",
+    },
+}
+PRESETS: dict[str, ModelProfile] = {
+    name: from_config(config, name) for name, config in {**MODEL_PRESETS, **CHECKPOINTS}.items()
+}
 
 
 def preset(name: str) -> ModelProfile:

@@ -69,12 +69,21 @@ class Candidate:
         return self.rejected is None
 
 
+CAPACITY_LIMITS = ("max_count", "max_replicas", "budget")  # rejections that more capacity would lift
+
+
 @dataclass(frozen=True)
 class PlanResult:
     chosen: Candidate | None
     alternatives: tuple[Candidate, ...]  # ranked, best first, each with its rejection reason if any
     binding_constraint: str | None  # when nothing is feasible: the constraint that ruled out the best one
     kv_bytes_per_token: int
+
+    @property
+    def unservable(self) -> bool:
+        """Nothing fits and no replica count would change that: the model does not fit, or a target is
+        missed even by an unloaded replica. Capacity limits (maxCount, maxReplicas, budget) are not this."""
+        return self.chosen is None and not (self.binding_constraint or "").startswith(CAPACITY_LIMITS)
 
 
 @dataclass(frozen=True)

@@ -178,7 +178,7 @@ async def test_status_defaults_to_the_context_namespace_and_renders_a_table(api,
     code, out, _ = await cli(capsys, "status", "--kubeconfig", str(config))
     assert code == 0
     assert "chat" in out and "tiny" not in out  # the context's namespace is team-a
-    assert "1×H100-SXM [interactive×2 B64 W5ms], predicted TTFT/TPOT p95 310/22.0 ms, $7.90/h" in out
+    assert "1×H100-SXM [interactive×2 B64 W5ms], predicted TTFT/TPOT p95 310/22 ms, $7.90/h" in out
     assert "SLOMet=False Violated" in out
     assert "interactive 1/2" in out
     assert "scaled interactive 1→2" in out

@@ -23,11 +23,21 @@ class UsageError(ValueError):
     """A bad flag or environment value; exit code 2."""
 
 
-def _parser() -> argparse.ArgumentParser:
+def _default(f: dataclasses.Field) -> str:
+    if f.default is dataclasses.MISSING:
+        return "required"
+    if f.default is None:
+        return "default: unset"
+    return f"default: {f.default}"
+
+
+def build_parser(prog: str = "python -m worker_image") -> argparse.ArgumentParser:
+    """The worker's flags with their help (also shown by `goodput serve --help`)."""
     parser = argparse.ArgumentParser(
-        prog="python -m worker_image",
+        prog=prog,
         description="Serve a model over an OpenAI-compatible API. Every flag can also be set as "
         f"{ENV_PREFIX}<FLAG> (e.g. {ENV_PREFIX}PORT); flags win.",
+        epilog=f"model presets (--model random:<preset>, seeded random weights): {', '.join(PRESETS)}",
         allow_abbrev=False,
     )
     server = parser.add_argument_group("server")
@@ -40,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
     server.add_argument("--served-model-name", help="model name in the API and metrics (default: --model)")
     engine = parser.add_argument_group("engine")
     for f in dataclasses.fields(EngineConfig):
-        engine.add_argument("--" + f.name.replace("_", "-"), help=f"(default {f.default!r})")
+        help_text = f"{f.metadata['help']} ({_default(f)})"
+        if f.name == "model":
+            help_text += f"; presets: {', '.join(PRESETS)}"
+        engine.add_argument("--" + f.name.replace("_", "-"), help=help_text)
     return parser
 
 
@@ -107,7 +120,7 @@ def main(argv: list[str] | None = None, env: Mapping[str, str] | None = None) ->
     """Run the worker; returns the exit code (0 after a graceful drain, 2 for a bad setting)."""
     argv = sys.argv[1:] if argv is None else argv
     env = os.environ if env is None else env
-    flags = _parser().parse_args(argv)  # unknown flags exit 2 with argparse's message
+    flags = build_parser().parse_args(argv)  # unknown flags exit 2 with argparse's message
     try:
         options = parse_options(flags, env)
         config = EngineConfig.from_env_and_args(argv, env)

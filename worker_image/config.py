@@ -7,7 +7,7 @@ import dataclasses
 import json
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from worker_image.contract import ENV_PREFIX as ENV_PREFIX
@@ -19,31 +19,59 @@ DTYPES = ("float32", "bfloat16", "float16")
 class EngineConfig:
     """Validated on construction so a bad value fails at start with a message naming it."""
 
-    model: str
-    dtype: str = "float32"
-    device: str = "cpu"
-    max_num_seqs: int = 64
-    max_num_batched_tokens: int = 2048
-    max_model_len: int = 2048
-    block_size: int = 16
-    num_kv_blocks: int | None = None
-    kv_cache_memory_mb: int = 512  # KV pool size on CPU (on CUDA it is sized from free memory)
-    enable_prefix_caching: bool = True
-    batch_window_ms: float = 0.0
-    max_waiting: int = 256
-    seed: int = 0
-    tensor_parallel_size: int = 1
-    distributed_timeout_s: float = 60.0  # a collective waiting longer than this means a rank is lost
-    cpu_threads: int | None = None  # torch threads on CPU; None: torch's default capped at the CPU quota
-    attention_backend: str = (
-        "auto"  # decode attention: auto (triton on CUDA, reference on CPU) | reference | triton
+    model: str = field(
+        metadata={
+            "help": "a Hugging Face folder (config.json, safetensors, tokenizer.json) or "
+            "random:<preset> (seeded random weights)"
+        }
     )
-    enforce_eager: bool = False  # on CUDA, never replay captured CUDA graphs for decode steps
-    gpu_memory_utilization: float = 0.9  # on CUDA without num_kv_blocks: share of the GPU's memory to fill
+    dtype: str = field(default="float32", metadata={"help": "weights and KV cache: " + ", ".join(DTYPES)})
+    device: str = field(default="cpu", metadata={"help": "cpu or cuda[:N]"})
+    max_num_seqs: int = field(default=64, metadata={"help": "sequences in one batch"})
+    max_num_batched_tokens: int = field(
+        default=2048, metadata={"help": "tokens in one step (prefill chunks)"}
+    )
+    max_model_len: int = field(default=2048, metadata={"help": "prompt plus output tokens"})
+    block_size: int = field(default=16, metadata={"help": "tokens per KV block (a power of two)"})
+    num_kv_blocks: int | None = field(
+        default=None, metadata={"help": "KV blocks; unset: sized from memory (see the two below)"}
+    )
+    kv_cache_memory_mb: int = field(
+        default=512, metadata={"help": "KV pool size on CPU (on CUDA it is sized from free memory)"}
+    )
+    enable_prefix_caching: bool = field(default=True, metadata={"help": "reuse KV blocks of shared prefixes"})
+    batch_window_ms: float = field(
+        default=0.0, metadata={"help": "hold admissions this long to batch arrivals together"}
+    )
+    max_waiting: int = field(default=256, metadata={"help": "waiting requests before new ones get 429"})
+    seed: int = field(default=0, metadata={"help": "random weights and unseeded sampling"})
+    tensor_parallel_size: int = field(
+        default=1, metadata={"help": "ranks (processes) per replica: 1, 2, 4 or 8"}
+    )
+    distributed_timeout_s: float = field(
+        default=60.0, metadata={"help": "a collective waiting longer than this means a rank is lost"}
+    )
+    cpu_threads: int | None = field(
+        default=None,
+        metadata={
+            "help": "torch threads on CPU; unset: the CPUs of the process's affinity, capped by its cgroup CPU "
+            "quota (v1 or v2) and torch's default; a warning at start says when the host is oversubscribed"
+        },
+    )
+    attention_backend: str = field(
+        default="auto",
+        metadata={"help": "decode attention: auto (triton on CUDA, reference on CPU), reference or triton"},
+    )
+    enforce_eager: bool = field(
+        default=False, metadata={"help": "on CUDA, never replay captured CUDA graphs for decode steps"}
+    )
+    gpu_memory_utilization: float = field(
+        default=0.9, metadata={"help": "on CUDA without num_kv_blocks: share of the GPU's memory to fill"}
+    )
 
     def __post_init__(self) -> None:
-        def bad(field: str, why: str) -> ValueError:
-            return ValueError(f"invalid engine config: {field}={getattr(self, field)!r}: {why}")
+        def bad(name: str, why: str) -> ValueError:
+            return ValueError(f"invalid engine config: {name}={getattr(self, name)!r}: {why}")
 
         if not self.model:
             raise bad("model", "must be a Hugging Face folder path or 'random:<preset>'")

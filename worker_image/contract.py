@@ -131,9 +131,8 @@ def flag(setting: str) -> str:
 # ---------------------------------------------------------------- models
 
 # `random:<preset>`: a preset's architecture with seeded random weights. The one list of presets: the worker
-# builds each from its Hugging Face style config below, the operator plans each from the same numbers, so
-# neither accepts a preset the other lacks. The public checkpoints' shapes (from their config.json) are here
-# so planning works without the weights at hand; a real checkpoint is served from its folder.
+# builds each from its Hugging Face style config below, the operator plans each from the same numbers and
+# refuses any other `random:` source (controllers.model_check). A real checkpoint is served from its folder.
 RANDOM_PREFIX = "random:"
 _LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rms_norm_eps": 1e-5}
 _QWEN2 = {"architectures": ["Qwen2ForCausalLM"], "model_type": "qwen2", "rms_norm_eps": 1e-6}
@@ -173,54 +172,6 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "max_position_embeddings": 32768,
         "rope_theta": 1000000.0,
         "tie_word_embeddings": True,
-        "torch_dtype": "bfloat16",
-    },
-    "llama-2-7b": {
-        **_LLAMA,
-        "vocab_size": 32000,
-        "hidden_size": 4096,
-        "intermediate_size": 11008,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 32,
-        "max_position_embeddings": 4096,
-        "rope_theta": 10000.0,
-        "torch_dtype": "float16",
-    },
-    "llama-3-8b": {
-        **_LLAMA,
-        "vocab_size": 128256,
-        "hidden_size": 4096,
-        "intermediate_size": 14336,
-        "num_hidden_layers": 32,
-        "num_attention_heads": 32,
-        "num_key_value_heads": 8,
-        "max_position_embeddings": 8192,
-        "rope_theta": 500000.0,
-        "torch_dtype": "bfloat16",
-    },
-    "qwen2.5-14b": {
-        **_QWEN2,
-        "vocab_size": 152064,
-        "hidden_size": 5120,
-        "intermediate_size": 13824,
-        "num_hidden_layers": 48,
-        "num_attention_heads": 40,
-        "num_key_value_heads": 8,
-        "max_position_embeddings": 32768,
-        "rope_theta": 1000000.0,
-        "torch_dtype": "bfloat16",
-    },
-    "llama-3-70b": {
-        **_LLAMA,
-        "vocab_size": 128256,
-        "hidden_size": 8192,
-        "intermediate_size": 28672,
-        "num_hidden_layers": 80,
-        "num_attention_heads": 64,
-        "num_key_value_heads": 8,
-        "max_position_embeddings": 8192,
-        "rope_theta": 500000.0,
         "torch_dtype": "bfloat16",
     },
 }

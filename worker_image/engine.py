@@ -1,9 +1,11 @@
-"""The engine loop: accept requests from any thread, run one scheduled forward pass per step, and turn
-sampled tokens into incremental outputs (stop conditions, detokenized text, timings)."""
+"""The engine loop: accept requests, run one scheduled forward pass per step, and turn sampled tokens into
+incremental outputs (stop conditions, detokenized text, timings).
+
+Single-threaded, as in nano-vllm: every method is called from one thread. The server's engine thread
+(`engine_thread.py`) is the one place that hands requests over from other threads."""
 
 from __future__ import annotations
 
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -12,8 +14,9 @@ import torch
 
 from worker_image.block_manager import BlockManager
 from worker_image.config import EngineConfig
+from worker_image.grammar import GrammarError, Grammars
 from worker_image.model_runner import ModelRunner
-from worker_image.sampling import Priority, SamplingParams
+from worker_image.sampling import InvalidParameterError, Priority, SamplingParams
 from worker_image.scheduler import Scheduler
 from worker_image.sequence import Sequence
 from worker_image.tokenizer import detokenize_incrementally
@@ -62,23 +65,17 @@ class LLMEngine:
             self.runner.num_blocks, config.block_size, config.enable_prefix_caching
         )
         self.scheduler = Scheduler(config, self.block_manager)
-        self._cond = threading.Condition()
-        self._inbox: list[Sequence] = []
+        self.grammars = Grammars(self.tokenizer, self.model_config.vocab_size)
         self._aborts: set[str] = set()
-        self._active: set[str] = set()  # request ids added and not yet finished, guarded by _cond
-        self._seqs: dict[str, Sequence] = {}  # owned by the step thread
+        self._seqs: dict[str, Sequence] = {}  # requests added and not yet finished
+        self.deferred_until: float | None = None  # the batch window the last step waits out, if any
 
     def close(self) -> None:
         """Stop the tensor-parallel ranks, if any; the engine is unusable afterwards."""
         self.runner.close()
 
-    def add_request(
-        self,
-        request_id: str,
-        prompt_token_ids: list[int],
-        params: SamplingParams,
-        priority: Priority = Priority.INTERACTIVE,
-    ) -> None:
+    def check_request(self, prompt_token_ids: list[int], params: SamplingParams) -> None:
+        """Raise ValueError if the request cannot run; reads only the configuration, so any thread may call it."""
         n, limit, vocab = len(prompt_token_ids), self.config.max_model_len, self.model_config.vocab_size
         if n == 0:
             raise ValueError("prompt is empty")
@@ -88,42 +85,56 @@ class LLMEngine:
             )
         if not all(0 <= t < vocab for t in prompt_token_ids):
             raise ValueError(f"prompt token ids must be in [0, {vocab})")
+        if any(t >= vocab for t in params.logit_bias):
+            raise InvalidParameterError(
+                "logit_bias", f"invalid logit_bias: token ids must be in [0, {vocab})"
+            )
+        if params.grammar is not None:
+            try:
+                self.grammars.check(params.grammar)
+            except GrammarError as exc:
+                raise InvalidParameterError("grammar", f"invalid grammar: {exc}") from None
+
+    def add_request(
+        self,
+        request_id: str,
+        prompt_token_ids: list[int],
+        params: SamplingParams,
+        priority: Priority = Priority.INTERACTIVE,
+    ) -> None:
+        self.check_request(prompt_token_ids, params)
+        if request_id in self._seqs:
+            raise ValueError(f"request id {request_id!r} is already in use")
+        if self.queue_full():
+            raise QueueFullError(f"waiting queue is full ({self.config.max_waiting} requests)")
         seq = Sequence(request_id, list(prompt_token_ids), params, Priority(priority), time.monotonic())
         if params.seed is not None:
             seq.generator = torch.Generator(self.config.device).manual_seed(params.seed)
-        with self._cond:
-            if request_id in self._active:
-                raise ValueError(f"request id {request_id!r} is already in use")
-            if self.queue_full():
-                raise QueueFullError(f"waiting queue is full ({self.config.max_waiting} requests)")
-            self._active.add(request_id)
-            self._inbox.append(seq)
-            self._cond.notify_all()
+        if params.grammar is not None:
+            seq.matcher = self.grammars.matcher(params.grammar)
+        self._seqs[request_id] = seq
+        self.scheduler.add(seq)
 
-    def queue_full(self) -> bool:
-        """Whether max_waiting requests would still wait once the next step fills the free batch slots.
-        Counting the raw queue would refuse requests while the slots of a batch that just finished are empty."""
+    def queue_full(self, arriving: int = 0) -> bool:
+        """Whether max_waiting requests would still wait, `arriving` more included, once the next step fills
+        the free batch slots. Counting the raw queue would refuse requests while the slots of a batch that
+        just finished are empty."""
         free_slots = max(0, self.config.max_num_seqs - len(self.scheduler.running))
-        return len(self._inbox) + self.scheduler.num_waiting - free_slots >= self.config.max_waiting
+        return arriving + self.scheduler.num_waiting - free_slots >= self.config.max_waiting
 
     def abort_request(self, request_id: str) -> None:
-        with self._cond:
-            if request_id in self._active:
-                self._aborts.add(request_id)
-                self._cond.notify_all()
+        """The next step finishes the request with reason "abort" (and frees its blocks)."""
+        if request_id in self._seqs:
+            self._aborts.add(request_id)
 
     def has_unfinished_requests(self) -> bool:
-        return bool(self._active)
-
-    def wait_for_work(self, timeout_s: float) -> bool:
-        with self._cond:
-            return self._cond.wait_for(lambda: bool(self._active), timeout=timeout_s)
+        return bool(self._seqs)
 
     def stats(self) -> EngineStats:
         bm, sched = self.block_manager, self.scheduler
         return EngineStats(
             num_running=len(sched.running),
-            num_waiting=sched.num_waiting + len(self._inbox),
+            num_waiting=sched.num_waiting,
             kv_cache_usage=bm.usage(),
             num_free_blocks=bm.num_free_blocks,
             num_total_blocks=bm.num_total_blocks,
@@ -133,20 +144,13 @@ class LLMEngine:
         )
 
     def step(self) -> list[RequestOutput]:
-        with self._cond:
-            inbox, self._inbox = self._inbox, []
-            aborts, self._aborts = self._aborts, set()
-        for seq in inbox:
-            self._seqs[seq.request_id] = seq
-            self.scheduler.add(seq)
+        """One forward pass. When the scheduler holds the batch open for its window, nothing runs and
+        `deferred_until` says until when; the caller decides how to wait (new requests may end it)."""
+        aborts, self._aborts = self._aborts, set()
         outputs = [self._finish(self._seqs[rid], "abort") for rid in aborts if rid in self._seqs]
         plan = self.scheduler.schedule()
+        self.deferred_until = plan.defer_until if not plan.scheduled else None
         if not plan.scheduled:
-            if plan.defer_until is not None:  # batch window: sleep until it closes or a request arrives
-                with self._cond:
-                    self._cond.wait_for(
-                        lambda: bool(self._inbox), timeout=plan.defer_until - time.monotonic()
-                    )
             return outputs
         sampled_seqs, sampled = self.runner.run(plan.scheduled)
         for seq, n in plan.scheduled:
@@ -168,13 +172,17 @@ class LLMEngine:
         if seq.first_token_time is None:
             seq.first_token_time = now
         reason = None
-        if token in params.stop_token_ids or (token == self.tokenizer.eos_token_id and not params.ignore_eos):
+        stop_token = token in params.stop_token_ids or (
+            token == self.tokenizer.eos_token_id and not params.ignore_eos
+        )
+        if stop_token:
             reason = "stop"
+        elif seq.matcher is not None and seq.matcher.advance(token):
+            reason = "stop"  # the grammar is complete (a closed JSON value): nothing but EOS could follow
         elif seq.num_output_tokens >= params.max_tokens:
             reason = "length"
         # A stop token's own text is not output, but bytes held back before it as an incomplete character
         # are: as U+FFFD, as when the length limit cuts one off.
-        stop_token = reason == "stop"
         delta, seq.prefix_offset, seq.read_offset = detokenize_incrementally(
             self.tokenizer,
             seq.token_ids[:-1] if stop_token else seq.token_ids,
@@ -219,8 +227,6 @@ class LLMEngine:
         seq.finish_reason = reason
         self.scheduler.remove(seq)
         del self._seqs[seq.request_id]
-        with self._cond:
-            self._active.discard(seq.request_id)
         return self._output(seq)
 
     def generate(
@@ -240,7 +246,10 @@ class LLMEngine:
                 except QueueFullError:
                     break
                 pending.pop(0)
-            for out in self.step():
+            outputs = self.step()
+            if self.deferred_until is not None:  # nothing else can arrive: sleep out the batch window
+                time.sleep(max(0.0, self.deferred_until - time.monotonic()))
+            for out in outputs:
                 if out.request_id in results:
                     results[out.request_id].extend(out.new_token_ids)
                     done += out.finished

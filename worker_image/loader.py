@@ -9,12 +9,16 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from worker_image import parallel, presets
+from worker_image import parallel, parallel_layers, presets
 from worker_image.model import CausalLM, ModelConfig
 from worker_image.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of one of config.DTYPES (the names are torch's own)."""
+    return getattr(torch, name)
 
 
 def load_model(
@@ -47,7 +51,7 @@ def load_model(
                 f"invalid engine config: tensor_parallel_size={tp}: does not divide {what} ({n})"
             )
     model = CausalLM(cfg)
-    state = parallel.shard_state_dict(
+    state = parallel_layers.shard_state_dict(
         convert_hf_state_dict(weights, cfg), cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     )
     missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
@@ -55,7 +59,7 @@ def load_model(
     missing = [k for k in missing if not (cfg.tie_word_embeddings and k == "lm_head.weight")]
     if missing or unexpected:
         raise ValueError(f"model {source!r}: missing weights {missing[:5]}, unexpected {unexpected[:5]}")
-    model = model.to(device=device, dtype=DTYPES[dtype]).eval()
+    model = model.to(device=device, dtype=torch_dtype(dtype)).eval()
     model.build_rope(max_len, device)
     return model, tokenizer, cfg
 

@@ -15,6 +15,7 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    disable_created_metrics,
     generate_latest,
 )
 
@@ -50,6 +51,7 @@ class WorkerMetrics:
     """The worker's metrics; observed from the server's event loop and the engine thread (both thread-safe)."""
 
     def __init__(self, model_name: str, max_model_len: int) -> None:
+        disable_created_metrics()  # no `*_created` series, as vLLM (a process-wide switch of prometheus_client)
         self.registry = CollectorRegistry()
         self.model_name = model_name
         labels = [c.MODEL_NAME_LABEL]

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from worker_image import attention, parallel
-from worker_image.parallel import (
+from worker_image.parallel_layers import (
     ColumnParallelLinear,
     ParallelLMHead,
     RowParallelLinear,

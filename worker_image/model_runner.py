@@ -2,34 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from worker_image import attention, parallel
+from worker_image import attention, cpu, parallel, tp_ranks
 from worker_image.config import EngineConfig
 from worker_image.cuda_graphs import DecodeGraphs
-from worker_image.loader import DTYPES, load_model
+from worker_image.loader import load_model, torch_dtype
 from worker_image.model import AttnMetadata, DecodeGroup, PrefillChunk
 from worker_image.sampler import Sampler, SamplerOutput
 from worker_image.sequence import Sequence
 from worker_image.transfer import to_device
 
 DECODE_GROUP_SIZE = 16  # reference decodes sorted by length and gathered in groups, so padding stays small
-
-
-def cpu_quota() -> int:
-    """CPUs this process may use: its affinity, capped by a cgroup v2 quota (a pod's CPU limit)."""
-    n = len(os.sched_getaffinity(0))
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        return n if quota == "max" else max(1, min(n, int(quota) // int(period)))
-    except (OSError, ValueError):
-        return n
 
 
 @dataclass
@@ -106,10 +94,12 @@ class ModelRunner:
         self.config = config
         self.device = torch.device(config.device)
         self.backend = attention.resolve_backend(config.attention_backend, config.device)
-        self.followers: parallel.Followers | None = None
+        self.followers: tp_ranks.Followers | None = None
         self.graphs: DecodeGraphs | None = None
         if self.device.type == "cpu":
-            torch.set_num_threads(config.cpu_threads or min(torch.get_num_threads(), cpu_quota()))
+            threads = config.cpu_threads or cpu.default_threads(torch.get_num_threads())
+            torch.set_num_threads(threads)
+            cpu.warn_if_oversubscribed(threads)
         elif config.tensor_parallel_size == 1:  # "cuda" means the current GPU; name it, and make it current
             index = self.device.index
             self.device = torch.device("cuda", torch.cuda.current_device() if index is None else index)
@@ -125,7 +115,7 @@ class ModelRunner:
         if tp > 1:
             if rank == 0:
                 port = parallel.free_port()
-                self.followers = parallel.Followers(follow, config, port)
+                self.followers = tp_ranks.Followers(follow, config, port)
                 self.followers.wait("started")  # their imports do not count against the rendezvous timeout
             self.device = parallel.init_group(rank, tp, port, config.device, config.distributed_timeout_s)
         self.model, self.tokenizer, self.model_config = load_model(
@@ -153,7 +143,7 @@ class ModelRunner:
     def _allocate_kv(self, num_blocks: int) -> None:
         mc, tp = self.model_config, self.config.tensor_parallel_size
         shape = (2, mc.num_layers, mc.num_kv_heads // tp, num_blocks, self.config.block_size, mc.head_dim)
-        self.kv_cache = torch.zeros(shape, dtype=DTYPES[self.config.dtype], device=self.device)
+        self.kv_cache = torch.zeros(shape, dtype=torch_dtype(self.config.dtype), device=self.device)
         for i, layer in enumerate(self.model.model.layers):
             layer.self_attn.k_cache, layer.self_attn.v_cache = self.kv_cache[0, i], self.kv_cache[1, i]
 
@@ -162,7 +152,7 @@ class ModelRunner:
         same on every rank: their minimum); else kv_cache_memory_mb's worth."""
         config, mc, bs = self.config, self.model_config, self.config.block_size
         kv_heads = mc.num_kv_heads // config.tensor_parallel_size
-        bytes_per_block = 2 * mc.num_layers * kv_heads * bs * mc.head_dim * DTYPES[config.dtype].itemsize
+        bytes_per_block = 2 * mc.num_layers * kv_heads * bs * mc.head_dim * torch_dtype(config.dtype).itemsize
         if config.num_kv_blocks:
             n, source = config.num_kv_blocks, "num_kv_blocks"
         elif self.device.type == "cuda":
@@ -296,7 +286,7 @@ class ModelRunner:
 
 def follow(config: EngineConfig, rank: int, port: int, pipe: Connection) -> None:
     """A tensor-parallel rank other than 0: run every batch rank 0 sends until it sends None or goes away."""
-    parallel.watch_parent()
+    tp_ranks.watch_parent()
     pipe.send("started")
     runner = ModelRunner(config, rank, port)
     pipe.send("ready")

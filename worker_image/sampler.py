@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from worker_image import logits_processors
 from worker_image.sequence import Sequence
 from worker_image.transfer import to_device
 
@@ -28,12 +29,16 @@ class Sampler:
         self.generator = torch.Generator(device).manual_seed(seed)
 
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> SamplerOutput:
+        """Tokens chosen from the processed logits (penalties, bias, grammar); logprobs are the model's own."""
         params = [s.params for s in seqs]
         dev = logits.device
-        tokens = logits.argmax(dim=-1)
+        chosen_from = (
+            logits_processors.process(logits, seqs) if logits_processors.needs_processing(seqs) else logits
+        )
+        tokens = chosen_from.argmax(dim=-1)
         if not all(p.greedy for p in params):
             greedy = to_device([p.greedy for p in params], dev, torch.bool)
-            tokens = torch.where(greedy, tokens, self._sample(logits, seqs))
+            tokens = torch.where(greedy, tokens, self._sample(chosen_from, seqs))
         token_list = tokens.tolist()  # the step's one wait for the device
         lps: list[float | None] = [None] * len(seqs)
         tops: list[list[tuple[int, float]] | None] = [None] * len(seqs)

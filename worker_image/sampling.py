@@ -6,6 +6,14 @@ import enum
 from dataclasses import dataclass, field
 
 
+class InvalidParameterError(ValueError):
+    """A sampling parameter out of range; `param` names it, so the server can say which without parsing."""
+
+    def __init__(self, param: str, message: str) -> None:
+        super().__init__(message)
+        self.param = param
+
+
 class Priority(enum.IntEnum):
     """Lower value is served first; BATCH requests are also preempted first."""
 
@@ -26,10 +34,16 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None
+    presence_penalty: float = 0.0  # subtracted once from the logit of every token already in the output
+    frequency_penalty: float = 0.0  # subtracted once per occurrence in the output
+    logit_bias: dict[int, float] = field(default_factory=dict)  # token id -> added to its logit
+    grammar: str | None = None  # an llguidance grammar the output must match (structured outputs)
 
     def __post_init__(self) -> None:
-        def bad(name: str, why: str) -> ValueError:
-            return ValueError(f"invalid sampling parameter: {name}={getattr(self, name)!r}: {why}")
+        def bad(name: str, why: str) -> InvalidParameterError:
+            return InvalidParameterError(
+                name, f"invalid sampling parameter: {name}={getattr(self, name)!r}: {why}"
+            )
 
         if isinstance(self.stop, str):
             self.stop = [self.stop]
@@ -47,6 +61,17 @@ class SamplingParams:
             raise bad("stop_token_ids", "must be non-negative integers")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise bad("logprobs", "must be in [0, 20] or None")
+        for name in ("presence_penalty", "frequency_penalty"):
+            if not -2.0 <= getattr(self, name) <= 2.0:
+                raise bad(name, "must be in [-2, 2]")
+        if any(not isinstance(t, int) or t < 0 for t in self.logit_bias):
+            raise bad("logit_bias", "keys must be non-negative token ids")
+        if any(not -100.0 <= b <= 100.0 for b in self.logit_bias.values()):
+            raise bad("logit_bias", "values must be in [-100, 100]")
+
+    @property
+    def penalized(self) -> bool:
+        return bool(self.presence_penalty or self.frequency_penalty)
 
     @property
     def greedy(self) -> bool:

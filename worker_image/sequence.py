@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from worker_image.grammar import Matcher
 from worker_image.sampling import Priority, SamplingParams
 
 
@@ -33,6 +34,7 @@ class Sequence:
     first_token_time: float | None = None
     finish_reason: str | None = None
     generator: torch.Generator | None = None
+    matcher: Matcher | None = None  # where the output is in params.grammar, if it has one
     output_text: str = ""
     num_emitted_chars: int = 0
     prefix_offset: int = 0

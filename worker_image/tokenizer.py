@@ -16,19 +16,24 @@ class Tokenizer(Protocol):
 
     def encode(self, text: str) -> list[int]: ...
     def decode(self, ids: list[int]) -> str: ...
-    def apply_chat_template(self, messages: list[dict]) -> str: ...
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> str: ...
 
 
 DEFAULT_CHAT_TEMPLATE = (
-    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
+    "{% if tools %}<|tools|>\n{{ tools | tojson }}\n{% endif %}"
+    "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}"
+    "{{ m['tool_calls'] | tojson if m.get('tool_calls') else '' }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
 
-def _render(template: str, messages: list[dict], **special: str | None) -> str:
+def _render(template: str, messages: list[dict], tools: list[dict] | None, **special: str | None) -> str:
+    """Render a chat template; `tools` (OpenAI function definitions) as Hugging Face templates expect."""
     env = jinja2.Environment(trim_blocks=True, lstrip_blocks=True)
     env.globals["raise_exception"] = lambda msg: (_ for _ in ()).throw(ValueError(msg))
-    return env.from_string(template).render(messages=messages, add_generation_prompt=True, **special)
+    return env.from_string(template).render(
+        messages=messages, tools=tools, add_generation_prompt=True, **special
+    )
 
 
 class ByteTokenizer:
@@ -54,8 +59,8 @@ class ByteTokenizer:
                 out.append(33 + t % 94)
         return out.decode("utf-8", errors="replace")
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
-        return _render(DEFAULT_CHAT_TEMPLATE, messages)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return _render(DEFAULT_CHAT_TEMPLATE, messages, tools)
 
 
 class HFTokenizer:
@@ -76,11 +81,17 @@ class HFTokenizer:
     def encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
 
+    def to_json(self) -> str:
+        """The whole tokenizer as `tokenizer.json` text (what grammar libraries read)."""
+        return self._tok.to_str()
+
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=True)
 
-    def apply_chat_template(self, messages: list[dict]) -> str:
-        return _render(self.chat_template, messages, bos_token=self.bos_token, eos_token=self.eos_token)
+    def apply_chat_template(self, messages: list[dict], tools: list[dict] | None = None) -> str:
+        return _render(
+            self.chat_template, messages, tools, bos_token=self.bos_token, eos_token=self.eos_token
+        )
 
 
 def _token_str(tok: str | dict | None) -> str | None:

@@ -18,7 +18,7 @@ import numpy as np
 from rich.markup import escape
 
 from controllers.cli.reading import cluster_flags, refreshed
-from controllers.cli.render import age, console, ms, pct, plan_report, plot_plan, print_plan_table, rps_text
+from controllers.cli.render import age, console, pct, plan_report, plot_plan, print_plan_table, rps_text
 from controllers.oncall import (
     OncallError,
     connect,
@@ -31,6 +31,7 @@ from controllers.oncall import (
 from controllers.status import plan_status, plan_summary
 from crds.inferenceservice import SLO, InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
+from policies.display import ms
 from policies.types import Candidate, Load
 
 EXIT_UNPLANNABLE = 2  # the service's spec or plan cannot be planned from here
@@ -321,8 +322,8 @@ def print_explain(report: dict[str, Any]) -> None:
             f"[bold]Observed[/] ({observed['source']}{', ' + observed['note'] if observed.get('note') else ''}, "
             f"window {observed.get('windowSeconds', 0):g} s at {observed.get('time')}): "
             f"{observed.get('rps', 0):.3g} rps, TTFT p95 {ms(observed.get('ttftP95Ms'))} ms, "
-            f"TPOT p95 {ms(observed.get('tpotP95Ms'), 1)} ms, KV {pct(observed.get('kvCacheUsage'))}, "
-            f"queue {ms(observed.get('queueDepth'), 1)}"
+            f"TPOT p95 {ms(observed.get('tpotP95Ms'))} ms, KV {pct(observed.get('kvCacheUsage'))}, "
+            f"queue {ms(observed.get('queueDepth'))}"
         )
     else:
         out.print("[bold]Observed[/]: nothing yet (no window recorded in status)")
@@ -385,8 +386,8 @@ def print_explain(report: dict[str, Any]) -> None:
         for row in frontier["rows"]:
             table.add_row(
                 f"{row['rpsPerReplica']:.3g}",
-                f"{row['ttftP95Ms']:.0f}",
-                f"{row['tpotP95Ms']:.1f}",
+                ms(row["ttftP95Ms"]),
+                ms(row["tpotP95Ms"]),
                 "[green]met[/]" if row["meetsSlo"] else "[red]missed[/]",
                 "[bold]← planned[/]" if row["planned"] else "",
             )

@@ -16,15 +16,12 @@ import numpy as np
 from rich.console import Console
 
 from controllers.status import plan_status
+from policies.display import ms
 from policies.types import Candidate
 
 
 def console() -> Console:
     return Console(width=max(Console().width, 160))
-
-
-def ms(value: float | None, digits: int = 0) -> str:
-    return "—" if value is None else f"{value:.{digits}f}"
 
 
 def pct(value: float | None) -> str:
@@ -142,8 +139,8 @@ def print_plan_table(report: dict[str, Any], alternatives: int) -> None:
             " + ".join(str(t["replicas"]) for t in c["tiers"]) if len(c["tiers"]) > 1 else str(c["replicas"]),
             str(c["maxBatch"]),
             f"{c['batchWindowMs']:g}",
-            "—" if c["predictedTtftP95Ms"] is None else f"{c['predictedTtftP95Ms']:.0f} ms",
-            "—" if c["predictedTpotP95Ms"] is None else f"{c['predictedTpotP95Ms']:.1f} ms",
+            "—" if c["predictedTtftP95Ms"] is None else f"{ms(c['predictedTtftP95Ms'])} ms",
+            "—" if c["predictedTpotP95Ms"] is None else f"{ms(c['predictedTpotP95Ms'])} ms",
             "—" if c["costPerHour"] is None else f"{c['costPerHour']:.2f}",
             "—" if c["utilisation"] is None else f"{c['utilisation']:.0%}",
             c.get("rejected") or _verdict(label, c, report["plan"]),

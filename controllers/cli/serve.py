@@ -6,7 +6,12 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.epilog = "Worker flags, e.g. --model random:tiny --port 8000: see `python -m worker_image --help`."
+    def worker_help() -> str:  # the worker's own flags; imported only when asked (torch is slow to import)
+        from worker_image.__main__ import build_parser
+
+        return build_parser("goodput serve").format_help()
+
+    parser.format_help = worker_help  # type: ignore[method-assign]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from rich.markup import escape
 
 from controllers.cli.reading import cluster_flags, key_of, refreshed
-from controllers.cli.render import age, console, ms
+from controllers.cli.render import age, console
 from controllers.oncall import (
     Cluster,
     Fresh,
@@ -26,6 +26,7 @@ from controllers.oncall import (
 from controllers.status import plan_summary
 from crds.inferenceservice import SLO
 from crds.slopolicy import SLOPolicySpec
+from policies.display import ms, ms_pair
 
 # Healthy state of each condition: anything else is worth a look.
 HEALTHY = {"Ready": "True", "SLOMet": "True", "MetricsAvailable": "True", "CapacityLimited": "False"}
@@ -114,10 +115,10 @@ def _targets(slo: dict[str, Any]) -> tuple[str, float | None, float | None]:
     return f"p{quantile * 100:.0f}", ttft, tpot
 
 
-def _against(value: float | None, target: float | None, digits: int) -> str:
+def _against(value: float | None, target: float | None) -> str:
     if value is None:
         return "—"
-    text = f"{value:.{digits}f}"
+    text = ms(value) if target is None else ms_pair(value, target)[0]
     return f"[red]{text}[/]" if target is not None and value > target else f"[green]{text}[/]"
 
 
@@ -159,7 +160,7 @@ def print_status(rows: list[dict[str, Any]], show_namespace: bool) -> None:
             row["name"],
             row["mode"],
             f"{level} {ms(ttft)}/{ms(tpot)}",
-            f"{_against(observed.get('ttftP95Ms'), ttft, 0)}/{_against(observed.get('tpotP95Ms'), tpot, 1)}"
+            f"{_against(observed.get('ttftP95Ms'), ttft)}/{_against(observed.get('tpotP95Ms'), tpot)}"
             + (f"\n[dim]{source}[/]" if source else ""),
             "—" if observed.get("rps") is None else f"{observed['rps']:.2f}",
             tiers,

@@ -14,10 +14,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from controllers import builders
 from controllers.builders import Owner
 from controllers.metrics import REGISTRY
+from controllers.model_check import model_problem
 from controllers.prometheus import queries
 from crds.inferenceservice import ModelSpec
 from policies import observe
-from policies.profiles import PRESETS, profile_for
+from policies.profiles import PRESETS, WORKER_PRESETS, profile_for
 from testkit.workers import SyntheticWorkers, Traffic
 from worker_image import contract
 from worker_image.metrics import WorkerMetrics
@@ -113,9 +114,12 @@ def test_the_simulator_fills_the_worker_s_buckets() -> None:
     assert observe.TOKEN_BUCKETS == contract.TOKEN_COUNT_BUCKETS
 
 
-def test_the_operator_plans_exactly_the_worker_s_random_presets() -> None:
+def test_the_operator_accepts_exactly_the_worker_s_random_presets() -> None:
     presets = pytest.importorskip("worker_image.presets")  # torch
-    assert set(PRESETS) == set(presets.PRESETS) == set(contract.MODEL_PRESETS)
+    assert WORKER_PRESETS == set(presets.PRESETS) == set(contract.MODEL_PRESETS) <= set(PRESETS)
+    for name in set(PRESETS) - WORKER_PRESETS:  # public checkpoints' shapes: what-if planning only
+        problem = model_problem(ModelSpec(name=name, source=f"{contract.RANDOM_PREFIX}{name}"))
+        assert problem is not None and problem.reason == "UnknownModelPreset"
     for name in contract.MODEL_PRESETS:
         config = presets.preset_config(name)
         profile = profile_for(ModelSpec(name=name, source=f"{contract.RANDOM_PREFIX}{name}"))
@@ -143,7 +147,7 @@ def test_the_worker_reads_the_flags_and_variables_the_operator_sets(
         "containers"
     ]
     args = [a.replace("$(POD_IP)", "10.0.0.7") for a in container["args"]]
-    options = main.parse_options(main._parser().parse_args(args), env)
+    options = main.parse_options(main.build_parser().parse_args(args), env)
     config = main.EngineConfig.from_env_and_args(args, env)
     assert (options.host, options.served_model_name) == ("10.0.0.7", spec.model.name)
     assert (config.model, config.dtype, config.device) == (spec.model.source, spec.model.dtype, "cpu")

@@ -296,6 +296,61 @@ async def test_an_impossible_spec_gets_a_condition_and_no_children(cluster: Clus
         assert cluster.get(resource, NS, name) is None, name
 
 
+async def test_a_model_the_worker_cannot_load_is_refused_once_naming_the_field(cluster: Cluster) -> None:
+    """Accepted by the API server, unplannable: a preset the worker lacks, a folder the operator cannot read.
+    Each gets InvalidSpec naming the field and one Warning Event; nothing is built and nothing retried."""
+    cases = {
+        "nopreset": ({"name": "x", "source": "random:nonexistent"}, "spec.model.source"),
+        "nofolder": ({"name": "x", "source": "/models/Meta-Llama-3-8B-Instruct"}, "spec.model.architecture"),
+    }
+    for name, (model, _) in cases.items():
+        manifest = _service(name)
+        manifest["spec"]["model"] = model
+        await cluster.send("POST", f"/apis/goodput.dev/v1alpha1/namespaces/{NS}/inferenceservices", manifest)
+    for name, (_, field) in cases.items():
+        invalid = await eventually(
+            lambda name=name: (c := cluster.condition(name, "InvalidSpec")) and c["status"] == "True" and c,
+            what=f"{name} InvalidSpec",
+        )
+        assert invalid["message"].startswith(f"{field}: "), invalid
+        assert cluster.condition(name, "Ready")["status"] == "False"
+    await asyncio.sleep(4)  # several control intervals and kopf's retry window: still one Event each
+    for name, (_, field) in cases.items():
+        warnings = [e for e in cluster.events(name) if e["type"] == "Warning"]
+        assert len(warnings) == 1 and field in warnings[0]["message"], warnings
+        assert cluster.get("apps/v1/deployments", NS, f"{name}-interactive") is None
+        assert cluster.get("v1/configmaps", NS, f"{name}-engine") is None
+
+
+async def test_an_slo_no_replica_can_meet_set_on_a_running_service_is_refused_not_scaled(
+    cluster: Cluster,
+) -> None:
+    """ttftP95Ms 2 on the running tiny service (an unloaded replica takes ~4 ms): the same InvalidSpec as a new
+    object gets, and its replicas stay where they were, though observed TTFT breaches with a queue."""
+    path = f"/apis/goodput.dev/v1alpha1/namespaces/{NS}/inferenceservices/tiny"
+    replicas = cluster.get("apps/v1/deployments", NS, "tiny-interactive")["spec"]["replicas"]
+    cluster.workers.update((NS, "tiny", "interactive"), rps=2.0, ttft_s=0.05, waiting=5.0, running=1.0)
+    merge = "application/merge-patch+json"
+    await cluster.send("PATCH", path, {"spec": {"slo": {"ttftP95Ms": 2}}}, merge)
+    invalid = await eventually(
+        lambda: (c := cluster.condition("tiny", "InvalidSpec")) and c["status"] == "True" and c,
+        what="InvalidSpec on the update",
+    )
+    assert invalid["reason"] == "SLOUnachievable" and invalid["message"].startswith("spec.slo: "), invalid
+    assert "4.07 ms > 2 ms" in invalid["message"] or "> 2 ms even unloaded" in invalid["message"], invalid
+    await asyncio.sleep(6)  # six control intervals of the fast policy, each seeing the breach and the queue
+    assert cluster.get("apps/v1/deployments", NS, "tiny-interactive")["spec"]["replicas"] == replicas
+    assert cluster.condition("tiny", "Ready")["status"] == "False"
+    assert any(e["reason"] == "SLOUnachievable" and e["type"] == "Warning" for e in cluster.events("tiny"))
+    # A reachable SLO again: managed again, the spec valid.
+    cluster.workers.update((NS, "tiny", "interactive"), rps=2.0, ttft_s=0.05, waiting=0.0, running=1.0)
+    await cluster.send("PATCH", path, {"spec": {"slo": {"ttftP95Ms": 500}}}, merge)
+    await eventually(
+        lambda: (cluster.condition("tiny", "InvalidSpec") or {}).get("status") == "False",
+        what="InvalidSpec=False once the SLO is reachable",
+    )
+
+
 async def test_prometheus_stopped_holds_replicas(cluster: Cluster) -> None:
     replicas = cluster.get("apps/v1/deployments", NS, "tiny-interactive")["spec"]["replicas"]
     cluster.workers.update((NS, "tiny", "interactive"), rps=0.0, ttft_s=0.01, waiting=0.0, running=0.0)

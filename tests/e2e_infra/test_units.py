@@ -6,8 +6,8 @@ from pathlib import Path
 
 from cryptography import x509
 
-from e2e import build, pki
-from e2e.kubelet import Kubelet, PodRecord, expand
+from e2e import build, images, pki
+from e2e.kubelet import IMAGE_ROOT, Kubelet, PodRecord, expand
 
 
 def kubelet(tmp_path: Path) -> Kubelet:
@@ -45,6 +45,17 @@ def test_rewrite_maps_mount_paths_at_path_boundaries(tmp_path: Path) -> None:
     assert k.rewrite(rec, spec, "/etc/goodputx/a") == "/etc/goodputx/a"
 
 
+def test_rewrite_leaves_the_checkout_alone_under_a_mounted_parent(tmp_path: Path) -> None:
+    """A clone under /tmp runs its operator from there although the pod mounts an emptyDir at /tmp."""
+    k = kubelet(tmp_path)
+    rec = PodRecord("uid", "ns", "p", "127.0.0.2", tmp_path, "", [], mounts={"tmp": tmp_path / "tmp"})
+    parent = str(Path(IMAGE_ROOT).parent)
+    spec = {"volumeMounts": [{"name": "tmp", "mountPath": parent}]}
+    script = f"{IMAGE_ROOT}/operator/main.py"
+    assert k.rewrite(rec, spec, script) == script
+    assert k.rewrite(rec, spec, f"{parent}/scratch") == f"{tmp_path}/tmp/scratch"
+
+
 def test_versions_come_from_the_go_modules() -> None:
     assert build.kube_version().startswith("v1.")
     assert build.prometheus_version().startswith("v3.")
@@ -55,7 +66,7 @@ def test_versions_come_from_the_go_modules() -> None:
 
 
 def test_pki_issues_leaf_certs_signed_by_the_ca(tmp_path: Path) -> None:
-    creds = pki.generate(tmp_path)
+    creds = pki.generate(tmp_path, ("198.19.0.1",))
     ca = x509.load_pem_x509_certificate(creds.ca.cert.read_bytes())
     serving = x509.load_pem_x509_certificate(creds.serving.cert.read_bytes())
     admin = x509.load_pem_x509_certificate(creds.admin.cert.read_bytes())
@@ -65,3 +76,25 @@ def test_pki_issues_leaf_certs_signed_by_the_ca(tmp_path: Path) -> None:
     assert "kubernetes.default.svc" in sans.get_values_for_type(x509.DNSName)
     assert admin.subject.get_attributes_for_oid(x509.NameOID.ORGANIZATION_NAME)[0].value == "system:masters"
     assert creds.sa_private.stat().st_mode & 0o777 == 0o600
+    ips = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)]
+    assert ips == ["127.0.0.1", "198.19.0.1"]
+    kubelet = x509.load_pem_x509_certificate(
+        pki.issue(creds, "kubelet", "node", None, ("198.18.0.1",)).cert.read_bytes()
+    )
+    kubelet.verify_directly_issued_by(ca)
+    kubelet_sans = kubelet.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in kubelet_sans.get_values_for_type(x509.IPAddress)] == ["198.18.0.1"]
+
+
+def test_image_tags_carry_the_version_and_a_digest_of_every_input(tmp_path: Path) -> None:
+    operator = images.tag(images.OPERATOR)
+    assert operator.startswith(f"ghcr.io/goodput/operator:{images.version()}-")
+    assert images.tag(images.OPERATOR) == operator  # stable while nothing changes
+    moved = images.Image(
+        "ghcr.io/goodput/operator", images.OPERATOR.containerfile, ("crds",), images.BASE.name
+    )
+    assert images.tag(moved) != operator  # another set of inputs, another digest
+    based = [images.tag(i) for i in images.IMAGES if i.base == images.BASE.name]
+    assert all(images.digest(images.BASE) != t.rsplit("-", 1)[1] for t in based)
+    older = [operator.rsplit("-", 1)[0] + "-000000000000", operator, "ghcr.io/goodput/worker:0.1.0-1"]
+    assert images.stale_tags(images.OPERATOR, older) == [older[0]]

@@ -8,7 +8,7 @@ import pytest
 from crds.inferenceservice import Architecture, ModelSpec
 from policies.catalog import CATALOG, accelerator, price_of
 from policies.perfmodel import StepModel
-from policies.profiles import PRESETS, count_params, from_config, profile_for
+from policies.profiles import PRESETS, WORKER_PRESETS, count_params, from_config, profile_for
 
 LLAMA_2_7B = {
     "model_type": "llama",
@@ -190,7 +190,12 @@ def test_step_time_broadcasts_over_grids():
     assert np.all(grid[:, 1] > grid[:, 0])  # a prefill chunk slows the step
 
 
-@pytest.mark.parametrize("name", ["tiny", "bench-small", "qwen2.5-0.5b"])
+def test_the_operator_knows_exactly_the_worker_presets():
+    presets = pytest.importorskip("worker_image.presets")
+    assert set(presets.PRESETS) == WORKER_PRESETS
+
+
+@pytest.mark.parametrize("name", sorted(WORKER_PRESETS))
 def test_random_presets_match_the_worker(name):
     presets = pytest.importorskip("worker_image.presets")
     worker = from_config(presets.preset_config(name), name)

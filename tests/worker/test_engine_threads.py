@@ -1,44 +1,48 @@
-"""The engine is driven from one thread while others add and abort requests."""
+"""The engine is single-threaded; the engine thread hands it requests and aborts from the event loop."""
 
 from __future__ import annotations
 
-import threading
+import asyncio
 import time
 
 from worker_image.config import EngineConfig
 from worker_image.engine import LLMEngine, RequestOutput
+from worker_image.engine_thread import EngineRunner
+from worker_image.metrics import WorkerMetrics
 from worker_image.sampling import Priority, SamplingParams
 
 
 def test_concurrent_adds_and_aborts_while_stepping() -> None:
     engine = LLMEngine(EngineConfig(model="random:tiny", max_model_len=64, num_kv_blocks=40, max_num_seqs=8))
-    outputs: dict[str, list[RequestOutput]] = {}
     params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True)
 
-    def client(k: int) -> None:
-        for i in range(10):
-            rid = f"{k}-{i}"
-            engine.add_request(rid, [1 + k, 2 + i, 3] * (1 + i), params, Priority(i % 2))
-            if i == 7:
-                engine.abort_request(rid)
-            time.sleep(0.001)
+    async def run() -> dict[str, list[RequestOutput]]:
+        runner = EngineRunner(engine, asyncio.get_running_loop(), WorkerMetrics("tiny", 64))
+        runner.start()
+        outputs: dict[str, list[RequestOutput]] = {}
 
-    threads = [threading.Thread(target=client, args=(k,)) for k in range(4)]
-    for t in threads:
-        t.start()
-    while any(t.is_alive() for t in threads) or engine.has_unfinished_requests():
-        if not engine.wait_for_work(0.01):
-            continue
-        for out in engine.step():
-            outputs.setdefault(out.request_id, []).append(out)
+        async def client(k: int) -> None:
+            streams = []
+            for i in range(10):
+                rid = f"{k}-{i}"
+                prompt = [1 + k, 2 + i, 3] * (1 + i)
+                streams.append(runner.submit(rid, prompt, params, Priority(i % 2), time.monotonic()))
+                if i == 7:
+                    streams[-1].close()
+                await asyncio.sleep(0.001)
+            for stream in streams:
+                outputs[stream.request_id] = [out async for out in stream.outputs()]
+
+        await asyncio.gather(*(client(k) for k in range(4)))
+        runner.stop()
+        return outputs
+
+    outputs = asyncio.run(run())
     assert len(outputs) == 40
-    reasons = {rid: outs[-1].finish_reason for rid, outs in outputs.items()}
-    assert all(r == "length" for rid, r in reasons.items() if not rid.endswith("-7"))
-    assert all(
-        sum(len(o.new_token_ids) for o in outs) == 6
-        for rid, outs in outputs.items()
-        if reasons[rid] == "length"
-    )
+    assert all(outs == [] for rid, outs in outputs.items() if rid.endswith("-7"))
+    finished = {rid: outs for rid, outs in outputs.items() if not rid.endswith("-7")}
+    assert all(outs[-1].finish_reason == "length" for outs in finished.values())
+    assert all(sum(len(o.new_token_ids) for o in outs) == 6 for outs in finished.values())
     stats = engine.stats()
     assert (stats.num_running, stats.num_waiting, stats.num_free_blocks) == (0, 0, 40)
 
@@ -51,7 +55,8 @@ def test_batch_window_defers_then_admits() -> None:
     )
     engine.add_request("a", [1, 2, 3], SamplingParams(max_tokens=1))
     start = time.monotonic()
-    assert engine.step() == []  # waited inside step for the window instead of spinning
-    assert time.monotonic() - start >= 0.025
+    assert engine.step() == []  # the window is open: nothing runs, and the engine says until when
+    assert engine.deferred_until is not None and engine.deferred_until - start >= 0.025
+    time.sleep(max(0.0, engine.deferred_until - time.monotonic()))
     outs = engine.step()
     assert [o.request_id for o in outs] == ["a"] and outs[0].finished

@@ -109,3 +109,12 @@ def test_registries_are_independent() -> None:
     first, second = WorkerMetrics("m", 64), WorkerMetrics("m", 64)
     first.observe_first_token(1.0, 1)
     assert value(second, "vllm:time_to_first_token_seconds_count") == 0
+
+
+def test_no_created_series() -> None:
+    """vLLM disables prometheus_client's `*_created` series; one per counter and histogram is noise."""
+    metrics = WorkerMetrics("m", 100)
+    metrics.observe_first_token(0.1, 5)
+    text = metrics.render()[0].decode()
+    assert "vllm:time_to_first_token_seconds_count" in text
+    assert "_created" not in text

@@ -122,6 +122,9 @@ def test_priority_from_header_or_field(server: tuple[str, WorkerState]) -> None:
     assert httpx.post(url, json=body, headers={"x-goodput-priority": "batch"}).status_code == 200
     assert httpx.post(url, json=body | {"priority": "interactive"}).status_code == 200
     assert httpx.post(url, json=body | {"priority": "urgent"}).status_code == 400
+    assert httpx.post(url, json=body | {"service_tier": "flex"}).status_code == 200  # as the router reads it
+    refused = httpx.post(url, json=body | {"service_tier": "turbo"})
+    assert refused.status_code == 400 and refused.json()["error"]["param"] == "service_tier"
 
 
 def test_token_id_prompts(server: tuple[str, WorkerState], client: openai.OpenAI) -> None:
@@ -142,7 +145,7 @@ BAD_REQUESTS = {
     "wrong type": ("/v1/completions", {"prompt": "hi", "max_tokens": "many"}, "max_tokens"),
     "negative temperature": ("/v1/completions", {"prompt": "hi", "temperature": -1}, "temperature"),
     "top_p zero": ("/v1/completions", {"prompt": "hi", "top_p": 0}, "top_p"),
-    "n above one": ("/v1/completions", {"prompt": "hi", "n": 2}, "n"),
+    "n zero": ("/v1/completions", {"prompt": "hi", "n": 0}, "n"),
     "max_tokens zero": ("/v1/completions", {"prompt": "hi", "max_tokens": 0}, "max_tokens"),
     "over-long prompt": ("/v1/completions", {"prompt": "x" * (MAX_MODEL_LEN + 10)}, "prompt"),
     "prompt plus output too long": (

@@ -9,6 +9,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from worker_image import app as worker_app
 from worker_image import server
 from worker_image.config import EngineConfig
 from worker_image.engine import RequestOutput
@@ -48,13 +49,13 @@ def test_engine_failure_fails_requests_cleanly_and_health() -> None:
 
 def test_not_ready_while_the_model_loads_then_ready(monkeypatch: pytest.MonkeyPatch) -> None:
     loaded = threading.Event()
-    real_engine = server.LLMEngine
+    real_engine = worker_app.LLMEngine
 
-    def slow_engine(config: EngineConfig) -> server.LLMEngine:
+    def slow_engine(config: EngineConfig) -> worker_app.LLMEngine:
         assert loaded.wait(30)
         return real_engine(config)
 
-    monkeypatch.setattr(server, "LLMEngine", slow_engine)
+    monkeypatch.setattr(worker_app, "LLMEngine", slow_engine)
     app = server.create_app(EngineConfig(model="random:tiny", max_model_len=128), ServeOptions())
     with TestClient(app) as client:
         assert client.get("/health").status_code == 200
@@ -71,11 +72,11 @@ def test_not_ready_while_the_model_loads_then_ready(monkeypatch: pytest.MonkeyPa
 
 
 def test_a_model_that_fails_to_load_is_fatal(monkeypatch: pytest.MonkeyPatch) -> None:
-    def broken_engine(config: EngineConfig) -> server.LLMEngine:
+    def broken_engine(config: EngineConfig) -> worker_app.LLMEngine:
         raise ValueError("corrupt weights")
 
     fatal: list[BaseException] = []
-    monkeypatch.setattr(server, "LLMEngine", broken_engine)
+    monkeypatch.setattr(worker_app, "LLMEngine", broken_engine)
     app = server.create_app(EngineConfig(model="random:tiny"), ServeOptions(), on_fatal=fatal.append)
     with TestClient(app) as client:
         deadline = time.monotonic() + 30

@@ -48,12 +48,12 @@ def test_empty_api_key_file_is_rejected(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_flags_win_over_environment_and_key_file_is_read(tmp_path: Path) -> None:
-    from worker_image.__main__ import _parser, parse_options
+    from worker_image.__main__ import build_parser, parse_options
 
     key = tmp_path / "key"
     key.write_text("k3y\n")
     env = {"GOODPUT_PORT": "9000", "GOODPUT_HOST": "127.0.0.1", "GOODPUT_DRAIN_TIMEOUT_S": "5"}
-    flags = _parser().parse_args(["--model", "m", "--port", "9100", "--api-key-file", str(key)])
+    flags = build_parser().parse_args(["--model", "m", "--port", "9100", "--api-key-file", str(key)])
     options = parse_options(flags, env)
     assert (options.host, options.port, options.drain_timeout_s, options.api_key) == (
         "127.0.0.1",
@@ -61,4 +61,4 @@ def test_flags_win_over_environment_and_key_file_is_read(tmp_path: Path) -> None
         5.0,
         "k3y",
     )
-    assert parse_options(_parser().parse_args([]), {"GOODPUT_API_KEY": "env-key"}).api_key == "env-key"
+    assert parse_options(build_parser().parse_args([]), {"GOODPUT_API_KEY": "env-key"}).api_key == "env-key"

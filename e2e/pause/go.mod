@@ -1,0 +1,3 @@
+module goodput.dev/e2e/pause
+
+go 1.24

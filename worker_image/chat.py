@@ -1,0 +1,155 @@
+"""POST /v1/chat/completions: messages through the chat template, n choices, structured outputs and tool
+calls, as JSON or server-sent events."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from worker_image.engine import RequestOutput
+from worker_image.errors import bad_request
+from worker_image.params import (
+    admit,
+    check_lengths,
+    grammar,
+    resolve_priority,
+    sampling_params,
+    start,
+)
+from worker_image.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    PriorityName,
+    TokenLogprob,
+)
+from worker_image.streaming import (
+    EventStreamResponse,
+    collect_choices,
+    merged,
+    sse,
+    token_logprobs,
+    until_disconnect,
+    usage_of,
+)
+from worker_image.tools import tool_calls, tool_schema
+
+
+async def chat_completion(
+    request: Request, body: ChatCompletionRequest, header_priority: PriorityName | None
+) -> Response:
+    arrival: float = request.state.arrival
+    state, runner = admit(request, body)
+    tools = tool_schema(body)
+    tokenizer = runner.engine.tokenizer
+    messages = [m.for_template() for m in body.messages]
+    try:
+        definitions = [tool.model_dump() for tool in body.tools] if body.tools else None
+        prompt_ids = tokenizer.encode(tokenizer.apply_chat_template(messages, definitions))
+    except Exception as exc:  # a template rejecting these messages (raise_exception) is the client's error
+        raise bad_request(f"the chat template rejected the messages: {exc}", "messages") from None
+    requested = body.max_completion_tokens if body.max_completion_tokens is not None else body.max_tokens
+    max_tokens = check_lengths(state, prompt_ids, requested, "messages")
+    wants_logprobs = body.logprobs or body.top_logprobs is not None
+    constraint = await grammar(runner, body, tools[0] if tools else None)
+    params = sampling_params(
+        body, max_tokens, (body.top_logprobs or 0) if wants_logprobs else None, constraint
+    )
+    request_id = f"chatcmpl-{uuid.uuid4().hex}"
+    priority = resolve_priority(body, header_priority)
+    streams = start(runner, request_id, "messages", prompt_ids, params, body.n, priority, arrival)
+    created, model = int(time.time()), state.model_name
+
+    def logprobs_of(entries: list[TokenLogprob]) -> ChatLogprobs | None:
+        return ChatLogprobs(content=entries) if wants_logprobs else None
+
+    def answer(text: str, finish: str | None) -> tuple[AssistantMessage, str | None]:
+        """The message of a finished choice: tool calls when tools are on and the output is complete."""
+        if tools is None:
+            return AssistantMessage(content=text), finish
+        calls = tool_calls(text, tools[1]) if finish == "stop" else None
+        if calls is None:
+            return AssistantMessage(content=text), finish
+        return AssistantMessage(content=None, tool_calls=calls), "tool_calls" if tools[1] is None else "stop"
+
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+
+        def chunk(
+            index: int, delta: dict[str, Any], logprobs: ChatLogprobs | None, finish: str | None
+        ) -> str:
+            payload: dict[str, Any] = {
+                "id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{
+                    "index": index, "delta": delta, "finish_reason": finish,
+                    "logprobs": logprobs.model_dump(mode="json") if logprobs else None,
+                }],
+            }  # fmt: skip
+            if include_usage:
+                payload["usage"] = None
+            return sse(payload)
+
+        async def events() -> AsyncIterator[str]:
+            started = [False] * body.n
+            held: list[list[str]] = [[] for _ in streams]  # tool calls are sent whole, once complete
+            finals: list[RequestOutput] = []
+            async for index, output in merged(streams):
+                if not started[index]:
+                    yield chunk(index, {"role": "assistant", "content": ""}, None, None)
+                    started[index] = True
+                finish = output.finish_reason if output.finished else None
+                logprobs = logprobs_of(token_logprobs(runner, output))
+                if tools is None:
+                    yield chunk(
+                        index, {"content": output.new_text} if output.new_text else {}, logprobs, finish
+                    )
+                else:
+                    held[index].append(output.new_text)
+                    if output.finished:
+                        message, finish = answer("".join(held[index]), finish)
+                        delta = message.model_dump(mode="json", exclude={"role"}, exclude_none=True)
+                        for i, call in enumerate(delta.get("tool_calls", [])):
+                            call["index"] = i
+                        yield chunk(index, delta, logprobs, finish)
+                    elif logprobs is not None:
+                        yield chunk(index, {}, logprobs, None)
+                if output.finished:
+                    finals.append(output)
+            if include_usage:
+                usage = usage_of(finals).model_dump()
+                payload = {
+                    "id": request_id,
+                    "object": "chat.completion.chunk",
+                    "created": created,
+                    "model": model,
+                }
+                yield sse(payload | {"choices": [], "usage": usage})
+            yield sse("[DONE]")
+
+        return EventStreamResponse(events(), streams)
+
+    async def collect() -> Response:
+        done = await collect_choices(runner, streams, wants_logprobs)
+        choices = []
+        for i, c in enumerate(done):
+            message, finish = answer(c.text, c.final.finish_reason)
+            choices.append(
+                ChatChoice(index=i, message=message, logprobs=logprobs_of(c.logprobs), finish_reason=finish)
+            )
+        response = ChatCompletionResponse(
+            id=request_id,
+            created=created,
+            model=model,
+            choices=choices,
+            usage=usage_of([c.final for c in done]),
+        )
+        return JSONResponse(response.model_dump(mode="json"))
+
+    return await until_disconnect(request, streams, collect())

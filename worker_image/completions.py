@@ -1,0 +1,113 @@
+"""POST /v1/completions: one prompt (text or token ids), n choices, as JSON or server-sent events."""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+
+from worker_image.engine import RequestOutput
+from worker_image.errors import bad_request
+from worker_image.params import (
+    admit,
+    check_lengths,
+    grammar,
+    resolve_priority,
+    sampling_params,
+    start,
+)
+from worker_image.protocol import (
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    PriorityName,
+    TokenLogprob,
+)
+from worker_image.streaming import (
+    EventStreamResponse,
+    collect_choices,
+    merged,
+    sse,
+    token_logprobs,
+    until_disconnect,
+    usage_of,
+)
+
+
+async def completion(
+    request: Request, body: CompletionRequest, header_priority: PriorityName | None
+) -> Response:
+    arrival: float = request.state.arrival
+    state, runner = admit(request, body)
+    if body.echo:
+        raise bad_request("echo is not supported", "echo")
+    prompt = body.prompt
+    if isinstance(prompt, list) and isinstance(prompt[0], str | list):
+        prompt = prompt[0]
+    prompt_ids = runner.engine.tokenizer.encode(prompt) if isinstance(prompt, str) else list(prompt)
+    max_tokens = check_lengths(
+        state, prompt_ids, 16 if body.max_tokens is None else body.max_tokens, "prompt"
+    )
+    constraint = await grammar(runner, body, None)
+    params = sampling_params(body, max_tokens, body.logprobs, constraint)
+    request_id = f"cmpl-{uuid.uuid4().hex}"
+    priority = resolve_priority(body, header_priority)
+    streams = start(runner, request_id, "prompt", prompt_ids, params, body.n, priority, arrival)
+    created, model = int(time.time()), state.model_name
+
+    def logprobs_of(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
+        """The legacy completions layout; offsets count characters of the decoded tokens."""
+        if body.logprobs is None:
+            return None
+        offsets = list(itertools.accumulate((len(e.token) for e in entries), initial=offset))[: len(entries)]
+        return CompletionLogprobs(
+            tokens=[e.token for e in entries],
+            token_logprobs=[e.logprob for e in entries],
+            top_logprobs=[{t.token: t.logprob for t in e.top_logprobs} for e in entries],
+            text_offset=offsets,
+        )
+
+    def response(choices: list[CompletionChoice], finals: list[RequestOutput] | None) -> CompletionResponse:
+        usage = usage_of(finals) if finals else None
+        return CompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage)
+
+    if body.stream:
+        include_usage = body.stream_options is not None and body.stream_options.include_usage
+
+        async def events() -> AsyncIterator[str]:
+            offsets = [0] * body.n
+            finals: list[RequestOutput] = []
+            async for index, output in merged(streams):
+                choice = CompletionChoice(
+                    index=index,
+                    text=output.new_text,
+                    logprobs=logprobs_of(token_logprobs(runner, output), offsets[index]),
+                    finish_reason=output.finish_reason if output.finished else None,
+                )
+                offsets[index] += len(output.new_text)
+                chunk = response([choice], None)
+                yield sse(chunk.model_dump(mode="json", exclude={"usage"} if not include_usage else set()))
+                if output.finished:
+                    finals.append(output)
+            if include_usage:
+                yield sse(response([], finals))
+            yield sse("[DONE]")
+
+        return EventStreamResponse(events(), streams)
+
+    async def collect() -> Response:
+        done = await collect_choices(runner, streams, body.logprobs is not None)
+        choices = [
+            CompletionChoice(
+                index=i, text=c.text, logprobs=logprobs_of(c.logprobs, 0), finish_reason=c.final.finish_reason
+            )
+            for i, c in enumerate(done)
+        ]
+        return JSONResponse(response(choices, [c.final for c in done]).model_dump(mode="json"))
+
+    return await until_disconnect(request, streams, collect())
