@@ -121,11 +121,11 @@ def service_status(
 
 
 def rejected_spec_status(
-    previous: dict[str, Any], generation: int, message: str, now: float
+    previous: dict[str, Any], generation: int, message: str, now: float, reason: str = "SpecRejected"
 ) -> dict[str, Any]:
-    """The status of a spec the operator refuses: everything else as it was, nothing changed."""
+    """The status of a spec the operator refuses (`reason` says why): everything else as it was."""
     updates = [
-        Cond("InvalidSpec", "True", "SpecRejected", message),
+        Cond("InvalidSpec", "True", reason, message),
         Cond("Ready", "False", "InvalidSpec", "the spec is invalid; nothing was changed"),
     ]
     merged = merge(previous.get("conditions", []), updates, generation, utc(now))
