@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from policies.catalog import accelerator
-from policies.latency import ReplicaPredictor, TokenStats, simulate_replica
+from policies.latency import ReplicaPredictor, TokenStats
 from policies.perfmodel import StepModel
 from policies.planner import lognormal_samples
 from policies.profiles import PRESETS
+from policies.replica_sim import simulate_replica
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,9 @@ from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.baselines import Static
 from policies.catalog import accelerator
-from policies.compare import GoodputController, _MemoPlan, _p50_p95, benchmark_service, engine_of
+from policies.compare import GoodputController, _p50_p95, benchmark_service, engine_of
 from policies.perfmodel import StepModel
+from policies.plancache import PlanCache
 from policies.profiles import profile_for
 from policies.routing import KINDS, RoutingPolicy, SimulatedRouting
 from policies.simulator import SimConfig, SLOTarget, StepProfile, simulate
@@ -129,7 +130,7 @@ def autoscaled(
             kind=kind, max_requests=sim.engine.max_batch, block_tokens=MOONCAKE_BLOCK_TOKENS
         )
         routing = SimulatedRouting(policy, blocks, cache_blocks, seed=seed)
-        controller = GoodputController(spec, SLOPolicySpec(), plan, ScalerState(), _MemoPlan())
+        controller = GoodputController(spec, SLOPolicySpec(), plan, ScalerState(), PlanCache())
         result = simulate(trace, controller, replace(sim, routing=routing))
         out[kind] = {
             "gpu_hours": round(result.gpu_hours, 2),

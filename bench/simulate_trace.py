@@ -13,7 +13,8 @@ import argparse
 import json
 from pathlib import Path
 
-from policies.compare import POLICIES, json_ready, plot, run, table
+from controllers.replay import json_ready, plot, run, table
+from policies.compare import POLICIES
 from policies.workloads import AZURE_CODE_TRACE, CITATION, diurnal, load_csv, scale_rate
 
 CODE_SCALE = 4.5  # the code trace's peak 15 s rate then needs 8+ replicas of Llama-3-8B on H100

@@ -13,6 +13,7 @@ from controllers.conditions import Cond, merge
 from crds.inferenceservice import (
     SCALER_WINDOW_ITEMS,
     Calibration,
+    LearnedCapacity,
     LoadPoint,
     Observed,
     PlanStatus,
@@ -77,7 +78,8 @@ def calibration_status(state: ScalerState, now: float) -> dict[str, Any]:
         ttft_factor=round(state.ttft_factor, 4),
         tpot_factor=round(state.tpot_factor, 4),
         samples=state.calibration_samples,
-        updated=utc(now) if state.calibration_samples else None,
+        updated=utc(now) if state.calibration_samples or state.capacity else None,
+        capacity=[LearnedCapacity(configuration=c, factor=k, samples=n) for c, k, n in state.capacity],
     ).to_wire()
 
 
@@ -185,6 +187,7 @@ def state_from_status(status: dict[str, Any]) -> ScalerState:
         ttft_factor=calibration.ttft_factor,
         tpot_factor=calibration.tpot_factor,
         calibration_samples=calibration.samples,
+        capacity=tuple((c.configuration, c.factor, c.samples) for c in calibration.capacity),
         load_history=tuple((p.time, p.rps) for p in scaler.load_history),
         prompt_tokens_nodes=nodes(scaler.prompt_tokens_nodes),
         output_tokens_nodes=nodes(scaler.output_tokens_nodes),

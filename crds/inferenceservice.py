@@ -350,6 +350,14 @@ class Decision(Resource):
     reason: str
 
 
+class LearnedCapacity(Resource):
+    """What a configuration's replica really carries at the SLO, relative to the performance model."""
+
+    configuration: str = Field(description='Accelerator and tensor parallelism, e.g. "H100-SXM/tp1".')
+    factor: float = Field(gt=0, description="A replica carries this many times the load the model predicts.")
+    samples: int = Field(default=0, ge=0, description="Windows it was learned from.")
+
+
 class Calibration(Resource):
     """Observed/predicted correction factors, kept in status so a restart remembers them."""
 
@@ -357,6 +365,9 @@ class Calibration(Resource):
     tpot_factor: float = Field(default=1.0, gt=0)
     samples: int = Field(default=0, ge=0)
     updated: datetime | None = None
+    capacity: list[LearnedCapacity] = Field(
+        default_factory=list, max_length=32, description="Learned capacity per configuration run."
+    )
 
 
 SCALER_WINDOW_ITEMS = 720  # an hour of recommendations at a 5 s interval; older ones are dropped first

@@ -18,7 +18,6 @@ Rejections, in the order they are checked: memory (weights plus a full batch of 
 
 from __future__ import annotations
 
-import csv
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -36,6 +35,7 @@ from policies.latency import ReplicaPredictor, TokenStats
 from policies.perfmodel import StepModel
 from policies.profiles import ModelProfile, profile_for
 from policies.types import Candidate, Load, PlanResult, TierConfig
+from policies.workloads import load_trace
 
 TENSOR_PARALLEL = (1, 2, 4, 8)
 MAX_BATCHES = (8, 16, 32, 64, 128, 256)
@@ -113,28 +113,18 @@ def load_from_spec(spec: InferenceServiceSpec) -> Load:
 
 
 def load_from_trace(
-    csv_path: str | Path,
+    path: str | Path,
     rps: float | None = None,
     peak_window_s: float | None = None,
     batch_fraction: float = 0.0,
 ) -> Load:
-    """Load from a trace CSV with TIMESTAMP, ContextTokens, GeneratedTokens columns (Azure LLM trace format).
+    """Load from a trace file (Azure LLM CSV or Mooncake JSONL, read by `policies.workloads.load_trace`).
 
     The rate is the trace's mean rate, or its busiest `peak_window_s` window, or `rps` when given; the
     token samples are the trace's own requests.
     """
-    stamps, prompts, outputs = [], [], []
-    with open(csv_path, newline="") as handle:
-        for row in csv.DictReader(handle):
-            stamps.append(row["TIMESTAMP"].strip().replace(" ", "T"))
-            prompts.append(int(row["ContextTokens"]))
-            outputs.append(int(row["GeneratedTokens"]))
-    if not stamps:
-        raise ValueError(f"{csv_path}: no requests")
-    seconds = (np.array(stamps, dtype="datetime64[ns]") - np.datetime64(stamps[0], "ns")) / np.timedelta64(
-        1, "s"
-    )
-    seconds = np.sort(seconds)
+    trace = load_trace(path)
+    seconds, prompts, outputs = trace.arrival_s, trace.prompt_tokens, trace.output_tokens
     if rps is None:
         span = max(float(seconds[-1] - seconds[0]), 1e-9)
         rps = len(seconds) / span

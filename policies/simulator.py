@@ -2,10 +2,12 @@
 
 Each replica runs vLLM-style steps: every running request decodes one token, admitted prompts are prefilled in
 chunks within a per-step token budget, and the step takes the time the performance model gives for that mix.
-Steps in which only decodes run are fast-forwarded in closed form, so an hour of traffic takes about a second.
+Steps in which only decodes run are fast-forwarded in closed form, and the step loop is compiled
+(`policies/engine_core.py`), so a replica's hour of traffic takes a fraction of a second.
 Requests reach ready replicas at random, as a Kubernetes Service spreads them (or, with `SimConfig.routing`,
 where `policies.routing` sends them from the replicas' state at arrival, with a prefix cache per replica); pods
-become ready a start delay after they are created and are billed from creation until they have drained. Every control interval the
+become ready a start delay after they are created and are billed from creation until they have drained. Every
+control interval the
 simulator fills vLLM-bucket histograms, builds the Observation through `policies.observe` exactly as the
 operator does from Prometheus, and asks the controller (goodput's `autoscale` or a baseline) for replicas.
 """
@@ -20,6 +22,7 @@ from typing import Protocol
 
 import numpy as np
 
+from policies import engine_core as core
 from policies.observe import (
     ITL_BUCKETS,
     TOKEN_BUCKETS,
@@ -31,6 +34,7 @@ from policies.observe import (
 from policies.perfmodel import StepModel
 from policies.prefix_cache import PrefixCache
 from policies.routing import ReplicaLoad, SimulatedRouting
+from policies.sim_result import SimResult, Timeline
 from policies.types import Observation
 from policies.workloads import Trace
 
@@ -117,11 +121,9 @@ class Controller(Protocol):
 
 
 class _Replica:
-    """One worker pod: its inbox of routed requests, its waiting queue and its running batch."""
+    """One worker pod: its queue of routed requests and its running batch, as `policies.engine_core` arrays."""
 
-    __slots__ = (
-        "cache", "created", "done_at", "draining", "inbox", "kv_used", "ready_at", "running", "t", "waiting",
-    )  # fmt: skip
+    __slots__ = ("cache", "created", "done_at", "draining", "queue", "ready_at", "run", "st", "t")
 
     def __init__(self, created: float, ready_at: float, cache: PrefixCache | None = None) -> None:
         self.created = created
@@ -129,217 +131,101 @@ class _Replica:
         self.t = ready_at  # the replica's own clock: the end of its last step
         self.draining = False
         self.done_at: float | None = None
-        self.inbox: deque[int] = deque()  # routed, not yet arrived at the replica's clock
-        self.waiting: deque[int] = deque()
-        self.running: list[list[int]] = []  # [rid, prefill_left, out_left, context]
-        self.kv_used = 0
+        self.queue = np.zeros(64, dtype=np.int64)  # routed request ids: waiting, then not yet arrived
+        self.st = np.zeros(5, dtype=np.int64)  # queue indices, running sequences, KV tokens held
+        self.run = np.zeros((0, 5), dtype=np.int64)  # one row per running sequence
         self.cache = cache  # prefix blocks it holds, when the simulation routes by state
+
+    def route(self, rids: np.ndarray) -> None:
+        """Append requests to the queue (they arrive at the replica's clock by their arrival time)."""
+        tail = int(self.st[core.TAIL])
+        if tail + len(rids) > len(self.queue):
+            grown = np.zeros(max(2 * len(self.queue), tail + len(rids)), dtype=np.int64)
+            grown[:tail] = self.queue[:tail]
+            self.queue = grown
+        self.queue[tail : tail + len(rids)] = rids
+        self.st[core.TAIL] = tail + len(rids)
+
+    def drop_routed(self) -> None:
+        """Forget the requests that have not arrived yet (the pod is deleted before it served them)."""
+        self.st[core.TAIL] = self.st[core.PULLED]
+
+    @property
+    def running(self) -> int:
+        return int(self.st[core.N_RUN])
+
+    @property
+    def queued(self) -> int:
+        return int(self.st[core.TAIL] - self.st[core.HEAD])
+
+    @property
+    def kv_used(self) -> int:
+        return int(self.st[core.KV_USED])
+
+    def waiting_at(self, t: float, arrival: np.ndarray) -> int:
+        """Requests queued at this replica that have arrived by `t` (waiting or not yet pulled)."""
+        head, pulled, tail = (int(x) for x in self.st[: core.TAIL + 1])
+        return pulled - head + int(np.count_nonzero(arrival[self.queue[pulled:tail]] <= t))
 
     @property
     def idle(self) -> bool:
-        return not (self.inbox or self.waiting or self.running)
+        return self.running == 0 and self.queued == 0
 
 
 @dataclass
 class _Records:
-    """Per-request outcomes and this interval's raw metric samples."""
+    """Per-request outcomes and this interval's raw metric samples (filled in place by the compiled loop)."""
 
     first_token: np.ndarray
     finish: np.ndarray
-    new_first: list[int] = field(default_factory=list)
-    new_finished: list[int] = field(default_factory=list)
-    itl_s: list[float] = field(default_factory=list)
-    itl_w: list[float] = field(default_factory=list)
+    first_log: np.ndarray  # request ids in the order of their first token
+    fin_log: np.ndarray  # request ids in the order they finished
+    cursor: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))  # entries in the logs
+    observed: tuple[int, int] = (0, 0)  # log entries an observation has already taken
+    carried_first: np.ndarray = field(
+        default_factory=lambda: np.zeros(0, dtype=np.int64)
+    )  # for a later window
+    carried_fin: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    itl_edges: np.ndarray = field(
+        default_factory=lambda: np.append(np.asarray(ITL_BUCKETS, dtype=float), math.inf)
+    )
+    itl_weights: np.ndarray = field(default_factory=lambda: np.zeros(len(ITL_BUCKETS) + 1))
 
 
 class _Engine:
-    """Steps replicas forward in time; shared by every replica of one simulation."""
+    """Steps replicas forward in time through the compiled loop; shared by every replica of one simulation."""
 
     def __init__(self, trace: Trace, profile: StepProfile, config: EngineConfig, records: _Records) -> None:
-        self.arrival = trace.arrival_s.tolist()
-        self.prompt = trace.prompt_tokens.tolist()
-        self.output = trace.output_tokens.tolist()
-        self.profile = profile
+        self.arrival = np.ascontiguousarray(trace.arrival_s, dtype=float)
+        self.prompt = np.ascontiguousarray(trace.prompt_tokens, dtype=np.int64)
+        self.prefill = self.prompt.copy()  # tokens to compute at admission: less a cached prefix when routed
+        self.output = np.ascontiguousarray(trace.output_tokens, dtype=np.int64)
+        self.prof = np.array(
+            [
+                profile.weights_s,
+                profile.kv_s_per_token,
+                profile.compute_s_per_token,
+                profile.overhead_s,
+                profile.decode_s_per_seq,
+                profile.prefill_s_per_token,
+                float(profile.kv_capacity_tokens),
+            ]
+        )
         self.config = config
         self.rec = records
-        self.routing: SimulatedRouting | None = None
-
-    def _admissible(self, r: _Replica) -> bool:
-        """A waiting request may join: a batch slot is free and its KV fits (or the replica is empty)."""
-        if not r.waiting or len(r.running) >= self.config.max_batch:
-            return False
-        rid = r.waiting[0]
-        return (
-            not r.running
-            or r.kv_used + self.prompt[rid] + self.output[rid] <= self.profile.kv_capacity_tokens
-        )
-
-    def _admit(self, r: _Replica) -> list[int]:
-        rid = r.waiting.popleft()
-        r.kv_used += self.prompt[rid] + self.output[rid]
-        prefill = self.prompt[rid]
-        if self.routing is not None and r.cache is not None:  # a cached prefix is not computed again
-            prefill = self.routing.prefill(r.cache, rid, prefill)
-        seq = [rid, prefill, self.output[rid], 0]
-        r.running.append(seq)
-        return seq
-
-    def _pull(self, r: _Replica, until: float) -> None:
-        while r.inbox and self.arrival[r.inbox[0]] <= until:
-            r.waiting.append(r.inbox.popleft())
-
-    def _finish(self, r: _Replica, seq: list[int], t: float) -> None:
-        self.rec.finish[seq[0]] = t
-        self.rec.new_finished.append(seq[0])
-        r.kv_used -= self.prompt[seq[0]] + self.output[seq[0]]
 
     def advance(self, r: _Replica, t_end: float) -> None:
         """Run replica `r` until its clock reaches t_end (its last step may end a little later)."""
-        p, cfg, rec = self.profile, self.config, self.rec
-        while r.t < t_end:
-            self._pull(r, r.t)
-            if not r.running:
-                if not r.waiting and not r.inbox:
-                    r.t = t_end
-                    return
-                # idle: the engine starts a step one batch window after the first arrival
-                first = r.waiting[0] if r.waiting else r.inbox[0]
-                start = max(r.t, self.arrival[first] + cfg.batch_window_s)
-                if start >= t_end:
-                    if not r.waiting:
-                        r.t = t_end
-                    return
-                r.t = start
-                self._pull(r, r.t)
-            decoding = [s for s in r.running if s[1] == 0]
-            prefilling = [s for s in r.running if s[1] > 0]
-            budget = max(cfg.chunk_tokens - len(decoding), 0)
-            if not prefilling and (budget == 0 or not self._admissible(r)):
-                self._decode_run(r, t_end)
-                continue
-            # vLLM's scheduler: partial prefills continue first, then waiting requests join while budget lasts
-            takes = []
-            for s in prefilling:
-                take = min(s[1], budget)
-                budget -= take
-                takes.append(take)
-            while budget > 0 and self._admissible(r):
-                s = self._admit(r)
-                take = min(s[1], budget)
-                budget -= take
-                prefilling.append(s)
-                takes.append(take)
-            ctx = sum(s[3] for s in decoding)
-            d = p.step_s(len(decoding), ctx, sum(takes))
-            r.t += d
-            if decoding:
-                rec.itl_s.append(d)
-                rec.itl_w.append(len(decoding))
-            done = []
-            for s in decoding:
-                s[2] -= 1
-                s[3] += 1
-                if s[2] == 0:
-                    done.append(s)
-            for s, take in zip(prefilling, takes, strict=True):
-                s[1] -= take
-                if take and s[1] == 0:
-                    rec.first_token[s[0]] = r.t
-                    rec.new_first.append(s[0])
-                    s[2] -= 1
-                    s[3] = self.prompt[s[0]] + 1
-                    if s[2] == 0:
-                        done.append(s)
-            for s in done:
-                self._finish(r, s, r.t)
-                r.running.remove(s)
-
-    def _decode_run(self, r: _Replica, t_end: float) -> None:
-        """Steps with the same batch until the first completion, the next arrival or t_end, in closed form.
-
-        Step j of the run takes overhead + max(memory0 + kv·b·j, compute·b): constant while compute bound,
-        then growing linearly with the context, so the time of n steps has a closed form.
-        """
-        p = self.profile
-        b = len(r.running)
-        ctx0 = sum(s[3] for s in r.running)
-        k = min(s[2] for s in r.running)
-        stop = t_end if not r.inbox else min(t_end, self.arrival[r.inbox[0]])
-        ov = p.overhead_s + p.decode_s_per_seq * b
-        mem0, slope, comp = (
-            p.weights_s + p.kv_s_per_token * ctx0,
-            p.kv_s_per_token * b,
-            p.compute_s_per_token * b,
-        )
-        flat = 0 if comp <= mem0 else (k if slope <= 0 else min(k, math.ceil((comp - mem0) / slope)))
-
-        def elapsed(n: int) -> float:
-            m = min(n, flat)
-            return m * (ov + comp) + (n - m) * (ov + mem0) + slope * (n * (n - 1) - m * (m - 1)) / 2
-
-        # steps start while the clock is before `stop`; at least one runs
-        lo, hi = 1, k
-        budget = stop - r.t
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            if elapsed(mid - 1) < budget:
-                lo = mid
-            else:
-                hi = mid - 1
-        n = lo
-        took = elapsed(n)
-        self.rec.itl_s.append(took / n)
-        self.rec.itl_w.append(b * n)
-        r.t += took
-        done = []
-        for s in r.running:
-            s[2] -= n
-            s[3] += n
-            if s[2] == 0:
-                done.append(s)
-        for s in done:
-            self._finish(r, s, r.t)
-            r.running.remove(s)
-
-
-@dataclass(frozen=True)
-class Timeline:
-    """Per control interval, for plots: time, offered rps, ready and desired replicas, observed p95s."""
-
-    time: np.ndarray
-    rps: np.ndarray
-    ready: np.ndarray
-    desired: np.ndarray
-    ttft_p95_ms: np.ndarray
-    tpot_p95_ms: np.ndarray
-
-
-@dataclass(frozen=True)
-class SimResult:
-    policy: str
-    setting: str
-    attainment: float
-    ttft_p95_ms: float
-    tpot_p95_ms: float
-    gpu_hours: float
-    cost: float
-    scale_events: int
-    requests: int
-    ok: np.ndarray  # per request: met both targets
-    ttft_ms: np.ndarray  # per request; NaN if it never got a first token
-    tpot_ms: np.ndarray  # per request: (finish - first token) / (output - 1)
-    timeline: Timeline
-
-    def summary(self) -> dict[str, float | int | str]:
-        return {
-            "setting": self.setting,
-            "attainment": round(self.attainment, 5),
-            "ttft_p95_ms": round(self.ttft_p95_ms, 1),
-            "tpot_p95_ms": round(self.tpot_p95_ms, 2),
-            "gpu_hours": round(self.gpu_hours, 3),
-            "cost": round(self.cost, 2),
-            "scale_events": self.scale_events,
-        }
+        cfg, rec = self.config, self.rec
+        if len(r.run) < max(cfg.max_batch, r.running):
+            grown = np.zeros((max(cfg.max_batch, r.running), 5), dtype=np.int64)
+            grown[: len(r.run)] = r.run
+            r.run = grown
+        knobs = np.array([float(cfg.max_batch), cfg.batch_window_s, float(cfg.chunk_tokens)])
+        r.t = core.advance(
+            r.t, t_end, r.st, r.queue, r.run, self.arrival, self.prompt, self.prefill, self.output, self.prof, knobs,
+            rec.first_token, rec.finish, rec.first_log, rec.fin_log, rec.cursor, rec.itl_edges, rec.itl_weights,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -360,9 +246,13 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     """Replay `trace` under `controller`; bill GPUs up to the trace end, then let in-flight requests finish."""
     n = len(trace)
     rng = np.random.default_rng(cfg.seed)
-    rec = _Records(first_token=np.full(n, np.nan), finish=np.full(n, np.nan))
+    rec = _Records(
+        first_token=np.full(n, np.nan),
+        finish=np.full(n, np.nan),
+        first_log=np.zeros(n, dtype=np.int64),
+        fin_log=np.zeros(n, dtype=np.int64),
+    )
     engine = _Engine(trace, cfg.profile, cfg.engine, rec)
-    engine.routing = cfg.routing
     new_cache = cfg.routing.new_cache if cfg.routing is not None else lambda: None
     horizon = trace.duration_s
     # warm at t=0
@@ -382,16 +272,22 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
         if pending and (ready_at <= t0).any():
             routed = np.r_[np.asarray(pending, dtype=int), routed]
             pending.clear()
-        # each request goes to a random replica among those ready when it arrives, or where the router sends it
+        # each request goes to a random replica among those ready when it arrives
         eligible = np.searchsorted(ready_at, np.maximum(arrival[routed], t0), side="right")
         pick = (rng.random(len(routed)) * eligible).astype(int)
-        for rid, k, e in zip(routed.tolist(), pick.tolist(), eligible.tolist(), strict=True):
-            if e == 0:
-                pending.append(rid)
-            elif cfg.routing is None:
-                live[k].inbox.append(rid)
-            else:
-                _route_by_state(engine, cfg.routing, live[:e], rid, max(float(arrival[rid]), t0))
+        pending.extend(routed[eligible == 0].tolist())
+        if cfg.routing is not None:  # where the router sends it, from the replicas' state at its arrival
+            for rid, e in zip(routed.tolist(), eligible.tolist(), strict=True):
+                if e > 0:
+                    _route_by_state(engine, cfg.routing, live[:e], rid, max(float(arrival[rid]), t0))
+        else:
+            served = eligible > 0
+            by_replica = np.argsort(pick[served], kind="stable")  # each replica's share, in arrival order
+            rids, picks = routed[served][by_replica], pick[served][by_replica]
+            bounds = np.searchsorted(picks, np.arange(len(live) + 1))
+            for k, r in enumerate(live):
+                if bounds[k + 1] > bounds[k]:
+                    r.route(rids[bounds[k] : bounds[k + 1]])
         nxt = stop
         for r in pods:
             engine.advance(r, t1)
@@ -432,22 +328,30 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
 def _route_by_state(
     engine: _Engine, routing: SimulatedRouting, ready: list[_Replica], rid: int, now: float
 ) -> None:
-    """Bring the ready replicas to the request's arrival, then let the routing policy pick one from their state."""
+    """Bring the ready replicas to the request's arrival, then let the routing policy pick one from their state.
+
+    The chosen replica's prefix cache takes the request's blocks as it is routed (the router's estimate of a
+    replica's cache is what it sent there), and the request will prefill only the uncached part.
+    """
     prompt = engine.prompt
     loads = []
     for r in ready:
         engine.advance(r, now)
-        queued = [*r.waiting, *r.inbox]
+        head, tail, n_run = int(r.st[core.HEAD]), int(r.st[core.TAIL]), r.running
         loads.append(
             ReplicaLoad(
-                prefill_tokens=sum(s[1] for s in r.running) + sum(prompt[q] for q in queued),
-                running=len(r.running),
-                waiting=len(queued),
-                kv_usage=r.kv_used / engine.profile.kv_capacity_tokens,
+                prefill_tokens=int(r.run[:n_run, core.PREFILL_LEFT].sum())
+                + int(prompt[r.queue[head:tail]].sum()),
+                running=n_run,
+                waiting=tail - head,
+                kv_usage=r.kv_used / engine.prof[core.KV_CAPACITY],
                 prefix=r.cache if r.cache is not None else PrefixCache(0),
             )
         )
-    ready[routing.choose(loads, rid, prompt[rid])].inbox.append(rid)
+    chosen = ready[routing.choose(loads, rid, int(prompt[rid]))]
+    if chosen.cache is not None:
+        engine.prefill[rid] = routing.prefill(chosen.cache, rid, int(prompt[rid]))
+    chosen.route(np.array([rid], dtype=np.int64))
 
 
 def _resize(
@@ -462,11 +366,11 @@ def _resize(
     if target > len(live):
         pods.extend(_Replica(now, now + delay, new_cache()) for _ in range(target - len(live)))
         return
-    victims = sorted(live, key=lambda r: (r.ready_at <= now, len(r.running) + len(r.waiting) + len(r.inbox)))
+    victims = sorted(live, key=lambda r: (r.ready_at <= now, r.running + r.queued))
     for r in victims[: len(live) - target]:
         r.draining = True
         if r.ready_at > now:  # never became ready: deleted at once, nothing to drain
-            r.inbox.clear()
+            r.drop_routed()
             r.t = now
 
 
@@ -478,30 +382,45 @@ def _observe(
     Latency histograms count what completed in the window (TTFT at the first token, inter-token gaps per
     step, token counts at finish); gauges are sampled at the window's end, as a scrape would.
     """
-    first = np.asarray([i for i in rec.new_first if rec.first_token[i] <= t1], dtype=int)
-    rec.new_first = [i for i in rec.new_first if rec.first_token[i] > t1]
-    fin = np.asarray([i for i in rec.new_finished if rec.finish[i] <= t1], dtype=int)
-    rec.new_finished = [i for i in rec.new_finished if rec.finish[i] > t1]
+    seen_first, seen_fin = rec.observed
+    first, rec.carried_first = _events_until(
+        rec.first_log, rec.first_token, rec.carried_first, seen_first, int(rec.cursor[0]), t1
+    )
+    fin, rec.carried_fin = _events_until(
+        rec.fin_log, rec.finish, rec.carried_fin, seen_fin, int(rec.cursor[1]), t1
+    )
+    rec.observed = (int(rec.cursor[0]), int(rec.cursor[1]))
     window, cap = cfg.interval_s, cfg.profile.kv_capacity_tokens
     serving = [r for r in pods if r.ready_at <= t1]
     ready = [r for r in serving if not r.draining]
-    waiting = sum(len(r.waiting) + sum(1 for i in r.inbox if trace.arrival_s[i] <= t1) for r in serving)
+    waiting = sum(r.waiting_at(t1, trace.arrival_s) for r in serving)
     window_data = TierWindow(
         ttft=Histogram.from_samples(TTFT_BUCKETS, rec.first_token[first] - trace.arrival_s[first]),
-        itl=Histogram.from_samples(ITL_BUCKETS, np.asarray(rec.itl_s), np.asarray(rec.itl_w, dtype=float)),
+        itl=Histogram(rec.itl_edges.copy(), np.cumsum(rec.itl_weights)),
         prompt_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.prompt_tokens[fin]),
         output_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.output_tokens[fin]),
         requests=float(len(fin)),
-        running=float(sum(len(r.running) for r in serving)),
+        running=float(sum(r.running for r in serving)),
         waiting=float(waiting + pending),
         kv_cache_usage=float(np.mean([r.kv_used / cap for r in ready])) if ready else None,
         ready_replicas=len(ready),
     )
-    rec.itl_s.clear()
-    rec.itl_w.clear()
+    rec.itl_weights[:] = 0.0
     obs = build_observation(t1, window, {"interactive": window_data}, ttft_target_s=cfg.slo.ttft_ms / 1000.0)
     assert obs is not None  # the window always carries series
     return obs
+
+
+def _events_until(
+    log: np.ndarray, when: np.ndarray, carried: np.ndarray, seen: int, end: int, t1: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Request ids whose event (first token, finish) happened by t1, and those to count in a later window.
+
+    An engine step may end after the window's end: its events belong to the next window, so they are carried.
+    """
+    fresh = np.concatenate((carried, log[seen:end]))
+    due = when[fresh] <= t1
+    return fresh[due], fresh[~due]
 
 
 def _result(
@@ -533,6 +452,7 @@ def _result(
         ok=ok,
         ttft_ms=ttft_ms,
         tpot_ms=tpot_ms,
+        output_tokens=int(trace.output_tokens[done].sum()),
         timeline=Timeline(
             time=np.asarray(log["time"]),
             rps=np.asarray(log["rps"]),

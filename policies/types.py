@@ -136,6 +136,8 @@ class ScalerState:
     slo_missed: float = 0.0
     hint_time: float | None = None  # when the manifest's hint was seeded as a recommendation, while it stands
     steady_windows: int = 0  # consecutive windows with traffic at a steady rate
+    # learned capacity per configuration ("H100-SXM/tp1"): (configuration, rate-axis factor, windows learned from)
+    capacity: tuple[tuple[str, float, int], ...] = ()
 
 
 @dataclass(frozen=True)

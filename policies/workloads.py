@@ -1,13 +1,17 @@
-"""Request traces for trace replay: the Azure code trace, rate-scaled, and a seeded synthetic diurnal generator.
+"""Request traces for trace replay: the one reader of trace files (Azure LLM CSV, Mooncake JSONL), rate
+scaling, and a seeded synthetic diurnal generator.
 
 Data: Azure LLM inference trace 2023 (code), Patel et al., "Splitwise: Efficient generative LLM inference using
-phase splitting", ISCA 2024; Azure public dataset, CC-BY 4.0.
+phase splitting", ISCA 2024; Azure public dataset, CC-BY 4.0. Mooncake conversation trace, Qin et al.,
+"Mooncake", FAST 2025; Apache-2.0. See data/README.md.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +20,12 @@ DATA = Path(__file__).resolve().parents[1] / "data"  # vendored traces with thei
 AZURE_CODE_TRACE = DATA / "azure_llm_2023_code.csv"
 MOONCAKE_CONVERSATION_TRACE = DATA / "mooncake_fast25_conversation.jsonl"
 CITATION = "Azure LLM inference trace 2023 (code): Patel et al., Splitwise, ISCA 2024; Azure public dataset, CC-BY 4.0"
+MOONCAKE_CITATION = (
+    "Mooncake conversation trace: Qin et al., Mooncake, FAST 2025; kvcache-ai/Mooncake, Apache-2.0"
+)
+CITATIONS = {AZURE_CODE_TRACE.name: CITATION, MOONCAKE_CONVERSATION_TRACE.name: MOONCAKE_CITATION}
+AZURE_COLUMNS = ("TIMESTAMP", "ContextTokens", "GeneratedTokens")
+MOONCAKE_FIELDS = ("timestamp", "input_length", "output_length")
 
 
 @dataclass(frozen=True)
@@ -26,6 +36,7 @@ class Trace:
     arrival_s: np.ndarray
     prompt_tokens: np.ndarray
     output_tokens: np.ndarray
+    source: str = ""  # what was replayed: the file, its citation, and how it was transformed
 
     def __post_init__(self) -> None:
         n = len(self.arrival_s)
@@ -47,21 +58,84 @@ class Trace:
         return np.histogram(self.arrival_s, bins=bins)[0] / window_s
 
 
-def _parse_time(stamp: str) -> float:
-    # Seven fractional digits do not parse before Python 3.11's fromisoformat; microseconds suffice.
-    head, _, frac = stamp.partition(".")
-    return datetime.fromisoformat(f"{head}.{(frac + '000000')[:6]}").timestamp()
+def load_trace(path: str | Path) -> Trace:
+    """A trace file as a Trace starting at 0 s, sorted by arrival; the format is detected from the content.
+
+    Azure LLM CSV: a header with TIMESTAMP, ContextTokens, GeneratedTokens (ISO timestamps). Mooncake JSONL:
+    one object a line with timestamp (ms from the start), input_length, output_length. Token counts below 1
+    count as 1 (a request has at least one prompt and one output token). A malformed row is an error naming
+    its line.
+    """
+    path = Path(path)
+    with open(path, newline="") as handle:
+        text = handle.read()
+    first = next((line for line in text.splitlines() if line.strip()), None)
+    if first is None:
+        raise ValueError(f"{path}: no requests")
+    if first.lstrip().startswith("{"):
+        t, prompt, output = _read_mooncake(path, text)
+    elif all(column in first for column in AZURE_COLUMNS):
+        t, prompt, output = _read_azure(path, text)
+    else:
+        raise ValueError(
+            f"{path}:1: not a known trace format: expected an Azure LLM CSV header "
+            f"({','.join(AZURE_COLUMNS)}) or Mooncake JSON lines ({', '.join(MOONCAKE_FIELDS)})"
+        )
+    if not len(t):
+        raise ValueError(f"{path}: no requests")
+    order = np.argsort(t, kind="stable")
+    cite = CITATIONS.get(path.name)
+    return Trace(
+        path.stem,
+        t[order] - t[order][0],
+        np.maximum(prompt[order], 1),
+        np.maximum(output[order], 1),
+        f"{path.name}: {cite}" if cite else path.name,
+    )
 
 
 def load_csv(path: str | Path = AZURE_CODE_TRACE) -> Trace:
-    """An Azure LLM trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens) as a Trace starting at 0 s."""
-    rows = np.genfromtxt(path, delimiter=",", skip_header=1, dtype=str)
-    t = np.array([_parse_time(s) for s in rows[:, 0]])
-    order = np.argsort(t, kind="stable")
-    t = t[order] - t[order][0]
-    prompt = np.maximum(rows[order, 1].astype(int), 1)
-    output = np.maximum(rows[order, 2].astype(int), 1)
-    return Trace(Path(path).stem, t, prompt, output)
+    """An Azure LLM trace CSV, the vendored code trace by default (`load_trace` reads any trace file)."""
+    return load_trace(path)
+
+
+def _read_azure(path: Path, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = csv.DictReader(text.splitlines())
+    stamps: list[np.datetime64] = []
+    prompt: list[int] = []
+    output: list[int] = []
+    for line, row in enumerate(rows, start=2):
+        try:
+            stamps.append(np.datetime64(row["TIMESTAMP"].strip().replace(" ", "T"), "ns"))
+            prompt.append(int(row["ContextTokens"]))
+            output.append(int(row["GeneratedTokens"]))
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ValueError(f"{path}:{line}: malformed row {row}: {error}") from None
+    seconds = (np.array(stamps, dtype="datetime64[ns]") - np.datetime64(0, "ns")) / np.timedelta64(1, "s")
+    return (
+        np.asarray(seconds, dtype=float),
+        np.array(prompt, dtype=np.int64),
+        np.array(output, dtype=np.int64),
+    )
+
+
+def _read_mooncake(path: Path, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t: list[float] = []
+    prompt: list[int] = []
+    output: list[int] = []
+    for line, raw in enumerate(text.splitlines(), start=1):
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+            t.append(float(row["timestamp"]) / 1000.0)
+            prompt.append(int(row["input_length"]))
+            output.append(int(row["output_length"]))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
+            raise ValueError(
+                f"{path}:{line}: malformed request ({error!r}); expected {MOONCAKE_FIELDS}"
+            ) from None
+    return np.array(t), np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64)
 
 
 def scale_rate(trace: Trace, scale: float, seed: int = 0, jitter_s: float = 1.0) -> Trace:
@@ -80,7 +154,11 @@ def scale_rate(trace: Trace, scale: float, seed: int = 0, jitter_s: float = 1.0)
     t = trace.arrival_s[idx] + np.where(is_copy, rng.uniform(0.0, jitter_s, len(idx)), 0.0)
     order = np.argsort(t, kind="stable")
     return Trace(
-        f"{trace.name}x{scale:g}", t[order], trace.prompt_tokens[idx][order], trace.output_tokens[idx][order]
+        f"{trace.name}x{scale:g}",
+        t[order],
+        trace.prompt_tokens[idx][order],
+        trace.output_tokens[idx][order],
+        f"{trace.source}, rate ×{scale:g}",
     )
 
 
@@ -117,17 +195,52 @@ def diurnal(
     kept = candidates[rng.random(len(candidates)) < rate(candidates) / peak]
     pick = rng.integers(0, len(source), len(kept))
     return Trace(
-        f"diurnal{hours:g}h", kept, source.prompt_tokens[pick].copy(), source.output_tokens[pick].copy()
+        f"diurnal{hours:g}h",
+        kept,
+        source.prompt_tokens[pick].copy(),
+        source.output_tokens[pick].copy(),
+        f"synthetic diurnal day in {hours:g} h (seed {seed}), token lengths from {source.source}",
     )
 
 
 def resolve(spec: str, scale: float = 1.0, seed: int = 0, csv: str | Path = AZURE_CODE_TRACE) -> Trace:
-    """`synthetic:diurnal` or a CSV path; `scale` multiplies the request rate of either."""
+    """`synthetic:diurnal` or a trace file (Azure CSV or Mooncake JSONL); `scale` multiplies the request rate."""
     if spec.startswith("synthetic:"):
         kind = spec.removeprefix("synthetic:")
         if kind != "diurnal":
             raise ValueError(f"unknown synthetic workload {kind!r}; known: diurnal")
         base = diurnal(load_csv(csv), seed=seed)
         return base if scale == 1.0 else scale_rate(base, scale, seed=seed)
-    trace = load_csv(spec)
+    trace = load_trace(spec)
     return trace if scale == 1.0 else scale_rate(trace, scale, seed=seed)
+
+
+def lognormal_tokens(rng: np.random.Generator, p50: float, p95: float, count: int) -> np.ndarray:
+    """`count` random token lengths, lognormal with the given median and 95th percentile, at least 1."""
+    sigma = np.log(max(p95, p50) / p50) / 1.6448536269514722  # the standard normal's 95th percentile
+    return np.maximum(np.rint(p50 * np.exp(sigma * rng.standard_normal(count))), 1).astype(np.int64)
+
+
+def poisson(
+    name: str,
+    rate: Callable[[np.ndarray], np.ndarray],
+    peak_rps: float,
+    duration_s: float,
+    prompt: tuple[float, float],
+    output: tuple[float, float],
+    seed: int = 0,
+) -> Trace:
+    """A seeded non-homogeneous Poisson trace: arrivals at `rate(t)` (≤ peak_rps) by thinning, token lengths
+    lognormal with the given (p50, p95) of prompt and output."""
+    rng = np.random.default_rng(seed)
+    candidates = np.sort(rng.uniform(0.0, duration_s, rng.poisson(peak_rps * duration_s)))
+    kept = candidates[rng.random(len(candidates)) * peak_rps < rate(candidates)]
+    n = len(kept)
+    return Trace(
+        name,
+        kept,
+        lognormal_tokens(rng, *prompt, n),
+        lognormal_tokens(rng, *output, n),
+        f"synthetic {name} (seed {seed}): prompts p50/p95 {prompt[0]:g}/{prompt[1]:g}, "
+        f"outputs {output[0]:g}/{output[1]:g} tokens",
+    )

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from policies.compare import run
+from controllers.replay import run
 from policies.workloads import Trace
 
 

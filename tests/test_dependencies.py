@@ -79,3 +79,12 @@ def test_every_declared_dependency_is_imported() -> None:
     used = set().union(*distributions(imports(PRODUCT + TOOLING)).values())
     unused = (main | dev) - used - NOT_IMPORTED
     assert not unused, f"declared but never imported: {sorted(unused)}"
+
+
+def test_the_worker_image_installs_every_worker_import() -> None:
+    """The worker image pins its own list (its torch layer is cached apart): it must cover worker_image/."""
+    dockerfile = (REPO / "worker_image" / "Dockerfile").read_text()
+    installed = {canonical(r) for r in re.findall(r'"([A-Za-z0-9_.\-]+[<>=!~][^"]*)"', dockerfile)}
+    allowed = with_requirements(installed)
+    missing = {m: d for m, d in distributions(imports(["worker_image"])).items() if not d & allowed}
+    assert not missing, f"imported by worker_image/ but not installed by its Dockerfile: {missing}"

@@ -1,4 +1,4 @@
-"""`goodput simulate`: replay a trace under goodput and the baselines; the replay machinery owns the flags."""
+"""`goodput simulate`: replay a trace under goodput and the baselines; controllers.replay owns its flags and machinery."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from policies.compare import add_arguments
+    from controllers.replay import add_arguments
 
     add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from policies.compare import command
+    from controllers.replay import command
 
     return command(args)

@@ -4,7 +4,8 @@ import json
 
 import numpy as np
 
-from policies.compare import _best, json_ready, run, table
+from controllers.replay import json_ready, run, table
+from policies.compare import _best, bracketing
 from policies.simulator import SimResult, Timeline
 from policies.workloads import Trace
 
@@ -38,6 +39,25 @@ def test_report_on_a_short_trace():
     assert p["oracle"]["gpu_hours"] <= min(
         s["gpu_hours"] for s in p["static"]["sweep"] if s["attainment"] >= p["oracle"]["attainment"]
     )
-    assert "attainment" in report["targets"] and "Splitwise" in report["workload"]["data"]
+    assert "attainment" in report["targets"]
+    assert report["workload"]["data"] == "short"  # the trace replayed, not a fixed citation
     json.dumps(json_ready(report))  # standard JSON
     assert table(report).count("\n") >= 2 + len(p["static"]["sweep"])
+
+
+def test_sweeps_extend_until_they_bracket_the_target():
+    reach, miss = _result("a", 0.995, 9.0), _result("b", 0.95, 3.0)
+    assert bracketing([1.0, 2.0, 8.0], [reach, reach, reach], 0.99) == 16.0  # all reach: fewer replicas
+    assert bracketing([1.0, 2.0, 8.0], [miss, miss, miss], 0.99) == 0.5  # none reaches: more replicas
+    assert bracketing([1.0, 2.0, 8.0], [reach, reach, miss], 0.99) is None
+
+
+def test_replayed_hpa_sweep_holds_settings_on_both_sides_of_the_target():
+    rng = np.random.default_rng(1)
+    n = 30000  # 50 rps of chat: one replica cannot carry it, so a lax enough setting misses the target
+    trace = Trace(
+        "busy", np.sort(rng.uniform(0, 600, n)), rng.integers(500, 3000, n), rng.integers(50, 400, n)
+    )
+    report, _ = run(trace, ("hpa",), workers=1)
+    attained = [row["attainment"] >= 0.99 for row in report["policies"]["hpa"]["sweep"]]
+    assert any(attained) and not all(attained)

@@ -4,10 +4,11 @@ import numpy as np
 import pytest
 
 from policies.catalog import accelerator
-from policies.latency import ReplicaPredictor, SimResult, TokenStats, simulate_replica
+from policies.latency import ReplicaPredictor, TokenStats
 from policies.perfmodel import StepModel
 from policies.planner import lognormal_samples
 from policies.profiles import PRESETS
+from policies.replica_sim import SimResult, simulate_replica
 
 MAX_BATCH, WINDOW_S, CHUNK = 256, 0.005, 512
 

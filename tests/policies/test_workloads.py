@@ -3,7 +3,16 @@
 import numpy as np
 import pytest
 
-from policies.workloads import Trace, diurnal, load_csv, resolve, scale_rate
+from policies.workloads import (
+    AZURE_CODE_TRACE,
+    MOONCAKE_CONVERSATION_TRACE,
+    Trace,
+    diurnal,
+    load_csv,
+    load_trace,
+    resolve,
+    scale_rate,
+)
 
 
 def _small(n: int = 400, seed: int = 0) -> Trace:
@@ -73,3 +82,42 @@ def test_diurnal_bursts_raise_the_rate():
 def test_resolve_rejects_unknown_synthetic():
     with pytest.raises(ValueError):
         resolve("synthetic:weekly")
+
+
+def test_mooncake_jsonl_is_detected_and_read_in_seconds(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(
+        '{"timestamp": 1500, "input_length": 7000, "output_length": 300, "hash_ids": [0, 1]}\n'
+        '{"timestamp": 0, "input_length": 2000, "output_length": 0, "hash_ids": [0]}\n'
+    )
+    tr = load_trace(path)
+    assert list(tr.arrival_s) == [0.0, 1.5]
+    assert list(tr.prompt_tokens) == [2000, 7000] and list(tr.output_tokens) == [1, 300]
+
+
+def test_vendored_traces_name_their_source():
+    assert "Splitwise" in load_trace(AZURE_CODE_TRACE).source
+    mooncake = load_trace(MOONCAKE_CONVERSATION_TRACE)
+    assert "Mooncake" in mooncake.source and len(mooncake) == 12031
+    assert "Mooncake" in scale_rate(mooncake, 2.0).source
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "where"),
+    [
+        (
+            "bad.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03,10,2\nnot-a-time,1,1\n",
+            ":3:",
+        ),
+        ("bad.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03,ten,2\n", ":2:"),
+        ("bad.jsonl", '{"timestamp": 0, "input_length": 1, "output_length": 1}\n{"timestamp": 1}\n', ":2:"),
+        ("bad.jsonl", '{"timestamp": 0, "input_length": 1, "output_length": 1}\n{oops\n', ":2:"),
+        ("other.csv", "time,prompt,output\n1,2,3\n", ":1:"),
+    ],
+)
+def test_malformed_rows_name_their_line(tmp_path, name, text, where):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=where):
+        load_trace(path)

@@ -1,0 +1,269 @@
+"""Replaying a trace under every policy: simulations side by side in processes, then tables and plots.
+
+The comparison itself (setup, sweeps, report) is pure and lives in `policies.compare`; this module is its
+imperative shell, and `goodput simulate`'s options and command.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from contextlib import contextmanager
+from multiprocessing import get_context
+from typing import Any
+
+from crds.slopolicy import SLOPolicySpec
+from policies.compare import (
+    BRACKET_ROUNDS,
+    POLICIES,
+    SWEEPS,
+    Job,
+    Setup,
+    baseline_job,
+    bracketing,
+    build_report,
+    run_job,
+    setup,
+    sweep_jobs,
+)
+from policies.simulator import SimResult
+from policies.workloads import Trace
+
+Progress = Callable[[int, int], None]  # (simulations done, simulations in all): at the start and after each
+
+
+def _run_jobs(
+    trace: Trace, jobs: list[Job], workers: int, progress: Progress | None = None
+) -> list[SimResult]:
+    done: dict[int, SimResult] = {}
+
+    def finished(index: int, result: SimResult) -> None:
+        done[index] = result
+        if progress is not None:
+            progress(len(done), len(jobs))
+
+    if progress is not None:
+        progress(0, len(jobs))
+    if workers <= 1 or len(jobs) <= 1:
+        for index, job in enumerate(jobs):
+            finished(index, run_job(trace, job))
+        return [done[i] for i in range(len(jobs))]
+    # the oracle (several simulations) starts first so it does not finish last alone
+    order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] is not None)
+    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("fork")) as pool:
+        futures = {pool.submit(run_job, trace, jobs[i]): i for i in order}
+        for future in as_completed(futures):
+            finished(futures[future], future.result())
+    return [done[i] for i in range(len(jobs))]
+
+
+def _bracket(trace: Trace, s: Setup, runs: dict[str, list[SimResult]], workers: int) -> None:
+    """Extend the HPA and KEDA sweeps, a setting per round, until each holds settings on both sides of the
+    attainment target (a sweep that stops short of its knee makes any comparison an artifact of the sweep)."""
+    knobs = {name: list(SWEEPS[name]) for name in SWEEPS if name in runs}
+    for _ in range(BRACKET_ROUNDS):
+        more = {
+            name: k
+            for name, values in knobs.items()
+            if (k := bracketing(values, runs[name], s.sim.slo.attainment)) is not None
+        }
+        if not more:
+            return
+        jobs = [baseline_job(name, k, s) for name, k in more.items()]
+        for name, result in zip(more, _run_jobs(trace, jobs, workers), strict=True):
+            knobs[name].append(more[name])
+            runs[name].append(result)
+
+
+def run(
+    trace: Trace,
+    policies: tuple[str, ...] = POLICIES,
+    start_delay_s: float | None = None,
+    seed: int = 0,
+    policy: SLOPolicySpec | None = None,
+    workers: int = 2,
+    progress: Progress | None = None,
+    slo_ms: tuple[float, float] = (1000.0, 100.0),
+) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
+    """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results.
+
+    Simulations are independent, so `workers` processes run them side by side.
+    """
+    started = time.perf_counter()
+    s = setup(trace, start_delay_s, seed, policy, slo_ms)
+    jobs = sweep_jobs(s, policies)
+    runs: dict[str, list[SimResult]] = {}
+    for (name, _), result in zip(
+        jobs, _run_jobs(trace, [job for _, job in jobs], workers, progress), strict=True
+    ):
+        runs.setdefault(name, []).append(result)
+    _bracket(trace, s, runs, workers)
+    report = build_report(trace, s, runs)
+    report["wall_s"] = round(time.perf_counter() - started, 2)
+    return report, runs
+
+
+def table(report: dict[str, Any]) -> str:
+    """One row per policy and setting."""
+    head = f"{'policy':8} {'setting':22} {'attain':>7} {'TTFT p95':>9} {'TPOT p95':>9} {'GPU-h':>7} {'cost $':>8} {'events':>6}"
+    lines = [head, "-" * len(head)]
+    for name, entry in report["policies"].items():
+        for row in entry.get("sweep", [entry]):
+            mark = (
+                "*" if row is not entry and row["setting"] == entry["setting"] and "sweep" in entry else " "
+            )
+            lines.append(
+                f"{name:8} {row['setting'] + mark:22} {row['attainment']:7.2%} {row['ttft_p95_ms']:8.0f}m "
+                f"{row['tpot_p95_ms']:8.1f}m {row['gpu_hours']:7.2f} {row['cost']:8.2f} {row['scale_events']:6d}"
+            )
+    lines.append("(* the setting reported for the baseline; ms in TTFT/TPOT columns)")
+    return "\n".join(lines)
+
+
+def plot(report: dict[str, Any], runs: dict[str, list[SimResult]], path: str) -> None:
+    """The frontier (GPU-hours against attainment) and, over time, load, replicas and p95 against the SLO."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax0, ax1, ax2) = plt.subplots(3, 1, figsize=(10, 12))
+    for name, results in runs.items():
+        ax0.plot([r.gpu_hours for r in results], [100 * r.attainment for r in results], "o-", label=name)
+    ax0.axhline(100 * report["setup"]["slo"]["attainment"], color="grey", ls="--", lw=0.8)
+    ax0.set_xlabel("GPU-hours")
+    ax0.set_ylabel("SLO attainment (%)")
+    ax0.set_title(f"{report['workload']['name']}: cost against attainment")
+    ax0.legend()
+    shown = {name: _pick(results, report["policies"][name]["setting"]) for name, results in runs.items()}
+    first = next(iter(shown.values()))
+    ax1.plot(first.timeline.time / 60, first.timeline.rps, color="grey", lw=0.7, label="offered rps")
+    ax1.set_ylabel("requests/s")
+    twin = ax1.twinx()
+    for name, r in shown.items():
+        twin.step(r.timeline.time / 60, r.timeline.ready, where="post", label=f"{name} ready")
+    twin.set_ylabel("ready replicas")
+    twin.legend(loc="upper right", fontsize=8)
+    for name, r in shown.items():
+        ax2.plot(r.timeline.time / 60, r.timeline.ttft_p95_ms, lw=0.8, label=f"{name} TTFT p95")
+    ax2.axhline(report["setup"]["slo"]["ttft_p95_ms"], color="red", ls="--", lw=0.8, label="SLO")
+    ax2.set_yscale("log")
+    ax2.set_xlabel("minutes")
+    ax2.set_ylabel("ms (observed per interval)")
+    ax2.legend(fontsize=8)
+    fig.text(0.01, 0.005, report["workload"]["data"], fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _pick(results: list[SimResult], setting: str) -> SimResult:
+    return next((r for r in results if r.setting == setting), results[0])
+
+
+def json_ready(report: dict[str, Any]) -> dict[str, Any]:
+    """Replace non-finite floats (an unfinished request's p95) with None so the JSON is standard."""
+
+    def clean(x: Any) -> Any:
+        if isinstance(x, float) and not math.isfinite(x):
+            return None
+        if isinstance(x, dict):
+            return {k: clean(v) for k, v in x.items()}
+        if isinstance(x, list):
+            return [clean(v) for v in x]
+        return x
+
+    return clean(report)
+
+
+def add_arguments(parser: Any) -> None:
+    """The `goodput simulate` options (an argparse parser)."""
+    parser.add_argument(
+        "--trace",
+        required=True,
+        help="a trace file (Azure LLM CSV or Mooncake JSONL, detected) or synthetic:diurnal",
+    )
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply the trace's request rate")
+    parser.add_argument(
+        "--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES)
+    )
+    parser.add_argument(
+        "--start-delay",
+        type=float,
+        default=None,
+        help="seconds from pod creation to ready (default: the worker start model, policies/startup.py)",
+    )
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--ttft-ms", type=float, default=1000.0, help="the service's TTFT p95 target (ms)")
+    parser.add_argument("--tpot-ms", type=float, default=100.0, help="the service's TPOT p95 target (ms)")
+    parser.add_argument(
+        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel simulations"
+    )
+    parser.add_argument(
+        "--headroom", type=float, help="SLOPolicy headroom for goodput (default: the default policy's)"
+    )
+    parser.add_argument("--json", dest="json_path", help="write the report as JSON here")
+    parser.add_argument("--plot", help="write the frontier and timeline plot (PNG) here")
+
+
+@contextmanager
+def _progress_bar() -> Iterator[Progress]:
+    """A bar on stderr counting finished simulations (a full comparison takes minutes); gone when done."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress as Bar
+
+    columns = (TextColumn("simulations"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Bar(*columns, console=Console(stderr=True), transient=True) as bar:
+        task = bar.add_task("simulate", total=None)
+        yield lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def command(args: Any) -> int:
+    """`goodput simulate`: replay a trace under each policy and print one row per policy and setting."""
+    import json
+
+    from policies.workloads import resolve
+
+    names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown:
+        raise SystemExit(f"unknown policies: {', '.join(unknown)}; known: {', '.join(POLICIES)}")
+    try:
+        trace = resolve(args.trace, scale=args.scale, seed=args.seed)
+    except (OSError, ValueError) as error:
+        raise SystemExit(f"error: --trace: {error}") from None
+    policy = SLOPolicySpec(headroom=args.headroom) if args.headroom is not None else None
+    with _progress_bar() as progress:
+        try:
+            report, runs = run(
+                trace,
+                names,
+                start_delay_s=args.start_delay,
+                seed=args.seed,
+                policy=policy,
+                workers=args.workers,
+                progress=progress,
+                slo_ms=(args.ttft_ms, args.tpot_ms),
+            )
+        except ValueError as error:  # no configuration meets the SLO at the trace's peak
+            raise SystemExit(
+                f"error: {error} (SLO: TTFT p95 {args.ttft_ms:g} ms, TPOT p95 {args.tpot_ms:g} ms)"
+            ) from None
+    print(table(report))
+    for key, figure in report["targets"].items():
+        print(f"target {key}: {figure}")
+    for key, figure in report.get("targets_goodput_best_setting", {}).items():
+        print(f"target (goodput's best setting) {key}: {figure}")
+    print(
+        f"{len(trace)} requests over {trace.duration_s / 3600:.2f} h simulated in {report['wall_s']} s. Data: {trace.source or trace.name}"
+    )
+    if args.json_path:
+        with open(args.json_path, "w") as f:
+            json.dump(json_ready(report), f, indent=2)
+    if args.plot:
+        plot(report, runs, args.plot)
+    return 0

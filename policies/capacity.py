@@ -1,0 +1,121 @@
+"""Learned capacity: what the running configuration really carries at the SLO, learned from what it serves.
+
+The performance model predicts a replica's TTFT quantile as a function of its request rate. It is right about
+the shape (latency flat at light load, rising steeply towards saturation) more often than about where the knee
+is: a queueing approximation that errs on the safe side, a token mix the model weighs differently, a kernel
+faster than its roofline all move the knee. So the autoscaler keeps the model and learns one number per
+configuration (accelerator and TP): the factor k by which the rate axis is off. A replica at per-replica rate
+λ behaves as the model does at λ / k; k = 2 means a replica carries twice what the model says.
+
+Each window with enough requests and a steady rate is evidence. The observed TTFT at the SLO's quantile
+(interpolated by `histogram_quantile`) is matched to the rate λ' at which the model predicts it, so the
+window says k ≈ λ / λ'; as the observation is only known to lie in its histogram bucket (lo, hi], the rates
+whose prediction lies in that bucket bound it: k in [λ / λ'_hi, λ / λ'_lo]. The learned k moves towards that
+estimate (a geometric EWMA with the calibration's smoothing). Where the model's curve is flat (queueing adds
+under a quarter to the unloaded latency) a small latency error is a large rate error, so such windows only
+bound k from below; there the TTFT calibration learns instead, and the two never correct the same window.
+k is lowered only by windows whose TTFT p95 is at least NEAR_TARGET of the SLO's target: far below it,
+latency above the model's is mostly arrival clustering the Poisson model does not see (bursty traffic), and
+extrapolating it to the knee would add replicas that do not lower it, a feedback that runs to the bound.
+Planning divides the load by k, quantized to the same 5 % grid as rates so plans stay shared.
+
+The TTFT and TPOT calibration factors (policies/calibration.py) stay: they correct the latency axis (a slower
+prefill or decode step), this corrects the rate axis.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+
+from crds.inferenceservice import InferenceServiceSpec
+from crds.slopolicy import SLOPolicySpec
+from policies.calibration import NEAR_TARGET, QUEUEING_SHARE, UNLOADED_RPS, running_predictor
+from policies.demand import rate_steady
+from policies.observe import TTFT_BUCKETS
+from policies.types import Candidate, Observation, ScalerState
+
+CAPACITY_BOUNDS = (0.25, 4.0)  # the model is trusted to within a factor of four either way
+GRID_RATES = 64  # model rates the equivalent load is read off, up to the replica's saturation
+GRID_STEP = 1.05  # the learned factor is applied on the same 5 % grid as planned rates
+
+
+def configuration(c: Candidate) -> str:
+    """The configuration a learned factor belongs to."""
+    return f"{c.accelerator}/tp{c.tensor_parallel}"
+
+
+def capacity_factor(state: ScalerState, c: Candidate) -> float:
+    """The learned factor for `c`'s configuration (1 until learned), on the 5 % grid planning uses."""
+    k = dict((key, f) for key, f, _ in state.capacity).get(configuration(c), 1.0)
+    return GRID_STEP ** round(math.log(k) / math.log(GRID_STEP))
+
+
+def learn_capacity(
+    spec: InferenceServiceSpec,
+    policy: SLOPolicySpec,
+    current: Candidate,
+    obs: Observation,
+    state: ScalerState,
+) -> ScalerState:
+    """Move the running configuration's factor towards what this window's rate and TTFT quantile allow."""
+    cal = policy.calibration
+    ready = obs.ready_replicas or current.replicas
+    observed = obs.ttft_p95_ms
+    if not cal.enabled or obs.requests < cal.min_requests or ready <= 0 or observed is None:
+        return state
+    if spec.slo.ttft_p95_ms is None or not rate_steady(obs, state):
+        return (
+            state  # learned at the quantile the SLO states; only p95 is observed (see docs/architecture.md)
+        )
+    key = configuration(current)
+    learned = {k: (f, n) for k, f, n in state.capacity}
+    k, samples = learned.get(key, (1.0, 0))
+    rates = equivalent_rates(spec, current, state, observed)
+    if rates is None:
+        return state
+    lam = obs.rps / ready
+    lo_rate, point, hi_rate = rates
+    lower = lam / hi_rate
+    upper = lam / lo_rate if lo_rate > 0 else math.inf
+    # on the flat part of the curve the point says little: only the bounds do
+    aim = min(max(k if point is None else lam / point, lower), upper)
+    if aim < k and observed < NEAR_TARGET * spec.slo.ttft_p95_ms:
+        return state  # far below the target, extrapolating the model's curve down is not safe (see above)
+    new = k ** (1 - cal.smoothing) * aim**cal.smoothing
+    new = min(max(new, CAPACITY_BOUNDS[0]), CAPACITY_BOUNDS[1])
+    learned[key] = (new, samples + 1)
+    return replace(state, capacity=tuple((name, f, n) for name, (f, n) in sorted(learned.items())))
+
+
+def equivalent_rates(
+    spec: InferenceServiceSpec, current: Candidate, state: ScalerState, observed_ms: float
+) -> tuple[float, float | None, float] | None:
+    """The per-replica rates at which the model predicts the observed TTFT p95: (low, point, high).
+
+    `histogram_quantile` only places the observation in its bucket (lo, hi]: low and high bound the rates
+    whose prediction lies in it; the point is where the prediction equals the interpolated value, None where
+    the model's curve is flat there (within QUEUEING_SHARE of its unloaded value). None in all when the model,
+    even unloaded, predicts more than the bucket's top: that is a latency error (the TTFT calibration's
+    business), not a capacity one.
+    """
+    edges = (0.0, *(b * 1000.0 for b in TTFT_BUCKETS), math.inf)
+    i = next(j for j in range(1, len(edges)) if observed_ms <= edges[j])
+    lo, hi = edges[i - 1], edges[i]
+    predictor = running_predictor(spec, current, state)
+    batch = np.array([current.max_batch])
+    saturation = float(predictor.saturation_rps(batch)[0])
+    rates = saturation * np.arange(0, GRID_RATES + 1) / GRID_RATES
+    rates[0] = UNLOADED_RPS
+    ttft = predictor.predict(rates[None, :], batch, np.array([current.batch_window_ms / 1000.0])).ttft.ravel()
+    ttft_ms = np.where(np.isfinite(ttft), ttft * 1000.0, math.inf)
+    if ttft_ms[0] > hi:
+        return None
+    below = rates[ttft_ms <= lo]  # the model's latency is monotone in the rate
+    within = rates[ttft_ms <= hi]
+    finite = np.isfinite(ttft_ms)
+    point = float(np.interp(observed_ms, ttft_ms[finite], rates[finite]))
+    flat = observed_ms <= QUEUEING_SHARE * ttft_ms[0] or observed_ms > ttft_ms[finite][-1]
+    return (float(below[-1]) if len(below) else 0.0, None if flat else point, float(within[-1]))

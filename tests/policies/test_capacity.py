@@ -1,0 +1,171 @@
+"""The learned capacity converges to what a replica really carries at the SLO, whichever way the model errs."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from crds.inferenceservice import InferenceServiceSpec
+from crds.slopolicy import SLOPolicySpec
+from policies import planner
+from policies.calibration import calibrate
+from policies.capacity import capacity_factor, configuration, learn_capacity
+from policies.catalog import accelerator
+from policies.latency import ReplicaPredictor, TokenStats
+from policies.perfmodel import StepModel
+from policies.profiles import profile_for
+from policies.types import Candidate, Observation, ScalerState
+
+SPEC = InferenceServiceSpec.model_validate(
+    {
+        "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
+        "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
+        "traffic": {"class": "interactive", "expectedRps": 40},
+        "accelerators": [{"type": "H100-SXM", "maxCount": 64}],
+        "scaling": {"minReplicas": 1, "maxReplicas": 64, "maxTensorParallel": 1},
+    }
+)
+POLICY = SLOPolicySpec()
+CHAT = ((1000.0, 4000.0), (130.0, 500.0))
+CODE = ((1500.0, 7300.0), (13.0, 90.0))  # code completion: longer prompts, short outputs
+WINDOW_S = 15.0
+
+
+def _running() -> Candidate:
+    chosen = planner.plan(SPEC, planner.load_from_spec(SPEC), POLICY, 1.0, 1.0).chosen
+    assert chosen is not None
+    return chosen
+
+
+def _mix(mix: tuple[tuple[float, float], tuple[float, float]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    (p50, p95), (o50, o95) = mix
+    return (
+        tuple(float(x) for x in planner.lognormal_samples(p50, p95, 64)),
+        tuple(float(x) for x in planner.lognormal_samples(o50, o95, 64)),
+    )
+
+
+class Replica:
+    """A replica as the model sees it with calibration `factors`, at a given token mix; the truth when
+    `rate_scale` ≠ 1: it carries that many times the model's load at the same latency (its knee is elsewhere,
+    its unloaded latency is the model's, so no latency factor can express the difference)."""
+
+    def __init__(
+        self,
+        c: Candidate,
+        nodes: tuple[tuple[float, ...], tuple[float, ...]],
+        factors: tuple[float, float] = (1.0, 1.0),
+        rate_scale: float = 1.0,
+    ) -> None:
+        model = StepModel(profile_for(SPEC.model), accelerator(c.accelerator), c.tensor_parallel, *factors)
+        self.c, self.rate_scale = c, rate_scale
+        self.predictor = ReplicaPredictor(
+            model,
+            TokenStats.from_samples(np.array(nodes[0]), np.array(nodes[1])),
+            c.chunk_tokens,
+            c.max_batch,
+        )
+
+    def ttft_p95_ms(self, rps: float) -> float:
+        return self.observe(rps)[0]
+
+    def observe(self, rps: float) -> tuple[float, float]:
+        """TTFT p95 and inter-token median (ms) at `rps` per replica; overload reads as a very late TTFT."""
+        p = self.predictor.predict(
+            np.array([[rps / self.rate_scale]]),
+            np.array([self.c.max_batch]),
+            np.array([self.c.batch_window_ms / 1000.0]),
+            tpot_quantile=0.5,
+        )
+        ttft, tpot = float(p.ttft.ravel()[0]) * 1000.0, float(p.tpot.ravel()[0]) * 1000.0
+        return (ttft if math.isfinite(ttft) else 1e7), (tpot if math.isfinite(tpot) else 1e4)
+
+    def capacity_at_slo(self) -> float:
+        """The per-replica rate at which TTFT p95 reaches the SLO's target (bisection)."""
+        low = 0.0
+        high = self.rate_scale * float(self.predictor.saturation_rps(np.array([self.c.max_batch]))[0])
+        for _ in range(30):
+            mid = (low + high) / 2
+            low, high = (mid, high) if self.ttft_p95_ms(mid) <= 1000.0 else (low, mid)
+        return low
+
+
+def _believed(state: ScalerState, c: Candidate, nodes: tuple[tuple[float, ...], tuple[float, ...]]) -> float:
+    """The per-replica rate the autoscaler believes meets the SLO: its calibrated model's, times the factor."""
+    model = Replica(c, nodes, (state.ttft_factor, state.tpot_factor))
+    return capacity_factor(state, c) * model.capacity_at_slo()
+
+
+def _learn(state: ScalerState, truth: Replica, windows: int, start: float = 0.0) -> ScalerState:
+    """Windows at the load a planner with 20 % headroom gives each replica, from what it has learned so far;
+    calibration and capacity learning both run, as in `autoscale`."""
+    nodes = (state.prompt_tokens_nodes, state.output_tokens_nodes)
+    assert nodes[0] is not None and nodes[1] is not None
+    for i in range(windows):
+        rps = 0.8 * _believed(state, truth.c, (nodes[0], nodes[1]))
+        ttft, tpot = truth.observe(rps)
+        obs = Observation(
+            time=start + (i + 1) * WINDOW_S, window_s=WINDOW_S, rps=rps * 10, requests=rps * 10 * WINDOW_S,
+            ttft_p95_ms=ttft, tpot_p95_ms=None, kv_cache_usage=None, queue_depth=0.0, running=None,
+            ready_replicas=10, prompt_tokens_nodes=nodes[0], output_tokens_nodes=nodes[1], tpot_p50_ms=tpot,
+        )  # fmt: skip
+        state = calibrate(SPEC, POLICY, truth.c, obs, state, 1000.0)
+        state = learn_capacity(SPEC, POLICY, truth.c, obs, state)
+        state = replace(state, load_history=((obs.time, obs.rps),))
+    return state
+
+
+@pytest.mark.parametrize("rate_scale", [0.5, 2.0])  # true capacity half, and twice, the model's
+def test_converges_on_a_replica_carrying_half_or_twice_what_the_model_says(rate_scale: float) -> None:
+    c = _running()
+    nodes = _mix(CHAT)
+    state = ScalerState(prompt_tokens_nodes=nodes[0], output_tokens_nodes=nodes[1])
+    truth = Replica(c, nodes, rate_scale=rate_scale)
+    assert _believed(state, c, nodes) == pytest.approx(truth.capacity_at_slo() / rate_scale, rel=0.01)
+    state = _learn(state, truth, windows=20)  # five minutes of 15 s windows
+    assert _believed(state, c, nodes) == pytest.approx(truth.capacity_at_slo(), rel=0.15)
+
+
+def test_a_step_in_the_token_mix_reconverges() -> None:
+    """The model errs one way on chat and the other on code completion: the factor follows the mix."""
+    c = _running()
+    chat, code = _mix(CHAT), _mix(CODE)
+    state = ScalerState(prompt_tokens_nodes=chat[0], output_tokens_nodes=chat[1])
+    state = _learn(state, Replica(c, chat, rate_scale=2.0), windows=20)
+    truth = Replica(c, code, rate_scale=0.6)
+    state = replace(state, prompt_tokens_nodes=code[0], output_tokens_nodes=code[1])
+    state = _learn(state, truth, windows=20, start=1000.0)
+    assert _believed(state, c, code) == pytest.approx(truth.capacity_at_slo(), rel=0.15)
+
+
+def test_a_window_that_says_nothing_leaves_the_factor_alone() -> None:
+    c = _running()
+    nodes = _mix(CHAT)
+    state = ScalerState(
+        prompt_tokens_nodes=nodes[0], output_tokens_nodes=nodes[1], capacity=((configuration(c), 1.5, 3),)
+    )
+    quiet = Observation(
+        time=15.0, window_s=WINDOW_S, rps=0.1, requests=1.0, ttft_p95_ms=200.0, tpot_p95_ms=None,
+        kv_cache_usage=None, queue_depth=0.0, running=None, ready_replicas=1,
+    )  # fmt: skip
+    assert learn_capacity(SPEC, POLICY, c, quiet, state) == state  # too few requests to learn from
+
+
+def test_a_restart_keeps_what_was_learned() -> None:
+    """The learned factors go to status.calibration and come back: a restarted operator plans the same."""
+    from controllers import status
+    from crds.inferenceservice import InferenceServiceStatus
+
+    c = _running()
+    nodes = _mix(CHAT)
+    state = ScalerState(prompt_tokens_nodes=nodes[0], output_tokens_nodes=nodes[1])
+    state = _learn(state, Replica(c, nodes, rate_scale=2.0), windows=8)
+    assert capacity_factor(state, c) > 1.2
+    wire = {"calibration": status.calibration_status(state, 1000.0), "scaler": status.scaler_status(state)}
+    InferenceServiceStatus.model_validate(wire)  # what the CRD schema admits
+    restored = status.state_from_status(wire)
+    assert restored.capacity == state.capacity
+    assert capacity_factor(restored, c) == capacity_factor(state, c)
