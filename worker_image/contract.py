@@ -175,3 +175,25 @@ MODEL_PRESETS: dict[str, dict[str, Any]] = {
         "torch_dtype": "bfloat16",
     },
 }
+
+
+# ---------------------------------------------------------------- the error body clients read
+class OpenAIError(Exception):
+    """An error in OpenAI's body with its HTTP headers: the one shape the worker and the router answer with."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, dict[str, str | None]]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
