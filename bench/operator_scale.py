@@ -34,6 +34,7 @@ from typing import Any
 import aiohttp
 import yaml
 
+from testkit.kubeconfig import write_kubeconfig
 from testkit.prometheus import PrometheusProcess, free_port
 from testkit.workers import SyntheticWorkers, Traffic
 
@@ -180,18 +181,7 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
             )
         prom.start()
         kubeconfig = Path(tempfile.mkdtemp(prefix="goodput-bench-")) / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "bench", "cluster": {"server": api_url}}],
-                    "users": [{"name": "bench", "user": {"token": "bench"}}],
-                    "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
-                    "current-context": "bench",
-                }
-            )
-        )
+        write_kubeconfig(kubeconfig, api_url)
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),

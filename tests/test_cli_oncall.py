@@ -25,6 +25,7 @@ from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.types import Load
 from testkit.apiserver import ApiServer
+from testkit.kubeconfig import write_kubeconfig
 from testkit.prometheus import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,20 +33,9 @@ EXAMPLES = ROOT / "manifests" / "examples"
 NOW = "2026-11-22T11:00:00Z"
 
 
-def kubeconfig(path: Path, server: str, namespace: str = "team-a") -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "test"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": namespace}}],
-                "current-context": "x",
-            }
-        )
-    )
-    return path
+def kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig whose context namespace is team-a, where most tests create their services."""
+    return write_kubeconfig(path, server, "team-a")
 
 
 def service(example: str, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
