@@ -11,10 +11,11 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from testkit.metrics_http import serve_metrics
 from worker_image import contract as c
 
 HISTOGRAMS = (
@@ -127,28 +128,10 @@ class SyntheticWorkers:
         return ("\n".join(out) + "\n").encode()
 
     def serve(self, address: str = "127.0.0.1") -> int:
-        """Serve /metrics in the text format, as the worker does.
-
-        Not prometheus_client's server: it answers Prometheus in OpenMetrics, whose encoder (0.26) rewrites
-        `vllm:` names to `vllm_`, and the operator would find no series.
-        """
-        workers = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = workers.render()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                return
-
-        self._server = ThreadingHTTPServer((address, 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="synthetic-workers", daemon=True).start()
+        """Serve /metrics in the text format, as the worker does (see testkit.metrics_http for why)."""
+        self._server = serve_metrics(
+            lambda: (self.render(), CONTENT_TYPE_LATEST), address, "synthetic-workers"
+        )
         self.port = self._server.server_port
         return self.port
 
