@@ -100,6 +100,16 @@ def drain_continuous(manager: Any, w: Workload, timeout_s: float = 600.0) -> int
     return generated
 
 
+def continuous_result(w: Workload, generated: int, elapsed: float) -> dict[str, float | int]:
+    """What a transformers continuous-batching run reports: it may stop short of the requested tokens."""
+    return {
+        "seconds": elapsed,
+        "output_tokens": generated,
+        "requested_output_tokens": w.output_tokens,
+        "output_tokens_per_s": generated / elapsed,
+    }
+
+
 def generate_static(model: Any, w: Workload, batch_size: int, device: str = "cpu") -> None:
     """transformers `generate` on arrival-order batches, left padded, each until its longest output is done."""
     pad = presets.BYTE_TOKENS["pad_token_id"]

@@ -93,13 +93,7 @@ def run_hf_continuous(model: torch.nn.Module, w: Workload, batch_tokens: int) ->
         ) as m,
     ):
         generated = drain_continuous(m, w)
-    elapsed = time.perf_counter() - start
-    return {
-        "seconds": elapsed,
-        "output_tokens": generated,
-        "requested_output_tokens": w.output_tokens,
-        "output_tokens_per_s": generated / elapsed,
-    }
+    return common.continuous_result(w, generated, time.perf_counter() - start)
 
 
 def parity(model: torch.nn.Module, w: Workload, ours: list[list[int]], n: int = 3, tokens: int = 16) -> bool:

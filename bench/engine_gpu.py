@@ -276,13 +276,7 @@ def hf_continuous(s: Setup, model: torch.nn.Module, w: Workload, graphs: bool) -
         start = time.perf_counter()
         generated = drain_continuous(manager, w)
         elapsed = time.perf_counter() - start
-    return {
-        "seconds": elapsed,
-        "output_tokens": generated,
-        "requested_output_tokens": w.output_tokens,
-        "output_tokens_per_s": generated / elapsed,
-        "cuda_graphs": graphs,
-    }
+    return common.continuous_result(w, generated, elapsed) | {"cuda_graphs": graphs}
 
 
 def run_hf_static(s: Setup, model: torch.nn.Module, w: Workload, batch_size: int) -> dict:

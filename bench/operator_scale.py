@@ -34,8 +34,9 @@ from typing import Any
 import aiohttp
 import yaml
 
-from controllers.testing.prometheus import PrometheusProcess, free_port
-from controllers.testing.workers import SyntheticWorkers, Traffic
+from testkit.kubeconfig import write_kubeconfig
+from testkit.prometheus import PrometheusProcess, free_port
+from testkit.workers import SyntheticWorkers, Traffic
 
 ROOT = Path(__file__).resolve().parents[1]
 GROUP_PATH = "/apis/goodput.dev/v1alpha1"
@@ -170,9 +171,7 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
     processes: list[subprocess.Popen[bytes]] = []
     try:
         processes.append(
-            subprocess.Popen(
-                [sys.executable, "-m", "controllers.testing.apiserver", "--port", str(api_port)], cwd=ROOT
-            )
+            subprocess.Popen([sys.executable, "-m", "testkit.apiserver", "--port", str(api_port)], cwd=ROOT)
         )
         await _wait_http(f"{api_url}/version", 30)
         names = await _create_services(api_url, services, interval_s)
@@ -182,18 +181,7 @@ async def run(services: int, intervals: int, interval_s: float, scrape_s: float)
             )
         prom.start()
         kubeconfig = Path(tempfile.mkdtemp(prefix="goodput-bench-")) / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "bench", "cluster": {"server": api_url}}],
-                    "users": [{"name": "bench", "user": {"token": "bench"}}],
-                    "contexts": [{"name": "bench", "context": {"cluster": "bench", "user": "bench"}}],
-                    "current-context": "bench",
-                }
-            )
-        )
+        write_kubeconfig(kubeconfig, api_url)
         env = {
             **os.environ,
             "KUBECONFIG": str(kubeconfig),

@@ -16,6 +16,7 @@ from controllers import naming
 from crds.common import API_VERSION
 from crds.inferenceservice import KIND, AcceleratorPool, AcceleratorType, InferenceServiceSpec
 from policies.types import Candidate, TierConfig
+from worker_image.contract import env_name, flag
 
 GPU_RESOURCE = "nvidia.com/gpu"
 PRESTOP_SECONDS = 5  # lets endpoints drop the pod before SIGTERM starts the drain
@@ -73,10 +74,10 @@ def is_gpu(accelerator: str) -> bool:
 def engine_env(spec: InferenceServiceSpec, plan: Candidate) -> dict[str, str]:
     """Service-wide engine settings, read by the worker as GOODPUT_* variables (envFrom the ConfigMap)."""
     return {
-        "GOODPUT_MODEL": spec.model.source,
-        "GOODPUT_SERVED_MODEL_NAME": spec.model.name,
-        "GOODPUT_DTYPE": spec.model.dtype,
-        "GOODPUT_DEVICE": "cuda" if is_gpu(plan.accelerator) else "cpu",
+        env_name("model"): spec.model.source,
+        env_name("served_model_name"): spec.model.name,
+        env_name("dtype"): spec.model.dtype,
+        env_name("device"): "cuda" if is_gpu(plan.accelerator) else "cpu",
     }
 
 
@@ -99,13 +100,13 @@ def build_config_map(owner: Owner, spec: InferenceServiceSpec, plan: Candidate) 
 def engine_args(plan: Candidate, tier: TierConfig) -> list[str]:
     """The plan's engine flags for one tier; a change here changes the pod template and rolls the tier."""
     return [
-        "--max-num-seqs",
+        flag("max_num_seqs"),
         str(tier.max_batch),
-        "--batch-window-ms",
+        flag("batch_window_ms"),
         f"{tier.batch_window_ms:g}",
-        "--max-num-batched-tokens",
+        flag("max_num_batched_tokens"),
         str(plan.chunk_tokens),
-        "--tensor-parallel-size",
+        flag("tensor_parallel_size"),
         str(plan.tensor_parallel),
     ]
 
@@ -137,7 +138,7 @@ def _env(spec: InferenceServiceSpec) -> list[dict[str, Any]]:
     if secret is not None:
         env.append(
             {
-                "name": "GOODPUT_API_KEY",
+                "name": env_name("api_key"),
                 "valueFrom": {"secretKeyRef": {"name": secret.name, "key": secret.key}},
             }
         )
@@ -197,11 +198,11 @@ def build_deployment(
         "image": spec.worker.image,
         "command": ["python", "-m", "worker_image"],
         "args": [
-            "--host",
+            flag("host"),
             "$(POD_IP)",
-            "--port",
+            flag("port"),
             str(naming.WORKER_PORT),
-            "--drain-timeout-s",
+            flag("drain_timeout_s"),
             str(drain),
             *engine_args(plan, tier),
         ],
@@ -244,9 +245,7 @@ def build_deployment(
                 "metadata": {
                     "labels": labels,
                     "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(naming.WORKER_PORT),
-                        "prometheus.io/path": "/metrics",
+                        **naming.scrape_annotations(naming.WORKER_PORT),
                         naming.ANNOTATION_CONFIG_HASH: config_hash(config),
                     },
                 },

@@ -17,7 +17,8 @@ class OperatorConfig:
     request_timeout_s: float = 10.0  # each API server and Prometheus request
     max_in_flight: int = 32  # concurrent writes to the API server
     metrics_port: int = 9090  # the operator's own /metrics; 0 picks a free port, -1 disables
-    namespaces: tuple[str, ...] = ()  # empty: all namespaces
+    namespaces: tuple[str, ...] = ()  # watched by `python operator/main.py`; empty: all namespaces
+    liveness_endpoint: str = "http://0.0.0.0:8080/healthz"  # Kopf's probe server (`python operator/main.py`)
 
     def __post_init__(self) -> None:
         if self.poll_interval_s <= 0:
@@ -47,6 +48,7 @@ class OperatorConfig:
                 max_in_flight=int(get("MAX_IN_FLIGHT", defaults.max_in_flight)),
                 metrics_port=int(get("METRICS_PORT", defaults.metrics_port)),
                 namespaces=namespaces,
+                liveness_endpoint=get("LIVENESS", defaults.liveness_endpoint),
             )
         except ValueError as error:
             raise ValueError(f"invalid operator setting: {error}") from None

@@ -2,9 +2,10 @@
 
 InferenceService create/update/resume → reconcile. SLOPolicy create/update/resume → re-plan every service
 that references it, found through a kopf index of services by policyRef. A kopf index over the workers'
-Deployments gives the poller ready replicas without extra API reads. Startup builds the Runtime and spawns
-the shared poller; cleanup stops it. No handler adds a finalizer: deleting a service never waits for us,
-and its children go with it through their owner references.
+Deployments gives the poller ready replicas without extra API reads. The one startup handler applies Kopf's
+settings (controllers.kopf_settings), builds the Runtime and spawns the shared poller; cleanup stops it. No
+handler adds a finalizer: deleting a service never waits for us, and its children go with it through their
+owner references.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from controllers import metrics, naming, poller, reconcile
+from controllers import kopf_settings, metrics, naming, poller, reconcile
 from controllers.config import OperatorConfig
 from controllers.kube import KubeClient
 from controllers.metrics import RECONCILE_ERRORS
@@ -40,7 +41,9 @@ def runtime(memo: kopf.Memo) -> Runtime:
 
 @kopf.on.startup()
 async def start(memo: kopf.Memo, settings: kopf.OperatorSettings, logger: kopf.Logger, **kwargs: Any) -> None:
+    """The one startup handler: Kopf's settings, then the runtime and the shared poller, from OperatorConfig."""
     config = OperatorConfig.from_env()
+    kopf_settings.apply(settings)
     info = login(settings=settings, logger=logger)
     if info is None:
         raise kopf.PermanentError("no Kubernetes credentials: neither in-cluster nor a kubeconfig")

@@ -3,29 +3,30 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-if TYPE_CHECKING:
-    from controllers.runtime import ServiceRecord
+from crds.inferenceservice import InferenceServiceSpec
+from policies.types import Candidate
+from worker_image import contract as c
 
 REGISTRY = CollectorRegistry()
 
 DECISIONS = Counter(
-    "goodput_operator_decisions",
+    c.OPERATOR_DECISIONS,
     "Autoscaling decisions that changed something, by action (scale, retune, rollout) and mode.",
     ["action", "mode"],
     registry=REGISTRY,
 )
 RECONCILE_ERRORS = Counter(
-    "goodput_operator_reconcile_errors",
+    c.OPERATOR_RECONCILE_ERRORS,
     "Failed reconciles and failed actuations, by stage.",
     ["stage"],
     registry=REGISTRY,
 )
 POLL_DURATION = Histogram(
-    "goodput_operator_poll_duration_seconds",
+    c.OPERATOR_POLL_DURATION,
     "Wall time of one control interval for all services: queries, decisions, writes.",
     buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30),
     registry=REGISTRY,
@@ -52,27 +53,36 @@ PROMETHEUS_QUERIES = Counter(
     registry=REGISTRY,
 )
 PROMETHEUS_UP = Gauge(
-    "goodput_operator_prometheus_up", "1 when the last interval's queries succeeded.", registry=REGISTRY
+    c.OPERATOR_PROMETHEUS_UP, "1 when the last interval's queries succeeded.", registry=REGISTRY
 )
-SERVICES = Gauge("goodput_operator_services", "InferenceServices this operator manages.", registry=REGISTRY)
+SERVICES = Gauge(c.OPERATOR_SERVICES, "InferenceServices this operator manages.", registry=REGISTRY)
 SLO_TARGETS = {
     key: Gauge(
-        f"goodput_slo_{key}_target_seconds",
+        c.slo_target_gauge(key),
         f"Each service's {key.upper()} target from its spec, for dashboards and SLO burn-rate rules.",
-        ["namespace", "inferenceservice", "percentile"],
+        [c.NAMESPACE_LABEL, c.SERVICE_LABEL, c.PERCENTILE_LABEL],
         registry=REGISTRY,
     )
-    for key in ("ttft", "tpot")
+    for key in c.SLO_KEYS
 }
 PLAN_REPLICAS = Gauge(
-    "goodput_plan_replicas",
+    c.PLAN_REPLICAS,
     "Replicas the current plan gives each tier (what runs in mode auto, the recommendation otherwise).",
-    ["namespace", "inferenceservice", "tier"],
+    [c.NAMESPACE_LABEL, c.SERVICE_LABEL, c.TIER_LABEL],
     registry=REGISTRY,
 )
 
 
-def export_services(services: Iterable[ServiceRecord]) -> None:
+class ExportedService(Protocol):
+    """What the per-service gauges read of a managed service (controllers.runtime.ServiceRecord has it)."""
+
+    namespace: str
+    name: str
+    spec: InferenceServiceSpec
+    plan: Candidate | None
+
+
+def export_services(services: Iterable[ExportedService]) -> None:
     """Set the per-service gauges from the managed services; series of services or tiers now gone go too."""
     wanted: dict[Gauge, dict[tuple[str, ...], float]] = {
         g: {} for g in (*SLO_TARGETS.values(), PLAN_REPLICAS)

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import hashlib
 
+from worker_image.contract import POD_LABEL_SERVICE, POD_LABEL_TIER
+
 FIELD_MANAGER = "goodput-operator"
 COMPONENT = "goodput-operator"
 
 LABEL_NAME = "app.kubernetes.io/name"
 LABEL_INSTANCE = "app.kubernetes.io/instance"
 LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
-LABEL_SERVICE = "goodput.dev/inferenceservice"
-LABEL_TIER = "goodput.dev/tier"
+LABEL_SERVICE = POD_LABEL_SERVICE
+LABEL_TIER = POD_LABEL_TIER
 
 WORKER_APP = "goodput-worker"
 MANAGED_BY = "goodput"
@@ -25,6 +27,11 @@ OPERATOR_METRICS_PORT = 9090
 
 
 MAX_LABEL_VALUE = 63
+
+
+def scrape_annotations(port: int) -> dict[str, str]:
+    """The pod annotations Prometheus's pod discovery (e2e's, and the usual relabelling) scrapes by."""
+    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
 def fit(name: str, limit: int = MAX_LABEL_VALUE) -> str:

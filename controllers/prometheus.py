@@ -21,19 +21,20 @@ from typing import Any
 import aiohttp
 
 from policies.observe import Histogram, TierWindow
+from worker_image import contract as c
 
-GROUP = "namespace, inferenceservice, tier"
+GROUP = f"{c.NAMESPACE_LABEL}, {c.SERVICE_LABEL}, {c.TIER_LABEL}"
 ServiceKey = tuple[str, str]  # (namespace, inferenceservice)
 
 _HISTOGRAMS = {
     "latency": (
-        ("ttft", "vllm:time_to_first_token_seconds"),
-        ("itl", "vllm:inter_token_latency_seconds"),
-        ("itl", "vllm:time_per_output_token_seconds"),  # older vLLM; used only where the new one is absent
+        ("ttft", c.TTFT),
+        ("itl", c.INTER_TOKEN_LATENCY),
+        ("itl", c.TIME_PER_OUTPUT_TOKEN),  # older vLLM; used only where the new one is absent
     ),
     "tokens": (
-        ("prompt_tokens", "vllm:request_prompt_tokens"),
-        ("output_tokens", "vllm:request_generation_tokens"),
+        ("prompt_tokens", c.REQUEST_PROMPT_TOKENS),
+        ("output_tokens", c.REQUEST_GENERATION_TOKENS),
     ),
 }
 
@@ -52,13 +53,13 @@ def queries(window_s: int) -> dict[str, str]:
         name: " or ".join(_tagged(histogram(metric), series) for series, metric in members)
         for name, members in _HISTOGRAMS.items()
     }
-    out["requests"] = f"sum by ({GROUP}) (increase(vllm:request_success_total[{window_s}s]))"
+    out["requests"] = f"sum by ({GROUP}) (increase({c.total(c.REQUEST_SUCCESS)}[{window_s}s]))"
     gauges = {
-        "running": f"sum by ({GROUP}) (vllm:num_requests_running)",
-        "waiting": f"sum by ({GROUP}) (vllm:num_requests_waiting)",
-        "kv_cache_usage": f"avg by ({GROUP}) (vllm:kv_cache_usage_perc or vllm:gpu_cache_usage_perc)",
-        "pods": f"count by ({GROUP}) (vllm:num_requests_running)",
-        "newest": f"max by ({GROUP}) (timestamp(vllm:num_requests_running))",
+        "running": f"sum by ({GROUP}) ({c.NUM_REQUESTS_RUNNING})",
+        "waiting": f"sum by ({GROUP}) ({c.NUM_REQUESTS_WAITING})",
+        "kv_cache_usage": f"avg by ({GROUP}) ({c.KV_CACHE_USAGE} or {c.GPU_CACHE_USAGE})",
+        "pods": f"count by ({GROUP}) ({c.NUM_REQUESTS_RUNNING})",
+        "newest": f"max by ({GROUP}) (timestamp({c.NUM_REQUESTS_RUNNING}))",
     }
     out["gauges"] = " or ".join(_tagged(expr, series) for series, expr in gauges.items())
     return out
@@ -89,7 +90,7 @@ def _value(row: dict[str, Any]) -> float | None:
 
 
 def _service_tier(labels: dict[str, str]) -> tuple[ServiceKey, str]:
-    return (labels["namespace"], labels["inferenceservice"]), labels.get("tier", "")
+    return (labels[c.NAMESPACE_LABEL], labels[c.SERVICE_LABEL]), labels.get(c.TIER_LABEL, "")
 
 
 class SnapshotBuilder:

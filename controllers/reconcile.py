@@ -22,17 +22,16 @@ from controllers.kube import KubeClient, KubeError
 from controllers.metrics import DECISIONS, RECONCILE_ERRORS
 from controllers.model_check import model_problem
 from controllers.naming import MAX_LABEL_VALUE
+from controllers.observation import observe_service
 from controllers.planning import policy_call
 from controllers.prometheus import Snapshot
 from controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
 from controllers.worker_health import worker_problem
 from crds.inferenceservice import InferenceServiceSpec, Mode
 from crds.slopolicy import SLOPolicySpec
-from policies.autoscale import autoscale, slo_targets
-from policies.display import ms
-from policies.observe import build_observation
+from policies.autoscale import autoscale
 from policies.planner import load_from_spec
-from policies.types import Candidate, Decision, Observation, PlanResult
+from policies.types import Candidate, Decision, PlanResult
 
 log = logging.getLogger("goodput.operator")
 
@@ -81,39 +80,12 @@ def infeasible_conditions(result: PlanResult, running: Candidate | None = None) 
 def compose(
     record: ServiceRecord, updates: list[Cond], now: float, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """The full status to write: earlier fields kept, conditions merged, this generation observed.
-
-    The scaler's windows are added by `actuate.write_status`, only when a write is due.
-    """
-    kept = ("observed", "plan", "lastDecision", "calibration", "scaler", "replicas")
-    out = {k: v for k, v in record.status.items() if k in kept}
-    out["observedGeneration"] = record.generation
-    out["conditions"] = conditions.merge(
-        record.status.get("conditions", []), updates, record.generation, status.utc(now)
+    """The service's full status to write, from what the record holds (see status.service_status)."""
+    routed = record.spec.router is not None and record.spec.mode == Mode.AUTO
+    endpoint = router_builders.endpoint(record.name, record.namespace) if routed else None
+    return status.service_status(
+        record.status, record.generation, updates, now, record.plan, record.state, endpoint, extra
     )
-    if record.plan is not None:
-        out["plan"] = status.plan_status(record.plan)
-    out["calibration"] = status.calibration_status(record.state, now)
-    if record.spec.router is not None and record.spec.mode == Mode.AUTO:
-        out["endpoint"] = router_builders.endpoint(record.name, record.namespace)
-    if extra:
-        out.update(extra)
-    return out
-
-
-def invalid_spec_status(
-    record_status: dict[str, Any], generation: int, message: str, now: float, reason: str = "SpecRejected"
-) -> dict[str, Any]:
-    merged = conditions.merge(
-        record_status.get("conditions", []),
-        [
-            Cond("InvalidSpec", "True", reason, message),
-            Cond("Ready", "False", "InvalidSpec", "the spec is invalid; nothing was changed"),
-        ],
-        generation,
-        status.utc(now),
-    )
-    return {**record_status, "observedGeneration": generation, "conditions": merged}
 
 
 def record_for(rt: Runtime, body: dict[str, Any], spec: InferenceServiceSpec) -> ServiceRecord:
@@ -209,7 +181,7 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             valid.append(Cond("SLOMet", "Unknown", "NotYetObserved", "no control interval has run yet"))
         extra = None
         if previous is None or previous != record.plan:
-            reason = f"planned {_summary(record.plan)} on {cause}"
+            reason = f"planned {status.plan_summary(status.plan_status(record.plan))} on {cause}"
             extra = {
                 "lastDecision": status.decision_status(
                     now, previous.replicas if previous else 0, record.plan.replicas, reason
@@ -217,15 +189,6 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             }
             await actuate.post_event(rt.kube, record, "Planned", reason, now)
         await actuate.write_status(rt.kube, record, compose(record, valid, now, extra), now)
-
-
-def _summary(plan: Candidate) -> str:
-    tiers = ", ".join(f"{t.tier}×{t.replicas}" for t in plan.tiers)
-    return (
-        f"{plan.accelerator} TP{plan.tensor_parallel} [{tiers}], predicted TTFT p95 "
-        f"{ms(plan.predicted_ttft_p95_ms)} ms, TPOT p95 {ms(plan.predicted_tpot_p95_ms)} ms, "
-        f"${plan.cost_per_hour:.2f}/h"
-    )
 
 
 def owner_of(meta: dict[str, Any]) -> builders.Owner:
@@ -238,7 +201,7 @@ async def refuse(rt: Runtime, body: dict[str, Any], reason: str, message: str, n
     meta = body["metadata"]
     generation = int(meta.get("generation") or 0)
     stored = dict(body.get("status") or {})
-    updated = invalid_spec_status(stored, generation, message, now, reason)
+    updated = status.rejected_spec_status(stored, generation, message, now, reason)
     await rt.kube.patch_status("InferenceService", meta["namespace"], meta["name"], updated)
     rt.services.pop((meta["namespace"], meta["name"]), None)
     await _warn_if_news(rt.kube, stored, [Cond("InvalidSpec", "True", reason, message)], owner_of(meta), now)
@@ -290,34 +253,6 @@ async def _plan_now(
     if hinted.chosen is None:
         return hinted
     return hinted.chosen
-
-
-def observation_for(
-    record: ServiceRecord, snapshot: Snapshot | None, policy: SLOPolicySpec
-) -> tuple[Observation | None, Cond]:
-    """This interval's observation, or None with the MetricsAvailable=False reason (missing or stale)."""
-    if snapshot is None:
-        return None, Cond("MetricsAvailable", "False", "PrometheusUnavailable", "Prometheus did not answer")
-    tiers = snapshot.services.get(record.key)
-    if not tiers:
-        return None, Cond(
-            "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"
-        )
-    age = snapshot.age(record.key)
-    if age is None or age > policy.stale_after_seconds:
-        shown = "no sample" if age is None else f"newest sample {age:.0f} s old"
-        return None, Cond(
-            "MetricsAvailable", "False", "Stale", f"{shown} (stale after {policy.stale_after_seconds:g} s)"
-        )
-    ttft_target_ms, _ = slo_targets(record.spec)
-    observation = build_observation(
-        snapshot.time, snapshot.window_s, tiers, ttft_target_s=ttft_target_ms / 1000
-    )
-    if observation is None:
-        return None, Cond(
-            "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"
-        )
-    return observation, Cond("MetricsAvailable", "True", "Fresh", f"window of {snapshot.window_s:g} s")
 
 
 def ready_condition(record: ServiceRecord, ready: dict[str, tuple[int, int]]) -> Cond:
@@ -373,7 +308,7 @@ async def evaluate(
         if record.plan is None:
             return "hold"
         policy = await rt.policy(record.spec.policy_ref)
-        observation, metrics_cond = observation_for(record, snapshot, policy)
+        observation, metrics_cond = observe_service(snapshot, record.key, record.spec, policy)
         record.observation = observation
         previous = record.plan
         decision = await policy_call(

@@ -115,9 +115,7 @@ def build_router_deployment(
                 "metadata": {
                     "labels": labels,
                     "annotations": {
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": str(ROUTER_PORT),
-                        "prometheus.io/path": "/metrics",
+                        **naming.scrape_annotations(ROUTER_PORT),
                     },
                 },
                 "spec": {

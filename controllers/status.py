@@ -5,6 +5,7 @@ Status is built through the crds pydantic models, so what the operator writes al
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +23,7 @@ from crds.inferenceservice import (
 )
 from crds.inferenceservice import Decision as DecisionStatus
 from crds.slopolicy import SLOPolicyStatus
+from policies.display import ms
 from policies.types import Candidate, Observation, ScalerState, TierConfig
 
 
@@ -30,24 +32,9 @@ def utc(unix_s: float) -> datetime:
 
 
 def plan_status(plan: Candidate) -> dict[str, Any]:
-    return PlanStatus(
-        accelerator=plan.accelerator,
-        tensor_parallel=plan.tensor_parallel,
-        replicas=plan.replicas,
-        max_batch=plan.max_batch,
-        batch_window_ms=plan.batch_window_ms,
-        chunk_tokens=plan.chunk_tokens,
-        tier=plan.tier,
-        tiers=[
-            TierPlan(
-                tier=t.tier, replicas=t.replicas, max_batch=t.max_batch, batch_window_ms=t.batch_window_ms
-            )
-            for t in plan.tiers
-        ],
-        predicted_ttft_p95_ms=plan.predicted_ttft_p95_ms,
-        predicted_tpot_p95_ms=plan.predicted_tpot_p95_ms,
-        cost_per_hour=plan.cost_per_hour,
-    ).to_wire()
+    """The plan as status keeps it: every field of the candidate but its utilisation and verdict."""
+    kept = {name: getattr(plan, name) for name in PlanStatus.model_fields if name != "tiers"}
+    return PlanStatus(**kept, tiers=[TierPlan(**asdict(t)) for t in plan.tiers]).to_wire()
 
 
 def plan_from_status(plan: dict[str, Any], utilisation: float) -> Candidate:
@@ -56,25 +43,8 @@ def plan_from_status(plan: dict[str, Any], utilisation: float) -> Candidate:
     The status does not keep the plan's utilisation; the caller supplies it (see controllers.reconcile).
     """
     parsed = PlanStatus.model_validate(plan)
-    return Candidate(
-        accelerator=str(parsed.accelerator),
-        tensor_parallel=parsed.tensor_parallel,
-        replicas=parsed.replicas,
-        max_batch=parsed.max_batch,
-        batch_window_ms=parsed.batch_window_ms,
-        chunk_tokens=parsed.chunk_tokens,
-        tier=str(parsed.tier),
-        tiers=tuple(
-            TierConfig(
-                tier=t.tier, replicas=t.replicas, max_batch=t.max_batch, batch_window_ms=t.batch_window_ms
-            )
-            for t in parsed.tiers
-        ),
-        predicted_ttft_p95_ms=parsed.predicted_ttft_p95_ms,
-        predicted_tpot_p95_ms=parsed.predicted_tpot_p95_ms,
-        cost_per_hour=parsed.cost_per_hour,
-        utilisation=utilisation,
-    )
+    tiers = tuple(TierConfig(**t.model_dump()) for t in parsed.tiers)
+    return Candidate(**parsed.model_dump(exclude={"tiers"}), tiers=tiers, utilisation=utilisation)
 
 
 def observed_status(observation: Observation) -> dict[str, Any]:
@@ -113,6 +83,57 @@ def calibration_status(state: ScalerState, now: float) -> dict[str, Any]:
     ).to_wire()
 
 
+KEPT = (
+    "observed",
+    "plan",
+    "lastDecision",
+    "calibration",
+    "scaler",
+    "replicas",
+)  # carried from write to write
+
+
+def service_status(
+    previous: dict[str, Any],
+    generation: int,
+    updates: list[Cond],
+    now: float,
+    plan: Candidate | None,
+    state: ScalerState,
+    endpoint: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An InferenceService's full status: earlier fields kept, conditions merged, this generation observed,
+    the plan and calibration as the operator holds them, the router's endpoint when one fronts the service,
+    then `extra` (this write's observed, lastDecision...).
+
+    The scaler's windows are added (scaler_status) by `actuate.write_status`, only when a write is due.
+    """
+    out = {k: v for k, v in previous.items() if k in KEPT}
+    out["observedGeneration"] = generation
+    out["conditions"] = merge(previous.get("conditions", []), updates, generation, utc(now))
+    if plan is not None:
+        out["plan"] = plan_status(plan)
+    out["calibration"] = calibration_status(state, now)
+    if endpoint is not None:
+        out["endpoint"] = endpoint
+    if extra:
+        out.update(extra)
+    return out
+
+
+def rejected_spec_status(
+    previous: dict[str, Any], generation: int, message: str, now: float, reason: str = "SpecRejected"
+) -> dict[str, Any]:
+    """The status of a spec the operator refuses (`reason` says why): everything else as it was."""
+    updates = [
+        Cond("InvalidSpec", "True", reason, message),
+        Cond("Ready", "False", "InvalidSpec", "the spec is invalid; nothing was changed"),
+    ]
+    merged = merge(previous.get("conditions", []), updates, generation, utc(now))
+    return {**previous, "observedGeneration": generation, "conditions": merged}
+
+
 def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], ...]:
     """Each run of equal recommendations as its last point.
 
@@ -121,6 +142,10 @@ def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], 
     """
     last = len(points) - 1
     return tuple(p for i, p in enumerate(points) if i == last or points[i + 1][1] != p[1])
+
+
+# The autoscaler's scalars that status keeps as they are (its windows are converted point by point).
+SCALER_SCALARS = ("token_weight", "last_quiet", "slo_seen", "slo_missed", "hint_time", "steady_windows")
 
 
 def scaler_status(state: ScalerState) -> dict[str, Any]:
@@ -140,12 +165,7 @@ def scaler_status(state: ScalerState) -> dict[str, Any]:
         load_history=[LoadPoint(time=t, rps=r) for t, r in state.load_history[-SCALER_WINDOW_ITEMS:]],
         prompt_tokens_nodes=nodes(state.prompt_tokens_nodes),
         output_tokens_nodes=nodes(state.output_tokens_nodes),
-        token_weight=state.token_weight,
-        last_quiet=state.last_quiet,
-        slo_seen=state.slo_seen,
-        slo_missed=state.slo_missed,
-        hint_time=state.hint_time,
-        steady_windows=state.steady_windows,
+        **{name: getattr(state, name) for name in SCALER_SCALARS},
     ).to_wire()
 
 
@@ -171,12 +191,7 @@ def state_from_status(status: dict[str, Any]) -> ScalerState:
         load_history=tuple((p.time, p.rps) for p in scaler.load_history),
         prompt_tokens_nodes=nodes(scaler.prompt_tokens_nodes),
         output_tokens_nodes=nodes(scaler.output_tokens_nodes),
-        token_weight=scaler.token_weight,
-        last_quiet=scaler.last_quiet,
-        slo_seen=scaler.slo_seen,
-        slo_missed=scaler.slo_missed,
-        hint_time=scaler.hint_time,
-        steady_windows=scaler.steady_windows,
+        **{name: getattr(scaler, name) for name in SCALER_SCALARS},
     )
 
 
@@ -192,3 +207,17 @@ def policy_status(
     return SLOPolicyStatus.model_validate(
         {"observedGeneration": generation, "services": users, "conditions": conditions}
     ).to_wire()
+
+
+def plan_summary(plan: dict[str, Any] | None) -> str:
+    """A plan in status.plan's form on one line: what events, `goodput status`, `explain` and its what-ifs show."""
+    if not plan:
+        return "—"
+    tiers = plan.get("tiers") or [plan]
+    shown = ", ".join(
+        f"{t['tier']}×{t['replicas']} B{t['maxBatch']} W{t['batchWindowMs']:g}ms" for t in tiers
+    )
+    return (
+        f"{plan['tensorParallel']}×{plan['accelerator']} [{shown}], predicted TTFT/TPOT p95 "
+        f"{ms(plan['predictedTtftP95Ms'])}/{ms(plan['predictedTpotP95Ms'])} ms, ${plan['costPerHour']:.2f}/h"
+    )

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import celpy
 
-if TYPE_CHECKING:
-    from crds.common import Rule
+from crds.rules import Rule
 
 _ENV = celpy.Environment()
 

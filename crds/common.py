@@ -1,4 +1,4 @@
-"""Shared pieces of the custom-resource models: the camelCase base, CEL rules and conditions."""
+"""Shared pieces of the custom-resource models: the camelCase base that checks its CEL rules, and conditions."""
 
 from __future__ import annotations
 
@@ -8,23 +8,11 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from crds.rules import Rule
+
 GROUP = "goodput.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
-
-
-class Rule(BaseModel):
-    """One `x-kubernetes-validations` entry: a CEL rule with the field it blames when it fails."""
-
-    rule: str
-    message: str
-    field_path: str | None = None
-
-    def as_schema(self) -> dict[str, str]:
-        entry = {"rule": self.rule, "message": self.message}
-        if self.field_path:
-            entry["fieldPath"] = self.field_path
-        return entry
 
 
 class Resource(BaseModel):

@@ -139,6 +139,8 @@ def all_crds() -> dict[str, dict[str, Any]]:
             _column("TTFT-p95-ms", ".status.observed.ttftP95Ms", "number"),
             _column("TPOT-p95-ms", ".status.observed.tpotP95Ms", "number"),
             _column("SLO-Met", '.status.conditions[?(@.type=="SLOMet")].status'),
+            # the Ready condition's reason: a refused spec (InvalidSpec, PlanningFailed) reads on its row
+            _column("Status", '.status.conditions[?(@.type=="Ready")].reason'),
             _column("Cost-per-h", ".status.plan.costPerHour", "number", priority=1),
             _column("Mode", ".spec.mode", priority=1),
             _column("Age", ".metadata.creationTimestamp", "date"),

@@ -8,7 +8,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from crds.common import Condition, Resource, Rule
+from crds.common import Condition, Resource
+from crds.rules import Rule
 
 KIND = "InferenceService"
 PLURAL = "inferenceservices"
@@ -125,6 +126,20 @@ class SLO(Resource):
             field_path=".attainment",
         ),
     )
+
+    def targets(self, metric: Literal["ttft", "tpot"]) -> tuple[tuple[float, float], ...]:
+        """(quantile, target in ms) of each target set for `metric`, the p95 one first."""
+        p95, p99 = (
+            (self.ttft_p95_ms, self.ttft_p99_ms) if metric == "ttft" else (self.tpot_p95_ms, self.tpot_p99_ms)
+        )
+        return tuple((q, ms) for q, ms in ((0.95, p95), (0.99, p99)) if ms is not None)
+
+    def steering_targets(self) -> tuple[tuple[float, float], tuple[float, float]]:
+        """The (quantile, ms) TTFT and TPOT targets one number is compared with: each p95 target, else the p99.
+
+        The CEL rules require a target of each, so both exist on any validated SLO.
+        """
+        return self.targets("ttft")[0], self.targets("tpot")[0]
 
 
 class TokenPercentiles(Resource):

@@ -7,7 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from crds.common import Condition, Resource, Rule
+from crds.common import Condition, Resource
+from crds.rules import Rule
 
 KIND = "SLOPolicy"
 PLURAL = "slopolicies"

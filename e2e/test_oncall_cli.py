@@ -181,7 +181,7 @@ def test_explain_replans_from_the_cluster_state(cluster: Stack, tiny: tuple[str,
         spec, load, policy, report["calibration"]["ttftFactor"], report["calibration"]["tpotFactor"]
     )
     assert expected.chosen is not None
-    assert (report["plan"]["accelerator"], report["plan"]["replicas"], report["plan"]["max_batch"]) == (
+    assert (report["plan"]["accelerator"], report["plan"]["replicas"], report["plan"]["maxBatch"]) == (
         expected.chosen.accelerator,
         expected.chosen.replicas,
         expected.chosen.max_batch,

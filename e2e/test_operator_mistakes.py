@@ -127,6 +127,8 @@ def test_models_the_operator_cannot_plan_or_the_worker_cannot_load_are_refused_n
         assert condition["message"].startswith(f"{field}: "), condition
         ready = service.condition(service.get_service(cluster, namespace, name), "Ready")
         assert ready["status"] == "False", ready
+        row = cluster.kubectl("get", "gpsvc", name, "-n", namespace, "--no-headers")
+        assert row.returncode == 0 and ready["reason"] in row.stdout.split(), row  # not a blank row
     time.sleep(OBSERVE_S)
     errors = operator_errors(cluster, installed) - errors_before
     observed_s = time.monotonic() - began

@@ -170,6 +170,7 @@ def test_tiny_example_creates_ready_workers_and_status(
         "TTFT-P95-MS",
         "TPOT-P95-MS",
         "SLO-MET",
+        "STATUS",
         "AGE",
     ]
     assert header.split() == columns

@@ -206,10 +206,7 @@ def _hint_seed(
 
 
 def slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:
-    slo = spec.slo
-    ttft = slo.ttft_p95_ms if slo.ttft_p95_ms is not None else slo.ttft_p99_ms
-    tpot = slo.tpot_p95_ms if slo.tpot_p95_ms is not None else slo.tpot_p99_ms
-    assert ttft is not None and tpot is not None  # the CRD requires one of each
+    (_, ttft), (_, tpot) = spec.slo.steering_targets()
     return ttft, tpot
 
 

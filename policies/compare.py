@@ -146,8 +146,8 @@ def setup(
     )
     capacity = float(predictor.saturation_rps(np.array([initial.max_batch]))[0])
     slo = SLOTarget(
-        ttft_ms=spec.slo.ttft_p95_ms or 0.0,
-        tpot_ms=spec.slo.tpot_p95_ms or 0.0,
+        ttft_ms=spec.slo.steering_targets()[0][1],
+        tpot_ms=spec.slo.steering_targets()[1][1],
         attainment=spec.slo.attainment,
     )
     if start_delay_s is None:

@@ -15,33 +15,14 @@ from functools import lru_cache
 import numpy as np
 
 from policies.types import Observation
+from worker_image.contract import INTER_TOKEN_BUCKETS, TOKEN_COUNT_BUCKETS, token_count_buckets
+from worker_image.contract import TTFT_BUCKETS as TTFT_BUCKETS
 
-# vLLM's boundaries (v1 PrometheusStatLogger); inter-token latency gets extra buckets below 10 ms, as our worker
-# exports them, because small models decode in 2-5 ms.
-TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
-ITL_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.0075,
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-)  # fmt: skip
+# The worker's buckets (worker_image.contract) under the names this package's callers use.
+ITL_BUCKETS = INTER_TOKEN_BUCKETS
+TOKEN_BUCKETS = TOKEN_COUNT_BUCKETS
+token_buckets = token_count_buckets
 
-
-def token_buckets(max_value: int) -> tuple[float, ...]:
-    """vLLM's 1-2-5 series up to `max_value`, used for request prompt/generation token histograms."""
-    out: list[float] = []
-    scale = 1
-    while True:
-        for mantissa in (1, 2, 5):
-            if mantissa * scale > max_value:
-                return tuple(out)
-            out.append(float(mantissa * scale))
-        scale *= 10
-
-
-TOKEN_BUCKETS = token_buckets(100_000)
 TOKEN_NODES = 16  # quantiles of the token-count histograms an Observation carries
 
 

@@ -58,10 +58,7 @@ class Targets:
 
     @classmethod
     def of(cls, slo: SLO) -> Targets:
-        def pick(p95: float | None, p99: float | None) -> tuple[tuple[float, float], ...]:
-            return tuple((q, ms / 1000) for q, ms in ((0.95, p95), (0.99, p99)) if ms is not None)
-
-        return cls(pick(slo.ttft_p95_ms, slo.ttft_p99_ms), pick(slo.tpot_p95_ms, slo.tpot_p99_ms))
+        return cls(*(tuple((q, ms / 1000) for q, ms in slo.targets(key)) for key in ("ttft", "tpot")))
 
     @property
     def quantiles(self) -> tuple[float, ...]:

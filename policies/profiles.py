@@ -1,8 +1,7 @@
 """Model profiles: the shape numbers the performance model needs, from a manifest, a preset or config.json.
 
 Resolution order in `profile_for`: the manifest's `architecture` (explicit beats inferred), then a
-`random:<preset>` source, then `config.json` in the source folder. Presets cover the worker's random test models
-and a few public checkpoints so what-if planning works without the weights at hand.
+`random:<preset>` source (the worker's presets, worker_image.contract), then `config.json` in the source folder.
 """
 
 from __future__ import annotations
@@ -13,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from crds.inferenceservice import Architecture, ModelSpec
+from worker_image.contract import MODEL_PRESETS, RANDOM_PREFIX
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
-RANDOM_PREFIX = "random:"
 
 
 @dataclass(frozen=True)
@@ -131,110 +130,62 @@ def from_architecture(arch: Architecture, name: str, dtype: str) -> ModelProfile
     )
 
 
-def _preset(name: str, config: dict[str, Any]) -> ModelProfile:
-    return from_config(config, name)
-
-
-# The `random:<preset>` models the worker can run (worker_image/presets.py; a test keeps the two in step,
-# since policies may not import the worker, nor the operator image carry torch). The operator refuses any other.
-WORKER_PRESETS = frozenset({"tiny", "bench-small", "qwen2.5-0.5b"})
-# Shapes from the public config.json files: the worker's presets, and public checkpoints for what-if planning.
+# The `random:<preset>` models the worker can run (worker_image.contract): the operator refuses any other.
+WORKER_PRESETS = frozenset(MODEL_PRESETS)
+# Public checkpoints' shapes (their config.json), so what-if planning and the simulator work without the weights.
+# The planner takes them as `random:<name>`; the operator does not, since the worker cannot build them.
+CHECKPOINTS: dict[str, dict[str, Any]] = {
+    "llama-2-7b": {
+        "model_type": "llama",
+        "vocab_size": 32000,
+        "hidden_size": 4096,
+        "intermediate_size": 11008,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 32,
+        "max_position_embeddings": 4096,
+        "rope_theta": 10000.0,
+        "torch_dtype": "float16",
+    },
+    "llama-3-8b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "torch_dtype": "bfloat16",
+    },
+    "qwen2.5-14b": {
+        "model_type": "qwen2",
+        "vocab_size": 152064,
+        "hidden_size": 5120,
+        "intermediate_size": 13824,
+        "num_hidden_layers": 48,
+        "num_attention_heads": 40,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 32768,
+        "rope_theta": 1000000.0,
+        "torch_dtype": "bfloat16",
+    },
+    "llama-3-70b": {
+        "model_type": "llama",
+        "vocab_size": 128256,
+        "hidden_size": 8192,
+        "intermediate_size": 28672,
+        "num_hidden_layers": 80,
+        "num_attention_heads": 64,
+        "num_key_value_heads": 8,
+        "max_position_embeddings": 8192,
+        "rope_theta": 500000.0,
+        "torch_dtype": "bfloat16",
+    },
+}
 PRESETS: dict[str, ModelProfile] = {
-    p.name: p
-    for p in (
-        _preset(
-            "tiny",
-            dict(
-                model_type="llama",
-                hidden_size=64,
-                num_attention_heads=4,
-                num_key_value_heads=2,
-                num_hidden_layers=2,
-                vocab_size=512,
-                intermediate_size=128,
-                torch_dtype="float32",
-            ),
-        ),
-        _preset(
-            "bench-small",
-            dict(
-                model_type="llama",
-                hidden_size=512,
-                num_attention_heads=8,
-                num_key_value_heads=2,
-                num_hidden_layers=8,
-                vocab_size=32000,
-                intermediate_size=1408,
-                torch_dtype="float32",
-            ),
-        ),
-        _preset(
-            "qwen2.5-0.5b",
-            dict(
-                model_type="qwen2",
-                hidden_size=896,
-                num_attention_heads=14,
-                num_key_value_heads=2,
-                num_hidden_layers=24,
-                vocab_size=151936,
-                intermediate_size=4864,
-                tie_word_embeddings=True,
-                torch_dtype="bfloat16",
-            ),
-        ),
-        _preset(
-            "llama-2-7b",
-            dict(
-                model_type="llama",
-                hidden_size=4096,
-                num_attention_heads=32,
-                num_key_value_heads=32,
-                num_hidden_layers=32,
-                vocab_size=32000,
-                intermediate_size=11008,
-                torch_dtype="float16",
-            ),
-        ),
-        _preset(
-            "llama-3-8b",
-            dict(
-                model_type="llama",
-                hidden_size=4096,
-                num_attention_heads=32,
-                num_key_value_heads=8,
-                num_hidden_layers=32,
-                vocab_size=128256,
-                intermediate_size=14336,
-                torch_dtype="bfloat16",
-            ),
-        ),
-        _preset(
-            "qwen2.5-14b",
-            dict(
-                model_type="qwen2",
-                hidden_size=5120,
-                num_attention_heads=40,
-                num_key_value_heads=8,
-                num_hidden_layers=48,
-                vocab_size=152064,
-                intermediate_size=13824,
-                torch_dtype="bfloat16",
-            ),
-        ),
-        _preset(
-            "llama-3-70b",
-            dict(
-                model_type="llama",
-                hidden_size=8192,
-                num_attention_heads=64,
-                num_key_value_heads=8,
-                num_hidden_layers=80,
-                vocab_size=128256,
-                intermediate_size=28672,
-                torch_dtype="bfloat16",
-            ),
-        ),
-    )
+    name: from_config(config, name) for name, config in {**MODEL_PRESETS, **CHECKPOINTS}.items()
 }
 
 

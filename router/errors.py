@@ -7,32 +7,24 @@ import math
 
 from aiohttp import web
 
+from worker_image.contract import OpenAIError
 
-class RouterError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        *,
-        param: str | None = None,
-        code: str | None = None,
-        retry_after_s: float | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.retry_after_s = retry_after_s
+
+class RouterError(OpenAIError):
+    """An error the router answers itself in OpenAI's shape, through aiohttp."""
 
     def response(self) -> web.Response:
-        headers = {}
-        if self.retry_after_s is not None:
-            headers["Retry-After"] = str(max(1, math.ceil(self.retry_after_s)))
+        headers = dict(self.headers)
         if self.status == 401:
             headers["WWW-Authenticate"] = "Bearer"
-        body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
         return web.Response(
-            status=self.status, text=json.dumps(body), content_type="application/json", headers=headers
+            status=self.status, text=json.dumps(self.body()), content_type="application/json", headers=headers
         )
+
+
+def _retry_after(seconds: float) -> dict[str, str]:
+    """Retry-After in whole seconds, never under one (clients treat 0 as 'now')."""
+    return {"Retry-After": str(max(1, math.ceil(seconds)))}
 
 
 def bad_request(message: str, param: str | None = None) -> RouterError:
@@ -40,8 +32,8 @@ def bad_request(message: str, param: str | None = None) -> RouterError:
 
 
 def too_many(message: str, code: str, retry_after_s: float) -> RouterError:
-    return RouterError(429, message, "rate_limit_error", code=code, retry_after_s=retry_after_s)
+    return RouterError(429, message, "rate_limit_error", code=code, headers=_retry_after(retry_after_s))
 
 
 def unavailable(message: str, code: str, retry_after_s: float) -> RouterError:
-    return RouterError(503, message, "service_unavailable", code=code, retry_after_s=retry_after_s)
+    return RouterError(503, message, "service_unavailable", code=code, headers=_retry_after(retry_after_s))

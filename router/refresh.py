@@ -16,10 +16,11 @@ import aiohttp
 
 from router.dispatch import Tier
 from router.replicas import Replica
+from worker_image import contract
 
-RUNNING = "vllm:num_requests_running"
-WAITING = "vllm:num_requests_waiting"
-KV_USAGE = "vllm:kv_cache_usage_perc"
+RUNNING = contract.NUM_REQUESTS_RUNNING
+WAITING = contract.NUM_REQUESTS_WAITING
+KV_USAGE = contract.KV_CACHE_USAGE
 log = logging.getLogger(__name__)
 
 
@@ -34,7 +35,7 @@ def parse_gauges(text: str) -> Gauges:
     """Sum each gauge over its label sets (one per model name); raises ValueError when one is missing."""
     found: dict[str, float] = {}
     for line in text.splitlines():
-        if not line.startswith(("vllm:num_requests_", KV_USAGE)):
+        if not line.startswith((RUNNING, WAITING, KV_USAGE)):
             continue
         try:
             brace = line.find("{")

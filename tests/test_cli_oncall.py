@@ -17,35 +17,25 @@ import pytest_asyncio
 import yaml
 
 from controllers import builders, oncall
-from controllers.cli import main
+from controllers.cli import explain, main
 from controllers.kube import KubeClient
 from controllers.prometheus import queries
-from controllers.testing.apiserver import ApiServer
-from controllers.testing.prometheus import free_port
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.types import Load
+from testkit.apiserver import ApiServer
+from testkit.kubeconfig import write_kubeconfig
+from testkit.prometheus import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "manifests" / "examples"
 NOW = "2026-11-22T11:00:00Z"
 
 
-def kubeconfig(path: Path, server: str, namespace: str = "team-a") -> Path:
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": {"server": server}}],
-                "users": [{"name": "u", "user": {"token": "test"}}],
-                "contexts": [{"name": "x", "context": {"cluster": "c", "user": "u", "namespace": namespace}}],
-                "current-context": "x",
-            }
-        )
-    )
-    return path
+def kubeconfig(path: Path, server: str) -> Path:
+    """A kubeconfig whose context namespace is team-a, where most tests create their services."""
+    return write_kubeconfig(path, server, "team-a")
 
 
 def service(example: str, namespace: str, name: str, **spec: Any) -> dict[str, Any]:
@@ -178,7 +168,7 @@ async def test_status_defaults_to_the_context_namespace_and_renders_a_table(api,
     code, out, _ = await cli(capsys, "status", "--kubeconfig", str(config))
     assert code == 0
     assert "chat" in out and "tiny" not in out  # the context's namespace is team-a
-    assert "1×H100-SXM B64 W5ms $7.90/h" in out
+    assert "1×H100-SXM [interactive×2 B64 W5ms], predicted TTFT/TPOT p95 310/22 ms, $7.90/h" in out
     assert "SLOMet=False Violated" in out
     assert "interactive 1/2" in out
     assert "scaled interactive 1→2" in out
@@ -285,7 +275,7 @@ async def test_explain_replans_with_the_observed_load_and_calibration(api, capsy
     report = json.loads(out)
     assert report["calibration"] == {"ttftFactor": 1.4, "tpotFactor": 0.8, "samples": 6}
     assert report["load"]["rps"] == 12.5 and report["loadSource"] == "rate: observed; token mix: observed"
-    assert report["load"]["prompt_tokens_p50"] == pytest.approx(700, rel=0.02)
+    assert report["load"]["promptTokensP50"] == pytest.approx(700, rel=0.02)
     assert report["running"] == CHAT_STATUS["plan"]
     assert report["policy"]["source"].startswith("built-in defaults")
     (event,) = report["events"]
@@ -297,14 +287,14 @@ async def test_explain_replans_with_the_observed_load_and_calibration(api, capsy
     expected = planner.plan(spec, _expected_load(spec, 12.5), SLOPolicySpec(), 1.4, 0.8).chosen
     assert expected is not None
     chosen = report["plan"]
-    assert (chosen["accelerator"], chosen["tensor_parallel"], chosen["replicas"], chosen["max_batch"]) == (
+    assert (chosen["accelerator"], chosen["tensorParallel"], chosen["replicas"], chosen["maxBatch"]) == (
         expected.accelerator,
         expected.tensor_parallel,
         expected.replicas,
         expected.max_batch,
     )
     assert report["alternatives"] and all(  # each alternative is ruled out by name, or costs as much or more
-        a["rejected"] or a["cost_per_hour"] >= chosen["cost_per_hour"] for a in report["alternatives"]
+        a["rejected"] or a["costPerHour"] >= chosen["costPerHour"] for a in report["alternatives"]
     )
     assert [w["change"].split(" (")[0] for w in report["whatIf"]] == [
         "load ×0.5",
@@ -392,7 +382,7 @@ def test_replica_range_brackets_the_replica_count() -> None:
     load = replace(planner.load_from_spec(spec), rps=30.0)
     chosen = planner.plan(spec, load, policy).chosen
     assert chosen is not None
-    ranges = oncall.replica_range(spec, chosen, load, policy, 1.0, 1.0)
+    ranges = explain.replica_range(spec, chosen, load, policy, 1.0, 1.0)
     assert ranges is not None and ranges.replicas == chosen.replicas
 
     def need(rps: float) -> int:
@@ -424,7 +414,7 @@ def test_every_goodput_command_in_the_docs_exists() -> None:
 
 
 def test_status_prints_operator_text_verbatim_even_with_brackets(capsys) -> None:
-    from controllers.oncall import print_status
+    from controllers.cli.status import print_status
 
     reason = "planned CPU TP1 [interactive×1], predicted TTFT p95 4 ms"
     row = {
@@ -442,3 +432,20 @@ def test_status_prints_operator_text_verbatim_even_with_brackets(capsys) -> None
     out = "".join(capsys.readouterr().out.split())
     assert "[interactive×1]" in out
     assert "Waiting[1]" in out
+
+
+def test_status_without_rights_on_slopolicies_warns_and_judges_staleness_by_the_defaults(capsys) -> None:
+    """Listing services in a namespace takes less RBAC than reading the cluster-scoped SLOPolicies."""
+    from kubernetes.client import ApiClient
+
+    from controllers.cli import status
+    from controllers.oncall import Cluster, OncallError
+
+    class Refusing(Cluster):
+        def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+            raise OncallError(f"{what}: 403 Forbidden from {self.server}")
+
+    policy = status._policy(Refusing(ApiClient(), "https://api", "team-a"), "careful")
+    assert policy == SLOPolicySpec()
+    err = capsys.readouterr().err
+    assert err.startswith("warning: SLOPolicy careful: 403 Forbidden from https://api; judging staleness")

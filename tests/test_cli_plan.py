@@ -34,22 +34,21 @@ def test_plan_chat_json_at_20_rps(capsys):
     plan = report["plan"]
     for key in (
         "accelerator",
-        "tensor_parallel",
+        "tensorParallel",
         "replicas",
-        "max_batch",
-        "batch_window_ms",
+        "maxBatch",
+        "batchWindowMs",
         "tier",
-        "cost_per_hour",
+        "costPerHour",
     ):
         assert key in plan
     assert plan["accelerator"] in ("H100-SXM", "L40S") and plan["tier"] == "interactive"
-    assert plan["predicted"]["ttft_p95_ms"] <= 500 and plan["predicted"]["tpot_p95_ms"] <= 50
-    assert report["model"]["kv_bytes_per_token"] == 131_072
+    assert plan["predictedTtftP95Ms"] <= 500 and plan["predictedTpotP95Ms"] <= 50
+    assert report["model"]["kvBytesPerToken"] == 131_072
     assert report["load"]["rps"] == 20
     assert report["alternatives"] and all("rejected" in a for a in report["alternatives"])
     assert all(
-        a["cost_per_hour"] is None or a["cost_per_hour"] >= plan["cost_per_hour"]
-        for a in report["alternatives"]
+        a["costPerHour"] is None or a["costPerHour"] >= plan["costPerHour"] for a in report["alternatives"]
     )
 
 
@@ -112,7 +111,7 @@ def test_policy_headroom_and_calibration_flags_add_replicas(capsys, tmp_path):
     assert main([*args, "--ttft-factor", "2", "--tpot-factor", "2"]) == 0
     slow = json.loads(capsys.readouterr().out)["plan"]
     assert (
-        roomy["cost_per_hour"] >= base["cost_per_hour"]
-        and roomy["replicas"] * roomy["tensor_parallel"] > base["replicas"] * base["tensor_parallel"]
+        roomy["costPerHour"] >= base["costPerHour"]
+        and roomy["replicas"] * roomy["tensorParallel"] > base["replicas"] * base["tensorParallel"]
     )
-    assert slow["predicted"]["tpot_p95_ms"] > base["predicted"]["tpot_p95_ms"]
+    assert slow["predictedTpotP95Ms"] > base["predictedTpotP95Ms"]

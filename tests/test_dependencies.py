@@ -16,8 +16,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 PRODUCT = ["crds", "controllers", "policies", "worker_image", "router", "operator"]
-TOOLING = ["tests", "e2e", "bench", "controllers/testing"]  # fakes for tests, shipped beside the code
-LOCAL = {"crds", "controllers", "policies", "worker_image", "router", "e2e", "bench", "tests", "conftest"}
+TOOLING = ["tests", "e2e", "bench", "testkit", "observability"]  # test support and generators, not shipped
+LOCAL = {
+    "crds", "controllers", "policies", "worker_image", "router", "e2e", "bench", "tests", "conftest", "testkit",
+    "observability",
+}  # fmt: skip
 NOT_IMPORTED = {"pytest-timeout", "ruff"}  # a pytest plugin loaded by entry point; the linter
 
 

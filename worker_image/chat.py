@@ -4,7 +4,6 @@ calls, as JSON or server-sent events."""
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,14 +12,7 @@ from fastapi.responses import JSONResponse, Response
 
 from worker_image.engine import RequestOutput
 from worker_image.errors import bad_request
-from worker_image.params import (
-    admit,
-    check_lengths,
-    grammar,
-    resolve_priority,
-    sampling_params,
-    start,
-)
+from worker_image.params import admit, check_lengths, grammar, sampling_params, submit
 from worker_image.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -45,7 +37,6 @@ from worker_image.tools import tool_calls, tool_schema
 async def chat_completion(
     request: Request, body: ChatCompletionRequest, header_priority: PriorityName | None
 ) -> Response:
-    arrival: float = request.state.arrival
     state, runner = admit(request, body)
     tools = tool_schema(body)
     tokenizer = runner.engine.tokenizer
@@ -62,9 +53,9 @@ async def chat_completion(
     params = sampling_params(
         body, max_tokens, (body.top_logprobs or 0) if wants_logprobs else None, constraint
     )
-    request_id = f"chatcmpl-{uuid.uuid4().hex}"
-    priority = resolve_priority(body, header_priority)
-    streams = start(runner, request_id, "messages", prompt_ids, params, body.n, priority, arrival)
+    request_id, streams = submit(
+        request, body, header_priority, runner, "chatcmpl", "messages", prompt_ids, params
+    )
     created, model = int(time.time()), state.model_name
 
     def logprobs_of(entries: list[TokenLogprob]) -> ChatLogprobs | None:

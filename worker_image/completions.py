@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 from fastapi import Request
@@ -12,14 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from worker_image.engine import RequestOutput
 from worker_image.errors import bad_request
-from worker_image.params import (
-    admit,
-    check_lengths,
-    grammar,
-    resolve_priority,
-    sampling_params,
-    start,
-)
+from worker_image.params import admit, check_lengths, grammar, sampling_params, submit
 from worker_image.protocol import (
     CompletionChoice,
     CompletionLogprobs,
@@ -42,7 +34,6 @@ from worker_image.streaming import (
 async def completion(
     request: Request, body: CompletionRequest, header_priority: PriorityName | None
 ) -> Response:
-    arrival: float = request.state.arrival
     state, runner = admit(request, body)
     if body.echo:
         raise bad_request("echo is not supported", "echo")
@@ -55,9 +46,7 @@ async def completion(
     )
     constraint = await grammar(runner, body, None)
     params = sampling_params(body, max_tokens, body.logprobs, constraint)
-    request_id = f"cmpl-{uuid.uuid4().hex}"
-    priority = resolve_priority(body, header_priority)
-    streams = start(runner, request_id, "prompt", prompt_ids, params, body.n, priority, arrival)
+    request_id, streams = submit(request, body, header_priority, runner, "cmpl", "prompt", prompt_ids, params)
     created, model = int(time.time()), state.model_name
 
     def logprobs_of(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:

@@ -10,8 +10,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from worker_image.contract import ENV_PREFIX as ENV_PREFIX
+
 DTYPES = ("float32", "bfloat16", "float16")
-ENV_PREFIX = "GOODPUT_"
 
 
 @dataclass(frozen=True)

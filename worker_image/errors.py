@@ -4,27 +4,13 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
+from worker_image.contract import OpenAIError
+
 RETRY_AFTER_S = 1
 
 
-class APIError(Exception):
-    """An error answered with OpenAI's error body."""
-
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        type_: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.status, self.message, self.type, self.param, self.code = status, message, type_, param, code
-        self.headers = headers or {}
-
-    def body(self) -> dict[str, dict[str, str | None]]:
-        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+class APIError(OpenAIError):
+    """An error the worker answers in OpenAI's shape, through FastAPI."""
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

@@ -1,9 +1,9 @@
 """Prometheus metrics under vLLM's names, so vLLM dashboards, KEDA rules and our operator read our workers too.
 
-Names, types and bucket boundaries follow vLLM's v1 `PrometheusStatLogger`; the wire names of counters carry
-prometheus_client's `_total` suffix exactly as vLLM's do (`vllm:prompt_tokens_total`). Inter-token latency
-gets extra buckets below 10 ms because small models decode in 2-5 ms. One dedicated registry per worker, so
-tests can run several servers in one process.
+Names, labels and bucket boundaries are the contract's (worker_image.contract: vLLM's v1
+`PrometheusStatLogger`, with extra inter-token buckets below 10 ms); the wire names of counters carry
+prometheus_client's `_total` suffix exactly as vLLM's do (`vllm:prompt_tokens_total`). One dedicated registry
+per worker, so tests can run several servers in one process.
 """
 
 from dataclasses import dataclass
@@ -19,32 +19,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-TTFT_BUCKETS = (
-    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
-)  # fmt: skip
-INTER_TOKEN_BUCKETS = (
-    0.001, 0.0025, 0.005, 0.0075,
-    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75,
-    1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0,
-)  # fmt: skip
-REQUEST_LATENCY_BUCKETS = (
-    0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0,
-    30.0, 40.0, 50.0, 60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0,
-)  # fmt: skip
-FINISH_REASONS = ("stop", "length", "abort")
-
-
-def token_count_buckets(max_value: int) -> tuple[float, ...]:
-    """vLLM's 1-2-5 series up to `max_value` (e.g. 100 -> 1, 2, 5, 10, 20, 50, 100)."""
-    buckets: list[float] = []
-    scale = 1
-    while True:
-        for mantissa in (1, 2, 5):
-            if mantissa * scale > max_value:
-                return tuple(buckets)
-            buckets.append(float(mantissa * scale))
-        scale *= 10
+from worker_image import contract as c
+from worker_image.contract import INTER_TOKEN_BUCKETS as INTER_TOKEN_BUCKETS
+from worker_image.contract import TTFT_BUCKETS as TTFT_BUCKETS
+from worker_image.contract import token_count_buckets
 
 
 class EngineStatsLike(Protocol):
@@ -76,7 +54,7 @@ class WorkerMetrics:
         disable_created_metrics()  # no `*_created` series, as vLLM (a process-wide switch of prometheus_client)
         self.registry = CollectorRegistry()
         self.model_name = model_name
-        labels = ["model_name"]
+        labels = [c.MODEL_NAME_LABEL]
 
         def gauge(name: str, doc: str) -> Gauge:
             return Gauge(name, doc, labels, registry=self.registry)
@@ -84,70 +62,61 @@ class WorkerMetrics:
         def counter(name: str, doc: str) -> Counter:
             return Counter(name, doc, labels, registry=self.registry)
 
-        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
-            return Histogram(name, doc, labels, buckets=buckets, registry=self.registry)
+        def histogram(name: str, doc: str, buckets: tuple[float, ...] | None = None) -> Histogram:
+            """The contract's buckets for a latency histogram; token counts stop at max_model_len."""
+            bounds = c.LATENCY_HISTOGRAMS[name] if buckets is None else buckets
+            return Histogram(name, doc, labels, buckets=bounds, registry=self.registry)
 
         self.num_requests_running = gauge(
-            "vllm:num_requests_running", "Number of requests in model execution batches."
+            c.NUM_REQUESTS_RUNNING, "Number of requests in model execution batches."
         )
         self.num_requests_waiting = gauge(
-            "vllm:num_requests_waiting", "Number of requests waiting to be processed."
+            c.NUM_REQUESTS_WAITING, "Number of requests waiting to be processed."
         )
-        self.kv_cache_usage = gauge("vllm:kv_cache_usage_perc", "KV-cache usage. 1 means 100 percent usage.")
+        self.kv_cache_usage = gauge(c.KV_CACHE_USAGE, "KV-cache usage. 1 means 100 percent usage.")
         self.gpu_cache_usage = gauge(
-            "vllm:gpu_cache_usage_perc",
+            c.GPU_CACHE_USAGE,
             "GPU KV-cache usage. 1 means 100 percent usage. DEPRECATED: Use vllm:kv_cache_usage_perc instead.",
         )
         self.prefix_cache_queries = counter(
-            "vllm:prefix_cache_queries", "Prefix cache queries, in terms of number of queried tokens."
+            c.PREFIX_CACHE_QUERIES, "Prefix cache queries, in terms of number of queried tokens."
         )
         self.prefix_cache_hits = counter(
-            "vllm:prefix_cache_hits", "Prefix cache hits, in terms of number of cached tokens."
+            c.PREFIX_CACHE_HITS, "Prefix cache hits, in terms of number of cached tokens."
         )
-        self.num_preemptions = counter(
-            "vllm:num_preemptions", "Cumulative number of preemption from the engine."
-        )
-        self.prompt_tokens = counter("vllm:prompt_tokens", "Number of prefill tokens processed.")
-        self.generation_tokens = counter("vllm:generation_tokens", "Number of generation tokens processed.")
+        self.num_preemptions = counter(c.NUM_PREEMPTIONS, "Cumulative number of preemption from the engine.")
+        self.prompt_tokens = counter(c.PROMPT_TOKENS, "Number of prefill tokens processed.")
+        self.generation_tokens = counter(c.GENERATION_TOKENS, "Number of generation tokens processed.")
         self.request_success = Counter(
-            "vllm:request_success",
+            c.REQUEST_SUCCESS,
             "Count of successfully processed requests.",
-            [*labels, "finished_reason"],
+            [*labels, c.FINISHED_REASON_LABEL],
             registry=self.registry,
         )
         token_buckets = token_count_buckets(max_model_len)
         self.request_prompt_tokens = histogram(
-            "vllm:request_prompt_tokens", "Number of prefill tokens processed.", token_buckets
+            c.REQUEST_PROMPT_TOKENS, "Number of prefill tokens processed.", token_buckets
         )
         self.request_generation_tokens = histogram(
-            "vllm:request_generation_tokens", "Number of generation tokens processed.", token_buckets
+            c.REQUEST_GENERATION_TOKENS, "Number of generation tokens processed.", token_buckets
         )
-        self.time_to_first_token = histogram(
-            "vllm:time_to_first_token_seconds", "Histogram of time to first token in seconds.", TTFT_BUCKETS
-        )
+        self.time_to_first_token = histogram(c.TTFT, "Histogram of time to first token in seconds.")
         self.inter_token_latency = histogram(
-            "vllm:inter_token_latency_seconds",
-            "Histogram of inter-token latency in seconds.",
-            INTER_TOKEN_BUCKETS,
+            c.INTER_TOKEN_LATENCY, "Histogram of inter-token latency in seconds."
         )
         self.time_per_output_token = histogram(
-            "vllm:time_per_output_token_seconds",
+            c.TIME_PER_OUTPUT_TOKEN,
             "Histogram of time per output token in seconds. "
             "DEPRECATED: Use vllm:inter_token_latency_seconds instead.",
-            INTER_TOKEN_BUCKETS,
         )
         self.e2e_request_latency = histogram(
-            "vllm:e2e_request_latency_seconds",
-            "Histogram of e2e request latency in seconds.",
-            REQUEST_LATENCY_BUCKETS,
+            c.E2E_REQUEST_LATENCY, "Histogram of e2e request latency in seconds."
         )
         self.request_queue_time = histogram(
-            "vllm:request_queue_time_seconds",
-            "Histogram of time spent in WAITING phase for request.",
-            REQUEST_LATENCY_BUCKETS,
+            c.REQUEST_QUEUE_TIME, "Histogram of time spent in WAITING phase for request."
         )
         # Label children exist from the start, so every series is exported (as zero) before the first request.
-        for reason in FINISH_REASONS:
+        for reason in c.FINISH_REASONS:
             self.request_success.labels(model_name, reason)
         for metric in (
             self.num_requests_running, self.num_requests_waiting, self.kv_cache_usage, self.gpu_cache_usage,

@@ -4,6 +4,7 @@ problem a 400 naming the client's parameter."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from dataclasses import replace
 from typing import Any
 
@@ -168,6 +169,23 @@ def start(
         _close(streams)
         raise
     return streams
+
+
+def submit(
+    request: Request,
+    body: GenerationRequest,
+    header_priority: PriorityName | None,
+    runner: EngineRunner,
+    id_prefix: str,
+    prompt_param: str,
+    prompt_ids: list[int],
+    params: SamplingParams,
+) -> tuple[str, list[RequestStream]]:
+    """A fresh request id and the started streams of the body's n choices, at the priority it asks for."""
+    request_id = f"{id_prefix}-{uuid.uuid4().hex}"
+    priority = resolve_priority(body, header_priority)
+    arrival: float = request.state.arrival
+    return request_id, start(runner, request_id, prompt_param, prompt_ids, params, body.n, priority, arrival)
 
 
 def _close(streams: list[RequestStream]) -> None:

@@ -8,45 +8,8 @@ from __future__ import annotations
 
 import torch
 
-_LLAMA = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "rms_norm_eps": 1e-5}
-PRESETS: dict[str, dict] = {
-    "tiny": {
-        **_LLAMA,
-        "vocab_size": 512,
-        "hidden_size": 64,
-        "intermediate_size": 128,
-        "num_hidden_layers": 2,
-        "num_attention_heads": 4,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "rope_theta": 10000.0,
-    },
-    "bench-small": {
-        **_LLAMA,
-        "vocab_size": 32000,
-        "hidden_size": 512,
-        "intermediate_size": 1408,
-        "num_hidden_layers": 8,
-        "num_attention_heads": 8,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 4096,
-        "rope_theta": 10000.0,
-    },
-    "qwen2.5-0.5b": {
-        "architectures": ["Qwen2ForCausalLM"],
-        "model_type": "qwen2",
-        "vocab_size": 151936,
-        "hidden_size": 896,
-        "intermediate_size": 4864,
-        "num_hidden_layers": 24,
-        "num_attention_heads": 14,
-        "num_key_value_heads": 2,
-        "max_position_embeddings": 32768,
-        "rope_theta": 1000000.0,
-        "rms_norm_eps": 1e-6,
-        "tie_word_embeddings": True,
-    },
-}
+from worker_image.contract import MODEL_PRESETS as PRESETS
+
 BYTE_TOKENS = {"bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 258}
 
 

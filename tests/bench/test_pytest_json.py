@@ -28,22 +28,18 @@ def test_hangs():
 """
 
 
-def test_a_run_cut_off_keeps_what_finished(tmp_path: Path) -> None:
+def run_sample(tmp_path: Path, prefix: list[str], pytest_args: list[str]) -> tuple[int, str, dict]:
+    """Runs the script over TESTS (under `prefix`, e.g. a timeout); its exit status, stdout and JSON."""
     (tmp_path / "test_sample.py").write_text(TESTS)
     out = tmp_path / "result.json"
-    cmd = [
-        "timeout",
-        "15",
-        sys.executable,
-        str(SCRIPT),
-        "--json",
-        str(out),
-        "--",
-        str(tmp_path / "test_sample.py"),
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    assert done.returncode == 124, done.stdout[-2000:]
-    result = json.loads(out.read_text())
+    cmd = [*prefix, sys.executable, str(SCRIPT), "--json", str(out), "--", str(tmp_path / "test_sample.py")]
+    done = subprocess.run([*cmd, *pytest_args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    return done.returncode, done.stdout, json.loads(out.read_text())
+
+
+def test_a_run_cut_off_keeps_what_finished(tmp_path: Path) -> None:
+    returncode, stdout, result = run_sample(tmp_path, ["timeout", "15"], [])
+    assert returncode == 124, stdout[-2000:]
     assert result["complete"] is False and result["exit_status"] is None
     outcomes = {t["test"].split("::")[1]: t for t in result["tests"]}
     assert set(outcomes) == {"test_passes", "test_skipped", "test_fails"}
@@ -58,19 +54,6 @@ def test_a_run_cut_off_keeps_what_finished(tmp_path: Path) -> None:
 
 
 def test_a_finished_run_is_complete(tmp_path: Path) -> None:
-    (tmp_path / "test_sample.py").write_text(TESTS)
-    out = tmp_path / "result.json"
-    cmd = [
-        sys.executable,
-        str(SCRIPT),
-        "--json",
-        str(out),
-        "--",
-        str(tmp_path / "test_sample.py"),
-        "-k",
-        "not hangs",
-    ]
-    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=tmp_path)
-    result = json.loads(out.read_text())
-    assert done.returncode == 1 and result["complete"] is True and result["exit_status"] == 1
+    returncode, _, result = run_sample(tmp_path, [], ["-k", "not hangs"])
+    assert returncode == 1 and result["complete"] is True and result["exit_status"] == 1
     assert len(result["tests"]) == 3

@@ -13,8 +13,8 @@ import pytest_asyncio
 from controllers import actuate
 from controllers.kube import KubeClient
 from controllers.runtime import ServiceRecord
-from controllers.testing.apiserver import ApiServer
 from crds.inferenceservice import RouterSpec
+from testkit.apiserver import ApiServer
 
 NS = "team-a"
 

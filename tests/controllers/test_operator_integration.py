@@ -22,9 +22,10 @@ import pytest_asyncio
 import yaml
 from kopf.testing import KopfRunner
 
-from controllers.testing import prometheus
-from controllers.testing.apiserver import ApiServer
-from controllers.testing.workers import SyntheticWorkers, Traffic
+from testkit import prometheus
+from testkit.apiserver import ApiServer
+from testkit.kubeconfig import write_kubeconfig
+from testkit.workers import SyntheticWorkers, Traffic
 
 pytestmark = [
     pytest.mark.prometheus,
@@ -115,20 +116,7 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     saved = dict(os.environ)
     async with ApiServer() as api, kmock.Server(api) as server:
         url = str(server.url).rstrip("/")
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "emulated", "cluster": {"server": url}}],
-                    "users": [{"name": "operator", "user": {"token": "test"}}],
-                    "contexts": [
-                        {"name": "emulated", "context": {"cluster": "emulated", "user": "operator"}}
-                    ],
-                    "current-context": "emulated",
-                }
-            )
-        )
+        write_kubeconfig(kubeconfig, url)
         os.environ.update(
             KUBECONFIG=str(kubeconfig),
             GOODPUT_OPERATOR_PROMETHEUS_URL=prom.url,

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 
 from controllers import reconcile
+from controllers.observation import observe_service
 from controllers.prometheus import Snapshot
 from controllers.runtime import ServiceRecord
 from crds.inferenceservice import Mode, RouterSpec
@@ -73,8 +74,8 @@ def test_metrics_missing_stale_or_fresh(
     example_spec: Any, make_plan: Any, snapshot: Snapshot | None, reason: str
 ) -> None:
     record = _record(example_spec, make_plan)
-    observation, condition = reconcile.observation_for(
-        record, snapshot, SLOPolicySpec(stale_after_seconds=60)
+    observation, condition = observe_service(
+        snapshot, record.key, record.spec, SLOPolicySpec(stale_after_seconds=60)
     )
     assert condition.reason == reason
     assert (condition.status == "True") == (observation is not None)

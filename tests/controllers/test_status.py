@@ -14,11 +14,12 @@ from controllers import actuate, conditions, reconcile, status
 from controllers.conditions import Cond
 from controllers.planning import PlanCache
 from controllers.runtime import ServiceRecord
-from crds.inferenceservice import InferenceServiceSpec, InferenceServiceStatus
+from crds.inferenceservice import InferenceServiceStatus
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.autoscale import autoscale
 from policies.types import Candidate, Decision, Observation, ScalerState
+from testkit.specs import llama_h100
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
 
@@ -143,15 +144,7 @@ class _RecordingKube:
 
 def test_a_restarted_operator_keeps_the_stabilization_window() -> None:
     """Peak load, then quiet: the operator restarts mid-window and must not scale down before it ends."""
-    spec = InferenceServiceSpec.model_validate(
-        {
-            "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
-            "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
-            "traffic": {"class": "interactive", "expectedRps": 5},
-            "accelerators": [{"type": "H100-SXM", "maxCount": 64}],
-            "scaling": {"minReplicas": 1, "maxReplicas": 64, "maxTensorParallel": 1},
-        }
-    )
+    spec = llama_h100(expected_rps=5)
     policy, plans = SLOPolicySpec(cooldown_seconds=0), PlanCache()
     peak = planner.plan(spec, replace(planner.load_from_spec(spec), rps=120.0), policy, 1.0, 1.0).chosen
     assert peak is not None

@@ -53,7 +53,17 @@ def test_schema_is_structural(name: str) -> None:
 def test_printer_columns_cover_the_operators_decisions() -> None:
     crd = all_crds()["inferenceservices.goodput.dev.yaml"]
     names = [c["name"] for c in crd["spec"]["versions"][0]["additionalPrinterColumns"]]
-    for wanted in ("Tier", "Replicas", "TP", "Accelerator", "TTFT-p95-ms", "TPOT-p95-ms", "SLO-Met", "Age"):
+    for wanted in (
+        "Tier",
+        "Replicas",
+        "TP",
+        "Accelerator",
+        "TTFT-p95-ms",
+        "TPOT-p95-ms",
+        "SLO-Met",
+        "Status",
+        "Age",
+    ):
         assert wanted in names
 
 

@@ -1,34 +1,29 @@
-"""Fixtures for the observability tests: the generator module (manifests/ is no package) and a real Prometheus."""
+"""Fixtures for the observability tests: the generator (observability/) and a real Prometheus."""
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import importlib.util
 import shutil
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import ModuleType
+from types import SimpleNamespace
 from typing import Any
 
-import httpx
 import pytest
-import yaml
 
-from e2e import build, procs
-
-GENERATOR = Path(__file__).resolve().parents[2] / "manifests" / "observability" / "generate.py"
+from e2e import build
+from observability import dashboard, monitors, output, rules, slis
+from testkit.prometheus import running
 
 
 @pytest.fixture(scope="session")
-def observability() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("goodput_observability", GENERATOR)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
+def observability() -> SimpleNamespace:
+    """The generator's public names (observability's modules), as the tests read them."""
+    names: dict[str, Any] = {}
+    for module in (slis, rules, monitors, dashboard, output):
+        names |= {name: value for name, value in vars(module).items() if not name.startswith("_")}
+    return SimpleNamespace(**names)
 
 
 def need(binary: str) -> str:
@@ -53,34 +48,6 @@ def prometheus_binary(kind: str) -> str:
     return str(built)
 
 
-@contextlib.contextmanager
-def running_prometheus(binary: str, directory: Path, config: dict[str, Any]) -> Iterator[str]:
-    """Prometheus on a free loopback port with `config`, stopped (with its process group) on exit."""
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "prometheus.yml").write_text(yaml.safe_dump(config, sort_keys=False))
-    port = procs.free_port()
-    url = f"http://127.0.0.1:{port}"
-    argv = [
-        binary,
-        f"--config.file={directory / 'prometheus.yml'}",
-        f"--storage.tsdb.path={directory / 'data'}",
-        f"--web.listen-address=127.0.0.1:{port}",
-    ]
-    log = directory / "prometheus.log"
-    proc = procs.start(argv, log, cwd=directory)
-    try:
-
-        def ready() -> bool:
-            if proc.poll() is not None:
-                raise procs.ProcessExited(log.read_text()[-2000:])
-            return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
-
-        procs.wait_until(ready, 30, "prometheus /-/ready")
-        yield url
-    finally:
-        procs.stop(proc.pid, proc=proc)
-
-
 @pytest.fixture(scope="module", params=["debian", "e2e-build"])
 def prometheus_kind(request: pytest.FixtureRequest) -> str:
     """The binary of each Prometheus we support: Debian's 2.x and the 3.x the e2e stack builds."""
@@ -89,15 +56,15 @@ def prometheus_kind(request: pytest.FixtureRequest) -> str:
 
 @pytest.fixture(scope="module")
 def prometheus(
-    prometheus_kind: str, observability: ModuleType, tmp_path_factory: pytest.TempPathFactory
+    prometheus_kind: str, observability: SimpleNamespace, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """A real Prometheus with goodput's rules loaded and nothing to scrape; yields its URL."""
     config = {"rule_files": [str(observability.RULES_FILE)]}
-    with running_prometheus(prometheus_kind, tmp_path_factory.mktemp("prometheus"), config) as url:
+    with running(prometheus_kind, tmp_path_factory.mktemp("prometheus"), config) as url:
         yield url
 
 
 @pytest.fixture(scope="module")
 def launch(prometheus_kind: str) -> Callable[[Path, dict[str, Any]], contextlib.AbstractContextManager[str]]:
     """Start this module's Prometheus binary with a config of the test's own: `with launch(dir, cfg) as url`."""
-    return functools.partial(running_prometheus, prometheus_kind)
+    return functools.partial(running, prometheus_kind)

@@ -101,6 +101,17 @@ def expected_alert(
     return {"exp_labels": labels, "exp_annotations": annotations}
 
 
+def alert_test(series: list[dict[str, Any]], checks: list[tuple[str, str, list[Any]]]) -> dict[str, Any]:
+    """A promtool unit test: per-minute `series`, and (time, alert name, the alerts expected firing) checks."""
+    return {
+        "interval": "1m",
+        "input_series": series,
+        "alert_rule_test": [
+            {"eval_time": at, "alertname": name, "exp_alerts": exp} for at, name, exp in checks
+        ],
+    }
+
+
 def run_promtool_test(
     promtool: str, observability: ModuleType, tmp_path: Path, tests: list[dict[str, Any]]
 ) -> None:
@@ -115,8 +126,8 @@ def run_promtool_test(
 
 def test_generated_files_are_current(observability: ModuleType) -> None:
     for path, text in observability.rendered().items():
-        assert path.exists(), f"{path} missing: run `python manifests/observability/generate.py`"
-        assert path.read_text() == text, f"{path} is stale: run `python manifests/observability/generate.py`"
+        assert path.exists(), f"{path} missing: run `python -m observability`"
+        assert path.read_text() == text, f"{path} is stale: run `python -m observability`"
 
 
 def test_prometheus_rule_carries_the_same_groups(observability: ModuleType) -> None:
@@ -239,14 +250,7 @@ def test_burn_rate_alerts_page_on_outage_ticket_on_steady_burn_and_stay_quiet_ot
         ("380m", "GoodputSLOSlowBurn", alerts("GoodputSLOSlowBurn")),
         ("480m", "GoodputSLOSlowBurn", alerts("GoodputSLOSlowBurn", "outage", "degraded")),
     ]
-    test = {
-        "interval": "1m",
-        "input_series": series,
-        "alert_rule_test": [
-            {"eval_time": at, "alertname": name, "exp_alerts": exp} for at, name, exp in checks
-        ],
-    }
-    run_promtool_test(promtool, observability, tmp_path, [test])
+    run_promtool_test(promtool, observability, tmp_path, [alert_test(series, checks)])
 
 
 def test_tpot_alerts_read_the_inter_token_histogram(
@@ -306,11 +310,4 @@ def test_operational_alerts(promtool: str, observability: ModuleType, tmp_path: 
         ("20m", "GoodputWorkerDown", [alert("GoodputWorkerDown", down)]),
         ("30m", "GoodputSLOTargetsMissing", [alert("GoodputSLOTargetsMissing", service("batch"))]),
     ]
-    test = {
-        "interval": "1m",
-        "input_series": series,
-        "alert_rule_test": [
-            {"eval_time": at, "alertname": name, "exp_alerts": exp} for at, name, exp in checks
-        ],
-    }
-    run_promtool_test(promtool, observability, tmp_path, [test])
+    run_promtool_test(promtool, observability, tmp_path, [alert_test(series, checks)])

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +19,7 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from e2e import procs
+from testkit.metrics_http import serve_metrics
 from worker_image.metrics import WorkerMetrics
 
 LABELS = {"namespace": "prod", "inferenceservice": "chat", "tier": "interactive", "pod": "chat-interactive-0"}
@@ -36,33 +35,13 @@ EXPECTED = {
 
 @contextlib.contextmanager
 def serving(render: Callable[[], tuple[bytes, str]]) -> Iterator[int]:
-    """/metrics on a free loopback port from `render`, as the worker's server answers it.
-
-    Not prometheus_client's negotiating handler: for an OpenMetrics 1.0 Accept header without an `escaping`
-    parameter (Prometheus 2 sends one) it rewrites ':' in sample names to '_' (prometheus/client_python#1177).
-    """
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            body, content_type = render()
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *_: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    """/metrics on a free loopback port from `render`, as the worker's server answers it."""
+    server = serve_metrics(render)
     try:
         yield server.server_address[1]
     finally:
         server.shutdown()
         server.server_close()
-        thread.join(timeout=5)
 
 
 def operator_registry() -> CollectorRegistry:

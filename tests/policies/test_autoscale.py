@@ -7,7 +7,6 @@ from itertools import pairwise
 
 import pytest
 
-from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.autoscale import HINT_TRUST_WINDOWS, autoscale
@@ -18,16 +17,9 @@ from policies.capacity import capacity_factor, configuration
 from policies.observe import TTFT_BUCKETS
 from policies.plancache import PlanCache
 from policies.types import Candidate, Observation, PlanResult, ScalerState
+from testkit.specs import llama_h100
 
-SPEC = InferenceServiceSpec.model_validate(
-    {
-        "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
-        "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
-        "traffic": {"class": "interactive", "expectedRps": 5},
-        "accelerators": [{"type": "H100-SXM", "maxCount": 64}],
-        "scaling": {"minReplicas": 1, "maxReplicas": 64, "maxTensorParallel": 1},
-    }
-)
+SPEC = llama_h100(expected_rps=5)
 POLICY = SLOPolicySpec()
 MEMO = PlanCache()  # the planner, memoized as in the operator: loops over many intervals stay fast
 

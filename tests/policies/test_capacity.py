@@ -8,7 +8,6 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.calibration import calibrate
@@ -18,16 +17,9 @@ from policies.latency import ReplicaPredictor, TokenStats
 from policies.perfmodel import StepModel
 from policies.profiles import profile_for
 from policies.types import Candidate, Observation, ScalerState
+from testkit.specs import llama_h100
 
-SPEC = InferenceServiceSpec.model_validate(
-    {
-        "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
-        "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
-        "traffic": {"class": "interactive", "expectedRps": 40},
-        "accelerators": [{"type": "H100-SXM", "maxCount": 64}],
-        "scaling": {"minReplicas": 1, "maxReplicas": 64, "maxTensorParallel": 1},
-    }
-)
+SPEC = llama_h100(expected_rps=40)
 POLICY = SLOPolicySpec()
 CHAT = ((1000.0, 4000.0), (130.0, 500.0))
 CODE = ((1500.0, 7300.0), (13.0, 90.0))  # code completion: longer prompts, short outputs

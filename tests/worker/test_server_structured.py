@@ -244,18 +244,25 @@ UNSUPPORTED_CHAT = {
 }
 
 
-@pytest.mark.parametrize("case", UNSUPPORTED, ids=list(UNSUPPORTED))
-def test_unsupported_values_are_refused_naming_the_parameter(
-    server: tuple[str, WorkerState], case: str, record_property: Callable[[str, object], None]
+def _assert_refused(
+    url: str, body: dict[str, Any], param: str, case: str, record_property: Callable[[str, object], None]
 ) -> None:
-    body, param = UNSUPPORTED[case]
-    response = httpx.post(server[0] + "/v1/completions", json=body)
+    """A 400 whose error names `param`; the outcome is recorded for the bad-input report either way."""
+    response = httpx.post(url, json=body)
     error = response.json().get("error", {})
     record_property(
         "worker_bad_input", {"case": case, "status": response.status_code, "param": error.get("param")}
     )
     assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == param
+    assert error["param"] == param
+
+
+@pytest.mark.parametrize("case", UNSUPPORTED, ids=list(UNSUPPORTED))
+def test_unsupported_values_are_refused_naming_the_parameter(
+    server: tuple[str, WorkerState], case: str, record_property: Callable[[str, object], None]
+) -> None:
+    body, param = UNSUPPORTED[case]
+    _assert_refused(server[0] + "/v1/completions", body, param, case, record_property)
 
 
 @pytest.mark.parametrize("case", UNSUPPORTED_CHAT, ids=list(UNSUPPORTED_CHAT))
@@ -264,13 +271,7 @@ def test_unsupported_chat_values_are_refused(
 ) -> None:
     extra, param = UNSUPPORTED_CHAT[case]
     body = {"messages": [{"role": "user", "content": "hi"}]} | extra
-    response = httpx.post(server[0] + "/v1/chat/completions", json=body)
-    error = response.json().get("error", {})
-    record_property(
-        "worker_bad_input", {"case": case, "status": response.status_code, "param": error.get("param")}
-    )
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == param
+    _assert_refused(server[0] + "/v1/chat/completions", body, param, case, record_property)
 
 
 def test_the_prompt_shows_the_tools_and_earlier_calls(client: openai.OpenAI) -> None:

@@ -11,19 +11,20 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field, replace
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from policies.observe import ITL_BUCKETS, TTFT_BUCKETS, token_buckets
+from testkit.metrics_http import serve_metrics
+from worker_image import contract as c
 
-TOKEN_BUCKETS = token_buckets(100_000)
 HISTOGRAMS = (
-    ("vllm:time_to_first_token_seconds", TTFT_BUCKETS),
-    ("vllm:inter_token_latency_seconds", ITL_BUCKETS),
-    ("vllm:request_prompt_tokens", TOKEN_BUCKETS),
-    ("vllm:request_generation_tokens", TOKEN_BUCKETS),
+    (c.TTFT, c.TTFT_BUCKETS),
+    (c.INTER_TOKEN_LATENCY, c.INTER_TOKEN_BUCKETS),
+    (c.REQUEST_PROMPT_TOKENS, c.TOKEN_COUNT_BUCKETS),
+    (c.REQUEST_GENERATION_TOKENS, c.TOKEN_COUNT_BUCKETS),
 )
+SUCCESS = c.total(c.REQUEST_SUCCESS)
 Key = tuple[str, str, str]  # (namespace, inferenceservice, tier)
 
 
@@ -94,7 +95,10 @@ class SyntheticWorkers:
             for (namespace, service, tier), series in self._series.items():
                 self._advance(series, now)
                 t = series.traffic
-                labels = f'namespace="{namespace}",inferenceservice="{service}",tier="{tier}",model_name="{t.model_name}"'
+                labels = (
+                    f'{c.NAMESPACE_LABEL}="{namespace}",{c.SERVICE_LABEL}="{service}",'
+                    f'{c.TIER_LABEL}="{tier}",{c.MODEL_NAME_LABEL}="{t.model_name}"'
+                )
                 n = float(math.floor(series.requests))
                 for (name, bounds), value, count in zip(
                     HISTOGRAMS,
@@ -107,45 +111,27 @@ class SyntheticWorkers:
                         lines.append(f'{name}_bucket{{{labels},le="{le}"}} {cumulative}')
                     lines.append(f"{name}_sum{{{labels}}} {value * count}")
                     lines.append(f"{name}_count{{{labels}}} {count}")
-                success.append(f'vllm:request_success_total{{{labels},finished_reason="stop"}} {n}')
-                running.append(f"vllm:num_requests_running{{{labels}}} {t.running}")
-                waiting.append(f"vllm:num_requests_waiting{{{labels}}} {t.waiting}")
-                kv.append(f"vllm:kv_cache_usage_perc{{{labels}}} {t.kv_cache_usage}")
+                success.append(f'{SUCCESS}{{{labels},{c.FINISHED_REASON_LABEL}="stop"}} {n}')
+                running.append(f"{c.NUM_REQUESTS_RUNNING}{{{labels}}} {t.running}")
+                waiting.append(f"{c.NUM_REQUESTS_WAITING}{{{labels}}} {t.waiting}")
+                kv.append(f"{c.KV_CACHE_USAGE}{{{labels}}} {t.kv_cache_usage}")
         out: list[str] = []
         for name, _ in HISTOGRAMS:
             out += [f"# TYPE {name} histogram", *histograms[name]]
-        out += ["# TYPE vllm:request_success_total counter", *success]
+        out += [f"# TYPE {SUCCESS} counter", *success]
         for name, lines in (
-            ("vllm:num_requests_running", running),
-            ("vllm:num_requests_waiting", waiting),
-            ("vllm:kv_cache_usage_perc", kv),
+            (c.NUM_REQUESTS_RUNNING, running),
+            (c.NUM_REQUESTS_WAITING, waiting),
+            (c.KV_CACHE_USAGE, kv),
         ):
             out += [f"# TYPE {name} gauge", *lines]
         return ("\n".join(out) + "\n").encode()
 
     def serve(self, address: str = "127.0.0.1") -> int:
-        """Serve /metrics in the text format, as the worker does.
-
-        Not prometheus_client's server: it answers Prometheus in OpenMetrics, whose encoder (0.26) rewrites
-        `vllm:` names to `vllm_`, and the operator would find no series.
-        """
-        workers = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                body = workers.render()
-                self.send_response(200)
-                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, *_: object) -> None:
-                return
-
-        self._server = ThreadingHTTPServer((address, 0), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, name="synthetic-workers", daemon=True).start()
+        """Serve /metrics in the text format, as the worker does (see testkit.metrics_http for why)."""
+        self._server = serve_metrics(
+            lambda: (self.render(), CONTENT_TYPE_LATEST), address, "synthetic-workers"
+        )
         self.port = self._server.server_port
         return self.port
 

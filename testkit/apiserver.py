@@ -27,22 +27,25 @@ from crds import inferenceservice, slopolicy
 from crds.common import GROUP, VERSION
 
 APPLY_PATCH = "application/apply-patch+yaml"
+
+
+def _custom(kind: str, namespaced: bool, shortnames: tuple[str, ...] = ()) -> kmock.ResourceInfo:
+    """One of goodput's custom resources, served with its status subresource as the CRD declares."""
+    return kmock.ResourceInfo(
+        kind=kind,
+        singular=kind.lower(),
+        namespaced=namespaced,
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        subresources={"status"},
+        shortnames=set(shortnames),
+    )
+
+
 RESOURCES: dict[str, kmock.ResourceInfo] = {
-    f"{GROUP}/{VERSION}/{inferenceservice.PLURAL}": kmock.ResourceInfo(
-        kind=inferenceservice.KIND,
-        singular=inferenceservice.KIND.lower(),
-        namespaced=True,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-        subresources={"status"},
-        shortnames=set(inferenceservice.SHORT_NAMES),
+    f"{GROUP}/{VERSION}/{inferenceservice.PLURAL}": _custom(
+        inferenceservice.KIND, True, inferenceservice.SHORT_NAMES
     ),
-    f"{GROUP}/{VERSION}/{slopolicy.PLURAL}": kmock.ResourceInfo(
-        kind=slopolicy.KIND,
-        singular=slopolicy.KIND.lower(),
-        namespaced=False,
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
-        subresources={"status"},
-    ),
+    f"{GROUP}/{VERSION}/{slopolicy.PLURAL}": _custom(slopolicy.KIND, False),
     "apps/v1/deployments": kmock.ResourceInfo(
         kind="Deployment", namespaced=True, verbs={"get", "list", "watch", "create", "patch", "delete"}
     ),

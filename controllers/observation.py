@@ -1,0 +1,42 @@
+"""One service's observation from an interval's Prometheus snapshot, or why there is none.
+
+The operator's control interval and `goodput status`/`explain` both call it, so on-call sees exactly the
+observation the operator acts on: the same TTFT target for the error budget, the same staleness rule.
+"""
+
+from __future__ import annotations
+
+from controllers.conditions import Cond
+from controllers.prometheus import ServiceKey, Snapshot
+from crds.inferenceservice import InferenceServiceSpec
+from crds.slopolicy import SLOPolicySpec
+from policies.observe import build_observation
+from policies.types import Observation
+
+
+def observe_service(
+    snapshot: Snapshot | None, key: ServiceKey, spec: InferenceServiceSpec, policy: SLOPolicySpec
+) -> tuple[Observation | None, Cond]:
+    """This interval's observation, or None with the MetricsAvailable=False reason (missing or stale)."""
+    if snapshot is None:
+        return None, Cond("MetricsAvailable", "False", "PrometheusUnavailable", "Prometheus did not answer")
+    tiers = snapshot.services.get(key)
+    if not tiers:
+        return None, Cond(
+            "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"
+        )
+    age = snapshot.age(key)
+    if age is None or age > policy.stale_after_seconds:
+        shown = "no sample" if age is None else f"newest sample {age:.0f} s old"
+        return None, Cond(
+            "MetricsAvailable", "False", "Stale", f"{shown} (stale after {policy.stale_after_seconds:g} s)"
+        )
+    (_, ttft_target_ms), _ = spec.slo.steering_targets()
+    observation = build_observation(
+        snapshot.time, snapshot.window_s, tiers, ttft_target_s=ttft_target_ms / 1000
+    )
+    if observation is None:
+        return None, Cond(
+            "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"
+        )
+    return observation, Cond("MetricsAvailable", "True", "Fresh", f"window of {snapshot.window_s:g} s")

@@ -1,0 +1,18 @@
+"""Specs the tests share: one Llama-3-8B interactive service on H100s, sized by its expected load."""
+
+from __future__ import annotations
+
+from crds.inferenceservice import InferenceServiceSpec
+
+
+def llama_h100(expected_rps: float) -> InferenceServiceSpec:
+    """Llama-3-8B shape, TTFT/TPOT p95 1000/100 ms at 99%, up to 64 H100s at TP 1: the autoscaler's test bed."""
+    return InferenceServiceSpec.model_validate(
+        {
+            "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
+            "slo": {"ttftP95Ms": 1000, "tpotP95Ms": 100, "attainment": 0.99},
+            "traffic": {"class": "interactive", "expectedRps": expected_rps},
+            "accelerators": [{"type": "H100-SXM", "maxCount": 64}],
+            "scaling": {"minReplicas": 1, "maxReplicas": 64, "maxTensorParallel": 1},
+        }
+    )
