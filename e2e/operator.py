@@ -15,13 +15,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from kubernetes.client import AppsV1Api, CoreV1Api
 
-from e2e import procs
+from e2e import procs, service
 from e2e.stack import REPO, Stack
 
 NAMESPACE = "goodput-system"
@@ -150,6 +152,22 @@ def wait_ready(stack: Stack, timeout: float = 90.0) -> str:
         name = pod_name()
         assert name is not None
         return name
+
+
+@contextmanager
+def installed(stack: Stack, policy: service.FastPolicy) -> Iterator[str]:
+    """goodput installed and `policy` applied for a test module; yields the operator pod's name.
+
+    Prints the operator's log tail on the way out (pytest shows it when a test failed).
+    """
+    install(stack)
+    pod = wait_ready(stack)
+    service.apply(stack, policy.manifest())
+    try:
+        yield pod
+    finally:
+        print(f"operator log (tail):\n{stack.pod_logs(NAMESPACE, pod)[-6000:]}")
+        uninstall(stack)
 
 
 def uninstall(stack: Stack) -> None:

@@ -37,12 +37,8 @@ ERROR_MARKS = (" ERROR ", "Traceback (most recent call last)")
 
 @pytest.fixture(scope="module")
 def installed(cluster: Stack) -> Iterator[str]:
-    goodput.install(cluster)
-    pod = goodput.wait_ready(cluster)
-    service.apply(cluster, POLICY.manifest())
-    yield pod
-    print(f"operator log (tail):\n{cluster.pod_logs(goodput.NAMESPACE, pod)[-6000:]}")  # shown on failure
-    goodput.uninstall(cluster)
+    with goodput.installed(cluster, POLICY) as pod:
+        yield pod
 
 
 @pytest.fixture

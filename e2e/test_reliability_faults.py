@@ -33,6 +33,7 @@ from e2e import operator as goodput
 from e2e.stack import Stack, leftovers, running_stack
 from e2e.test_reliability_input import apply as mutate
 from e2e.test_reliability_input import mutation
+from testkit.specs import LLAMA_405B_ARCHITECTURE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
@@ -60,11 +61,8 @@ def stack() -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def installed(stack: Stack) -> Iterator[None]:
-    goodput.install(stack)
-    goodput.wait_ready(stack)
-    service.apply(stack, POLICY.manifest())
-    yield
-    goodput.uninstall(stack)
+    with goodput.installed(stack, POLICY):
+        yield
 
 
 @pytest.fixture
@@ -133,15 +131,7 @@ def huge_model(namespace: str) -> dict[str, Any]:
         "name": "huge",
         "source": "/models/huge",
         "dtype": "bfloat16",
-        "architecture": {
-            "params": 400_000_000_000,
-            "layers": 126,
-            "hiddenSize": 16384,
-            "heads": 128,
-            "kvHeads": 8,
-            "headDim": 128,
-            "vocabSize": 128256,
-        },
+        "architecture": dict(LLAMA_405B_ARCHITECTURE),
     }
     manifest["spec"]["accelerators"] = [{"type": "L4", "maxCount": 8}]
     manifest["spec"]["scaling"] = {"minReplicas": 1, "maxReplicas": 2, "maxTensorParallel": 1}

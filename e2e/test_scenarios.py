@@ -38,11 +38,8 @@ SATURATE_CONCURRENCY, SATURATE_WARMUP_S, SATURATE_S = 8, 5.0, 15.0
 @pytest.fixture(scope="module")
 def installed(cluster: Stack) -> Iterator[str]:
     """goodput installed from manifests/ (dry run, then apply); yields the operator pod's name."""
-    goodput.install(cluster)
-    pod = goodput.wait_ready(cluster)
-    service.apply(cluster, POLICY.manifest())
-    yield pod
-    goodput.uninstall(cluster)
+    with goodput.installed(cluster, POLICY) as pod:
+        yield pod
 
 
 @pytest.fixture(scope="module")

@@ -16,3 +16,16 @@ def llama_h100(expected_rps: float) -> InferenceServiceSpec:
             "scaling": {"minReplicas": 1, "maxReplicas": 64, "maxTensorParallel": 1},
         }
     )
+
+
+# A Llama-3.1-405B-shaped architecture (public config): too large for any single small GPU, so a service
+# limited to one such GPU per replica has no feasible plan.
+LLAMA_405B_ARCHITECTURE = {
+    "params": 405_000_000_000,
+    "layers": 126,
+    "hiddenSize": 16384,
+    "heads": 128,
+    "kvHeads": 8,
+    "headDim": 128,
+    "vocabSize": 128256,
+}

@@ -25,6 +25,7 @@ from kopf.testing import KopfRunner
 from testkit import prometheus
 from testkit.apiserver import ApiServer
 from testkit.kubeconfig import write_kubeconfig
+from testkit.specs import LLAMA_405B_ARCHITECTURE
 from testkit.workers import SyntheticWorkers, Traffic
 
 pytestmark = [
@@ -249,15 +250,7 @@ async def test_recommend_mode_writes_status_only(cluster: Cluster) -> None:
 
 async def test_an_impossible_spec_gets_a_condition_and_no_children(cluster: Cluster) -> None:
     huge = _service("huge")
-    huge["spec"]["model"]["architecture"] = {
-        "params": 405_000_000_000,
-        "layers": 126,
-        "hiddenSize": 16384,
-        "heads": 128,
-        "kvHeads": 8,
-        "headDim": 128,
-        "vocabSize": 128256,
-    }
+    huge["spec"]["model"]["architecture"] = dict(LLAMA_405B_ARCHITECTURE)
     await cluster.send("POST", f"/apis/goodput.dev/v1alpha1/namespaces/{NS}/inferenceservices", huge)
     condition = await eventually(
         lambda: next(
