@@ -196,6 +196,7 @@ def explain(
     from controllers.status import plan_from_status, state_from_status
     from policies import planner
     from policies.autoscale import budgeted_headroom
+    from policies.frontier import frontier as frontier_of
     from policies.profiles import profile_for
 
     spec = InferenceServiceSpec.model_validate(obj["spec"])
@@ -222,7 +223,7 @@ def explain(
         ranges = replica_range(spec, basis, load, policy, ttft, tpot) if basis is not None else None
     frontier = None
     if result.chosen is not None:
-        curve = planner.frontier(spec, load, result.chosen, ttft_factor=ttft, tpot_factor=tpot)
+        curve = frontier_of(spec, load, result.chosen, ttft_factor=ttft, tpot_factor=tpot)
         frontier = {"label": curve.label, "rows": frontier_rows(curve, spec.slo)}
     meta = obj["metadata"]
     out = {

@@ -150,11 +150,11 @@ def print_plan_table(report: dict[str, Any], alternatives: int) -> None:
 
 def plot_plan(spec: Any, load: Any, result: Any, ttft_factor: float, tpot_factor: float, path: str) -> None:
     """The frontier of the chosen configuration and each alternative with replicas, to a PNG at `path`."""
-    from policies import planner
+    from policies import frontier
 
     shown = [c for c in (result.chosen, *result.alternatives) if c is not None and c.replicas > 0]
     curves = [
-        planner.frontier(spec, load, c, ttft_factor=ttft_factor, tpot_factor=tpot_factor) for c in shown
+        frontier.frontier(spec, load, c, ttft_factor=ttft_factor, tpot_factor=tpot_factor) for c in shown
     ]
     plot_frontiers(curves, spec, path)
 
