@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup system-deps venv cluster-binaries images test lint unit e2e e2e-real-node demo crds bench clean
+.PHONY: setup system-deps venv cluster-binaries images test lint unit e2e demo crds bench clean
 
 setup: system-deps venv
 
@@ -55,14 +55,10 @@ unit: setup
 e2e: setup cluster-binaries images
 	$(PY) -m pytest -m e2e -q
 
-# The e2e suite with every stack on the real node (containerd, kubelet, kube-proxy) instead of the process kubelet.
-e2e-real-node: setup cluster-binaries images
-	GOODPUT_E2E_NODE=real $(PY) -m pytest -m e2e -q
-
 test: setup cluster-binaries images lint
 	$(PY) -m pytest -q
 
-demo: setup cluster-binaries
+demo: setup cluster-binaries images
 	$(PY) -m e2e.demo
 
 bench: setup

@@ -162,15 +162,9 @@ def go_build(target: Target) -> None:
     log(f"built {target.name} in {time.monotonic() - start:.0f}s ({packages} packages)")
 
 
-NODE_BINARIES = ("kube-scheduler", "kubelet", "kube-proxy", "crictl")  # only the real node needs these
-
-
-def ensure_binaries(node: bool = True) -> dict[str, Path]:
-    """Paths of the binaries, building the missing ones (under a lock: one builder).
-
-    ``node=False`` leaves out the real node's (the process kubelet schedules and runs pods itself).
-    """
-    wanted = [t for t in targets() if node or t.name not in NODE_BINARIES]
+def ensure_binaries() -> dict[str, Path]:
+    """Paths of the binaries, building the missing ones (under a lock: one builder)."""
+    wanted = targets()
     missing = [t for t in wanted if not t.path.exists()]
     if missing:
         CACHE_ROOT.mkdir(parents=True, exist_ok=True)

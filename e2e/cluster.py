@@ -1,7 +1,7 @@
 """``python -m e2e.cluster up|down|env``: the local stack from a shell.
 
-``up`` builds the binaries if missing, starts etcd, kube-apiserver, kube-controller-manager, a node
-(the process kubelet, or with ``--node real`` containerd + kubelet + kube-proxy) and Prometheus (and,
+``up`` builds the binaries and images if missing, starts etcd, kube-apiserver, kube-controller-manager, the
+node (containerd + kubelet + kube-proxy, unless ``--no-node``) and Prometheus (and,
 with ``--with-operator``, installs goodput), and leaves them running; ``env`` prints the exports to use
 it (``eval "$(python -m e2e.cluster env)"``); ``down`` stops everything and removes the state dir.
 The running stack is found through ``$GOODPUT_CACHE/current-stack`` (it holds the state dir path).
@@ -34,8 +34,7 @@ def up(args: argparse.Namespace) -> None:
     running = current()
     if running and any(procs.alive(pid) for pid in running.pids.values()):
         sys.exit(f"a stack is already running in {running.state_dir}; run `python -m e2e.cluster down` first")
-    nodes = [] if args.no_kubelet else None
-    stack = start_stack(nodes=nodes, with_prometheus=not args.no_prometheus, tied=False, node=args.node)
+    stack = start_stack(node=not args.no_node, with_prometheus=not args.no_prometheus, tied=False)
     POINTER.parent.mkdir(parents=True, exist_ok=True)
     POINTER.write_text(str(stack.state_dir))
     print(f"stack {stack.version} up in {stack.start_seconds:.1f}s: {stack.server}", file=sys.stderr)
@@ -75,13 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_up = sub.add_parser("up", help="start the stack and leave it running")
-    p_up.add_argument("--no-kubelet", action="store_true")
-    p_up.add_argument(
-        "--node",
-        choices=["process", "real"],
-        default=None,
-        help="the process kubelet or the real node (containerd, kubelet, kube-proxy); default $GOODPUT_E2E_NODE",
-    )
+    p_up.add_argument("--no-node", action="store_true", help="the control plane alone, on loopback")
     p_up.add_argument("--no-prometheus", action="store_true")
     p_up.add_argument(
         "--with-operator",

@@ -1,19 +1,18 @@
 """Fixtures for tests on the real local stack (mark them ``@pytest.mark.e2e``).
 
-``cluster`` is session-scoped: one control plane, node (the process kubelet, or the real node with
-``GOODPUT_E2E_NODE=real``) and Prometheus for the whole run, torn down when the session ends; the run then
-fails if any process, port, the state dir or (real node) any host change was left behind.
+``cluster`` is session-scoped: one control plane, node (kubelet, containerd, kube-proxy) and Prometheus for
+the whole run, torn down when the session ends; the run then fails if any process, port, the state dir or any
+host change (mounts, bridge, cgroups, rules, namespaces, sysctls) was left behind.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import kubernetes
 import pytest
 
-from e2e import build
+from e2e import build, images
 from e2e.stack import Stack, leftovers, running_stack
 
 STARTED: list[Stack] = []
@@ -24,10 +23,17 @@ def cluster(pytestconfig: pytest.Config) -> Iterator[Stack]:
     """The running stack: ``.kubeconfig``, ``.server``, ``.prometheus_url``, ``.api_client()``."""
     capture = pytestconfig.pluginmanager.getplugin("capturemanager")
     with capture.global_and_fixture_disabled():  # a first build takes minutes: show its progress
-        build.ensure_binaries(node=os.environ.get("GOODPUT_E2E_NODE") == "real")
+        build.ensure_binaries()
+        images.ensure_all()
     with running_stack() as stack:
         STARTED.append(stack)
         yield stack
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests marked ``own_node`` run first, before the session's stack starts: a host holds one node at a time
+    (containerd admits one daemon on its shared image store; kube-proxy's nftables table has a fixed name)."""
+    items.sort(key=lambda item: item.get_closest_marker("own_node") is None)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

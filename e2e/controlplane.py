@@ -1,7 +1,7 @@
 """Start etcd, kube-apiserver and kube-controller-manager, the way envtest does plus a KCM.
 
-Everything listens on 127.0.0.1 at free ports, but the API server, which listens on ``address``: loopback
-for the process kubelet, the node bridge's address when pods in containers must reach it. State (PKI, etcd
+Everything listens on 127.0.0.1 at free ports, but the API server, which listens on ``address``: the node
+bridge's address, so pods in containers reach it (loopback for a control plane without a node). State (PKI, etcd
 data, logs) lives in one directory.
 """
 
@@ -19,8 +19,8 @@ import yaml
 from e2e import pki, procs
 
 # Controllers the operator's children need (Deployment → ReplicaSet → Pod, GC of owned objects, PDBs,
-# Endpoints for Services, namespaces, service accounts), plus the cheap housekeeping ones. No
-# node-lifecycle: the process kubelet does not renew node leases, and nothing here should evict.
+# Endpoints for Services, namespaces, service accounts), plus the cheap housekeeping ones; node-lifecycle
+# joins them when there is a node (see ControlPlane.node_lifecycle).
 CONTROLLERS = [
     "deployment-controller",
     "replicaset-controller",
@@ -55,7 +55,7 @@ class ControlPlane:
     address: str = "127.0.0.1"
     service_cidr: str = SERVICE_CIDR
     # A real kubelet registers its Node tainted not-ready: the node-lifecycle controller lifts the taint
-    # once the node is Ready (and watches its lease). The process kubelet renews no lease: leave it out.
+    # once the node is Ready (and watches its lease). Without a node it has nothing to do.
     node_lifecycle: bool = False
     server: str = ""
     creds: pki.Pki | None = None

@@ -33,7 +33,7 @@ from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
-from e2e import build, loadgen, service
+from e2e import build, images, loadgen, service
 from e2e import operator as goodput
 from e2e.stack import REPO, Stack, running_stack
 
@@ -213,14 +213,21 @@ def replica_capacity(stack: Stack, deployment: str) -> float:
 
 
 def where(stack: Stack, deployment: str) -> dict[str, str]:
-    """The node's container runtime and kubelet, and the image the workers run."""
+    """The node's container runtime and kubelet, and the image a worker container actually runs."""
     with stack.api_client() as client:
-        info = CoreV1Api(client).read_node(stack.nodes[0]).status.node_info
-        template = AppsV1Api(client).read_namespaced_deployment(deployment, NAMESPACE).spec.template
+        core = CoreV1Api(client)
+        info = core.read_node(stack.nodes[0]).status.node_info
+        selector = AppsV1Api(client).read_namespaced_deployment(deployment, NAMESPACE).spec.selector
+        labels = ",".join(f"{k}={v}" for k, v in selector.match_labels.items())
+        pods = core.list_namespaced_pod(NAMESPACE, label_selector=labels).items
+    running = [c for p in pods for c in p.status.container_statuses or [] if c.state.running]
+    if not running:
+        raise RuntimeError(f"no running worker container in {NAMESPACE} ({labels})")
     return {
-        "node_runtime": info.container_runtime_version or f"none (pods are host processes: {stack.runtime})",
+        "node_runtime": info.container_runtime_version,
         "kubelet": info.kubelet_version,
-        "worker_image": template.spec.containers[0].image,
+        "worker_image": running[0].image,
+        "worker_image_id": running[0].image_id,
     }
 
 
@@ -250,7 +257,7 @@ async def replay(
     task = asyncio.create_task(
         loadgen.replay(
             arrivals,
-            lambda: stack.service_backends(NAMESPACE, svc),
+            lambda: stack.service_endpoints(NAMESPACE, svc),
             run=run,
             deadline_s=arrivals[-1].at_s + 60,
         )
@@ -282,18 +289,20 @@ def main() -> None:
         default=PEAK_SHARE,
         help="the busiest window's load, in replicas' worth (one replica's capacity is measured first)",
     )
-    parser.add_argument("--node", choices=["process", "real"], default=None, help="default $GOODPUT_E2E_NODE")
     parser.add_argument("--out", type=Path, default=REPO / "out")
     args = parser.parse_args()
     console = Console()
     began = time.monotonic()
     console.rule("goodput demo")
-    console.print("binaries: building what is missing (the first build takes ~10 minutes on 2 cores)…")
-    build.ensure_binaries(node=args.node == "real")
-    with running_stack(node=args.node) as stack:
+    console.print(
+        "binaries and images: building what is missing (the first build takes ~20 minutes on 2 cores)…"
+    )
+    build.ensure_binaries()
+    images.ensure_all()
+    with running_stack() as stack:
         console.print(
             f"stack up in {stack.start_seconds:.1f} s: Kubernetes {stack.version}, Prometheus, "
-            f"{stack.runtime} node"
+            f"node {stack.nodes[0]} (containerd, kube-proxy)"
         )
         console.out(goodput.install(stack).rstrip())
         console.print(

@@ -189,7 +189,7 @@ def parse_profile(text: str, max_prompt: int, max_output: int) -> list[Arrival]:
 
 
 def local(backend: str) -> str:
-    """The backend, if it is a loopback address (process kubelet) or a stack's pod (real node)."""
+    """The backend, if it is a loopback address or a stack's pod or Service (198.18.0.0/15)."""
     address = ipaddress.ip_address(backend.rsplit(":", 1)[0])
     if not (address.is_loopback or address in hostnet.STACK_RANGE):
         raise ValueError(

@@ -1,11 +1,11 @@
 """Install goodput on the local stack the way users do: `kubectl apply -k` of manifests/, via an overlay.
 
 The overlay (written into the stack's state dir) keeps the base intact and changes only what this stack
-needs: on the real node, the operator image `make images` built (its digest tag, never pulled); on the
-process kubelet, which runs no images, a command running this checkout's ``operator/main.py`` with the
-venv's Python. Its settings point at the stack's Prometheus with a short poll. The node then runs the
-operator pod from the shipped Deployment, with a token of the shipped ServiceAccount
-(``goodput-system/goodput-operator``): it is bound only by the shipped RBAC, never the admin kubeconfig. Prometheus scrapes its /metrics through the pod annotations.
+needs: the operator image `make images` built (its digest tag, never pulled: no registry is reachable), the
+API Service's address for the in-cluster name (no cluster DNS here), and settings that point at the stack's
+Prometheus with a short poll. The node then runs the operator pod from the shipped Deployment under the
+shipped ServiceAccount (``goodput-system/goodput-operator``): it is bound only by the shipped RBAC, never the
+admin kubeconfig. Prometheus scrapes its /metrics through the pod annotations.
 
 Install = server-side dry run first (the API server validates every object), then the real apply.
 """
@@ -38,7 +38,6 @@ class OperatorSettings:
 
     poll_interval_s: float = 1.0
     window_s: int = 10
-    metrics_port: int = 0  # 0: a free port, chosen when the overlay is written
 
 
 class KubectlError(RuntimeError):
@@ -53,62 +52,32 @@ def kubectl(stack: Stack, *args: str, stdin: str | None = None) -> str:
 
 
 def write_overlay(stack: Stack, settings: OperatorSettings) -> Path:
-    """A kustomization over manifests/ that runs the operator from this checkout against this stack."""
+    """A kustomization over manifests/ that runs the operator image built from this checkout on this stack."""
     directory = stack.state_dir / "install"
     directory.mkdir(exist_ok=True)
-    metrics_port = settings.metrics_port or procs.free_port()
-    liveness_port = procs.free_port()
     container = "/spec/template/spec/containers/0"
     env = {
         "GOODPUT_OPERATOR_PROMETHEUS_URL": stack.prometheus_url or "",
         "GOODPUT_OPERATOR_POLL_INTERVAL_S": f"{settings.poll_interval_s:g}",
         "GOODPUT_OPERATOR_WINDOW_S": str(settings.window_s),
-        "GOODPUT_OPERATOR_METRICS_PORT": str(metrics_port),
-        # Kopf's liveness endpoint on the pod's own address: 0.0.0.0:8080 is shared by the whole host here.
-        "GOODPUT_OPERATOR_LIVENESS": f"http://$(POD_IP):{liveness_port}/healthz",
     }
-    if stack.runtime == "real":  # the image make images built, never pulled (no registry is reachable)
-        image = stack.images[OPERATOR_IMAGE]
-        # No cluster DNS here: the in-cluster API name resolves through /etc/hosts to the Service's IP.
-        api_ip = str(next(ipaddress.ip_network(stack.service_cidr()).hosts()))
-        names = ["kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
-        run = [
-            {"op": "replace", "path": f"{container}/image", "value": image},
-            {"op": "replace", "path": f"{container}/imagePullPolicy", "value": "Never"},
-            {
-                "op": "add",
-                "path": "/spec/template/spec/hostAliases",
-                "value": [{"ip": api_ip, "hostnames": names}],
-            },
-        ]
-    else:
-        script = ["python", str(REPO / "operator" / "main.py")]
-        # This checkout's packages, not whichever checkout the venv's editable install points at (the image
-        # has its own PYTHONPATH, which this would hide).
-        env["PYTHONPATH"] = str(REPO)
-        run = [{"op": "replace", "path": f"{container}/command", "value": script}]
+    # No cluster DNS here: the in-cluster API name resolves through /etc/hosts to the Service's IP.
+    api_ip = str(next(ipaddress.ip_network(stack.service_cidr()).hosts()))
+    api_names = ["kubernetes.default.svc", "kubernetes.default.svc.cluster.local"]
     ops: list[dict[str, object]] = [
-        *run,
-        {"op": "replace", "path": f"{container}/ports/0/containerPort", "value": liveness_port},
-        {"op": "replace", "path": f"{container}/ports/1/containerPort", "value": metrics_port},
-        {
-            "op": "replace",
-            "path": "/spec/template/metadata/annotations/prometheus.io~1port",
-            "value": str(metrics_port),
-        },
+        {"op": "replace", "path": f"{container}/image", "value": stack.images[OPERATOR_IMAGE]},
+        {"op": "replace", "path": f"{container}/imagePullPolicy", "value": "Never"},
         {
             "op": "add",
-            "path": f"{container}/env/0",
-            "value": {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            "path": "/spec/template/spec/hostAliases",
+            "value": [{"ip": api_ip, "hostnames": api_names}],
         },
     ]
     base_env = yaml.safe_load((MANIFESTS / "operator" / "deployment.yaml").read_text())
     names = [e["name"] for e in base_env["spec"]["template"]["spec"]["containers"][0]["env"]]
     for key, value in env.items():
-        if key in names:  # +1: POD_IP went in first
-            ops.append(
-                {"op": "replace", "path": f"{container}/env/{names.index(key) + 1}/value", "value": value}
-            )
+        if key in names:
+            ops.append({"op": "replace", "path": f"{container}/env/{names.index(key)}/value", "value": value})
         else:
             ops.append({"op": "add", "path": f"{container}/env/-", "value": {"name": key, "value": value}})
     kustomization = {
@@ -134,7 +103,7 @@ def install(stack: Stack, settings: OperatorSettings | None = None) -> str:
     return kubectl(stack, "apply", "--server-side", "-k", str(overlay))
 
 
-def wait_ready(stack: Stack, timeout: float = 90.0) -> str:
+def wait_ready(stack: Stack, timeout: float = 180.0) -> str:
     """Wait until the operator Deployment's pod is Running and has started its control loop; its name."""
     with stack.api_client() as client:
         apps, core = AppsV1Api(client), CoreV1Api(client)

@@ -138,7 +138,7 @@ def wait_ready(stack: Stack, namespace: str, name: str, timeout: float = 120.0) 
     procs.wait_until(ready, timeout, f"{namespace}/{name} Ready", interval=1.0)
     _, service = workers(stack, namespace, name)
     procs.wait_until(
-        lambda: bool(stack.service_backends(namespace, service)), timeout, "a backend", interval=1.0
+        lambda: bool(stack.service_endpoints(namespace, service)), timeout, "a backend", interval=1.0
     )
 
 

@@ -1,7 +1,7 @@
 """The on-call CLI and the install overlays on the real local stack.
 
 `goodput status` and `goodput explain` run as the console script against the session's API server and
-Prometheus, while the operator (installed from manifests/, run by the process kubelet) serves the tiny CPU
+Prometheus, while the operator (installed from manifests/, run by the node from its image) serves the tiny CPU
 example; their JSON is compared with the API objects read just before and just after, so a status the
 operator rewrites in between cannot make the comparison pass or fail by luck. The dev and prod overlays are
 applied as a user would on a fresh control plane of their own: their cluster-scoped objects (CRB, SLOPolicy
@@ -244,7 +244,7 @@ def test_prod_keeps_the_base_default_policy() -> None:
 @pytest.mark.parametrize("overlay, namespace", [("dev", "goodput-dev"), ("prod", "goodput-system")])
 def test_overlay_installs_on_a_fresh_control_plane(overlay: str, namespace: str) -> None:
     """As the README says: CRDs first, then the overlay (server-side dry run, then apply)."""
-    with running_stack(nodes=[], with_prometheus=False) as stack:
+    with running_stack(node=False, with_prometheus=False) as stack:
         objects = kustomize(stack, overlay)
         goodput.kubectl(stack, "apply", "--server-side", "-k", str(REPO / "manifests" / "crds"))
         goodput.kubectl(stack, "wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")

@@ -96,7 +96,7 @@ def completions(cluster: Stack, namespace: str, svc: str, model: str, count: int
     """Requests answered 200 by the service's backends, of `count` sent."""
     answered = 0
     for _ in range(count):
-        backend = cluster.service_backends(namespace, svc)[0]
+        backend = cluster.service_endpoints(namespace, svc)[0]
         body = {"model": model, "prompt": "hello", "max_tokens": 4}
         answered += httpx.post(f"http://{backend}/v1/completions", json=body, timeout=60).status_code == 200
     return answered

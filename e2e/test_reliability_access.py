@@ -262,7 +262,7 @@ def test_pods_pass_the_restricted_pod_security_standard(
 def test_worker_requires_the_api_key_from_its_secret(
     k8s: kubernetes.client.ApiClient, cluster: Stack, namespace: str
 ) -> None:
-    """The Deployment the builders produce, run by the process kubelet under `restricted`: 401 without the
+    """The Deployment the builders produce, run by the node under `restricted`: 401 without the
     Secret's key, 200 with it."""
     config_map, deployment, service = worker_deployment(namespace)
     core = CoreV1Api(k8s)
@@ -271,9 +271,9 @@ def test_worker_requires_the_api_key_from_its_secret(
     AppsV1Api(k8s).create_namespaced_deployment(namespace, deployment)
     name = naming.tier_name("tiny", "interactive")
     procs.wait_until(
-        lambda: bool(cluster.service_backends(namespace, name)), 120, "a Ready worker", interval=1
+        lambda: bool(cluster.service_endpoints(namespace, name)), 120, "a Ready worker", interval=1
     )
-    url = f"http://{cluster.service_backends(namespace, name)[0]}/v1/completions"
+    url = f"http://{cluster.service_endpoints(namespace, name)[0]}/v1/completions"
     body = {"model": "tiny", "prompt": "hi", "max_tokens": 2}
     assert httpx.post(url, json=body, timeout=30).status_code == 401
     assert (

@@ -1,7 +1,7 @@
 """Faults on the real stack with the operator installed from manifests/ (its own ServiceAccount, shipped RBAC).
 
-A stack of its own (the faults stop and restart Prometheus, the API server and pods; other modules share the
-session stack). Impossible specs get a condition and no children; fuzzed specs the API server accepts are
+On the session's stack: the faults stop and restart Prometheus, the API server and pods, each started again as
+it was before the test ends. Impossible specs get a condition and no children; fuzzed specs the API server accepts are
 reconciled without crashing the operator; Prometheus down holds replicas, and scaling resumes when it is
 back; a worker killed mid-stream fails only its own clients and is restarted; the operator killed right after
 creating children, or the API server restarted under it, converges with no duplicate children.
@@ -30,7 +30,7 @@ from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
 from crds.validation import validate_manifest
 from e2e import loadgen, procs, service
 from e2e import operator as goodput
-from e2e.stack import Stack, leftovers, running_stack
+from e2e.stack import Stack
 from e2e.test_reliability_input import apply as mutate
 from e2e.test_reliability_input import mutation
 from testkit.specs import LLAMA_405B_ARCHITECTURE
@@ -53,10 +53,8 @@ RECONCILED: list[
 
 
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    with running_stack() as own:
-        yield own
-    assert leftovers(own) == []
+def stack(cluster: Stack) -> Stack:
+    return cluster
 
 
 @pytest.fixture(scope="module")
@@ -276,9 +274,9 @@ def test_worker_killed_mid_stream_fails_only_its_clients_and_restarts(
     """minReplicas 2: no scale-down of the idle fleet meanwhile (its drain would cut long streams too)."""
     deployment, svc = two_replica_service(stack, namespace, min_replicas=2)
     procs.wait_until(
-        lambda: len(stack.service_backends(namespace, svc)) == 2, 180, "two Ready workers", interval=1
+        lambda: len(stack.service_endpoints(namespace, svc)) == 2, 180, "two Ready workers", interval=1
     )
-    backends = stack.service_backends(namespace, svc)
+    backends = stack.service_endpoints(namespace, svc)
     with stack.api_client() as client:
         pods = (
             CoreV1Api(client)
@@ -310,7 +308,7 @@ def test_worker_killed_mid_stream_fails_only_its_clients_and_restarts(
     def restarted() -> bool:
         with stack.api_client() as client:
             pod = CoreV1Api(client).read_namespaced_pod(victim.metadata.name, namespace)
-        return restarts(pod) >= 1 and backends[0] in stack.service_backends(namespace, svc)
+        return restarts(pod) >= 1 and backends[0] in stack.service_endpoints(namespace, svc)
 
     procs.wait_until(restarted, 180, "the killed worker restarted and Ready", interval=1)
     assert replicas_of(stack, namespace, deployment) >= 2  # the streams' load may have scaled it up

@@ -1,6 +1,6 @@
 """Scenarios on the real local stack: goodput installed with `kubectl apply -k`, its operator run by the
-process kubelet from the shipped Deployment under its own ServiceAccount, the tiny CPU example served by
-real worker processes, load from the client side. Assertions are on API objects and on what the load
+node from its image and the shipped Deployment under its own ServiceAccount, the tiny CPU example served by
+worker containers, load from the client side. Assertions are on API objects and on what the load
 generator measured, never on log lines.
 """
 
@@ -131,7 +131,7 @@ def test_tiny_example_creates_ready_workers_and_status(
     assert pods and all(p.status.phase == "Running" for p in pods)
     assert all(c.type != "Ready" or c.status == "True" for p in pods for c in p.status.conditions)
     # The worker answers the OpenAI API on the address the Service routes to.
-    backend = cluster.service_backends(namespace, svc)[0]
+    backend = cluster.service_endpoints(namespace, svc)[0]
     models = httpx.get(f"http://{backend}/v1/models").json()
     assert models["data"][0]["id"] == obj["spec"]["model"]["name"]
 
@@ -241,7 +241,7 @@ def test_load_step_scales_up_then_down_after_stabilization_without_failures(
 
     async def drive() -> None:
         task = asyncio.create_task(
-            loadgen.replay(profile.arrivals(run), lambda: cluster.service_backends(namespace, svc), run=run)
+            loadgen.replay(profile.arrivals(run), lambda: cluster.service_endpoints(namespace, svc), run=run)
         )
         await asyncio.sleep(15)
         marks["step"] = time.monotonic()

@@ -1,4 +1,4 @@
-"""Fast checks of the e2e stack's pure parts: $(VAR) expansion, mount rewriting, fit, versions, PKI."""
+"""Fast checks of the e2e stack's pure parts: versions, PKI, image tags, the operator overlay, container IDs."""
 
 from __future__ import annotations
 
@@ -13,54 +13,7 @@ from cryptography import x509
 from e2e import build, images, pki
 from e2e import node as real_node
 from e2e import operator as goodput
-from e2e.kubelet import IMAGE_ROOT, Kubelet, PodRecord, expand
-from e2e.stack import REPO, Stack
-
-
-def kubelet(tmp_path: Path) -> Kubelet:
-    capacity = {"cpu": "4", "memory": "8Gi", "nvidia.com/gpu": "2", "pods": "3"}
-    return Kubelet(None, tmp_path, "node-a", capacity, {"pool": "h100"})  # type: ignore[arg-type]
-
-
-def pod(cpu: str = "1", gpus: str | None = None, selector: dict[str, str] | None = None) -> dict:
-    requests = {"cpu": cpu} | ({"nvidia.com/gpu": gpus} if gpus else {})
-    container = {"name": "c", "resources": {"requests": requests}}
-    return {"spec": {"containers": [container], "nodeSelector": selector or {}}}
-
-
-def test_expand_follows_kubernetes_rules() -> None:
-    env = {"A": "1", "B": "two"}
-    assert expand("$(A)-$(B)", env) == "1-two"
-    assert expand("$(MISSING) $$(A) $$", env) == "$(MISSING) $(A) $"
-
-
-def test_unfit_checks_selector_resources_and_pod_count(tmp_path: Path) -> None:
-    k = kubelet(tmp_path)
-    assert k.unfit(pod(gpus="2", selector={"pool": "h100"}), []) == ""
-    assert "selector" in k.unfit(pod(selector={"pool": "l4"}), [])
-    assert k.unfit(pod(gpus="1"), [pod(gpus="2")]).endswith("Insufficient nvidia.com/gpu.")
-    assert k.unfit(pod(cpu="500m"), [pod(cpu="3"), pod(cpu="600m")]).endswith("Insufficient cpu.")
-    assert "Too many pods" in k.unfit(pod(cpu="0"), [pod(cpu="0")] * 3)
-
-
-def test_rewrite_maps_mount_paths_at_path_boundaries(tmp_path: Path) -> None:
-    k = kubelet(tmp_path)
-    rec = PodRecord("uid", "ns", "p", "127.0.0.2", tmp_path, "", [], mounts={"cfg": tmp_path / "cfg"})
-    spec = {"volumeMounts": [{"name": "cfg", "mountPath": "/etc/goodput"}]}
-    assert k.rewrite(rec, spec, "--config=/etc/goodput/engine.yaml") == f"--config={tmp_path}/cfg/engine.yaml"
-    assert k.rewrite(rec, spec, "/etc/goodput") == f"{tmp_path}/cfg"
-    assert k.rewrite(rec, spec, "/etc/goodputx/a") == "/etc/goodputx/a"
-
-
-def test_rewrite_leaves_the_checkout_alone_under_a_mounted_parent(tmp_path: Path) -> None:
-    """A clone under /tmp runs its operator from there although the pod mounts an emptyDir at /tmp."""
-    k = kubelet(tmp_path)
-    rec = PodRecord("uid", "ns", "p", "127.0.0.2", tmp_path, "", [], mounts={"tmp": tmp_path / "tmp"})
-    parent = str(Path(IMAGE_ROOT).parent)
-    spec = {"volumeMounts": [{"name": "tmp", "mountPath": parent}]}
-    script = f"{IMAGE_ROOT}/operator/main.py"
-    assert k.rewrite(rec, spec, script) == script
-    assert k.rewrite(rec, spec, f"{parent}/scratch") == f"{tmp_path}/tmp/scratch"
+from e2e.stack import Stack
 
 
 def test_versions_come_from_the_go_modules() -> None:
@@ -107,8 +60,7 @@ def test_image_tags_carry_the_version_and_a_digest_of_every_input(tmp_path: Path
     assert images.stale_tags(images.OPERATOR, older) == [older[0]]
 
 
-def stack_at(tmp_path: Path, runtime: str) -> Stack:
-    real = runtime == "real"
+def stack_at(tmp_path: Path) -> Stack:
     return Stack(
         state_dir=tmp_path,
         kubeconfig=tmp_path / "kubeconfig",
@@ -119,31 +71,28 @@ def stack_at(tmp_path: Path, runtime: str) -> Stack:
         pids={},
         ports={},
         nodes=["goodput-node"],
-        runtime=runtime,
-        network=7 if real else None,
-        images={goodput.OPERATOR_IMAGE: "ghcr.io/goodput/operator:0.1.0-abc"} if real else {},
+        network=7,
+        images={goodput.OPERATOR_IMAGE: "ghcr.io/goodput/operator:0.1.0-abc"},
     )
 
 
-def overlay_env(tmp_path: Path, runtime: str) -> dict[str, str]:
-    tmp_path.mkdir()
-    directory = goodput.write_overlay(stack_at(tmp_path, runtime), goodput.OperatorSettings())
+def test_overlay_runs_the_operator_image_against_the_stack(tmp_path: Path) -> None:
+    """The image's own command and PYTHONPATH (/app) stay; only image, the API's address and settings change."""
+    directory = goodput.write_overlay(stack_at(tmp_path), goodput.OperatorSettings())
     patch = yaml.safe_load(
         yaml.safe_load((directory / "kustomization.yaml").read_text())["patches"][0]["patch"]
     )
-    added = [op["value"] for op in patch if op["path"].endswith("/env/-")]
-    return {e["name"]: e["value"] for e in added}
+    by_path = {op["path"]: op["value"] for op in patch}
+    container = "/spec/template/spec/containers/0"
+    assert by_path[f"{container}/image"] == "ghcr.io/goodput/operator:0.1.0-abc"
+    assert by_path[f"{container}/imagePullPolicy"] == "Never"
+    assert by_path["/spec/template/spec/hostAliases"][0]["ip"] == "198.19.7.1"
+    assert not any(path.endswith(("/command", "/ports/0/containerPort")) for path in by_path)
+    values = [op["value"] for op in patch if "/env/" in op["path"]]
+    assert "http://198.18.7.1:9090" in values and not any("PYTHONPATH" in str(v) for v in values)
 
 
-def test_only_the_process_operator_runs_this_checkout_the_image_keeps_its_own_path(tmp_path: Path) -> None:
-    """The image's PYTHONPATH is /app: overriding it with a host path crash-loops the operator on the real node."""
-    assert overlay_env(tmp_path / "process", "process")["PYTHONPATH"] == str(REPO)
-    assert "PYTHONPATH" not in overlay_env(tmp_path / "real", "real")
-
-
-def test_container_pid_of_a_process_or_a_containerd_task(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_container_pid_asks_containerd_for_the_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     asked: list[tuple[str, ...]] = []
 
     def crictl(socket: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -151,7 +100,7 @@ def test_container_pid_of_a_process_or_a_containerd_task(
         return subprocess.CompletedProcess(args, 0, json.dumps({"info": {"pid": 4242}}), "")
 
     monkeypatch.setattr(real_node, "crictl", crictl)
-    assert stack_at(tmp_path, "process").container_pid("process://1234") == 1234
-    assert asked == []
-    assert stack_at(tmp_path, "real").container_pid("containerd://c0ffee") == 4242
+    assert stack_at(tmp_path).container_pid("containerd://c0ffee") == 4242
     assert asked == [("inspect", "--output=json", "c0ffee")]
+    with pytest.raises(ValueError, match="containerID 'process://1234'"):
+        stack_at(tmp_path).container_pid("process://1234")
