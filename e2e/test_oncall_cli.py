@@ -222,7 +222,7 @@ def test_cli_errors_are_one_line(cluster: Stack, tiny: tuple[str, str]) -> None:
         timeout=60,
     )
     assert forbidden.returncode == oncall.EXIT_UNREACHABLE
-    assert forbidden.stderr.startswith("error: list InferenceServices: 403 Forbidden from https://127.0.0.1:")
+    assert forbidden.stderr.startswith(f"error: list InferenceServices: 403 Forbidden from {cluster.server}")
     assert "Traceback" not in forbidden.stderr
 
 
