@@ -47,7 +47,9 @@ POLICY = service.FastPolicy(name="demo-fast")
 WINDOW_S = 10.0  # the live table's rolling window
 PEAK_SHARE = 1.3  # the busiest window asks for this many replicas' worth: two shared cores hold ~1.5
 PEAK_WINDOW_S = 20.0
-SETTLE_S = 120.0  # after the replay, how long to wait for the scale-down
+SETTLE_S = (
+    180.0  # after the replay, how long to wait for the scale-down (each step waits out the stabilization)
+)
 
 
 @dataclass
