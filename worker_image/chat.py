@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Header, Request
 from fastapi.responses import Response
 
 from worker_image.engine import RequestOutput
@@ -27,7 +27,9 @@ from worker_image.tools import tool_calls, tool_schema
 
 
 async def chat_completion(
-    request: Request, body: ChatCompletionRequest, header_priority: PriorityName | None
+    request: Request,
+    body: ChatCompletionRequest,
+    x_goodput_priority: Annotated[PriorityName | None, Header()] = None,
 ) -> Response:
     state, runner = admit(request, body)
     tools = tool_schema(body)
@@ -46,7 +48,7 @@ async def chat_completion(
         body, max_tokens, (body.top_logprobs or 0) if wants_logprobs else None, constraint
     )
     request_id, streams = submit(
-        request, body, header_priority, runner, "chatcmpl", "messages", prompt_ids, params
+        request, body, x_goodput_priority, runner, "chatcmpl", "messages", prompt_ids, params
     )
     created, model = int(time.time()), state.model_name
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import Request
+from fastapi import Header, Request
 from fastapi.responses import Response
 
 from worker_image.engine import RequestOutput
@@ -24,7 +24,9 @@ from worker_image.streaming import collect_choices, respond, token_logprobs, usa
 
 
 async def completion(
-    request: Request, body: CompletionRequest, header_priority: PriorityName | None
+    request: Request,
+    body: CompletionRequest,
+    x_goodput_priority: Annotated[PriorityName | None, Header()] = None,
 ) -> Response:
     state, runner = admit(request, body)
     if body.echo:
@@ -38,7 +40,9 @@ async def completion(
     )
     constraint = await grammar(runner, body, None)
     params = sampling_params(body, max_tokens, body.logprobs, constraint)
-    request_id, streams = submit(request, body, header_priority, runner, "cmpl", "prompt", prompt_ids, params)
+    request_id, streams = submit(
+        request, body, x_goodput_priority, runner, "cmpl", "prompt", prompt_ids, params
+    )
     created, model = int(time.time()), state.model_name
 
     def logprobs_of(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
