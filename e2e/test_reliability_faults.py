@@ -1,7 +1,7 @@
 """Faults on the real stack with the operator installed from manifests/ (its own ServiceAccount, shipped RBAC).
 
-On the session's stack: the faults stop and restart Prometheus, the API server and pods, each started again as
-it was before the test ends. Impossible specs get a condition and no children; fuzzed specs the API server accepts are
+A stack of its own (the faults stop and restart Prometheus, the API server and pods): marked ``own_node``, so
+the module runs before the session's stack starts (one node per host). Impossible specs get a condition and no children; fuzzed specs the API server accepts are
 reconciled without crashing the operator; Prometheus down holds replicas, and scaling resumes when it is
 back; a worker killed mid-stream fails only its own clients and is restarted; the operator killed right after
 creating children, or the API server restarted under it, converges with no duplicate children.
@@ -30,12 +30,12 @@ from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
 from crds.validation import validate_manifest
 from e2e import loadgen, procs, service
 from e2e import operator as goodput
-from e2e.stack import Stack
+from e2e.stack import Stack, leftovers, running_stack
 from e2e.test_reliability_input import apply as mutate
 from e2e.test_reliability_input import mutation
 from testkit.specs import LLAMA_405B_ARCHITECTURE
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.own_node]
 
 POLICY = service.FastPolicy(name="faults", scale_down_stabilization_s=20.0)
 SLO = {"ttftP95Ms": 1500.0, "tpotP95Ms": 1000.0, "attainment": 0.9}
@@ -53,8 +53,10 @@ RECONCILED: list[
 
 
 @pytest.fixture(scope="module")
-def stack(cluster: Stack) -> Stack:
-    return cluster
+def stack() -> Iterator[Stack]:
+    with running_stack() as own:
+        yield own
+    assert leftovers(own) == []
 
 
 @pytest.fixture(scope="module")
