@@ -145,7 +145,15 @@ def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], 
 
 
 # The autoscaler's scalars that status keeps as they are (its windows are converted point by point).
-SCALER_SCALARS = ("token_weight", "last_quiet", "slo_seen", "slo_missed", "hint_time", "steady_windows")
+SCALER_SCALARS = (
+    "token_weight",
+    "last_quiet",
+    "slo_seen",
+    "slo_missed",
+    "hint_time",
+    "steady_windows",
+    "idle_since",
+)
 
 
 def scaler_status(state: ScalerState) -> dict[str, Any]:
