@@ -63,6 +63,7 @@ def observed_status(observation: Observation) -> dict[str, Any]:
         tpot_p95_ms=rounded(observation.tpot_p95_ms, 3),
         kv_cache_usage=rounded(observation.kv_cache_usage, 4),
         queue_depth=rounded(observation.queue_depth, 2),
+        router_queue_depth=rounded(observation.router_queued, 2),
         ready_replicas=observation.ready_replicas,
     ).to_wire()
 

@@ -335,6 +335,9 @@ class Observed(Resource):
     tpot_p95_ms: float | None = None
     kv_cache_usage: float | None = None
     queue_depth: float | None = None
+    router_queue_depth: float | None = Field(
+        default=None, description="Requests the router held for a replica (with spec.router)."
+    )
     ready_replicas: int | None = None
 
 

@@ -99,11 +99,13 @@ def test_observed_status_validates_and_keeps_zero_traffic() -> None:
         queue_depth=0.0,
         running=0.0,
         ready_replicas=2,
+        router_queued=3.0,
     )
     wire = status.observed_status(observation)
     assert wire["rps"] == 0.0
     assert "ttftP95Ms" not in wire
     assert wire["readyReplicas"] == 2
+    assert wire["routerQueueDepth"] == 3.0
 
 
 def test_scaler_windows_round_trip_exactly_through_status() -> None:
@@ -119,6 +121,7 @@ def test_scaler_windows_round_trip_exactly_through_status() -> None:
         slo_missed=17.25,
         hint_time=985.0,
         steady_windows=3,
+        idle_since=1001.5,
     )
     wire = {"scaler": status.scaler_status(state)}
     InferenceServiceStatus.model_validate(wire)
