@@ -9,15 +9,20 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
 import pytest
 
 from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.autoscale import autoscale
+from policies.compare import GoodputController
 from policies.demand import anticipated_load
 from policies.plancache import PlanCache
+from policies.routing import RoutingPolicy, SimulatedRouting
+from policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
 from policies.types import Candidate, Observation, ScalerState
+from policies.workloads import Trace
 from testkit.specs import llama_h100
 
 IDLE_S = 120.0
@@ -162,3 +167,39 @@ def test_the_router_queue_is_demand_and_backlog_like_the_workers_waiting() -> No
     grown = autoscale(s, POLICY, current, in_router, ScalerState(), 0.0, plan_fn=MEMO)
     same = autoscale(s, POLICY, current, in_workers, ScalerState(), 0.0, plan_fn=MEMO)
     assert grown.plan.replicas == same.plan.replicas > current.replicas
+
+
+def test_the_simulated_fleet_with_a_router_sleeps_through_a_gap_and_serves_what_arrives_at_zero() -> None:
+    """The same decision in trace replay: requests arriving at zero wait in the simulated router's queue (its
+    depth is what wakes the fleet), and every one of them is served once a replica has started."""
+    s = spec(0)
+    policy = SLOPolicySpec(scale_to_zero_after_seconds=IDLE_S)
+    rng = np.random.default_rng(0)
+    arrivals = np.sort(np.r_[rng.uniform(0, 60, 60), rng.uniform(900, 960, 60)])
+    trace = Trace("gap", arrivals, np.full(len(arrivals), 100), np.full(len(arrivals), 5))
+    profile = StepProfile(
+        weights_s=0.010,
+        kv_s_per_token=0.0,
+        compute_s_per_token=0.001,
+        overhead_s=0.0,
+        kv_capacity_tokens=10**6,
+    )
+    routing = SimulatedRouting(RoutingPolicy(), [() for _ in arrivals], cache_blocks=1000)
+    cfg = SimConfig(
+        profile=profile,
+        engine=EngineConfig(max_batch=8, batch_window_s=0.0, chunk_tokens=1000),
+        slo=SLOTarget(ttft_ms=60_000, tpot_ms=1000),
+        start_delay_s=30.0,
+        interval_s=INTERVAL,
+        initial_replicas=1,
+        routing=routing,
+    )
+    plan = running_plan(1)
+    controller = GoodputController(s, policy, plan, ScalerState(), MEMO)
+    result = simulate(trace, controller, cfg)
+    desired, time = result.timeline.desired, result.timeline.time
+    asleep = time[desired == 0]
+    assert asleep.size and asleep.min() < 900.0 - INTERVAL  # at zero before the second burst
+    assert desired[time > 900.0 + 2 * INTERVAL].max() >= 1  # woken by the requests the router held
+    assert np.isfinite(result.ttft_ms).all()  # every request was served, none lost at zero
+    assert result.ttft_ms[arrivals >= 900][0] >= cfg.start_delay_s * 1000  # the first waited for the wake
