@@ -338,6 +338,9 @@ class Observed(Resource):
     router_queue_depth: float | None = Field(
         default=None, description="Requests the router held for a replica (with spec.router)."
     )
+    router_queue_wait_p95_ms: float | None = Field(
+        default=None, description="95th percentile of the time requests waited in the router for a replica."
+    )
     ready_replicas: int | None = None
 
 

@@ -100,12 +100,13 @@ def test_observed_status_validates_and_keeps_zero_traffic() -> None:
         running=0.0,
         ready_replicas=2,
         router_queued=3.0,
+        router_wait_p95_ms=412.5,
     )
     wire = status.observed_status(observation)
     assert wire["rps"] == 0.0
     assert "ttftP95Ms" not in wire
     assert wire["readyReplicas"] == 2
-    assert wire["routerQueueDepth"] == 3.0
+    assert (wire["routerQueueDepth"], wire["routerQueueWaitP95Ms"]) == (3.0, 412.5)
 
 
 def test_scaler_windows_round_trip_exactly_through_status() -> None:
