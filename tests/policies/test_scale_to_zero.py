@@ -16,11 +16,12 @@ from crds.inferenceservice import InferenceServiceSpec
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.autoscale import autoscale
+from policies.baselines import KEDA
 from policies.compare import GoodputController
 from policies.demand import anticipated_load
 from policies.plancache import PlanCache
 from policies.routing import RoutingPolicy, SimulatedRouting
-from policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
+from policies.simulator import EngineConfig, FleetView, SimConfig, SLOTarget, StepProfile, simulate
 from policies.types import Candidate, Observation, ScalerState
 from policies.workloads import Trace
 from testkit.specs import llama_h100
@@ -203,3 +204,10 @@ def test_the_simulated_fleet_with_a_router_sleeps_through_a_gap_and_serves_what_
     assert desired[time > 900.0 + 2 * INTERVAL].max() >= 1  # woken by the requests the router held
     assert np.isfinite(result.ttft_ms).all()  # every request was served, none lost at zero
     assert result.ttft_ms[arrivals >= 900][0] >= cfg.start_delay_s * 1000  # the first waited for the wake
+
+
+def test_keda_behind_a_router_activates_on_the_requests_it_holds() -> None:
+    """The KEDA baseline in a routed replay: at zero the router holds the requests, and they activate it."""
+    keda = KEDA(threshold=5, min_replicas=0)
+    held = window(0.0, running=None, waiting=None, router_queued=3.0)
+    assert keda.decide(0.0, held, FleetView(0, 0, 0)).replicas == 1
