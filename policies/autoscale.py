@@ -149,19 +149,21 @@ def _without_metrics(
     now: float,
     plan_fn: PlanFn,
 ) -> Decision:
-    """No observation, or a stale one: hold (never scale down), or scale up to the plan for the hints.
+    """No observation, or a stale one: hold (never scale down), or scale up towards the plan for the spec's
+    traffic hints when the policy says to use them.
 
     A window without metrics is not idle: the idle period restarts when they return."""
     tier = current.tier
     state = replace(state, idle_since=None)
-    if policy.missing_metrics == MissingMetrics.USE_HINTS and spec.traffic.expected_rps is not None:
-        hinted = _feasible(
-            plan_fn(spec, planner.load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor)
-        )
-        if hinted is not None and hinted.replicas > current.replicas:
-            target = _with_replicas(hinted, min(hinted.replicas, current.replicas + policy.max_scale_up_step))
-            reason = f"scaled {tier} {current.replicas}→{target.replicas}: {age}, planned from spec hints"
-            return Decision(target, replace(state, last_scale_time=now), "scale", reason, False, None)
+    hinted = (
+        _hinted_plan(spec, policy, state, plan_fn)
+        if policy.missing_metrics == MissingMetrics.USE_HINTS
+        else None
+    )
+    if hinted is not None and hinted.replicas > current.replicas:
+        target = _with_replicas(hinted, min(hinted.replicas, current.replicas + policy.max_scale_up_step))
+        reason = f"scaled {tier} {current.replicas}→{target.replicas}: {age}, planned from spec hints"
+        return Decision(target, replace(state, last_scale_time=now), "scale", reason, False, None)
     reason = f"holding {tier} at {current.replicas}: {age}, never scaling down without them"
     return Decision(current, state, "hold", reason, False, None)
 
@@ -211,14 +213,19 @@ def _hint_seed(
     """A fresh autoscaler's first recommendation: the replicas planned for the manifest's traffic hints, as
     if recommended the interval before its first observation, so they stand for one scale-down window, or
     until HINT_TRUST_WINDOWS windows of steady traffic have shown what the service needs."""
+    hinted = _hinted_plan(spec, policy, state, plan_fn)
+    return () if hinted is None else ((now - policy.evaluation_interval_seconds, hinted.replicas),)
+
+
+def _hinted_plan(
+    spec: InferenceServiceSpec, policy: SLOPolicySpec, state: ScalerState, plan_fn: PlanFn
+) -> Candidate | None:
+    """The feasible plan for the manifest's expected traffic; None without that hint or a feasible plan."""
     if spec.traffic.expected_rps is None:
-        return ()
-    hinted = _feasible(
+        return None
+    return _feasible(
         plan_fn(spec, planner.load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor)
     )
-    if hinted is None:
-        return ()
-    return ((now - policy.evaluation_interval_seconds, hinted.replicas),)
 
 
 def slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:
