@@ -89,6 +89,14 @@ def test_idle_service_goes_to_zero_and_its_first_request_wakes_it_through_the_ro
         lambda: replicas(real, namespace, router)[1] >= 2, 180, "two router pods ready", interval=1
     )
     url = router_url(real, namespace)
+
+    def answering() -> bool:  # kube-proxy programs the Service's endpoints a moment after the pods are ready
+        try:
+            return httpx.get(f"{url}/health", timeout=5).status_code == 200
+        except httpx.TransportError:
+            return False
+
+    procs.wait_until(answering, 60, "the router's Service to answer", interval=0.5)
     answers: list[int] = []
 
     def complete() -> httpx.Response:
