@@ -89,11 +89,16 @@ def test_scaler_state_survives_a_restart() -> None:
 
 
 def test_observed_status_validates_and_keeps_zero_traffic() -> None:
-    observation = steady_window(T0.timestamp(), 0.0, ready=2, window=60, kv=0.0)
+    observation = replace(
+        steady_window(T0.timestamp(), 0.0, ready=2, window=60, kv=0.0),
+        router_queued=3.0,
+        router_wait_p95_ms=412.5,
+    )
     wire = status.observed_status(observation)
     assert wire["rps"] == 0.0
     assert "ttftP95Ms" not in wire
     assert wire["readyReplicas"] == 2
+    assert (wire["routerQueueDepth"], wire["routerQueueWaitP95Ms"]) == (3.0, 412.5)
 
 
 def test_scaler_windows_round_trip_exactly_through_status() -> None:
@@ -109,6 +114,7 @@ def test_scaler_windows_round_trip_exactly_through_status() -> None:
         slo_missed=17.25,
         hint_time=985.0,
         steady_windows=3,
+        idle_since=1001.5,
     )
     wire = {"scaler": status.scaler_status(state)}
     InferenceServiceStatus.model_validate(wire)
