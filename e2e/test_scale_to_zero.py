@@ -1,8 +1,8 @@
 """Scale to zero on the real node: a tiny service with minReplicas 0 behind its router goes to zero when idle,
 and its first request after that, sent to the router's Service, wakes it and is served: no request fails.
 
-Needs the real node (``GOODPUT_E2E_NODE=real``): the router finds the workers through EndpointSlices, which
-the process kubelet's loopback pods never get. A fast policy (2 s interval, 10 s idle period) keeps it short.
+The router finds the workers through their EndpointSlices (the node is real). A fast policy (2 s interval,
+10 s idle period) keeps it short.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ REQUEST = {"model": NAME, "prompt": "hello", "max_tokens": 4}
 
 @pytest.fixture(scope="module")
 def real(cluster: Stack) -> Stack:
-    if cluster.runtime != "real":
-        pytest.skip("needs the real node (GOODPUT_E2E_NODE=real): the router watches EndpointSlices")
     return cluster
 
 
