@@ -309,6 +309,25 @@ async def test_a_class_whose_tier_has_no_replica_goes_to_one_that_has(workers, m
     assert workers_in(text) == {"i"}
 
 
+async def test_a_silent_only_replica_sends_its_requests_to_the_other_tier(
+    workers, make_router, client
+) -> None:
+    """A mixed service with one interactive replica: when it goes silent, requests it holds go to the batch tier."""
+    silent, batch = await workers("silent"), await workers("batch")
+    router, url = await make_router({"interactive": [silent.url], "batch": [batch.url]})
+    tier = router.tiers["interactive"]
+    silent.hang.set()
+    stuck = asyncio.create_task(post(client, url))
+    while tier.replicas[silent.url].in_flight < 1:
+        await asyncio.sleep(0.01)
+    assert router.session is not None
+    await refresh_replica(router.session, tier, tier.replicas[silent.url], 0.2)
+    status, text = await asyncio.wait_for(stuck, 2)
+    assert status == 200
+    assert workers_in(text) == {"batch"}
+    silent.hang.clear()
+
+
 async def test_a_draining_worker_sends_its_requests_elsewhere(workers, make_router, client) -> None:
     draining, good = await workers("draining", draining=True), await workers("good")
     router, url = await make_router(
