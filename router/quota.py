@@ -1,9 +1,9 @@
 """Per-tenant quotas: a token bucket on tokens per second and a cap on concurrent requests.
 
-A request is charged its estimated tokens (prompt plus the output it may generate) when admitted; a tenant whose
-bucket cannot cover it, or who already has its maximum of requests in flight, gets 429 with the time after
-which it would be admitted. One tenant's burst therefore stops at the router instead of at the replicas, where it
-would delay every other tenant's requests.
+A request is charged its estimated tokens (prompt plus the output it may generate) when admitted (one larger than
+the bucket once the bucket is full, leaving it in debt); a tenant whose bucket cannot cover it, or who already has
+its maximum of requests in flight, gets 429 with the time after which it would be admitted. One tenant's burst
+therefore stops at the router instead of at the replicas, where it would delay every other tenant's requests.
 """
 
 from __future__ import annotations
@@ -67,17 +67,17 @@ class Quotas:
         if spec.tokens_per_s is not None:
             state.tokens = min(spec.capacity, state.tokens + (now - state.refilled_at) * spec.tokens_per_s)
             state.refilled_at = now
-            charge = min(
-                float(tokens), spec.capacity
-            )  # a request larger than the bucket waits for a full one
-            if state.tokens < charge:
-                wait = (charge - state.tokens) / spec.tokens_per_s
+            # A request larger than the bucket waits for a full one, then pays in full: the bucket goes into
+            # debt, so large requests cannot beat the rate.
+            needed = min(float(tokens), spec.capacity)
+            if state.tokens < needed:
+                wait = (needed - state.tokens) / spec.tokens_per_s
                 raise too_many(
                     f"tenant {tenant!r} is over its quota of {spec.tokens_per_s:g} tokens/s",
                     "token_quota",
                     wait,
                 )
-            state.tokens -= charge
+            state.tokens -= tokens
         state.in_flight += 1
 
     def release(self, tenant: str) -> None:
