@@ -8,7 +8,8 @@ therefore stops at the router instead of at the replicas, where it would delay e
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import math
+from dataclasses import dataclass, field, replace
 
 from router.errors import too_many
 
@@ -26,6 +27,15 @@ class QuotaSpec:
             raise ValueError(f"burstTokens must be > 0, got {self.burst_tokens}")
         if self.max_concurrent is not None and self.max_concurrent < 1:
             raise ValueError(f"maxConcurrentRequests must be ≥ 1, got {self.max_concurrent}")
+
+    def share(self, routers: int) -> QuotaSpec:
+        """One of `routers` pods' part of this quota: rates and bucket divided, the concurrency cap rounded up
+        (each pod admits at least one request)."""
+        return QuotaSpec(
+            tokens_per_s=None if self.tokens_per_s is None else self.tokens_per_s / routers,
+            burst_tokens=None if self.burst_tokens is None else self.burst_tokens / routers,
+            max_concurrent=None if self.max_concurrent is None else math.ceil(self.max_concurrent / routers),
+        )
 
     @property
     def capacity(self) -> float:
@@ -49,6 +59,16 @@ class Quotas:
     default: QuotaSpec | None = None
     tenants: dict[str, QuotaSpec] = field(default_factory=dict)
     _state: dict[str, _Tenant] = field(default_factory=dict)
+
+    def shared(self, routers: int) -> Quotas:
+        """The quotas one of `routers` router pods enforces: a Service spreads each tenant's requests evenly over
+        the pods, so each holds its share and together they admit the whole quota."""
+        return replace(
+            self,
+            default=None if self.default is None else self.default.share(routers),
+            tenants={name: spec.share(routers) for name, spec in self.tenants.items()},
+            _state={},
+        )
 
     def admit(self, tenant: str, tokens: int, now: float) -> None:
         """Charge one request or raise a 429 RouterError; a request admitted here must be `release`d."""

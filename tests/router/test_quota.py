@@ -39,3 +39,19 @@ def test_retry_after_says_when_a_large_request_fits() -> None:
     with pytest.raises(RouterError) as refused:
         quotas.admit("t", 500, 1.0)
     assert refused.value.headers["Retry-After"] == "4"  # debt 300 left + a full bucket of 100, at 100/s
+
+
+def test_router_pods_share_a_quota() -> None:
+    """Two router pods, a tenant's requests spread evenly over them: together they admit the quota."""
+    quota = Quotas(default=QuotaSpec(tokens_per_s=100, max_concurrent=3))
+    pods = [quota.shared(2), quota.shared(2)]
+    assert pods[0].default == QuotaSpec(tokens_per_s=50, max_concurrent=2)
+    count = 0
+    for i in range(200):  # 50-token requests every 0.05 s for 10 s, alternating pods
+        try:
+            pods[i % 2].admit("t", 50, i * 0.05)
+        except RouterError:
+            continue
+        pods[i % 2].release("t")
+        count += 1
+    assert 10 * 100 / 50 - 1 <= count <= (10 * 100 + 2 * 50) / 50  # unshared, the two would admit 40
