@@ -7,7 +7,6 @@ EndpointSlices list them (the process kubelet's loopback pods are rejected there
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,9 +123,3 @@ def router_state(stack: Stack, namespace: str, name: str) -> str:
         counts = [line for line in text.splitlines() if line.startswith("goodput:router_replicas")]
         lines.append(f"{pod.name}: {counts}")
     return "\n".join(lines)
-
-
-def merge_patch(stack: Stack, namespace: str, name: str, patch: dict[str, Any]) -> None:
-    goodput.kubectl(
-        stack, "patch", service.PLURAL, name, "-n", namespace, "--type=merge", "-p", json.dumps(patch)
-    )
