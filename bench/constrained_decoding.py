@@ -7,7 +7,7 @@ length its constrained answer had, so both runs produce the same number of token
 shapes. Rounds alternate and the median per-token times are compared. Grammar compilation (once per
 request) is timed apart. Every constrained answer is checked against its schema.
 
-    python bench/constrained_decoding.py --json bench/results/constrained_decoding.json [--preset tiny] [--quick]
+    python -m bench.constrained_decoding --json bench/results/constrained_decoding.json [--preset tiny] [--quick]
 """
 
 from __future__ import annotations
@@ -110,7 +110,7 @@ def main() -> None:
     constrained, unconstrained = statistics.median(constrained_per_token), statistics.median(plain_per_token)
     result = {
         "generated": datetime.now(UTC).isoformat(timespec="seconds"),
-        "command": " ".join(["python", "bench/constrained_decoding.py", *sys.argv[1:]]),
+        "command": " ".join(["python", "-m", "bench.constrained_decoding", *sys.argv[1:]]),
         "machine": {
             "python": platform.python_version(),
             "cpus": len(os.sched_getaffinity(0)),

@@ -5,7 +5,7 @@ ignored, greedy) through (a) our engine, (b) transformers `generate` in static l
 (c) transformers continuous batching where the installed version has it. Online: Poisson arrivals at 50%
 and 90% of our measured capacity, with TTFT and TPOT percentiles.
 
-    python bench/engine_cpu.py --json results/engine_cpu.json [--quick]
+    python -m bench.engine_cpu --json results/engine_cpu.json [--quick]
 """
 
 from __future__ import annotations

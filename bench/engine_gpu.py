@@ -14,8 +14,8 @@ the model's weight bytes over the device bandwidth, measured here by a large dev
 The JSON is rewritten after each part with "complete": false until the end, so a run stopped by its
 time limit still reports what it measured.
 
-    python bench/engine_gpu.py --json bench/results/engine_gpu.json
-    python bench/engine_gpu.py --smoke --json /tmp/engine_gpu_smoke.json   # tiny, on CPU: the code path
+    python -m bench.engine_gpu --json bench/results/engine_gpu.json
+    python -m bench.engine_gpu --smoke --json /tmp/engine_gpu_smoke.json   # tiny, on CPU: the code path
 """
 
 from __future__ import annotations

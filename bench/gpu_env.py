@@ -2,8 +2,8 @@
 (device-to-device copy bandwidth, bf16 matrix-product rate), which the other stages' figures are read
 against.
 
-    python bench/gpu_env.py --json $OUT/env.json
-    python bench/gpu_env.py --cpu --json /tmp/env.json   # the code path on the CPU, tiny sizes
+    python -m bench.gpu_env --json $OUT/env.json
+    python -m bench.gpu_env --cpu --json /tmp/env.json   # the code path on the CPU, tiny sizes
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """How the operator scales with the number of InferenceServices: queries, interval wall time, memory.
 
-    python bench/operator_scale.py --services 1000 --json out/operator_scale.json
+    python -m bench.operator_scale --services 1000 --json out/operator_scale.json
 
-Three processes besides this one: the emulated API server (controllers.testing.apiserver), a real Prometheus
+Three processes besides this one: the emulated API server (testkit.apiserver), a real Prometheus
 (Debian's binary) scraping synthetic vLLM-named workers served from here, and the operator itself
 (`kopf run --standalone -A operator/main.py`). Once every service has a plan, the script reads the operator's
 own /metrics for a number of control intervals, changes the load of a tenth of the services half-way so

@@ -17,7 +17,11 @@ from policies.types import Observation
 def observe_service(
     snapshot: Snapshot | None, key: ServiceKey, spec: InferenceServiceSpec, policy: SLOPolicySpec
 ) -> tuple[Observation | None, Cond]:
-    """This interval's observation, or None with the MetricsAvailable=False reason (missing or stale)."""
+    """This interval's observation, or None with the MetricsAvailable=False reason (missing or stale).
+
+    Freshness is the workers' newest sample; only where no worker series exists at all (a service scaled to
+    zero, or whose first pods are starting) does the router's newest sample stand in, so a held request is seen.
+    """
     if snapshot is None:
         return None, Cond("MetricsAvailable", "False", "PrometheusUnavailable", "Prometheus did not answer")
     tiers = snapshot.services.get(key)
@@ -25,12 +29,12 @@ def observe_service(
         return None, Cond(
             "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"
         )
-    age = snapshot.age(key)
-    if age is None or age > policy.stale_after_seconds:
+    age, router_age = snapshot.age(key), snapshot.router_age(key)
+    stale = policy.stale_after_seconds
+    router_only = age is None and router_age is not None and router_age <= stale
+    if not router_only and (age is None or age > stale):
         shown = "no sample" if age is None else f"newest sample {age:.0f} s old"
-        return None, Cond(
-            "MetricsAvailable", "False", "Stale", f"{shown} (stale after {policy.stale_after_seconds:g} s)"
-        )
+        return None, Cond("MetricsAvailable", "False", "Stale", f"{shown} (stale after {stale:g} s)")
     (_, ttft_target_ms), _ = spec.slo.steering_targets()
     observation = build_observation(
         snapshot.time, snapshot.window_s, tiers, ttft_target_s=ttft_target_ms / 1000
@@ -38,5 +42,9 @@ def observe_service(
     if observation is None:
         return None, Cond(
             "MetricsAvailable", "False", "NoSeries", "Prometheus has no series for this service"
+        )
+    if router_only:  # no worker runs (scaled to zero, or starting): the router's queue is what there is
+        return observation, Cond(
+            "MetricsAvailable", "True", "RouterOnly", "no worker series; the router's queue is fresh"
         )
     return observation, Cond("MetricsAvailable", "True", "Fresh", f"window of {snapshot.window_s:g} s")

@@ -31,6 +31,7 @@ _HISTOGRAMS = {
         ("ttft", c.TTFT),
         ("itl", c.INTER_TOKEN_LATENCY),
         ("itl", c.TIME_PER_OUTPUT_TOKEN),  # older vLLM; used only where the new one is absent
+        ("router_wait", c.ROUTER_QUEUE_WAIT),
     ),
     "tokens": (
         ("prompt_tokens", c.REQUEST_PROMPT_TOKENS),
@@ -60,6 +61,10 @@ def queries(window_s: int) -> dict[str, str]:
         "kv_cache_usage": f"avg by ({GROUP}) ({c.KV_CACHE_USAGE} or {c.GPU_CACHE_USAGE})",
         "pods": f"count by ({GROUP}) ({c.NUM_REQUESTS_RUNNING})",
         "newest": f"max by ({GROUP}) (timestamp({c.NUM_REQUESTS_RUNNING}))",
+        # the router's queue (demand not admitted yet) and its freshness: at zero replicas it is all there is
+        "router_queued": f"sum by ({GROUP}) ({c.ROUTER_QUEUE_DEPTH})",
+        "router_in_flight": f"sum by ({GROUP}) ({c.ROUTER_IN_FLIGHT})",
+        "router_newest": f"max by ({GROUP}) (timestamp({c.ROUTER_QUEUE_DEPTH}))",
     }
     out["gauges"] = " or ".join(_tagged(expr, series) for series, expr in gauges.items())
     return out
@@ -76,11 +81,18 @@ class Snapshot:
     time: float
     window_s: float
     services: dict[ServiceKey, dict[str, TierWindow]] = field(default_factory=dict)
-    newest_sample: dict[ServiceKey, float] = field(default_factory=dict)  # unix seconds
+    newest_sample: dict[ServiceKey, float] = field(default_factory=dict)  # unix seconds, workers' series
+    router_newest: dict[ServiceKey, float] = field(default_factory=dict)  # unix seconds, the router's series
 
     def age(self, key: ServiceKey) -> float | None:
-        """Seconds since the service's newest sample; None when Prometheus has none."""
-        newest = self.newest_sample.get(key)
+        """Seconds since the service's newest worker sample; None when Prometheus has none."""
+        return self._age(self.newest_sample.get(key))
+
+    def router_age(self, key: ServiceKey) -> float | None:
+        """Seconds since the newest sample of the service's router; None without one."""
+        return self._age(self.router_newest.get(key))
+
+    def _age(self, newest: float | None) -> float | None:
         return None if newest is None else max(0.0, self.time - newest)
 
 
@@ -122,6 +134,7 @@ class SnapshotBuilder:
             window = windows[service].get(tier, TierWindow())
             windows[service][tier] = replace(window, **{series: Histogram.from_le(by_le)})
         newest: dict[ServiceKey, float] = {}
+        router_newest: dict[ServiceKey, float] = {}
         for (service, tier), values in self.scalars.items():
             window = windows[service].get(tier, TierWindow())
             pods = values.get("pods")
@@ -132,10 +145,19 @@ class SnapshotBuilder:
                 waiting=values.get("waiting"),
                 kv_cache_usage=values.get("kv_cache_usage"),
                 ready_replicas=None if pods is None else round(pods),
+                router_queued=values.get("router_queued"),
+                router_in_flight=values.get("router_in_flight"),
             )
-            if "newest" in values:
-                newest[service] = max(newest.get(service, 0.0), values["newest"])
-        return Snapshot(time=time, window_s=window_s, services=dict(windows), newest_sample=newest)
+            for series, latest in (("newest", newest), ("router_newest", router_newest)):
+                if series in values:
+                    latest[service] = max(latest.get(service, 0.0), values[series])
+        return Snapshot(
+            time=time,
+            window_s=window_s,
+            services=dict(windows),
+            newest_sample=newest,
+            router_newest=router_newest,
+        )
 
 
 def parse(results: dict[str, list[dict[str, Any]]], time: float, window_s: float) -> Snapshot:

@@ -37,6 +37,7 @@ log = logging.getLogger("goodput.operator")
 
 EVENT_REASONS = {"scale": "Scaled", "retune": "Retuned", "rollout": "RolledOut"}
 PLANNING_RETRY_S = 60  # a planning failure no spec field explains is retried this often, not in a loop
+SCALED_TO_ZERO = "ScaledToZero"  # the reason Ready (so the printer column) and SLOMet give at zero replicas
 
 
 class PlanningFailed(Exception):
@@ -261,6 +262,13 @@ def ready_condition(record: ServiceRecord, ready: dict[str, tuple[int, int]]) ->
         return Cond("Ready", "True", "RecommendOnly", "mode recommend: the plan is in status only")
     if record.plan is None:
         return Cond("Ready", "False", "NoPlan", "no plan yet")
+    if record.plan.replicas == 0:
+        return Cond(
+            "Ready",
+            "True",
+            SCALED_TO_ZERO,
+            "scaled to zero: the router holds a request while a replica starts",
+        )
     missing = []
     for tier in record.plan.tiers:
         _, available = ready.get(str(tier.tier), (tier.replicas, 0))
@@ -289,6 +297,8 @@ def capacity_condition(record: ServiceRecord, decision: Decision) -> Cond:
 
 
 def slo_condition(decision: Decision) -> Cond:
+    if decision.plan.replicas == 0:
+        return Cond("SLOMet", "Unknown", SCALED_TO_ZERO, "scaled to zero: no request to measure")
     if decision.slo_met is None:
         return Cond("SLOMet", "Unknown", "NoObservation", "no latency observed in the window")
     if decision.slo_met:
@@ -341,6 +351,8 @@ async def evaluate(
         ready_cond = ready_condition(record, ready)
         if ready_cond.reason == "ReplicasNotReady":
             ready_cond = await _with_worker_problem(rt, record, ready_cond, now)
+        if not decision.metrics_available and metrics_cond.status == "True":  # the router's series alone
+            metrics_cond = Cond("MetricsAvailable", "False", "NoWorkerSeries", decision.reason)
         updates = [metrics_cond, slo_condition(decision), ready_cond]
         if observation is not None:
             updates.append(capacity_condition(record, decision))

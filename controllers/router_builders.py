@@ -15,9 +15,10 @@ from controllers import naming
 from controllers.builders import PRESTOP_SECONDS, Owner, _container_security, _metadata, _pod_security, _probe
 from crds.inferenceservice import InferenceServiceSpec, QuotaLimits, RouterSpec, TrafficClass
 from policies.types import Candidate
+from worker_image.contract import POD_LABEL_ROUTER
 
 ROUTER_APP = "goodput-router"
-LABEL_ROUTER = "goodput.dev/router"
+LABEL_ROUTER = POD_LABEL_ROUTER
 ROUTER_PORT = 8080
 SERVICE_PORT = 80
 DRAIN_SECONDS = 20  # on SIGTERM the router stops accepting and lets streams in flight finish this long

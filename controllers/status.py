@@ -63,6 +63,8 @@ def observed_status(observation: Observation) -> dict[str, Any]:
         tpot_p95_ms=rounded(observation.tpot_p95_ms, 3),
         kv_cache_usage=rounded(observation.kv_cache_usage, 4),
         queue_depth=rounded(observation.queue_depth, 2),
+        router_queue_depth=rounded(observation.router_queued, 2),
+        router_queue_wait_p95_ms=rounded(observation.router_wait_p95_ms, 2),
         ready_replicas=observation.ready_replicas,
     ).to_wire()
 
@@ -145,7 +147,15 @@ def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], 
 
 
 # The autoscaler's scalars that status keeps as they are (its windows are converted point by point).
-SCALER_SCALARS = ("token_weight", "last_quiet", "slo_seen", "slo_missed", "hint_time", "steady_windows")
+SCALER_SCALARS = (
+    "token_weight",
+    "last_quiet",
+    "slo_seen",
+    "slo_missed",
+    "hint_time",
+    "steady_windows",
+    "idle_since",
+)
 
 
 def scaler_status(state: ScalerState) -> dict[str, Any]:

@@ -190,7 +190,15 @@ class AcceleratorPool(Resource):
 
 
 class Scaling(Resource):
-    min_replicas: int = Field(default=1, ge=0, le=1000, description="Fewest replicas over all tiers.")
+    min_replicas: int = Field(
+        default=1,
+        ge=0,
+        le=1000,
+        description=(
+            "Fewest replicas over all tiers. 0 scales the service to zero after the SLOPolicy's "
+            "scaleToZeroAfterSeconds idle; it requires spec.router."
+        ),
+    )
     max_replicas: int = Field(default=8, ge=1, le=1000, description="Most replicas over all tiers.")
     max_tensor_parallel: Literal[1, 2, 4, 8] = Field(
         default=8, description="Largest tensor-parallel degree to consider."
@@ -302,6 +310,14 @@ class InferenceServiceSpec(Resource):
             message="each accelerator type may appear only once",
             field_path=".accelerators",
         ),
+        Rule(
+            rule="!has(self.scaling) || self.scaling.minReplicas > 0 || has(self.router)",
+            message=(
+                "scaling.minReplicas 0 requires spec.router: only the router holds a request while no replica "
+                "runs, and its queue is what wakes the service"
+            ),
+            field_path=".scaling.minReplicas",
+        ),
     )
 
 
@@ -319,6 +335,12 @@ class Observed(Resource):
     tpot_p95_ms: float | None = None
     kv_cache_usage: float | None = None
     queue_depth: float | None = None
+    router_queue_depth: float | None = Field(
+        default=None, description="Requests the router held for a replica (with spec.router)."
+    )
+    router_queue_wait_p95_ms: float | None = Field(
+        default=None, description="95th percentile of the time requests waited in the router for a replica."
+    )
     ready_replicas: int | None = None
 
 
@@ -419,6 +441,10 @@ class ScalerStatus(Resource):
     )
     steady_windows: int = Field(
         default=0, ge=0, description="Consecutive windows of traffic at a steady rate."
+    )
+    idle_since: float | None = Field(
+        default=None,
+        description="Unix seconds since which no request finished, queued or ran (for scale to zero).",
     )
 
 

@@ -86,6 +86,15 @@ class SLOPolicySpec(Resource):
     max_scale_down_step: int = Field(
         default=2, ge=1, le=1000, description="Most replicas removed per decision."
     )
+    scale_to_zero_after_seconds: float = Field(
+        default=300,
+        ge=1,
+        le=86400,
+        description=(
+            "With minReplicas 0: how long a service must be idle (no request finished, queued or running, in "
+            "the workers or the router) before every tier is scaled to zero."
+        ),
+    )
     tier_batch_windows: TierWindows = Field(default_factory=TierWindows)
     missing_metrics: MissingMetrics = Field(
         default=MissingMetrics.HOLD,
@@ -107,6 +116,11 @@ class SLOPolicySpec(Resource):
             rule="self.staleAfterSeconds >= self.evaluationIntervalSeconds",
             message="staleAfterSeconds must be at least evaluationIntervalSeconds",
             field_path=".staleAfterSeconds",
+        ),
+        Rule(
+            rule="self.scaleToZeroAfterSeconds >= self.evaluationIntervalSeconds",
+            message="scaleToZeroAfterSeconds must be at least evaluationIntervalSeconds (one idle window)",
+            field_path=".scaleToZeroAfterSeconds",
         ),
     )
 

@@ -4,7 +4,8 @@ The binary is built from source by e2e/build.py: Debian's package has Kubernetes
 
 Pods opt in with the usual annotations (``prometheus.io/scrape: "true"``, ``prometheus.io/port``,
 ``prometheus.io/path``); their ``goodput.dev/inferenceservice`` and ``goodput.dev/tier`` labels and
-namespace become the ``inferenceservice``, ``tier`` and ``namespace`` series labels the operator reads.
+namespace become the ``inferenceservice``, ``tier`` and ``namespace`` series labels the operator reads; a
+router pod's ``goodput.dev/router`` label becomes ``inferenceservice`` too (its series carry their own ``tier``).
 The operator's own pod is scraped the same way (its Deployment carries the annotations), and the shipped
 rules (manifests/observability/rules.yaml) are loaded.
 """
@@ -59,6 +60,11 @@ def scrape_config(server: str, creds: pki.Pki) -> dict[str, Any]:
             "target_label": "inferenceservice",
         },
         {"source_labels": ["__meta_kubernetes_pod_label_goodput_dev_tier"], "target_label": "tier"},
+        {  # a router pod: the service it fronts (its series carry their own tier), as the shipped PodMonitor
+            "source_labels": ["__meta_kubernetes_pod_label_goodput_dev_router"],
+            "regex": "(.+)",
+            "target_label": "inferenceservice",
+        },
     ]
     return {
         "job_name": "pods",

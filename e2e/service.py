@@ -39,8 +39,14 @@ class FastPolicy:
     cooldown_s: float = 5.0
     max_scale_up_step: int = 3
     max_scale_down_step: int = 1
+    scale_to_zero_after_s: float | None = None  # the policy's default when None
 
     def manifest(self) -> dict[str, Any]:
+        zero = (
+            {}
+            if self.scale_to_zero_after_s is None
+            else {"scaleToZeroAfterSeconds": self.scale_to_zero_after_s}
+        )
         return {
             "apiVersion": f"{GROUP}/{VERSION}",
             "kind": "SLOPolicy",
@@ -53,6 +59,7 @@ class FastPolicy:
                 "maxScaleUpStep": self.max_scale_up_step,
                 "maxScaleDownStep": self.max_scale_down_step,
                 "staleAfterSeconds": max(30.0, 3 * self.evaluation_interval_s),
+                **zero,
             },
         }
 

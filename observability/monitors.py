@@ -52,6 +52,6 @@ def pod_monitors() -> list[dict[str, Any]]:
         _pod_monitor(
             "goodput-routers",
             every,
-            *_labelled("goodput.dev/router", {"goodput_dev_router": c.SERVICE_LABEL}),
+            *_labelled(c.POD_LABEL_ROUTER, {"goodput_dev_router": c.SERVICE_LABEL}),
         ),
     ]

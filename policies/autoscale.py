@@ -2,8 +2,9 @@
 
 One decision per interval, from the planner at the load the service must be ready for:
 
-1. Fresh metrics or hold: with no observation, or a stale one, hold the current plan (never scale down) and
-   say metrics are unavailable. Zero traffic is an observation.
+1. Fresh metrics or hold: with no observation, or a stale one, or none from the workers of a service that has
+   replicas, hold the current plan (never scale down) and say metrics are unavailable. Zero traffic is an
+   observation.
 2. Calibrate the performance model on the running configuration (policies/calibration.py), and learn what
    a replica of it really carries at the SLO (policies/capacity.py): the plan divides the load by that factor.
 3. Budget: the headroom the plan keeps, from the TTFT error budget spent (policies/budget.py).
@@ -14,6 +15,8 @@ One decision per interval, from the planner at the load the service must be read
    A fresh autoscaler counts the plan for the manifest's expected rate as its first recommendation: the
    hint holds for one down window, or until a few windows of steady traffic show what the service needs.
 7. Change accelerator or TP (a rollout) only when the predicted saving clears the policy's threshold.
+
+With minReplicas 0, an idle service goes to zero and a request held by the router wakes it (policies/idle.py).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from policies.calibration import calibrate
 from policies.capacity import capacity_factor, learn_capacity
 from policies.demand import anticipated_load, rate_steady, remember, token_mix
 from policies.display import exceeds
+from policies.idle import awake, track_idle, zero_decision
 from policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
 
 PlanFn = Callable[[InferenceServiceSpec, Load, SLOPolicySpec, float, float], PlanResult]
@@ -51,8 +55,16 @@ def autoscale(
     plan_fn = plan_fn or planner.plan
     slo_ttft, slo_tpot = slo_targets(spec)
     if observation is None or now - observation.time > policy.stale_after_seconds:
-        return _without_metrics(spec, policy, current, observation, state, now, plan_fn)
+        age = "no metrics" if observation is None else f"metrics {now - observation.time:.0f} s old"
+        return _without_metrics(spec, policy, current, age, state, now, plan_fn)
+    if current.replicas > 0 and observation.running is None:  # the router's series alone: pods not up yet
+        return _without_metrics(spec, policy, current, "no worker metrics", state, now, plan_fn)
     obs = observation
+    state = track_idle(obs, state, now)
+    zero = zero_decision(spec, policy, current, obs, state, now)
+    if zero is not None:
+        return zero
+    spec = awake(spec)  # from here on the plan keeps at least one replica
     fresh = not state.recommendations and not state.load_history
 
     steady = obs.rps > 0 and rate_steady(obs, state)
@@ -100,6 +112,8 @@ def autoscale(
     if target != current.replicas:
         if reactive:
             why = reactive
+        elif current.replicas == 0:
+            why = f"woke from zero: {obs.backlog:g} request(s) held by the router"
         elif limited:
             why = f"no configuration meets the SLO at {anticipated_rps:.3g} rps (capacity limited)"
         elif target > current.replicas:
@@ -130,22 +144,26 @@ def _without_metrics(
     spec: InferenceServiceSpec,
     policy: SLOPolicySpec,
     current: Candidate,
-    observation: Observation | None,
+    age: str,
     state: ScalerState,
     now: float,
     plan_fn: PlanFn,
 ) -> Decision:
-    """No observation, or a stale one: hold (never scale down), or scale up to the plan for the hints."""
+    """No observation, or a stale one: hold (never scale down), or scale up towards the plan for the spec's
+    traffic hints when the policy says to use them.
+
+    A window without metrics is not idle: the idle period restarts when they return."""
     tier = current.tier
-    age = "no metrics" if observation is None else f"metrics {now - observation.time:.0f} s old"
-    if policy.missing_metrics == MissingMetrics.USE_HINTS and spec.traffic.expected_rps is not None:
-        hinted = _feasible(
-            plan_fn(spec, planner.load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor)
-        )
-        if hinted is not None and hinted.replicas > current.replicas:
-            target = _with_replicas(hinted, min(hinted.replicas, current.replicas + policy.max_scale_up_step))
-            reason = f"scaled {tier} {current.replicas}→{target.replicas}: {age}, planned from spec hints"
-            return Decision(target, replace(state, last_scale_time=now), "scale", reason, False, None)
+    state = replace(state, idle_since=None)
+    hinted = (
+        _hinted_plan(spec, policy, state, plan_fn)
+        if policy.missing_metrics == MissingMetrics.USE_HINTS
+        else None
+    )
+    if hinted is not None and hinted.replicas > current.replicas:
+        target = _with_replicas(hinted, min(hinted.replicas, current.replicas + policy.max_scale_up_step))
+        reason = f"scaled {tier} {current.replicas}→{target.replicas}: {age}, planned from spec hints"
+        return Decision(target, replace(state, last_scale_time=now), "scale", reason, False, None)
     reason = f"holding {tier} at {current.replicas}: {age}, never scaling down without them"
     return Decision(current, state, "hold", reason, False, None)
 
@@ -158,7 +176,7 @@ def _reactive(
     A breach with requests queued scales the ready fleet by observed/target p95 (at most REACTIVE_MAX_RATIO);
     not when even an unloaded replica misses the target (`unservable`): more replicas cannot fix that.
     """
-    if unservable or not breach or not obs.ready_replicas or not (obs.queue_depth and obs.queue_depth > 0):
+    if unservable or not breach or not obs.ready_replicas or obs.backlog <= 0:
         return planned, ""
     ratio = max(
         (obs.ttft_p95_ms or 0.0) / slo_ttft if obs.ttft_p95_ms is not None else 0.0,
@@ -195,14 +213,19 @@ def _hint_seed(
     """A fresh autoscaler's first recommendation: the replicas planned for the manifest's traffic hints, as
     if recommended the interval before its first observation, so they stand for one scale-down window, or
     until HINT_TRUST_WINDOWS windows of steady traffic have shown what the service needs."""
+    hinted = _hinted_plan(spec, policy, state, plan_fn)
+    return () if hinted is None else ((now - policy.evaluation_interval_seconds, hinted.replicas),)
+
+
+def _hinted_plan(
+    spec: InferenceServiceSpec, policy: SLOPolicySpec, state: ScalerState, plan_fn: PlanFn
+) -> Candidate | None:
+    """The feasible plan for the manifest's expected traffic; None without that hint or a feasible plan."""
     if spec.traffic.expected_rps is None:
-        return ()
-    hinted = _feasible(
+        return None
+    return _feasible(
         plan_fn(spec, planner.load_from_spec(spec), policy, state.ttft_factor, state.tpot_factor)
     )
-    if hinted is None:
-        return ()
-    return ((now - policy.evaluation_interval_seconds, hinted.replicas),)
 
 
 def slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:

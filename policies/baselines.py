@@ -149,7 +149,8 @@ class KEDA:
         if now - self._core.last_sync < self.behavior.sync_s - 1e-9:
             return Actuation(fleet.desired)
         self._core.last_sync = now
-        waiting = None if obs is None else obs.queue_depth
+        # behind a router the waiting requests include those it holds (a KEDA user scales on both)
+        waiting = None if obs is None else obs.queue_depth if obs.router_queued is None else obs.backlog
         if self.min_replicas == 0:
             active = waiting is not None and waiting > self.activation_threshold
             busy = obs is not None and (obs.running or 0) > 0

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from crds.inferenceservice import AcceleratorPool, AcceleratorType
+from policies.lookup import by_name
 
 GB = 1e9
 GiB = 1 << 30
@@ -88,10 +89,7 @@ assert set(CATALOG) == {t.value for t in AcceleratorType}, "catalog and Accelera
 
 
 def accelerator(name: str) -> Accelerator:
-    try:
-        return CATALOG[name]
-    except KeyError:
-        raise KeyError(f"unknown accelerator {name!r}; known: {', '.join(CATALOG)}") from None
+    return by_name(CATALOG, name, "accelerator")
 
 
 def price_of(pool: AcceleratorPool) -> float:

@@ -1,7 +1,8 @@
 """The load the autoscaler plans for: current demand, recent peaks fading by age, and the observed token mix.
 
 Plan for the largest of the current demand (completions plus the backlog, which should drain within one
-interval) and recent peaks, fading by age; on on/off traffic peaks are first held for two scale-down windows,
+interval: requests waiting in the workers and those the router holds, which a burst beyond the fleet piles up
+in) and recent peaks, fading by age; on on/off traffic peaks are first held for two scale-down windows,
 so capacity for bursts stays standing while the pods that would serve them take minutes to start. The token mix
 comes from the token-count histograms, averaged over windows by their requests.
 """
@@ -86,11 +87,12 @@ def anticipated_load(
 ) -> tuple[Load, float, float, ScalerState]:
     """The load to plan for: current demand, or a recent peak discounted by its age, whichever is larger.
 
-    Demand counts completions plus the backlog, which should drain within one evaluation interval.
+    Demand counts completions plus the backlog (the workers' waiting requests and the router's queue), which
+    should drain within one evaluation interval.
     Returns the load, the demand and anticipated rates (rps) and the state with the on/off mark updated.
     """
     history = state.load_history
-    backlog = (obs.queue_depth or 0.0) / max(policy.evaluation_interval_seconds, obs.window_s)
+    backlog = obs.backlog / max(policy.evaluation_interval_seconds, obs.window_s)
     demand = obs.rps + backlog
     window = max(policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds)
     hold = PEAK_HOLD_WINDOWS * window

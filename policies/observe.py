@@ -142,12 +142,25 @@ class TierWindow:
     waiting: float | None = None  # sum over pods of vllm:num_requests_waiting
     kv_cache_usage: float | None = None  # mean over pods of vllm:kv_cache_usage_perc
     ready_replicas: int | None = None
+    router_queued: float | None = None  # sum over router pods of goodput:router_queue_depth
+    router_in_flight: float | None = None  # sum over router pods of goodput:router_in_flight
+    router_wait: Histogram | None = None  # goodput:router_queue_wait_seconds
 
     @property
     def empty(self) -> bool:
         return all(
             v is None
-            for v in (self.ttft, self.itl, self.requests, self.running, self.waiting, self.kv_cache_usage)
+            for v in (
+                self.ttft,
+                self.itl,
+                self.requests,
+                self.running,
+                self.waiting,
+                self.kv_cache_usage,
+                self.router_queued,
+                self.router_in_flight,
+                self.router_wait,
+            )
         )
 
 
@@ -216,6 +229,9 @@ def _observe_one(
         prompt_tokens_nodes=prompt_nodes,
         output_tokens_nodes=output_nodes,
         ttft_met=ttft_met,
+        router_queued=w.router_queued,
+        router_in_flight=w.router_in_flight,
+        router_wait_p95_ms=None if w.router_wait is None else _ms(w.router_wait.quantile(quantile)),
     )
 
 
@@ -254,5 +270,8 @@ def build_observation(
         waiting=_sum([w.waiting for w in parts]),
         kv_cache_usage=float(np.mean(kv)) if kv else None,
         ready_replicas=sum(ready) if ready else None,
+        router_queued=_sum([w.router_queued for w in parts]),
+        router_in_flight=_sum([w.router_in_flight for w in parts]),
+        router_wait=_sum_hist([w.router_wait for w in parts]),
     )
     return replace(_observe_one(time, window_s, total, quantile, ttft_target_s), per_tier=per_tier)

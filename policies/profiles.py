@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from crds.inferenceservice import Architecture, ModelSpec
+from policies.lookup import by_name
 from worker_image.contract import MODEL_PRESETS, RANDOM_PREFIX
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
@@ -190,10 +191,7 @@ PRESETS: dict[str, ModelProfile] = {
 
 
 def preset(name: str) -> ModelProfile:
-    try:
-        return PRESETS[name]
-    except KeyError:
-        raise KeyError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}") from None
+    return by_name(PRESETS, name, "model preset")
 
 
 def profile_for(model: ModelSpec) -> ModelProfile:

@@ -380,7 +380,11 @@ def _observe(
     """This interval's histograms and gauges, through the same code path the operator's Prometheus reader uses.
 
     Latency histograms count what completed in the window (TTFT at the first token, inter-token gaps per
-    step, token counts at finish); gauges are sampled at the window's end, as a scrape would.
+    step, token counts at finish); gauges are sampled at the window's end, as a scrape would. Requests that
+    arrived while no replica was ready wait in the router's queue when a router is simulated (its queue depth,
+    as the operator reads it), else among the workers' waiting (no endpoint took them yet). Requests the router
+    would queue while every replica is at its bound go to a replica (see `SimulatedRouting`): their wait is
+    counted in the workers' queues, which the autoscaler counts the same way.
     """
     seen_first, seen_fin = rec.observed
     first, rec.carried_first = _events_until(
@@ -401,7 +405,8 @@ def _observe(
         output_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.output_tokens[fin]),
         requests=float(len(fin)),
         running=float(sum(r.running for r in serving)),
-        waiting=float(waiting + pending),
+        waiting=float(waiting if cfg.routing is not None else waiting + pending),
+        router_queued=float(pending) if cfg.routing is not None else None,
         kv_cache_usage=float(np.mean([r.kv_used / cap for r in ready])) if ready else None,
         ready_replicas=len(ready),
     )

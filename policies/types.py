@@ -113,6 +113,16 @@ class Observation:
     output_tokens_nodes: tuple[float, ...] | None = None
     tpot_p50_ms: float | None = None  # inter-token median: the decode-only step, for calibration
     ttft_met: tuple[float, float] | None = None  # (first tokens within the TTFT target, all first tokens)
+    # the router's view (None without a router): requests it holds for a replica, requests it has sent to
+    # replicas and not finished, and the quantile of the time requests waited in its queue
+    router_queued: float | None = None
+    router_in_flight: float | None = None
+    router_wait_p95_ms: float | None = None
+
+    @property
+    def backlog(self) -> float:
+        """Requests waiting for a replica: in the workers' queues and in the router's."""
+        return (self.queue_depth or 0.0) + (self.router_queued or 0.0)
 
 
 @dataclass(frozen=True)
@@ -138,6 +148,7 @@ class ScalerState:
     steady_windows: int = 0  # consecutive windows with traffic at a steady rate
     # learned capacity per configuration ("H100-SXM/tp1"): (configuration, rate-axis factor, windows learned from)
     capacity: tuple[tuple[str, float, int], ...] = ()
+    idle_since: float | None = None  # since when no request came, queued or ran (for scale to zero)
 
 
 @dataclass(frozen=True)

@@ -52,12 +52,15 @@ class Router:
 
     def tier_for(self, request_class: RequestClass) -> Tier:
         """The class's own tier while it has a replica in rotation, else a tier that has one (the class then only
-        orders that tier's queue), else the class's own tier, to wait for one (scale-up or scale from zero)."""
+        orders that tier's queue). With none in rotation (scaled to zero, or starting) the request waits in the
+        default class's tier: the one the operator always plans and starts first when it wakes the service."""
         own = self.tiers.get(request_class)
         if own is not None and own.in_rotation():
             return own
         serving = [t for t in self.tiers.values() if t.in_rotation()]
-        return serving[0] if serving else own or next(iter(self.tiers.values()))
+        if serving:
+            return serving[0]
+        return self.tiers.get(self.default_class) or own or next(iter(self.tiers.values()))
 
     def tenant(self, request: web.Request) -> str:
         named = request.headers.get(TENANT_HEADER)

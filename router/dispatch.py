@@ -58,6 +58,9 @@ class Tier:
         self._queued = 0
         self._seq = itertools.count()
         self._rng = rng or random.Random()
+        # exported from the start, so the operator tells an idle router (0) from a missing one
+        metrics.queue_depth.labels(name).set(0)
+        metrics.in_flight.labels(name).set(0)
 
     # --- replica set -------------------------------------------------------------------------------------
 

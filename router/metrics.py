@@ -7,6 +7,8 @@ from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from worker_image import contract
+
 # queue waits: from a dispatch that found a free replica at once to the router's bounded maximum
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
@@ -16,14 +18,14 @@ class RouterMetrics:
         self.registry = CollectorRegistry()
         gauge, counter = partial(Gauge, registry=self.registry), partial(Counter, registry=self.registry)
         self.queue_depth = gauge(
-            "goodput:router_queue_depth", "Requests waiting in the router for a replica.", ["tier"]
+            contract.ROUTER_QUEUE_DEPTH, "Requests waiting in the router for a replica.", ["tier"]
         )
         self.queue_wait = Histogram(
-            "goodput:router_queue_wait_seconds", "Time requests waited in the router before a replica took them.",
+            contract.ROUTER_QUEUE_WAIT, "Time requests waited in the router before a replica took them.",
             ["tier"], buckets=WAIT_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.in_flight = gauge(
-            "goodput:router_in_flight", "Requests the router has sent to replicas and not finished.", ["tier"]
+            contract.ROUTER_IN_FLIGHT, "Requests the router has sent to replicas and not finished.", ["tier"]
         )
         self.replicas = gauge(
             "goodput:router_replicas",

@@ -3,6 +3,7 @@
 Each (namespace, inferenceservice, tier) gets the worker's histograms, counter and gauges, with exactly the
 labels Prometheus would attach after relabeling the pod labels. Counts advance on every scrape by rps × the
 time since the last scrape, all at the configured latencies, so tests set "31 rps at TTFT 820 ms" directly.
+A tier may also have a router's queue gauges (`set_router`), which stay while its workers are gone (at zero).
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ def _bucket_counts(bounds: tuple[float, ...], value: float, count: float) -> lis
 class SyntheticWorkers:
     def __init__(self) -> None:
         self._series: dict[Key, _Series] = {}
+        self._routers: dict[Key, tuple[float, float]] = {}  # (queued, in flight)
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
         self.port = 0
@@ -80,6 +82,11 @@ class SyntheticWorkers:
     def remove(self, key: Key) -> None:
         with self._lock:
             self._series.pop(key, None)
+
+    def set_router(self, key: Key, queued: float, in_flight: float = 0.0) -> None:
+        """The router's gauges for one tier: requests it holds for a replica and requests sent to one."""
+        with self._lock:
+            self._routers[key] = (queued, in_flight)
 
     @staticmethod
     def _advance(series: _Series, now: float) -> None:
@@ -115,6 +122,10 @@ class SyntheticWorkers:
                 running.append(f"{c.NUM_REQUESTS_RUNNING}{{{labels}}} {t.running}")
                 waiting.append(f"{c.NUM_REQUESTS_WAITING}{{{labels}}} {t.waiting}")
                 kv.append(f"{c.KV_CACHE_USAGE}{{{labels}}} {t.kv_cache_usage}")
+            routed = [
+                (f'{c.NAMESPACE_LABEL}="{n}",{c.SERVICE_LABEL}="{s}",{c.TIER_LABEL}="{t}"', queued, in_flight)
+                for (n, s, t), (queued, in_flight) in self._routers.items()
+            ]
         out: list[str] = []
         for name, _ in HISTOGRAMS:
             out += [f"# TYPE {name} histogram", *histograms[name]]
@@ -123,8 +134,11 @@ class SyntheticWorkers:
             (c.NUM_REQUESTS_RUNNING, running),
             (c.NUM_REQUESTS_WAITING, waiting),
             (c.KV_CACHE_USAGE, kv),
+            (c.ROUTER_QUEUE_DEPTH, [f"{c.ROUTER_QUEUE_DEPTH}{{{labels}}} {q}" for labels, q, _ in routed]),
+            (c.ROUTER_IN_FLIGHT, [f"{c.ROUTER_IN_FLIGHT}{{{labels}}} {f}" for labels, _, f in routed]),
         ):
-            out += [f"# TYPE {name} gauge", *lines]
+            if lines or not name.startswith("goodput:"):  # the workers' families always, a router's if any
+                out += [f"# TYPE {name} gauge", *lines]
         return ("\n".join(out) + "\n").encode()
 
     def serve(self, address: str = "127.0.0.1") -> int:

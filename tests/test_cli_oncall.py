@@ -434,6 +434,25 @@ def test_status_prints_operator_text_verbatim_even_with_brackets(capsys) -> None
     assert "Waiting[1]" in out
 
 
+def test_status_says_scaled_to_zero(capsys) -> None:
+    from controllers.cli.status import print_status, status_row
+
+    plan = {"replicas": 0, "tier": "batch", "tiers": [{"tier": "batch", "replicas": 0}]}
+    ready = {"type": "Ready", "status": "True", "reason": "ScaledToZero", "message": "scaled to zero"}
+    obj = {
+        "metadata": {"namespace": "default", "name": "summarize"},
+        "spec": {"mode": "auto", "slo": {"ttftP95Ms": 10000, "tpotP95Ms": 150}},
+        "status": {"plan": plan, "conditions": [ready]},
+    }
+    row = status_row(obj, [{"tier": "batch", "ready": 0, "desired": 0}], None, "")
+    assert row["scaledToZero"] is True
+    row["plan"] = None  # the summary of a partial plan is not what this test reads
+    print_status([row], show_namespace=False)
+    assert "scaled to zero" in capsys.readouterr().out
+    obj["status"]["plan"] = {**plan, "replicas": 1}
+    assert status_row(obj, [], None, "")["scaledToZero"] is False
+
+
 def test_status_without_rights_on_slopolicies_warns_and_judges_staleness_by_the_defaults(capsys) -> None:
     """Listing services in a namespace takes less RBAC than reading the cluster-scoped SLOPolicies."""
     from kubernetes.client import ApiClient

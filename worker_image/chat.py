@@ -4,11 +4,11 @@ calls, as JSON or server-sent events."""
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import Iterator
+from typing import Annotated, Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Header, Request
+from fastapi.responses import Response
 
 from worker_image.engine import RequestOutput
 from worker_image.errors import bad_request
@@ -22,20 +22,14 @@ from worker_image.protocol import (
     PriorityName,
     TokenLogprob,
 )
-from worker_image.streaming import (
-    EventStreamResponse,
-    collect_choices,
-    merged,
-    sse,
-    token_logprobs,
-    until_disconnect,
-    usage_of,
-)
+from worker_image.streaming import collect_choices, respond, token_logprobs, usage_of
 from worker_image.tools import tool_calls, tool_schema
 
 
 async def chat_completion(
-    request: Request, body: ChatCompletionRequest, header_priority: PriorityName | None
+    request: Request,
+    body: ChatCompletionRequest,
+    x_goodput_priority: Annotated[PriorityName | None, Header()] = None,
 ) -> Response:
     state, runner = admit(request, body)
     tools = tool_schema(body)
@@ -54,7 +48,7 @@ async def chat_completion(
         body, max_tokens, (body.top_logprobs or 0) if wants_logprobs else None, constraint
     )
     request_id, streams = submit(
-        request, body, header_priority, runner, "chatcmpl", "messages", prompt_ids, params
+        request, body, x_goodput_priority, runner, "chatcmpl", "messages", prompt_ids, params
     )
     created, model = int(time.time()), state.model_name
 
@@ -70,63 +64,37 @@ async def chat_completion(
             return AssistantMessage(content=text), finish
         return AssistantMessage(content=None, tool_calls=calls), "tool_calls" if tools[1] is None else "stop"
 
-    if body.stream:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
+    started = [False] * body.n
+    held: list[list[str]] = [[] for _ in streams]  # tool calls are sent whole, once complete
 
-        def chunk(
-            index: int, delta: dict[str, Any], logprobs: ChatLogprobs | None, finish: str | None
-        ) -> str:
-            payload: dict[str, Any] = {
-                "id": request_id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{
-                    "index": index, "delta": delta, "finish_reason": finish,
-                    "logprobs": logprobs.model_dump(mode="json") if logprobs else None,
-                }],
-            }  # fmt: skip
-            if include_usage:
-                payload["usage"] = None
-            return sse(payload)
+    def choice(
+        index: int, delta: dict[str, Any], logprobs: ChatLogprobs | None, finish: str | None
+    ) -> dict[str, Any]:
+        logprobs_json = logprobs.model_dump(mode="json") if logprobs else None
+        return {"index": index, "delta": delta, "finish_reason": finish, "logprobs": logprobs_json}
 
-        async def events() -> AsyncIterator[str]:
-            started = [False] * body.n
-            held: list[list[str]] = [[] for _ in streams]  # tool calls are sent whole, once complete
-            finals: list[RequestOutput] = []
-            async for index, output in merged(streams):
-                if not started[index]:
-                    yield chunk(index, {"role": "assistant", "content": ""}, None, None)
-                    started[index] = True
-                finish = output.finish_reason if output.finished else None
-                logprobs = logprobs_of(token_logprobs(runner, output))
-                if tools is None:
-                    yield chunk(
-                        index, {"content": output.new_text} if output.new_text else {}, logprobs, finish
-                    )
-                else:
-                    held[index].append(output.new_text)
-                    if output.finished:
-                        message, finish = answer("".join(held[index]), finish)
-                        delta = message.model_dump(mode="json", exclude={"role"}, exclude_none=True)
-                        for i, call in enumerate(delta.get("tool_calls", [])):
-                            call["index"] = i
-                        yield chunk(index, delta, logprobs, finish)
-                    elif logprobs is not None:
-                        yield chunk(index, {}, logprobs, None)
-                if output.finished:
-                    finals.append(output)
-            if include_usage:
-                usage = usage_of(finals).model_dump()
-                payload = {
-                    "id": request_id,
-                    "object": "chat.completion.chunk",
-                    "created": created,
-                    "model": model,
-                }
-                yield sse(payload | {"choices": [], "usage": usage})
-            yield sse("[DONE]")
+    def chunk_choices(index: int, output: RequestOutput) -> Iterator[dict[str, Any]]:
+        """The streamed choices one output makes: the role first, then the text, or the tool calls whole."""
 
-        return EventStreamResponse(events(), streams)
+        if not started[index]:
+            started[index] = True
+            yield choice(index, {"role": "assistant", "content": ""}, None, None)
+        finish = output.finish_reason if output.finished else None
+        logprobs = logprobs_of(token_logprobs(runner, output))
+        if tools is None:
+            yield choice(index, {"content": output.new_text} if output.new_text else {}, logprobs, finish)
+            return
+        held[index].append(output.new_text)
+        if output.finished:
+            message, finish = answer("".join(held[index]), finish)
+            delta = message.model_dump(mode="json", exclude={"role"}, exclude_none=True)
+            for i, call in enumerate(delta.get("tool_calls", [])):
+                call["index"] = i
+            yield choice(index, delta, logprobs, finish)
+        elif logprobs is not None:
+            yield choice(index, {}, logprobs, None)
 
-    async def collect() -> Response:
+    async def collected() -> ChatCompletionResponse:
         done = await collect_choices(runner, streams, wants_logprobs)
         choices = []
         for i, c in enumerate(done):
@@ -134,13 +102,10 @@ async def chat_completion(
             choices.append(
                 ChatChoice(index=i, message=message, logprobs=logprobs_of(c.logprobs), finish_reason=finish)
             )
-        response = ChatCompletionResponse(
-            id=request_id,
-            created=created,
-            model=model,
-            choices=choices,
-            usage=usage_of([c.final for c in done]),
+        usage = usage_of([c.final for c in done])
+        return ChatCompletionResponse(
+            id=request_id, created=created, model=model, choices=choices, usage=usage
         )
-        return JSONResponse(response.model_dump(mode="json"))
 
-    return await until_disconnect(request, streams, collect())
+    header = {"id": request_id, "object": "chat.completion.chunk", "created": created, "model": model}
+    return await respond(request, body, streams, header, chunk_choices, collected)

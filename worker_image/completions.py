@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import AsyncIterator
+from typing import Annotated, Any
 
-from fastapi import Request
-from fastapi.responses import JSONResponse, Response
+from fastapi import Header, Request
+from fastapi.responses import Response
 
 from worker_image.engine import RequestOutput
 from worker_image.errors import bad_request
@@ -20,19 +20,13 @@ from worker_image.protocol import (
     PriorityName,
     TokenLogprob,
 )
-from worker_image.streaming import (
-    EventStreamResponse,
-    collect_choices,
-    merged,
-    sse,
-    token_logprobs,
-    until_disconnect,
-    usage_of,
-)
+from worker_image.streaming import collect_choices, respond, token_logprobs, usage_of
 
 
 async def completion(
-    request: Request, body: CompletionRequest, header_priority: PriorityName | None
+    request: Request,
+    body: CompletionRequest,
+    x_goodput_priority: Annotated[PriorityName | None, Header()] = None,
 ) -> Response:
     state, runner = admit(request, body)
     if body.echo:
@@ -46,7 +40,9 @@ async def completion(
     )
     constraint = await grammar(runner, body, None)
     params = sampling_params(body, max_tokens, body.logprobs, constraint)
-    request_id, streams = submit(request, body, header_priority, runner, "cmpl", "prompt", prompt_ids, params)
+    request_id, streams = submit(
+        request, body, x_goodput_priority, runner, "cmpl", "prompt", prompt_ids, params
+    )
     created, model = int(time.time()), state.model_name
 
     def logprobs_of(entries: list[TokenLogprob], offset: int) -> CompletionLogprobs | None:
@@ -61,35 +57,17 @@ async def completion(
             text_offset=offsets,
         )
 
-    def response(choices: list[CompletionChoice], finals: list[RequestOutput] | None) -> CompletionResponse:
-        usage = usage_of(finals) if finals else None
-        return CompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage)
+    def chunk_choices(index: int, output: RequestOutput) -> list[dict[str, Any]]:
+        choice = CompletionChoice(
+            index=index,
+            text=output.new_text,
+            logprobs=logprobs_of(token_logprobs(runner, output), offsets[index]),
+            finish_reason=output.finish_reason if output.finished else None,
+        )
+        offsets[index] += len(output.new_text)
+        return [choice.model_dump(mode="json")]
 
-    if body.stream:
-        include_usage = body.stream_options is not None and body.stream_options.include_usage
-
-        async def events() -> AsyncIterator[str]:
-            offsets = [0] * body.n
-            finals: list[RequestOutput] = []
-            async for index, output in merged(streams):
-                choice = CompletionChoice(
-                    index=index,
-                    text=output.new_text,
-                    logprobs=logprobs_of(token_logprobs(runner, output), offsets[index]),
-                    finish_reason=output.finish_reason if output.finished else None,
-                )
-                offsets[index] += len(output.new_text)
-                chunk = response([choice], None)
-                yield sse(chunk.model_dump(mode="json", exclude={"usage"} if not include_usage else set()))
-                if output.finished:
-                    finals.append(output)
-            if include_usage:
-                yield sse(response([], finals))
-            yield sse("[DONE]")
-
-        return EventStreamResponse(events(), streams)
-
-    async def collect() -> Response:
+    async def collected() -> CompletionResponse:
         done = await collect_choices(runner, streams, body.logprobs is not None)
         choices = [
             CompletionChoice(
@@ -97,6 +75,9 @@ async def completion(
             )
             for i, c in enumerate(done)
         ]
-        return JSONResponse(response(choices, [c.final for c in done]).model_dump(mode="json"))
+        usage = usage_of([c.final for c in done])
+        return CompletionResponse(id=request_id, created=created, model=model, choices=choices, usage=usage)
 
-    return await until_disconnect(request, streams, collect())
+    offsets = [0] * body.n  # where each streamed choice's next text starts, for the logprobs' text_offset
+    header = {"id": request_id, "object": "text_completion", "created": created, "model": model}
+    return await respond(request, body, streams, header, chunk_choices, collected)

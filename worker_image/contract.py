@@ -92,6 +92,15 @@ POD_LABEL_TIER = "goodput.dev/tier"
 NAMESPACE_LABEL = "namespace"
 SERVICE_LABEL = "inferenceservice"
 TIER_LABEL = "tier"
+# The router's pods carry this label (valued with the service they front) instead of POD_LABEL_SERVICE, so worker
+# queries and the workers' PDB never count them; the scrape configuration turns it into SERVICE_LABEL too.
+POD_LABEL_ROUTER = "goodput.dev/router"
+
+# ---------------------------------------------------------------- the router's metrics (operator, dashboards)
+
+ROUTER_QUEUE_DEPTH = "goodput:router_queue_depth"  # gauge {tier}: requests held for a replica
+ROUTER_QUEUE_WAIT = "goodput:router_queue_wait_seconds"  # histogram {tier}
+ROUTER_IN_FLIGHT = "goodput:router_in_flight"  # gauge {tier}: requests sent to replicas, not finished
 
 # ---------------------------------------------------------------- the operator's metrics (dashboards, rules)
 

@@ -3,25 +3,19 @@ handlers live in `completions.py` and `chat.py`."""
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request
-from fastapi.responses import Response
+from fastapi import APIRouter, Request
 
 from worker_image.chat import chat_completion
 from worker_image.completions import completion
 from worker_image.errors import bad_request, not_found
 from worker_image.params import check_model
 from worker_image.protocol import (
-    ChatCompletionRequest,
     ChatCompletionResponse,
-    CompletionRequest,
     CompletionResponse,
     DetokenizeRequest,
     DetokenizeResponse,
     ModelCard,
     ModelList,
-    PriorityName,
     TokenizeRequest,
     TokenizeResponse,
 )
@@ -58,22 +52,15 @@ async def model(request: Request, model_id: str) -> ModelCard:
     return _card(state)
 
 
-@router.post("/v1/completions", response_model=CompletionResponse, responses={200: _SSE})
-async def completions(
-    request: Request,
-    body: CompletionRequest,
-    x_goodput_priority: Annotated[PriorityName | None, Header()] = None,
-) -> Response:
-    return await completion(request, body, x_goodput_priority)
-
-
-@router.post("/v1/chat/completions", response_model=ChatCompletionResponse, responses={200: _SSE})
-async def chat_completions(
-    request: Request,
-    body: ChatCompletionRequest,
-    x_goodput_priority: Annotated[PriorityName | None, Header()] = None,
-) -> Response:
-    return await chat_completion(request, body, x_goodput_priority)
+# The generation routes: each handler takes the request, its body and the X-Goodput-Priority header itself,
+# and answers JSON, or server-sent events when the body streams.
+for path, name, handler, answer in (
+    ("/v1/completions", "completions", completion, CompletionResponse),
+    ("/v1/chat/completions", "chat_completions", chat_completion, ChatCompletionResponse),
+):
+    router.add_api_route(
+        path, handler, methods=["POST"], name=name, response_model=answer, responses={200: _SSE}
+    )
 
 
 @router.post("/tokenize", response_model=TokenizeResponse)

@@ -1,23 +1,56 @@
-"""Response plumbing shared by the generation routes: server-sent events, the usage block, logprobs as text,
-and aborting a request in the engine however its response ends."""
+"""Response plumbing shared by the generation routes: the answer streamed or collected, server-sent events,
+the usage block, logprobs as text, and aborting a request in the engine however its response ends."""
 
 from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from fastapi.responses import Response, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
 from worker_image.engine import RequestOutput
 from worker_image.engine_thread import EngineRunner, RequestStream
 from worker_image.errors import APIError
-from worker_image.protocol import PromptTokensDetails, TokenLogprob, TopLogprob, Usage
+from worker_image.protocol import GenerationRequest, PromptTokensDetails, TokenLogprob, TopLogprob, Usage
+
+
+async def respond(
+    request: Request,
+    body: GenerationRequest,
+    streams: list[RequestStream],
+    header: dict[str, Any],
+    chunk_choices: Callable[[int, RequestOutput], Iterable[dict[str, Any]]],
+    collected: Callable[[], Awaitable[BaseModel]],
+) -> Response:
+    """A generation route's answer. Streamed: a chunk of `header` and one choice for each choice an output
+    makes, then the usage when asked. Otherwise the collected response, aborted if the client leaves first."""
+    if not body.stream:
+
+        async def collect() -> Response:
+            return JSONResponse((await collected()).model_dump(mode="json"))
+
+        return await until_disconnect(request, streams, collect())
+    include_usage = body.stream_options is not None and body.stream_options.include_usage
+    usage_field = {"usage": None} if include_usage else {}
+
+    async def events() -> AsyncIterator[str]:
+        finals: list[RequestOutput] = []
+        async for index, output in merged(streams):
+            for choice in chunk_choices(index, output):
+                yield sse(header | {"choices": [choice]} | usage_field)
+            if output.finished:
+                finals.append(output)
+        if include_usage:
+            yield sse(header | {"choices": [], "usage": usage_of(finals).model_dump()})
+        yield sse("[DONE]")
+
+    return EventStreamResponse(events(), streams)
 
 
 def usage_of(finals: list[RequestOutput]) -> Usage:

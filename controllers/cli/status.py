@@ -61,6 +61,7 @@ def status_row(
         "slo": spec.get("slo", {}),
         "observed": observation_shown(obj, fresh, note),
         "tiers": tiers,
+        "scaledToZero": scaled_to_zero(spec, status),
         "plan": status.get("plan"),
         "conditions": conditions,
         "healthy": healthy,
@@ -69,6 +70,12 @@ def status_row(
         "observedGeneration": status.get("observedGeneration"),
         "generation": meta.get("generation"),
     }
+
+
+def scaled_to_zero(spec: dict[str, Any], status: dict[str, Any]) -> bool:
+    """Whether the operator runs the service at zero replicas (an idle service with minReplicas 0)."""
+    plan = status.get("plan") or {}
+    return spec.get("mode", "auto") == "auto" and plan.get("replicas") == 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -148,6 +155,8 @@ def print_status(rows: list[dict[str, Any]], show_namespace: bool) -> None:
         level, ttft, tpot = _targets(row["slo"])
         observed = row["observed"] or {}
         tiers = "\n".join(f"{t['tier']} {t['ready']}/{t['desired']}" for t in row["tiers"]) or "—"
+        if row.get("scaledToZero"):
+            tiers = "scaled to zero"
         decision = row["lastDecision"]
         last = (
             "—"

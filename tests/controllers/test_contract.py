@@ -95,6 +95,15 @@ def test_every_operator_series_the_rules_and_dashboard_use_is_exported_by_the_op
     assert wanted <= exported
 
 
+def test_the_router_exports_the_series_the_operator_reads() -> None:
+    from router.metrics import RouterMetrics
+
+    exported = {f.name for f in RouterMetrics().registry.collect()}
+    read = " ".join(queries(60).values())
+    for name in (contract.ROUTER_QUEUE_DEPTH, contract.ROUTER_IN_FLIGHT, contract.ROUTER_QUEUE_WAIT):
+        assert name in exported and name in read, name
+
+
 def test_the_synthetic_workers_speak_the_worker_s_names_and_buckets(worker: Families) -> None:
     fake = SyntheticWorkers()
     fake.set(("ns", "svc", "interactive"), Traffic(rps=1.0))

@@ -332,6 +332,53 @@ async def test_an_slo_no_replica_can_meet_set_on_a_running_service_is_refused_no
     )
 
 
+async def test_an_idle_service_scales_to_zero_and_a_request_held_by_the_router_wakes_it(
+    cluster: Cluster,
+) -> None:
+    """minReplicas 0 with a router: idle for the policy's period → every tier at zero, Ready=ScaledToZero; the
+    workers' series go with their pods, and a request the router holds brings one replica back."""
+    policy = {
+        "apiVersion": "goodput.dev/v1alpha1",
+        "kind": "SLOPolicy",
+        "metadata": {"name": "zero"},
+        "spec": {**POLICY["spec"], "scaleToZeroAfterSeconds": 3},
+    }
+    await cluster.send("POST", "/apis/goodput.dev/v1alpha1/slopolicies", policy)
+    key = (NS, "sleepy", "interactive")
+    cluster.workers.set(key, Traffic(rps=0.0, running=0.0, waiting=0.0))
+    cluster.workers.set_router(key, queued=0.0)
+    manifest = _service("sleepy", policyRef="zero", router={})
+    manifest["spec"]["scaling"]["minReplicas"] = 0
+    await cluster.send("POST", f"/apis/goodput.dev/v1alpha1/namespaces/{NS}/inferenceservices", manifest)
+    deployment = "sleepy-interactive"
+    await eventually(lambda: cluster.get("apps/v1/deployments", NS, deployment), what="the workers")
+    assert cluster.get("apps/v1/deployments", NS, deployment)["spec"]["replicas"] >= 1  # the hint: 2 rps
+    await eventually(
+        lambda: cluster.get("apps/v1/deployments", NS, deployment)["spec"]["replicas"] == 0,
+        what="scaled to zero",
+    )
+    ready = await eventually(
+        lambda: (c := cluster.condition("sleepy", "Ready")) and c["reason"] == "ScaledToZero" and c,
+        what="Ready=ScaledToZero",
+    )
+    assert ready["status"] == "True"
+    status = cluster.get(ISVC, NS, "sleepy")["status"]
+    assert status["plan"]["replicas"] == 0 and "scaled to zero" in status["lastDecision"]["reason"]
+    cluster.workers.remove(key)  # the pods are gone; the router stays
+    await asyncio.sleep(3)
+    assert cluster.get("apps/v1/deployments", NS, deployment)["spec"]["replicas"] == 0  # nothing held: stay
+    cluster.workers.set_router(key, queued=1.0)
+    await eventually(
+        lambda: cluster.get("apps/v1/deployments", NS, deployment)["spec"]["replicas"] == 1,
+        timeout=15,
+        what="a replica woken by the router's queue",
+    )
+    woke = [
+        e for e in cluster.events("sleepy") if e["reason"] == "Scaled" and "woke from zero" in e["message"]
+    ]
+    assert woke, [e["message"] for e in cluster.events("sleepy")]
+
+
 async def test_prometheus_stopped_holds_replicas(cluster: Cluster) -> None:
     replicas = cluster.get("apps/v1/deployments", NS, "tiny-interactive")["spec"]["replicas"]
     cluster.workers.update((NS, "tiny", "interactive"), rps=0.0, ttft_s=0.01, waiting=0.0, running=0.0)

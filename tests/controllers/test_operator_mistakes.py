@@ -16,7 +16,8 @@ from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.autoscale import autoscale
 from policies.display import exceeds, ms
-from policies.types import Observation, ScalerState
+from policies.types import ScalerState
+from testkit.observations import steady_window
 
 ARCHITECTURE = {
     "params": 8_030_261_248,
@@ -216,18 +217,7 @@ def test_an_slo_no_replica_count_can_meet_never_buys_replicas(example_spec: Any)
     ).chosen
     assert running is not None and running.replicas == 1
     spec = _tiny(example_spec, ttft_p95_ms=2.0)
-    observation = Observation(
-        time=100.0,
-        window_s=15.0,
-        rps=2.0,
-        requests=30.0,
-        ttft_p95_ms=6.0,
-        tpot_p95_ms=3.0,
-        kv_cache_usage=0.1,
-        queue_depth=3.0,
-        running=2.0,
-        ready_replicas=1,
-    )
+    observation = steady_window(100.0, 2.0, ttft=6.0, tpot=3.0, queue=3.0, ready=1, kv=0.1)
     decision = autoscale(spec, SLOPolicySpec(), running, observation, ScalerState(), 100.0)
     assert decision.plan.replicas == 1, decision.reason
     assert decision.action == "hold"

@@ -58,6 +58,26 @@ def test_rows_become_observations() -> None:
     assert observation.queue_depth == 2.0
 
 
+def test_the_routers_queue_and_freshness_join_the_window() -> None:
+    """Router pods are labelled with the service they front; their queue is summed over router replicas."""
+    wait = [("0.5", 1.0), ("5.0", 2.0), ("+Inf", 2.0)]
+    results = {
+        "latency": _histogram("router_wait", wait),
+        "gauges": [_row("router_queued", 3.0), _row("router_in_flight", 0.0), _row("router_newest", 998.0)],
+    }
+    snapshot = parse(results, time=1000.0, window_s=60.0)
+    assert snapshot.age(("ns", "chat")) is None  # no worker runs
+    assert snapshot.router_age(("ns", "chat")) == pytest.approx(2.0)
+    observation = build_observation(snapshot.time, snapshot.window_s, snapshot.services[("ns", "chat")])
+    assert observation is not None
+    assert (observation.router_queued, observation.router_in_flight, observation.running) == (3.0, 0.0, None)
+    assert observation.backlog == 3.0
+    assert observation.router_wait_p95_ms == pytest.approx(500 + 4500 * 0.9)  # rank 1.9 of 2 in (0.5, 5]
+    promql = queries(60)
+    assert "goodput:router_queue_depth" in promql["gauges"]
+    assert "goodput:router_queue_wait_seconds_bucket" in promql["latency"]
+
+
 def test_services_and_tiers_stay_apart_and_nan_is_missing() -> None:
     results = {
         "requests": [

@@ -68,6 +68,36 @@ def test_no_feasible_plan_names_the_binding_constraint(
             ),
             "Fresh",
         ),
+        (  # scaled to zero: no worker series at all, the router's fresh
+            Snapshot(
+                time=100.0,
+                window_s=60.0,
+                services={
+                    ("ns", "tiny"): {"interactive": TierWindow(router_queued=1.0, router_in_flight=0.0)}
+                },
+                router_newest={("ns", "tiny"): 99.0},
+            ),
+            "RouterOnly",
+        ),
+        (  # the router's series never stand in for workers that have (stale) series
+            Snapshot(
+                time=100.0,
+                window_s=60.0,
+                services={("ns", "tiny"): {"interactive": TierWindow(running=0.0, router_queued=0.0)}},
+                newest_sample={("ns", "tiny"): 100.0 - 120.0},
+                router_newest={("ns", "tiny"): 99.0},
+            ),
+            "Stale",
+        ),
+        (  # nor does a stale router
+            Snapshot(
+                time=100.0,
+                window_s=60.0,
+                services={("ns", "tiny"): {"interactive": TierWindow(router_queued=0.0)}},
+                router_newest={("ns", "tiny"): 100.0 - 120.0},
+            ),
+            "Stale",
+        ),
     ],
 )
 def test_metrics_missing_stale_or_fresh(
@@ -90,13 +120,16 @@ def test_metrics_missing_stale_or_fresh(
         ({"interactive": (2, 1)}, Mode.AUTO, "False", "ReplicasNotReady"),
         ({}, Mode.AUTO, "False", "ReplicasNotReady"),
         ({}, Mode.RECOMMEND, "True", "RecommendOnly"),
+        ({"interactive": (0, 0)}, "zero", "True", "ScaledToZero"),
     ],
 )
 def test_ready_follows_the_deployments(
     example_spec: Any, make_plan: Any, ready: dict[str, tuple[int, int]], mode: Mode, status: str, reason: str
 ) -> None:
-    record = _record(example_spec, make_plan, mode=mode)  # the plan wants 2 interactive replicas
-    condition = reconcile.ready_condition(record, ready)
+    record = _record(example_spec, make_plan, mode=Mode.AUTO if mode == "zero" else mode)
+    if mode == "zero":
+        record.plan = make_plan(tiers=(("interactive", 0, 32, 3.0),))
+    condition = reconcile.ready_condition(record, ready)  # the plan wants 2 interactive replicas, or 0
     assert (condition.status, condition.reason) == (status, reason)
 
 
@@ -111,6 +144,12 @@ def test_capacity_limited_means_missing_the_slo_at_the_limit(
     plan = make_plan(tiers=(("interactive", replicas, 32, 3.0),))
     decision = Decision(plan, ScalerState(), "hold", "TTFT p95 900 ms > 500 ms", True, slo_met)
     assert reconcile.capacity_condition(record, decision).status == limited
+
+
+def test_slo_met_is_unknown_at_zero(make_plan: Any) -> None:
+    zero = make_plan(tiers=(("interactive", 0, 32, 3.0),))
+    condition = reconcile.slo_condition(Decision(zero, ScalerState(), "hold", "idle", True, None))
+    assert (condition.status, condition.reason) == ("Unknown", "ScaledToZero")
 
 
 @pytest.mark.parametrize(

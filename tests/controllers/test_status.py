@@ -18,7 +18,8 @@ from crds.inferenceservice import InferenceServiceStatus
 from crds.slopolicy import SLOPolicySpec
 from policies import planner
 from policies.autoscale import autoscale
-from policies.types import Candidate, Decision, Observation, ScalerState
+from policies.types import Candidate, Decision, ScalerState
+from testkit.observations import steady_window
 from testkit.specs import llama_h100
 
 T0 = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -88,22 +89,16 @@ def test_scaler_state_survives_a_restart() -> None:
 
 
 def test_observed_status_validates_and_keeps_zero_traffic() -> None:
-    observation = Observation(
-        time=T0.timestamp(),
-        window_s=60,
-        rps=0.0,
-        requests=0,
-        ttft_p95_ms=None,
-        tpot_p95_ms=None,
-        kv_cache_usage=0.0,
-        queue_depth=0.0,
-        running=0.0,
-        ready_replicas=2,
+    observation = replace(
+        steady_window(T0.timestamp(), 0.0, ready=2, window=60, kv=0.0),
+        router_queued=3.0,
+        router_wait_p95_ms=412.5,
     )
     wire = status.observed_status(observation)
     assert wire["rps"] == 0.0
     assert "ttftP95Ms" not in wire
     assert wire["readyReplicas"] == 2
+    assert (wire["routerQueueDepth"], wire["routerQueueWaitP95Ms"]) == (3.0, 412.5)
 
 
 def test_scaler_windows_round_trip_exactly_through_status() -> None:
@@ -119,6 +114,7 @@ def test_scaler_windows_round_trip_exactly_through_status() -> None:
         slo_missed=17.25,
         hint_time=985.0,
         steady_windows=3,
+        idle_since=1001.5,
     )
     wire = {"scaler": status.scaler_status(state)}
     InferenceServiceStatus.model_validate(wire)
@@ -150,11 +146,7 @@ def test_a_restarted_operator_keeps_the_stabilization_window() -> None:
     assert peak is not None
 
     def step(plan: Candidate, state: ScalerState, now: float, rps: float) -> Decision:
-        observation = Observation(
-            time=now, window_s=15.0, rps=rps, requests=rps * 15, ttft_p95_ms=None, tpot_p95_ms=None,
-            kv_cache_usage=0.2, queue_depth=0.0, running=rps, ready_replicas=plan.replicas,
-        )  # fmt: skip
-        return autoscale(spec, policy, plan, observation, state, now, plans)
+        return autoscale(spec, policy, plan, steady_window(now, rps, ready=plan.replicas), state, now, plans)
 
     state = ScalerState()
     for now in (0.0, 15.0, 30.0):

@@ -92,6 +92,7 @@ _DELETE = object()
 
 INVALID_SERVICES = [
     ("spec.scaling.minReplicas", {"spec.scaling.minReplicas": 5, "spec.scaling.maxReplicas": 2}),
+    ("spec.scaling.minReplicas", {"spec.scaling.minReplicas": 0}),  # scale to zero needs a router
     ("spec.slo.attainment", {"spec.slo.attainment": 1.0}),
     ("spec.slo.attainment", {"spec.slo.attainment": 0}),
     ("spec.accelerators", {"spec.accelerators": []}),
@@ -148,6 +149,11 @@ INVALID_POLICIES = [
     ),
     ("spec.calibration.minFactor", {"spec.calibration": {"minFactor": 1.5}}),
     ("spec.missingMetrics", {"spec.missingMetrics": "panic"}),
+    ("spec.scaleToZeroAfterSeconds", {"spec.scaleToZeroAfterSeconds": 0}),
+    (
+        "spec.scaleToZeroAfterSeconds",
+        {"spec.scaleToZeroAfterSeconds": 10, "spec.evaluationIntervalSeconds": 30},
+    ),
 ]
 
 
@@ -165,6 +171,19 @@ def test_invalid_policy_is_rejected_naming_the_field(field: str, changes: dict[s
     with pytest.raises(ValidationError) as raised:
         SLOPolicy.model_validate(obj)
     assert field.split(".")[-1] in str(raised.value), str(raised.value)
+
+
+def test_min_replicas_zero_is_accepted_with_a_router_and_its_error_names_the_field_without() -> None:
+    obj = _service()
+    obj["spec"]["scaling"]["minReplicas"] = 0
+    errors = validate_manifest(obj)
+    assert [str(e) for e in errors] == [
+        "spec.scaling.minReplicas: scaling.minReplicas 0 requires spec.router: only the router holds a request "
+        "while no replica runs, and its queue is what wakes the service"
+    ]
+    obj["spec"]["router"] = {}
+    assert validate_manifest(obj) == []
+    assert InferenceService.model_validate(obj).spec.scaling.min_replicas == 0
 
 
 def test_default_policy_round_trips() -> None:

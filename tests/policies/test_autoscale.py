@@ -17,6 +17,7 @@ from policies.capacity import capacity_factor, configuration
 from policies.observe import TTFT_BUCKETS
 from policies.plancache import PlanCache
 from policies.types import Candidate, Observation, PlanResult, ScalerState
+from testkit.observations import steady_window as obs
 from testkit.specs import llama_h100
 
 SPEC = llama_h100(expected_rps=5)
@@ -29,13 +30,6 @@ def plan_at(rps: float, ttft_factor: float = 1.0, tpot_factor: float = 1.0) -> C
     chosen = planner.plan(SPEC, load, POLICY, ttft_factor, tpot_factor).chosen
     assert chosen is not None
     return chosen
-
-
-def obs(t: float, rps: float, ttft=None, tpot=None, queue=0.0, ready=None, window=15.0) -> Observation:
-    return Observation(
-        time=t, window_s=window, rps=rps, requests=rps * window, ttft_p95_ms=ttft, tpot_p95_ms=tpot,
-        kv_cache_usage=0.2, queue_depth=queue, running=rps, ready_replicas=ready,
-    )  # fmt: skip
 
 
 def test_spike_scales_up_to_the_planned_count_in_one_step():

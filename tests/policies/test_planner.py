@@ -272,7 +272,7 @@ def test_load_from_trace_csv(tmp_path):
 
 
 def test_idle_service_scales_to_zero_on_the_cheapest_replica():
-    result = plan_at(chat(scaling__minReplicas=0), 0.0)
+    result = plan_at(chat(scaling__minReplicas=0, router={}), 0.0)  # minReplicas 0 requires a router
     chosen = result.chosen
     assert chosen is not None and chosen.replicas == 0 and chosen.cost_per_hour == 0
     assert chosen.accelerator == "L40S" and chosen.tensor_parallel == 1  # the cheapest replica to wake

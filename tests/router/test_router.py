@@ -347,6 +347,31 @@ async def test_a_silent_only_replica_sends_its_requests_to_the_other_tier(
     silent.hang.clear()
 
 
+async def test_at_zero_requests_wait_in_the_default_tier_which_wakes_first(
+    workers, make_router, client
+) -> None:
+    """Scaled to zero: the queue is exported as 0 before any request, holds a batch-class request in the
+    default class's tier (the one the operator wakes), and hands it over when that tier's replica appears."""
+    router, url = await make_router({"interactive": [], "batch": []}, limits=QueueLimits(max_wait_s=10))
+    async with client.get(url + "/metrics") as r:
+        text = await r.text()
+    for tier in ("interactive", "batch"):
+        assert f'goodput:router_queue_depth{{tier="{tier}"}} 0.0' in text
+    held = asyncio.create_task(post(client, url, {**BODY, "service_tier": "flex"}))
+    for _ in range(500):
+        if router.tiers["interactive"].queued or router.tiers["batch"].queued:
+            break
+        await asyncio.sleep(0.01)
+    assert (router.tiers["interactive"].queued, router.tiers["batch"].queued) == (1, 0)
+    async with client.get(url + "/metrics") as r:
+        assert 'goodput:router_queue_depth{tier="interactive"} 1.0' in await r.text()
+    woken = await workers("i")
+    router.tiers["interactive"].set_endpoints([woken.url])
+    status, text = await held
+    assert status == 200, text
+    assert workers_in(text) == {"i"}
+
+
 async def test_a_draining_worker_sends_its_requests_elsewhere(workers, make_router, client) -> None:
     draining, good = await workers("draining", draining=True), await workers("good")
     router, url = await make_router(

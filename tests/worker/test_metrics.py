@@ -1,9 +1,8 @@
 """The worker's metrics carry vLLM's wire names, buckets and label, and mirror the engine's cumulative stats."""
 
-from dataclasses import dataclass
-
 from prometheus_client.parser import text_string_to_metric_families
 
+from worker_image.engine import EngineStats
 from worker_image.metrics import (
     INTER_TOKEN_BUCKETS,
     TTFT_BUCKETS,
@@ -13,14 +12,11 @@ from worker_image.metrics import (
 )
 
 
-@dataclass
-class Stats:
-    num_running: int = 0
-    num_waiting: int = 0
-    kv_cache_usage: float = 0.0
-    prefix_cache_queries: int = 0
-    prefix_cache_hits: int = 0
-    num_preemptions: int = 0
+def stats(
+    running: int, waiting: int, kv_usage: float, queries: int, hits: int, preemptions: int
+) -> EngineStats:
+    """What the engine reports; the block counts are not exported."""
+    return EngineStats(running, waiting, kv_usage, 0, 0, queries, hits, preemptions)
 
 
 def samples(metrics: WorkerMetrics) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -94,8 +90,8 @@ def test_request_observations() -> None:
 
 def test_refresh_mirrors_gauges_and_turns_totals_into_increments() -> None:
     metrics = WorkerMetrics("m", 2048)
-    metrics.refresh(Stats(3, 2, 0.5, prefix_cache_queries=10, prefix_cache_hits=4, num_preemptions=1))
-    metrics.refresh(Stats(1, 0, 0.25, prefix_cache_queries=30, prefix_cache_hits=12, num_preemptions=1))
+    metrics.refresh(stats(3, 2, 0.5, queries=10, hits=4, preemptions=1))
+    metrics.refresh(stats(1, 0, 0.25, queries=30, hits=12, preemptions=1))
     assert value(metrics, "vllm:num_requests_running") == 1
     assert value(metrics, "vllm:num_requests_waiting") == 0
     assert value(metrics, "vllm:kv_cache_usage_perc") == 0.25
