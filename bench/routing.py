@@ -1,10 +1,14 @@
-"""Routing benchmark (issue 19): routing in simulation (part a) and router overhead (part c).
+"""Routing benchmark (issue 19): routing in simulation (part a), on the real stack (part b), router overhead (c).
 
     python bench/routing.py --json bench/results/routing.json [--parts simulation,overhead] [--streams 1000]
+    flock /work/wt/e2e.lock python bench/routing.py --parts real_stack   # starts and stops its own real stack
 
 Writes {"simulation": {"mooncake" | "code": {"random" | "least_load" | "prefix": {"prefix_hit_rate",
 "ttft_p95_ms", "tpot_p95_ms", "attainment", ...}}}, "autoscaled": {"random" | "prefix": {"gpu_hours",
-"attainment", ...}}, "overhead": {"ttft_added_p50_ms", "ttft_added_p99_ms", "chunks_per_s_per_core", ...}}.
+"attainment", ...}}, "real_stack": {"service" | "router": {"prefix_hit_rate", "ttft_p95_ms", ...}, "setting"},
+"overhead": {"ttft_added_p50_ms", "ttft_added_p99_ms", "chunks_per_s_per_core", ...}}; the parts not run keep
+their earlier figures in the file. real_stack needs the real node's binaries and images (see e2e/README.md) and
+runs only on its own (bench/routing_real.py describes the setting).
 
 Targets. Simulation (Mooncake, fixed fleet): prefix-aware routing ≥ 2× random's hit rate and ≤ 0.6× its TTFT
 p95; autoscaled, ≥ 20% fewer GPU-hours at ≥ 99% attainment. Overhead: added TTFT p50 ≤ 1 ms and p99 ≤ 5 ms,
@@ -21,9 +25,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import routing_simulation
+from bench import routing_real, routing_simulation
 from bench.router_overhead import measure
 
+PARTS = ("simulation", "real_stack", "overhead")
 TARGETS = {"ttft_added_p50_ms": 1.0, "ttft_added_p99_ms": 5.0, "chunks_per_s_per_core": 20_000}
 
 
@@ -33,15 +38,17 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=Path("bench/results/routing.json"))
     parser.add_argument(
-        "--parts", default="simulation,overhead", help="comma-separated: simulation, overhead"
+        "--parts", default="simulation,overhead", help=f"comma-separated, of {', '.join(PARTS)}"
     )
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--fleet-fraction", type=float, default=1.0, help="of the planner's peak fleet")
+    parser.add_argument("--conversations", type=int, default=30, help="real_stack: Mooncake conversations")
+    parser.add_argument("--rps", type=float, default=1.5, help="real_stack: request rate of each phase")
     args = parser.parse_args()
     parts = set(args.parts.split(","))
-    if parts - {"simulation", "overhead"}:
-        parser.error(f"--parts: unknown {sorted(parts - {'simulation', 'overhead'})}")
+    if parts - set(PARTS):
+        parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}")
     out: dict[str, object] = json.loads(args.json.read_text()) if args.json.exists() else {}
     if "simulation" in parts:
         out.update(routing_simulation.run(args.fleet_fraction))
@@ -53,6 +60,10 @@ def main() -> int:
         print("== mooncake, autoscaled")
         for kind, result in out["autoscaled"].items():  # type: ignore[union-attr]
             print(f"  {kind:10s} {result}")
+    if "real_stack" in parts:
+        out["real_stack"] = routing_real.measure(args.conversations, args.rps)
+        for phase in ("service", "router"):
+            print(f"real stack, through the {phase}: {out['real_stack'][phase]}")  # type: ignore[index]
     if "overhead" in parts:
         out["overhead"] = measure(args.streams, args.seconds)
         for key, value in out["overhead"].items():  # type: ignore[union-attr]

@@ -70,7 +70,8 @@ def router_args(owner: Owner, spec: InferenceServiceSpec, router: RouterSpec, pl
         args += ["--max-requests-per-replica", f"{tier_config.tier}={tier_config.max_batch}"]
     args += ["--default-class", default_class, "--max-queue", str(router.max_queue)]
     args += ["--max-wait-s", f"{router.max_wait_seconds:g}", "--drain-s", str(DRAIN_SECONDS)]
-    args += ["--quotas-json", quotas_json(router)]
+    # each router pod gets an even share of the tenants' traffic from the Service, and enforces that share
+    args += ["--quotas-json", quotas_json(router), "--quota-routers", str(router.replicas)]
     return args
 
 

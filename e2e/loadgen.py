@@ -43,6 +43,7 @@ class Arrival:
     at_s: float
     prompt_tokens: int
     output_tokens: int
+    prompt: tuple[int, ...] = ()  # the prompt's token ids when they matter (shared prefixes); else random
 
 
 @dataclass
@@ -231,7 +232,7 @@ async def one_request(
     balancer.open[backend] = balancer.open.get(backend, 0) + 1
     rng = np.random.default_rng(seed)
     body = {
-        "prompt": rng.integers(1, VOCAB, arrival.prompt_tokens).tolist(),
+        "prompt": list(arrival.prompt) or rng.integers(1, VOCAB, arrival.prompt_tokens).tolist(),
         "max_tokens": arrival.output_tokens,
         "ignore_eos": True,
         "stream": True,
@@ -288,11 +289,12 @@ async def replay(
     max_in_flight: int = 256,
     deadline_s: float = 600.0,
     timeout_s: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> Run:
     """Send ``arrivals`` open-loop; returns when all finished (or at the deadline, cancelling the rest).
 
     ``run`` lets a caller watch results as they come (a live table); arrivals past the deadline or the
-    request bound are not sent.
+    request bound are not sent. ``headers`` go with every request (an API key, a tenant).
     """
     run = run or Run()
     balancer = Balancer(backends)
@@ -319,7 +321,7 @@ async def replay(
                 run.in_flight -= 1
 
     refreshing = asyncio.create_task(refresher())
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False, headers=headers) as client:
         try:
             async with asyncio.timeout(deadline_s):
                 for i, arrival in enumerate(itertools.islice(arrivals, max_requests)):
@@ -347,6 +349,7 @@ async def saturate(
     seconds: float,
     run: Run | None = None,
     timeout_s: float = 60.0,
+    headers: dict[str, str] | None = None,
 ) -> Run:
     """Closed loop: ``concurrency`` clients, each sending its next request as soon as its last one ended,
     until ``seconds``. Work always waits at the backends, so what completes per second is their capacity
@@ -357,7 +360,7 @@ async def saturate(
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeout = httpx.Timeout(timeout_s, connect=5.0)
 
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False, headers=headers) as client:
 
         async def one_client(first_seed: int) -> None:
             for seed in itertools.count(first_seed, concurrency):

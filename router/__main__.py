@@ -65,8 +65,12 @@ async def serve(config: RouterConfig) -> None:
         await session.close()
 
     app.cleanup_ctx.append(side_tasks)
-    # SIGTERM: stop accepting, let streams in flight finish for up to --drain-s
-    runner = web.AppRunner(app, access_log=None, handle_signals=True, shutdown_timeout=config.drain_s)
+    # SIGTERM: stop accepting, let streams in flight finish for up to --drain-s. A client that leaves cancels its
+    # handler: a queued request leaves the queue, a forwarded one frees its replica at once (and nothing logs an
+    # error for a write to a closed connection).
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=True, shutdown_timeout=config.drain_s, handler_cancellation=True
+    )
     await runner.setup()
     await web.TCPSite(runner, config.host, config.port).start()
     try:

@@ -2,7 +2,8 @@
 
 Order of checks: API key (401), body (400), tenant quota (429), then the tier's dispatch (429/503 when its queue
 is full or its wait runs out). A replica that fails before answering (connection refused or reset, or taken
-out of rotation by a refresh), or answers 503 (draining or not ready), gets the request sent elsewhere; once
+out of rotation by a refresh), or answers 503 (draining or not ready), gets the request sent elsewhere (to the other tier when that was its tier's
+only replica in rotation); once
 bytes have streamed to the client a failure ends only that stream.
 """
 
@@ -102,6 +103,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
     tier = router.tier_for(routed.request_class)
     try:
         for _ in range(MAX_ATTEMPTS):
+            tier = router.tier_for(routed.request_class)  # a retry may find its tier's only replica gone
             lease = await tier.acquire(routed)
             response = await _forward(request, router, tier, lease, body)
             if response is not None:

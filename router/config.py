@@ -101,6 +101,12 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
     )
     quota_source.add_argument("--quotas-json", help="the same JSON, inline (the operator passes it so)")
     p.add_argument(
+        "--quota-routers",
+        type=int,
+        default=1,
+        help="router pods the quotas are shared by: each enforces 1/N of every quota",
+    )
+    p.add_argument(
         "--api-key-env", default="GOODPUT_API_KEY", help="environment variable holding the API key"
     )
     a = p.parse_args(argv)
@@ -133,6 +139,8 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         quotas = parse_quotas(json.loads(raw)) if raw else Quotas()
     except (ValueError, OSError) as error:
         p.error(str(error))
+    if a.quota_routers < 1:
+        p.error(f"--quota-routers: expected a positive integer, got {a.quota_routers}")
     if a.max_queue < 0 or a.prefix_cache_blocks < 0 or min(a.max_wait_s, a.refresh_s, a.drain_s) <= 0:
         p.error("--max-queue and --prefix-cache-blocks must be ≥ 0; --max-wait-s, --refresh-s, --drain-s > 0")
     return RouterConfig(
@@ -145,7 +153,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         policy=policy,
         max_requests=max_requests,
         limits=QueueLimits(max_queue=a.max_queue, max_wait_s=a.max_wait_s),
-        quotas=quotas,
+        quotas=quotas.shared(a.quota_routers),
         api_key=os.environ.get(a.api_key_env) or None,
         cache_blocks=a.prefix_cache_blocks,
         refresh_s=a.refresh_s,

@@ -30,6 +30,7 @@ class FakeWorker:
     chunks: int = 3
     chunk_delay_s: float = 0.0
     first_delay_s: float = 0.0
+    tail_delay_s: float = 0.0  # between [DONE] and the stream's end
     running: int = 0
     waiting: int = 0
     kv_usage: float = 0.0
@@ -97,6 +98,7 @@ class FakeWorker:
             if self.chunk_delay_s:
                 await asyncio.sleep(self.chunk_delay_s)
         await response.write(b"data: [DONE]\n\n")
+        await asyncio.sleep(self.tail_delay_s)
         await response.write_eof()
         return response
 

@@ -309,6 +309,44 @@ async def test_a_class_whose_tier_has_no_replica_goes_to_one_that_has(workers, m
     assert workers_in(text) == {"i"}
 
 
+async def test_a_client_leaving_after_done_frees_its_replica_quietly(
+    workers, make_router, client, caplog
+) -> None:
+    """Clients close once they read [DONE], often before the stream's last chunk: no error, the lease ends."""
+    worker = await workers("w0", tail_delay_s=0.2)
+    router, url = await make_router({"interactive": [worker.url]})
+    async with client.post(url + "/v1/completions", json=BODY) as r:
+        while (await r.content.readline()).strip() != b"data: [DONE]":
+            pass
+        r.connection.transport.close()
+    replica = router.tiers["interactive"].replicas[worker.url]
+    for _ in range(50):
+        if replica.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert replica.in_flight == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def test_a_silent_only_replica_sends_its_requests_to_the_other_tier(
+    workers, make_router, client
+) -> None:
+    """A mixed service with one interactive replica: when it goes silent, requests it holds go to the batch tier."""
+    silent, batch = await workers("silent"), await workers("batch")
+    router, url = await make_router({"interactive": [silent.url], "batch": [batch.url]})
+    tier = router.tiers["interactive"]
+    silent.hang.set()
+    stuck = asyncio.create_task(post(client, url))
+    while tier.replicas[silent.url].in_flight < 1:
+        await asyncio.sleep(0.01)
+    assert router.session is not None
+    await refresh_replica(router.session, tier, tier.replicas[silent.url], 0.2)
+    status, text = await asyncio.wait_for(stuck, 2)
+    assert status == 200
+    assert workers_in(text) == {"batch"}
+    silent.hang.clear()
+
+
 async def test_at_zero_requests_wait_in_the_default_tier_which_wakes_first(
     workers, make_router, client
 ) -> None:

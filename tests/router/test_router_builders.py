@@ -101,8 +101,9 @@ def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
     assert config.max_requests == {"interactive": 8}  # the planned tier's max batch
     grace = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"]["spec"]
     assert grace["terminationGracePeriodSeconds"] > config.drain_s  # SIGKILL never cuts the drain short
-    assert config.quotas.default == QuotaSpec(tokens_per_s=1000, max_concurrent=8)
-    assert config.quotas.tenants == {"search": QuotaSpec(tokens_per_s=50000, burst_tokens=100000)}
+    # each of the two router pods enforces half of every quota
+    assert config.quotas.default == QuotaSpec(tokens_per_s=500, max_concurrent=4)
+    assert config.quotas.tenants == {"search": QuotaSpec(tokens_per_s=25000, burst_tokens=50000)}
     assert {
         "name": "GOODPUT_API_KEY",
         "valueFrom": {"secretKeyRef": {"name": "tiny-key", "key": "token"}},
