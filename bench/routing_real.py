@@ -78,7 +78,7 @@ def measure(
     out: dict[str, object] = {}
     key = uuid.uuid4().hex
     auth = {"Authorization": f"Bearer {key}"}
-    with running_stack(node="real") as stack, goodput.installed(stack, POLICY):
+    with running_stack() as stack, goodput.installed(stack, POLICY):
         namespace = f"prefix-{uuid.uuid4().hex[:6]}"
         with stack.api_client() as client:
             core = CoreV1Api(client)

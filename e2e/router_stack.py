@@ -1,8 +1,8 @@
 """A routed InferenceService on the real node: the router pods, the workers per tier, and what each one counts.
 
 Shared by the router's e2e tests (e2e/test_router.py) and the real-stack routing benchmark (bench/routing.py
---parts real_stack). Only the real node has what the router needs: pods with real addresses, so that
-EndpointSlices list them (the process kubelet's loopback pods are rejected there), and kube-proxy.
+--parts real_stack). The router needs what the real node gives: pods with their own addresses, listed in
+EndpointSlices, and kube-proxy.
 """
 
 from __future__ import annotations

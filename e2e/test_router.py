@@ -1,6 +1,6 @@
 """The router on the real node (issue 19's e2e acceptance): one `mixed` service with an API key and its router.
 
-`GOODPUT_E2E_NODE=real pytest -m e2e e2e/test_router.py`. The service serves `random:bench-small` (prefill is
+`pytest -m e2e e2e/test_router.py`. The service serves `random:bench-small` (prefill is
 what loads a CPU replica: a burst of 512-token prompts overloads it while the client stays light) on one
 interactive and one batch replica, fixed (maxReplicas 2, and a policy that scales nothing down within the module),
 in a namespace that enforces the `restricted` Pod Security Standard, with its router from the start (adding it
@@ -63,10 +63,6 @@ def body(prompt: int = 8, output: int = 4, **extra: object) -> dict[str, object]
 
 @pytest.fixture(scope="module")
 def routed(cluster: Stack) -> Iterator[Routed]:
-    if cluster.runtime != "real":
-        pytest.skip(
-            "the router needs the real node: EndpointSlices reject the process kubelet's loopback pods"
-        )
     namespace = f"rt-{uuid.uuid4().hex[:6]}"
     with goodput.installed(cluster, POLICY), cluster.api_client() as client:
         core = CoreV1Api(client)
