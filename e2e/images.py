@@ -44,7 +44,15 @@ PAUSE = Image("localhost/goodput/pause", REPO / "e2e" / "pause" / "Containerfile
 OPERATOR = Image(
     "ghcr.io/goodput/operator",
     REPO / "operator" / "Dockerfile",
-    ("crds", "controllers", "policies", "router", "operator/main.py"),
+    (
+        "crds",
+        "controllers",
+        "policies",
+        "router",
+        "worker_image/__init__.py",
+        "worker_image/contract.py",
+        "operator/main.py",
+    ),
     base=BASE.name,
 )
 WORKER = Image("ghcr.io/goodput/worker", REPO / "worker_image" / "Dockerfile", ("worker_image",), BASE.name)

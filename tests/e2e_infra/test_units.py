@@ -46,6 +46,19 @@ def test_pki_issues_leaf_certs_signed_by_the_ca(tmp_path: Path) -> None:
     assert [str(ip) for ip in kubelet_sans.get_values_for_type(x509.IPAddress)] == ["198.18.0.1"]
 
 
+@pytest.mark.parametrize("image", [images.OPERATOR, images.WORKER], ids=lambda i: i.name)
+def test_every_file_a_containerfile_copies_is_an_input_of_its_digest(image: images.Image) -> None:
+    """A copied file left out of the inputs would let a change to it reuse a stale image."""
+    assert image.containerfile is not None
+    hashed = set(images.files(image))
+    for line in image.containerfile.read_text().splitlines():
+        if line.startswith("COPY ") and "--from" not in line:
+            for source in line.split()[1:-1]:
+                path = images.REPO / source
+                copied = list(path.rglob("*.py")) if path.is_dir() else [path]
+                assert set(copied) <= hashed, f"{image.containerfile.name} copies {source}, not in its inputs"
+
+
 def test_image_tags_carry_the_version_and_a_digest_of_every_input(tmp_path: Path) -> None:
     operator = images.tag(images.OPERATOR)
     assert operator.startswith(f"ghcr.io/goodput/operator:{images.version()}-")
