@@ -43,7 +43,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 crds: venv
-	$(PY) -m crds
+	$(PY) -m goodput.crds
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
-from controllers.replay import json_ready, plot, run, table
-from policies.compare import HPA_TARGETS, KEDA_THRESHOLDS, POLICIES, setup
-from policies.workloads import (
+from goodput.controllers.replay import json_ready, plot, run, table
+from goodput.policies.compare import HPA_TARGETS, KEDA_THRESHOLDS, POLICIES, setup
+from goodput.policies.workloads import (
     MOONCAKE_CONVERSATION_TRACE,
     Trace,
     diurnal,

@@ -1,4 +1,4 @@
-"""The worker's cold start: seconds from launching `python -m worker_image` to its /health answering and
+"""The worker's cold start: seconds from launching `python -m goodput.worker_image` to its /health answering and
 to /ready (model loaded, KV pool sized, decode graphs captured, one warm-up generation), with the phases
 in between, for the simulator's start-delay model.
 
@@ -61,8 +61,8 @@ def child(argv: list[str]) -> int:
     the CPU rehearsal rather than on a GPU."""
     record(phase="interpreter", start=float(os.environ["GOODPUT_COLD_START_T0"]), end=time.time())
     start = time.time()
-    from worker_image import __main__ as worker_main
-    from worker_image import engine, model_runner
+    from goodput.worker_image import __main__ as worker_main
+    from goodput.worker_image import engine, model_runner
 
     record(phase="imports", start=start, end=time.time())
 

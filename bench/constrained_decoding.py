@@ -27,10 +27,10 @@ import jsonschema
 import torch
 
 from bench import engine_common as common
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
-from worker_image.grammar import json_schema_grammar
-from worker_image.sampling import SamplingParams
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.grammar import json_schema_grammar
+from goodput.worker_image.sampling import SamplingParams
 
 
 def schema(i: int) -> dict[str, Any]:

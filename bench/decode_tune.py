@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from worker_image.attention import reference_decode
+from goodput.worker_image.attention import reference_decode
 
 HEADS, KV_HEADS, HEAD_DIM, BLOCK_SIZE = 14, 2, 64, 16  # qwen2.5-0.5b
 GPU_CASES = [(1, 1024), (1, 8192), (16, 2048), (64, 1024), (256, 1024), (256, 2048)]  # (batch, context)
@@ -81,7 +81,7 @@ def median_ms(fn: Callable[[], object], cuda: bool) -> float:
 
 def measure_case(batch: int, context: int, device: str, cpu: bool) -> dict:
     """Every variant's median time and error against the reference; wrong ones are never 'best'."""
-    from worker_image.triton_decode import paged_decode
+    from goodput.worker_image.triton_decode import paged_decode
 
     q, k, v, tables, ctx = inputs(batch, context, device)
     scale = HEAD_DIM**-0.5

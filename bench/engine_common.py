@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from worker_image import presets
-from worker_image.sampling import SamplingParams
+from goodput.worker_image import presets
+from goodput.worker_image.sampling import SamplingParams
 
 
 @dataclass

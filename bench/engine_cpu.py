@@ -23,9 +23,9 @@ import torch
 
 from bench import engine_common as common
 from bench.engine_common import Workload, drain_continuous, generate_static, greedy
-from worker_image import presets
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
+from goodput.worker_image import presets
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
 
 PRESET = "bench-small"
 

@@ -45,9 +45,9 @@ from bench.engine_common import (
     greedy,
     synchronize,
 )
-from worker_image import presets
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
+from goodput.worker_image import presets
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
 
 
 @dataclass(frozen=True)

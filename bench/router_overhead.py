@@ -2,7 +2,7 @@
 chunks one router core carries, with many concurrent streams against a fast fake upstream.
 
 Three processes: a minimal SSE upstream (raw asyncio HTTP/1.1, so it costs little CPU), the router
-(`python -m router`, one process: one event loop on one core at a time), and this load generator. TTFT is
+(`python -m goodput.router`, one process: one event loop on one core at a time), and this load generator. TTFT is
 measured at the client for the same load sent directly to the upstream and through the router; the difference
 of the percentiles is the router's addition. Throughput is counted as SSE events delivered per CPU-second the router
 process used (utime + stime from /proc), so it reads per core even on a busy, shared machine; the router's CPU
@@ -172,7 +172,7 @@ def measure(streams: int = 1000, seconds: float = 10.0) -> dict[str, float | int
         "--refresh-s",
         "1",
     ]
-    router = subprocess.Popen([sys.executable, "-m", "router", *router_args], env=env)
+    router = subprocess.Popen([sys.executable, "-m", "goodput.router", *router_args], env=env)
     direct, routed = f"http://127.0.0.1:{up_port}", f"http://127.0.0.1:{router_port}"
     try:
         _wait_up(direct + "/metrics", upstream)

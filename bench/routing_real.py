@@ -32,7 +32,7 @@ from e2e import loadgen, service
 from e2e import operator as goodput
 from e2e import router_stack as rs
 from e2e.stack import running_stack
-from worker_image.contract import MODEL_PRESETS, PREFIX_CACHE_HITS, PREFIX_CACHE_QUERIES, total
+from goodput.worker_image.contract import MODEL_PRESETS, PREFIX_CACHE_HITS, PREFIX_CACHE_QUERIES, total
 
 PRESET = "bench-small"
 MAX_MODEL_LEN = 2048  # the worker's default context (the operator does not set it)

@@ -21,19 +21,19 @@ from pathlib import Path
 
 import numpy as np
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.baselines import Static
-from policies.catalog import accelerator
-from policies.compare import GoodputController, _p50_p95, benchmark_service, engine_of
-from policies.perfmodel import StepModel
-from policies.plancache import PlanCache
-from policies.profiles import profile_for
-from policies.routing import KINDS, RoutingPolicy, SimulatedRouting
-from policies.simulator import SimConfig, SLOTarget, StepProfile, simulate
-from policies.types import Candidate, Load, ScalerState
-from policies.workloads import AZURE_CODE_TRACE, MOONCAKE_CONVERSATION_TRACE, Trace, load_csv
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.baselines import Static
+from goodput.policies.catalog import accelerator
+from goodput.policies.compare import GoodputController, _p50_p95, benchmark_service, engine_of
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.plancache import PlanCache
+from goodput.policies.profiles import profile_for
+from goodput.policies.routing import KINDS, RoutingPolicy, SimulatedRouting
+from goodput.policies.simulator import SimConfig, SLOTarget, StepProfile, simulate
+from goodput.policies.types import Candidate, Load, ScalerState
+from goodput.policies.workloads import AZURE_CODE_TRACE, MOONCAKE_CONVERSATION_TRACE, Trace, load_csv
 
 MOONCAKE_BLOCK_TOKENS = 512
 # TTFT p95 targets: the code service's interactive 1 s; 5 s for the conversation trace, whose prompts reach 126k

@@ -23,12 +23,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from policies.baselines import Static
-from policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
-from policies.workloads import CITATION, Trace, load_csv
-from worker_image.config import EngineConfig as WorkerConfig
-from worker_image.engine import LLMEngine
-from worker_image.sampling import SamplingParams
+from goodput.policies.baselines import Static
+from goodput.policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
+from goodput.policies.workloads import CITATION, Trace, load_csv
+from goodput.worker_image.config import EngineConfig as WorkerConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.sampling import SamplingParams
 
 MAX_SEQS = 32
 CHUNK = 256

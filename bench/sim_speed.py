@@ -20,10 +20,10 @@ from pathlib import Path
 
 import numpy as np
 
-from controllers.replay import run
-from policies.compare import POLICIES, setup, sweep_jobs
-from policies.simulator import simulate
-from policies.workloads import poisson
+from goodput.controllers.replay import run
+from goodput.policies.compare import POLICIES, setup, sweep_jobs
+from goodput.policies.simulator import simulate
+from goodput.policies.workloads import poisson
 
 
 def _cpu_s() -> float:

@@ -13,9 +13,9 @@ import argparse
 import json
 from pathlib import Path
 
-from controllers.replay import json_ready, plot, run, table
-from policies.compare import POLICIES
-from policies.workloads import AZURE_CODE_TRACE, CITATION, diurnal, load_csv, scale_rate
+from goodput.controllers.replay import json_ready, plot, run, table
+from goodput.policies.compare import POLICIES
+from goodput.policies.workloads import AZURE_CODE_TRACE, CITATION, diurnal, load_csv, scale_rate
 
 CODE_SCALE = 4.5  # the code trace's peak 15 s rate then needs 8+ replicas of Llama-3-8B on H100
 DIURNAL_MEAN_RPS = 40.0

@@ -11,11 +11,11 @@ import json
 import zlib
 from typing import Any
 
-from controllers import builders, naming, router_builders
-from controllers import status as wire
-from controllers.kube import KubeClient
-from controllers.runtime import ServiceRecord
-from policies.types import Candidate
+from goodput.controllers import builders, naming, router_builders
+from goodput.controllers import status as wire
+from goodput.controllers.kube import KubeClient
+from goodput.controllers.runtime import ServiceRecord
+from goodput.policies.types import Candidate
 
 PER_INTERVAL = ("observed", "scaler")  # status fields that change every control interval
 STATUS_REFRESH_S = 60.0  # `observed` alone is rewritten every 60-120 s; any other change goes at once

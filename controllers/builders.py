@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from controllers import naming
-from crds.common import API_VERSION
-from crds.inferenceservice import KIND, AcceleratorPool, AcceleratorType, InferenceServiceSpec
-from policies.types import Candidate, TierConfig
-from worker_image.contract import env_name, flag
+from goodput.controllers import naming
+from goodput.crds.common import API_VERSION
+from goodput.crds.inferenceservice import KIND, AcceleratorPool, AcceleratorType, InferenceServiceSpec
+from goodput.policies.types import Candidate, TierConfig
+from goodput.worker_image.contract import env_name, flag
 
 GPU_RESOURCE = "nvidia.com/gpu"
 PRESTOP_SECONDS = 5  # lets endpoints drop the pod before SIGTERM starts the drain
@@ -196,7 +196,7 @@ def build_deployment(
     container = {
         "name": "worker",
         "image": spec.worker.image,
-        "command": ["python", "-m", "worker_image"],
+        "command": ["python", "-m", "goodput.worker_image"],
         "args": [
             flag("host"),
             "$(POD_IP)",

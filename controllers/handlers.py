@@ -19,16 +19,16 @@ from typing import Any
 import kopf
 from pydantic import ValidationError
 
-from controllers import kopf_settings, metrics, naming, poller, reconcile
-from controllers.config import OperatorConfig
-from controllers.kube import KubeClient
-from controllers.metrics import RECONCILE_ERRORS
-from controllers.prometheus import PrometheusReader
-from controllers.runtime import PolicyNotFound, Runtime
-from crds.common import GROUP, VERSION
-from crds.inferenceservice import PLURAL as SERVICES
-from crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
-from crds.slopolicy import PLURAL as POLICIES
+from goodput.controllers import kopf_settings, metrics, naming, poller, reconcile
+from goodput.controllers.config import OperatorConfig
+from goodput.controllers.kube import KubeClient
+from goodput.controllers.metrics import RECONCILE_ERRORS
+from goodput.controllers.prometheus import PrometheusReader
+from goodput.controllers.runtime import PolicyNotFound, Runtime
+from goodput.crds.common import GROUP, VERSION
+from goodput.crds.inferenceservice import PLURAL as SERVICES
+from goodput.crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
+from goodput.crds.slopolicy import PLURAL as POLICIES
 
 log = logging.getLogger("goodput.operator")
 POLICY_RETRY_S = 30

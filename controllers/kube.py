@@ -18,7 +18,7 @@ from urllib.parse import quote
 import aiohttp
 import kopf
 
-from controllers.naming import FIELD_MANAGER
+from goodput.controllers.naming import FIELD_MANAGER
 
 APPLY = "application/apply-patch+yaml"  # JSON is YAML, so the body is plain JSON
 MERGE = "application/merge-patch+json"

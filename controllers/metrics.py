@@ -7,9 +7,9 @@ from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from crds.inferenceservice import InferenceServiceSpec
-from policies.types import Candidate
-from worker_image import contract as c
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.policies.types import Candidate
+from goodput.worker_image import contract as c
 
 REGISTRY = CollectorRegistry()
 

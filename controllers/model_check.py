@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from crds.inferenceservice import ModelSpec
-from policies.profiles import RANDOM_PREFIX, WORKER_PRESETS, profile_for
+from goodput.crds.inferenceservice import ModelSpec
+from goodput.policies.profiles import RANDOM_PREFIX, WORKER_PRESETS, profile_for
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from worker_image.contract import POD_LABEL_SERVICE, POD_LABEL_TIER
+from goodput.worker_image.contract import POD_LABEL_SERVICE, POD_LABEL_TIER
 
 FIELD_MANAGER = "goodput-operator"
 COMPONENT = "goodput-operator"

@@ -6,12 +6,12 @@ observation the operator acts on: the same TTFT target for the error budget, the
 
 from __future__ import annotations
 
-from controllers.conditions import Cond
-from controllers.prometheus import ServiceKey, Snapshot
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies.observe import build_observation
-from policies.types import Observation
+from goodput.controllers.conditions import Cond
+from goodput.controllers.prometheus import ServiceKey, Snapshot
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.observe import build_observation
+from goodput.policies.types import Observation
 
 
 def observe_service(

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from controllers.naming import LABEL_SERVICE, LABEL_TIER
-from crds.common import GROUP, VERSION
-from crds.inferenceservice import PLURAL, InferenceServiceSpec
-from crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
-from crds.slopolicy import PLURAL as POLICY_PLURAL
-from policies.types import Load, Observation
+from goodput.controllers.naming import LABEL_SERVICE, LABEL_TIER
+from goodput.crds.common import GROUP, VERSION
+from goodput.crds.inferenceservice import PLURAL, InferenceServiceSpec
+from goodput.crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
+from goodput.crds.slopolicy import PLURAL as POLICY_PLURAL
+from goodput.policies.types import Load, Observation
 
 PROMETHEUS_ENV = "GOODPUT_PROMETHEUS_URL"
 REQUEST_TIMEOUT_S = 10
@@ -241,8 +241,8 @@ def refresh(
 ) -> tuple[dict[ServiceKey, Fresh], str]:
     """Each service's observation through the operator's queries and observation code (its TTFT target, its
     policy's staleness limit); ({}, error) when Prometheus fails."""
-    from controllers.observation import observe_service
-    from controllers.prometheus import PrometheusError, PrometheusReader, Snapshot
+    from goodput.controllers.observation import observe_service
+    from goodput.controllers.prometheus import PrometheusError, PrometheusReader, Snapshot
 
     async def read() -> Snapshot:
         reader = PrometheusReader.connect(url, window_s, REQUEST_TIMEOUT_S)
@@ -265,7 +265,7 @@ def refresh(
 def observation_shown(obj: dict[str, Any], fresh: Fresh | None, note: str) -> dict[str, Any] | None:
     """The observation shown: Prometheus's when refreshed and present, else what status last recorded (with
     why it is not fresh); both in status.observed's form."""
-    from controllers.status import observed_status
+    from goodput.controllers.status import observed_status
 
     if fresh is not None and fresh.observation is not None:
         return {"source": "prometheus", **observed_status(fresh.observation)}
@@ -281,7 +281,7 @@ def observed_load(
 ) -> tuple[Load, str]:
     """The load to explain: the observed rate and token mix where status (or Prometheus) has them, else the
     spec's hints; `rps` overrides the rate."""
-    from policies import planner
+    from goodput.policies import planner
 
     hint = planner.load_from_spec(spec)
     observed = observed or {}

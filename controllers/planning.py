@@ -11,8 +11,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from controllers.metrics import POLICY_CPU
-from policies.plancache import PlanCache as PlanCache  # the operator's cache (controllers/runtime.py)
+from goodput.controllers.metrics import POLICY_CPU
+from goodput.policies.plancache import PlanCache as PlanCache  # the operator's cache (controllers/runtime.py)
 
 T = TypeVar("T")
 

@@ -12,8 +12,8 @@ import logging
 import time
 from collections import defaultdict
 
-from controllers import reconcile
-from controllers.metrics import (
+from goodput.controllers import reconcile
+from goodput.controllers.metrics import (
     INTERVALS,
     LAST_POLL_DURATION,
     LAST_READ_DURATION,
@@ -24,8 +24,8 @@ from controllers.metrics import (
     SERVICES,
     export_services,
 )
-from controllers.prometheus import PrometheusError, ServiceKey, Snapshot
-from controllers.runtime import Runtime, ServiceRecord
+from goodput.controllers.prometheus import PrometheusError, ServiceKey, Snapshot
+from goodput.controllers.runtime import Runtime, ServiceRecord
 
 log = logging.getLogger("goodput.poller")
 

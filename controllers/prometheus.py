@@ -20,8 +20,8 @@ from typing import Any
 
 import aiohttp
 
-from policies.observe import Histogram, TierWindow
-from worker_image import contract as c
+from goodput.policies.observe import Histogram, TierWindow
+from goodput.worker_image import contract as c
 
 GROUP = f"{c.NAMESPACE_LABEL}, {c.SERVICE_LABEL}, {c.TIER_LABEL}"
 ServiceKey = tuple[str, str]  # (namespace, inferenceservice)

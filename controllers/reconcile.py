@@ -16,22 +16,22 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controllers import actuate, builders, conditions, naming, router_builders, status
-from controllers.conditions import Cond
-from controllers.kube import KubeClient, KubeError
-from controllers.metrics import DECISIONS, RECONCILE_ERRORS
-from controllers.model_check import model_problem
-from controllers.naming import MAX_LABEL_VALUE
-from controllers.observation import observe_service
-from controllers.planning import policy_call
-from controllers.prometheus import Snapshot
-from controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
-from controllers.worker_health import worker_problem
-from crds.inferenceservice import InferenceServiceSpec, Mode
-from crds.slopolicy import SLOPolicySpec
-from policies.autoscale import autoscale
-from policies.planner import load_from_spec
-from policies.types import Candidate, Decision, PlanResult
+from goodput.controllers import actuate, builders, conditions, naming, router_builders, status
+from goodput.controllers.conditions import Cond
+from goodput.controllers.kube import KubeClient, KubeError
+from goodput.controllers.metrics import DECISIONS, RECONCILE_ERRORS
+from goodput.controllers.model_check import model_problem
+from goodput.controllers.naming import MAX_LABEL_VALUE
+from goodput.controllers.observation import observe_service
+from goodput.controllers.planning import policy_call
+from goodput.controllers.prometheus import Snapshot
+from goodput.controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
+from goodput.controllers.worker_health import worker_problem
+from goodput.crds.inferenceservice import InferenceServiceSpec, Mode
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.autoscale import autoscale
+from goodput.policies.planner import load_from_spec
+from goodput.policies.types import Candidate, Decision, PlanResult
 
 log = logging.getLogger("goodput.operator")
 

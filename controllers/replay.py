@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any
 
-from crds.slopolicy import SLOPolicySpec
-from policies.compare import (
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.compare import (
     BRACKET_ROUNDS,
     POLICIES,
     SWEEPS,
@@ -29,8 +29,8 @@ from policies.compare import (
     setup,
     sweep_jobs,
 )
-from policies.simulator import SimResult
-from policies.workloads import Trace
+from goodput.policies.simulator import SimResult
+from goodput.policies.workloads import Trace
 
 Progress = Callable[[int, int], None]  # (simulations done, simulations in all): at the start and after each
 
@@ -226,7 +226,7 @@ def command(args: Any) -> int:
     """`goodput simulate`: replay a trace under each policy and print one row per policy and setting."""
     import json
 
-    from policies.workloads import resolve
+    from goodput.policies.workloads import resolve
 
     names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
     unknown = [n for n in names if n not in POLICIES]

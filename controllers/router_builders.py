@@ -11,11 +11,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from controllers import naming
-from controllers.builders import PRESTOP_SECONDS, Owner, _container_security, _metadata, _pod_security, _probe
-from crds.inferenceservice import InferenceServiceSpec, QuotaLimits, RouterSpec, TrafficClass
-from policies.types import Candidate
-from worker_image.contract import POD_LABEL_ROUTER
+from goodput.controllers import naming
+from goodput.controllers.builders import (
+    PRESTOP_SECONDS,
+    Owner,
+    _container_security,
+    _metadata,
+    _pod_security,
+    _probe,
+)
+from goodput.crds.inferenceservice import InferenceServiceSpec, QuotaLimits, RouterSpec, TrafficClass
+from goodput.policies.types import Candidate
+from goodput.worker_image.contract import POD_LABEL_ROUTER
 
 ROUTER_APP = "goodput-router"
 LABEL_ROUTER = POD_LABEL_ROUTER
@@ -91,7 +98,7 @@ def build_router_deployment(
     container = {
         "name": "router",
         "image": router.image,
-        "command": ["python", "-m", "router"],
+        "command": ["python", "-m", "goodput.router"],
         "args": router_args(owner, spec, router, plan),
         "env": env,
         "ports": [{"name": "http", "containerPort": ROUTER_PORT, "protocol": "TCP"}],

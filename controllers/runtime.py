@@ -10,13 +10,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from controllers.config import OperatorConfig
-from controllers.kube import KubeClient, KubeError
-from controllers.planning import PlanCache
-from controllers.prometheus import PrometheusReader, ServiceKey
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
-from policies.types import Candidate, Observation, ScalerState
+from goodput.controllers.config import OperatorConfig
+from goodput.controllers.kube import KubeClient, KubeError
+from goodput.controllers.planning import PlanCache
+from goodput.controllers.prometheus import PrometheusReader, ServiceKey
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import DEFAULT_POLICY_NAME, SLOPolicySpec
+from goodput.policies.types import Candidate, Observation, ScalerState
 
 
 @dataclass

@@ -9,8 +9,8 @@ from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
-from controllers.conditions import Cond, merge
-from crds.inferenceservice import (
+from goodput.controllers.conditions import Cond, merge
+from goodput.crds.inferenceservice import (
     SCALER_WINDOW_ITEMS,
     Calibration,
     LearnedCapacity,
@@ -21,10 +21,10 @@ from crds.inferenceservice import (
     ScalerStatus,
     TierPlan,
 )
-from crds.inferenceservice import Decision as DecisionStatus
-from crds.slopolicy import SLOPolicyStatus
-from policies.display import ms
-from policies.types import Candidate, Observation, ScalerState, TierConfig
+from goodput.crds.inferenceservice import Decision as DecisionStatus
+from goodput.crds.slopolicy import SLOPolicyStatus
+from goodput.policies.display import ms
+from goodput.policies.types import Candidate, Observation, ScalerState, TierConfig
 
 
 def utc(unix_s: float) -> datetime:

@@ -1,6 +1,6 @@
-"""`python -m crds`: regenerate the CRD YAML from the models."""
+"""`python -m goodput.crds`: regenerate the CRD YAML from the models."""
 
-from crds.generate import write
+from goodput.crds.generate import write
 
 for path in write():
     print(f"wrote {path}")

@@ -7,7 +7,7 @@ from typing import Any
 
 import celpy
 
-from crds.rules import Rule
+from goodput.crds.rules import Rule
 
 _ENV = celpy.Environment()
 

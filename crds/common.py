@@ -8,7 +8,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from crds.rules import Rule
+from goodput.crds.rules import Rule
 
 GROUP = "goodput.dev"
 VERSION = "v1alpha1"
@@ -37,7 +37,7 @@ class Resource(BaseModel):
     @model_validator(mode="after")
     def _check_cel_rules(self) -> Resource:
         if self.cel_rules:
-            from crds.cel import first_violation
+            from goodput.crds.cel import first_violation
 
             broken = first_violation(self.cel_rules, self.to_wire())
             if broken is not None:

@@ -8,8 +8,8 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field
 
-from crds.common import Condition, Resource
-from crds.rules import Rule
+from goodput.crds.common import Condition, Resource
+from goodput.crds.rules import Rule
 
 KIND = "InferenceService"
 PLURAL = "inferenceservices"
@@ -259,7 +259,7 @@ class RouterSpec(Resource):
     image: str = Field(
         default="ghcr.io/goodput/operator:0.1.0",
         min_length=1,
-        description="Image with the router (`python -m router`); the operator's image carries it.",
+        description="Image with the router (`python -m goodput.router`); the operator's image carries it.",
     )
     max_queue: int = Field(
         default=1000, ge=0, le=1_000_000, description="Requests queued per tier before 429."

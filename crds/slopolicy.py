@@ -7,8 +7,8 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
-from crds.common import Condition, Resource
-from crds.rules import Rule
+from goodput.crds.common import Condition, Resource
+from goodput.crds.rules import Rule
 
 KIND = "SLOPolicy"
 PLURAL = "slopolicies"

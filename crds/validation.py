@@ -12,8 +12,8 @@ from typing import Any
 
 import jsonschema
 
-from crds.cel import holds
-from crds.generate import all_crds
+from goodput.crds.cel import holds
+from goodput.crds.generate import all_crds
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ import httpx
 import numpy as np
 
 from e2e import hostnet
-from policies import workloads
+from goodput.policies import workloads
 
 VOCAB = 512  # token ids stay inside the tiny preset's vocabulary
 REFRESH_S = 1.0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from e2e import loadgen
-from policies import workloads
+from goodput.policies import workloads
 
 FIRST_S, GAP_S = 0.2, 0.05
 

@@ -22,14 +22,14 @@ import pytest
 import yaml
 from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
 
-from controllers import oncall
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from crds.validation import validate_manifest
 from e2e import operator as goodput
 from e2e import procs, service
 from e2e.stack import REPO, Stack, leftovers, running_stack
-from policies import planner
+from goodput.controllers import oncall
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.crds.validation import validate_manifest
+from goodput.policies import planner
 
 pytestmark = pytest.mark.e2e
 

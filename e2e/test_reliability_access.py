@@ -21,13 +21,13 @@ from kubernetes.client import (
     RbacAuthorizationV1Api,
 )
 
-from controllers import builders, naming
-from controllers.builders import Owner
-from crds.common import GROUP, VERSION
-from crds.inferenceservice import InferenceServiceSpec
 from e2e import procs
 from e2e.stack import REPO, Stack
-from policies.types import Candidate, Tier, TierConfig
+from goodput.controllers import builders, naming
+from goodput.controllers.builders import Owner
+from goodput.crds.common import GROUP, VERSION
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.policies.types import Candidate, Tier, TierConfig
 
 pytestmark = pytest.mark.e2e
 

@@ -27,12 +27,12 @@ from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 from kubernetes.client import AppsV1Api, CoreV1Api, CustomObjectsApi
 
-from crds.validation import validate_manifest
 from e2e import loadgen, procs, service
 from e2e import operator as goodput
 from e2e.stack import Stack, leftovers, running_stack
 from e2e.test_reliability_input import apply as mutate
 from e2e.test_reliability_input import mutation
+from goodput.crds.validation import validate_manifest
 from testkit.specs import LLAMA_405B_ARCHITECTURE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.own_node]

@@ -24,12 +24,12 @@ from hypothesis import strategies as st
 from kubernetes.client import CustomObjectsApi
 from pydantic import ValidationError
 
-from crds.common import GROUP, VERSION
-from crds.generate import all_crds
-from crds.inferenceservice import InferenceService
-from crds.slopolicy import SLOPolicy
-from crds.validation import validate_manifest
 from e2e.stack import REPO, Stack
+from goodput.crds.common import GROUP, VERSION
+from goodput.crds.generate import all_crds
+from goodput.crds.inferenceservice import InferenceService
+from goodput.crds.slopolicy import SLOPolicy
+from goodput.crds.validation import validate_manifest
 
 pytestmark = pytest.mark.e2e
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from goodput.worker_image import contract as c
 from observability.slis import (
     DECISIONS,
     PLANNED,
@@ -18,7 +19,6 @@ from observability.slis import (
     Sli,
     service_namespace,
 )
-from worker_image import contract as c
 
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 SELECTED = 'namespace=~"$namespace", inferenceservice=~"$inferenceservice"'

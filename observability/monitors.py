@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker_image import contract as c
+from goodput.worker_image import contract as c
 
 LABELS = {"app.kubernetes.io/name": "goodput", "app.kubernetes.io/component": "observability"}
 

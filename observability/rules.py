@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
+from goodput.worker_image import contract as c
 from observability.slis import (
     FAST_BURN,
     PERCENTILES,
@@ -23,7 +24,6 @@ from observability.slis import (
     num,
     service_namespace,
 )
-from worker_image import contract as c
 
 
 def weight_rules(sli: Sli) -> list[dict[str, Any]]:

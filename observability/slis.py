@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker_image import contract as c
+from goodput.worker_image import contract as c
 
 RUNBOOK = "https://github.com/goodput/goodput/blob/main/docs/oncall.md"
 SERVICE = "namespace, inferenceservice"

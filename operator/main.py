@@ -15,8 +15,8 @@ import sys
 
 import kopf
 
-import controllers.handlers  # noqa: F401  (registers the handlers, the one startup handler among them)
-from controllers.config import OperatorConfig
+import goodput.controllers.handlers  # noqa: F401  (registers the handlers, the one startup handler among them)
+from goodput.controllers.config import OperatorConfig
 
 
 def main() -> None:

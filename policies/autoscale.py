@@ -25,16 +25,16 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import MissingMetrics, SLOPolicySpec
-from policies import planner
-from policies.budget import budget_note, budgeted_headroom, spend_budget
-from policies.calibration import calibrate
-from policies.capacity import capacity_factor, learn_capacity
-from policies.demand import anticipated_load, rate_steady, remember, token_mix
-from policies.display import exceeds
-from policies.idle import awake, track_idle, zero_decision
-from policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import MissingMetrics, SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.budget import budget_note, budgeted_headroom, spend_budget
+from goodput.policies.calibration import calibrate
+from goodput.policies.capacity import capacity_factor, learn_capacity
+from goodput.policies.demand import anticipated_load, rate_steady, remember, token_mix
+from goodput.policies.display import exceeds
+from goodput.policies.idle import awake, track_idle, zero_decision
+from goodput.policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
 
 PlanFn = Callable[[InferenceServiceSpec, Load, SLOPolicySpec, float, float], PlanResult]
 

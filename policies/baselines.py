@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from policies.simulator import Actuation, FleetView, SimConfig, SimResult, simulate
-from policies.types import Observation
-from policies.workloads import Trace
+from goodput.policies.simulator import Actuation, FleetView, SimConfig, SimResult, simulate
+from goodput.policies.types import Observation
+from goodput.policies.workloads import Trace
 
 UNIFORM_STEPS = 6  # bisection steps of the oracle's uniform search: the rate to within 1/64 of its range
 

@@ -11,9 +11,9 @@ from __future__ import annotations
 import math
 from dataclasses import replace
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies.types import Observation, ScalerState
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.types import Observation, ScalerState
 
 # The share of first tokens that missed the TTFT target, decayed with this time constant, against the
 # 1 − attainment the SLO allows. Spending less than BUDGET_AIM of it lowers the headroom in proportion; the

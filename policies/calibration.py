@@ -12,16 +12,16 @@ from dataclasses import replace
 
 import numpy as np
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.catalog import accelerator
-from policies.demand import rate_steady, token_samples
-from policies.latency import ReplicaPredictor, TokenStats
-from policies.observe import ITL_BUCKETS, TTFT_BUCKETS
-from policies.perfmodel import StepModel
-from policies.profiles import profile_for
-from policies.types import Candidate, Observation, ScalerState
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.catalog import accelerator
+from goodput.policies.demand import rate_steady, token_samples
+from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.observe import ITL_BUCKETS, TTFT_BUCKETS
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.profiles import profile_for
+from goodput.policies.types import Candidate, Observation, ScalerState
 
 QUEUEING_SHARE = 1.25  # TTFT calibrates from windows predicted within this factor of the unloaded p95
 UNLOADED_RPS = 1e-3  # per replica: the rate the unloaded prediction is made at

@@ -30,12 +30,12 @@ from dataclasses import replace
 
 import numpy as np
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies.calibration import NEAR_TARGET, QUEUEING_SHARE, UNLOADED_RPS, running_predictor
-from policies.demand import rate_steady
-from policies.observe import TTFT_BUCKETS
-from policies.types import Candidate, Observation, ScalerState
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.calibration import NEAR_TARGET, QUEUEING_SHARE, UNLOADED_RPS, running_predictor
+from goodput.policies.demand import rate_steady
+from goodput.policies.observe import TTFT_BUCKETS
+from goodput.policies.types import Candidate, Observation, ScalerState
 
 CAPACITY_BOUNDS = (0.25, 4.0)  # the model is trusted to within a factor of four either way
 GRID_RATES = 64  # model rates the equivalent load is read off, up to the replica's saturation

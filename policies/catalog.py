@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from crds.inferenceservice import AcceleratorPool, AcceleratorType
-from policies.lookup import by_name
+from goodput.crds.inferenceservice import AcceleratorPool, AcceleratorType
+from goodput.policies.lookup import by_name
 
 GB = 1e9
 GiB = 1 << 30

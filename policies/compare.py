@@ -15,17 +15,17 @@ from typing import Any
 
 import numpy as np
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.autoscale import autoscale
-from policies.baselines import HPA, KEDA, Static, oracle
-from policies.catalog import accelerator, price_of
-from policies.latency import ReplicaPredictor, TokenStats
-from policies.perfmodel import StepModel
-from policies.plancache import PlanCache
-from policies.profiles import profile_for
-from policies.simulator import (
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.autoscale import autoscale
+from goodput.policies.baselines import HPA, KEDA, Static, oracle
+from goodput.policies.catalog import accelerator, price_of
+from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.plancache import PlanCache
+from goodput.policies.profiles import profile_for
+from goodput.policies.simulator import (
     Actuation,
     EngineConfig,
     FleetView,
@@ -35,9 +35,9 @@ from policies.simulator import (
     StepProfile,
     simulate,
 )
-from policies.startup import StartModel
-from policies.types import Candidate, Load, Observation, PlanResult, ScalerState
-from policies.workloads import Trace
+from goodput.policies.startup import StartModel
+from goodput.policies.types import Candidate, Load, Observation, PlanResult, ScalerState
+from goodput.policies.workloads import Trace
 
 POLICIES = ("goodput", "hpa", "keda", "static", "oracle")
 HPA_TARGETS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # vllm:num_requests_running per pod

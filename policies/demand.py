@@ -14,10 +14,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.types import Load, Observation, ScalerState
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.types import Load, Observation, ScalerState
 
 # Recent peaks halve every scale-down stabilization window and are forgotten after PEAK_FADE_WINDOWS. On on/off
 # traffic (demand fell below ON_OFF_RATIO of a remembered peak within the hold) they are first held for

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from crds.inferenceservice import InferenceServiceSpec, Tier
-from policies.catalog import accelerator, price_of
-from policies.latency import ReplicaPredictor, TokenStats
-from policies.perfmodel import StepModel
-from policies.planner import CHUNK_TOKENS, tier_shares
-from policies.profiles import profile_for
-from policies.types import Candidate, Load
+from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
+from goodput.policies.catalog import accelerator, price_of
+from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.planner import CHUNK_TOKENS, tier_shares
+from goodput.policies.profiles import profile_for
+from goodput.policies.types import Candidate, Load
 
 
 @dataclass(frozen=True)

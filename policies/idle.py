@@ -15,9 +15,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies.types import Candidate, Decision, Observation, ScalerState
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.types import Candidate, Decision, Observation, ScalerState
 
 
 def is_idle(obs: Observation) -> bool:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.perfmodel import StepModel
+from goodput.policies.perfmodel import StepModel
 
 # Quantile levels for the token-length nodes, denser in the upper tail that p95 TTFT depends on: (from, to, nodes).
 LEVEL_SEGMENTS = ((0.0, 0.8, 24), (0.8, 0.98, 24), (0.98, 1.0, 16))

@@ -14,9 +14,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from policies.types import Observation
-from worker_image.contract import INTER_TOKEN_BUCKETS, TOKEN_COUNT_BUCKETS, token_count_buckets
-from worker_image.contract import TTFT_BUCKETS as TTFT_BUCKETS
+from goodput.policies.types import Observation
+from goodput.worker_image.contract import INTER_TOKEN_BUCKETS, TOKEN_COUNT_BUCKETS, token_count_buckets
+from goodput.worker_image.contract import TTFT_BUCKETS as TTFT_BUCKETS
 
 # The worker's buckets (worker_image.contract) under the names this package's callers use.
 ITL_BUCKETS = INTER_TOKEN_BUCKETS

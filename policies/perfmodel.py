@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.catalog import Accelerator
-from policies.profiles import ModelProfile
+from goodput.policies.catalog import Accelerator
+from goodput.policies.profiles import ModelProfile
 
 ArrayLike = np.ndarray | float | int
 

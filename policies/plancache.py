@@ -14,10 +14,10 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.types import Load, PlanResult
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.types import Load, PlanResult
 
 CACHE_SIZE = 4096
 FACTOR_DIGITS = 2

@@ -27,15 +27,15 @@ from statistics import NormalDist
 
 import numpy as np
 
-from crds.inferenceservice import SLO, AcceleratorPool, InferenceServiceSpec, Tier, TrafficClass
-from crds.slopolicy import SLOPolicySpec, WindowRange
-from policies.catalog import accelerator, price_of
-from policies.display import exceeds
-from policies.latency import ReplicaPredictor, TokenStats
-from policies.perfmodel import StepModel
-from policies.profiles import ModelProfile, profile_for
-from policies.types import Candidate, Load, PlanResult, TierConfig
-from policies.workloads import load_trace
+from goodput.crds.inferenceservice import SLO, AcceleratorPool, InferenceServiceSpec, Tier, TrafficClass
+from goodput.crds.slopolicy import SLOPolicySpec, WindowRange
+from goodput.policies.catalog import accelerator, price_of
+from goodput.policies.display import exceeds
+from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.profiles import ModelProfile, profile_for
+from goodput.policies.types import Candidate, Load, PlanResult, TierConfig
+from goodput.policies.workloads import load_trace
 
 TENSOR_PARALLEL = (1, 2, 4, 8)
 MAX_BATCHES = (8, 16, 32, 64, 128, 256)

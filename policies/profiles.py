@@ -11,9 +11,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from crds.inferenceservice import Architecture, ModelSpec
-from policies.lookup import by_name
-from worker_image.contract import MODEL_PRESETS, RANDOM_PREFIX
+from goodput.crds.inferenceservice import Architecture, ModelSpec
+from goodput.policies.lookup import by_name
+from goodput.worker_image.contract import MODEL_PRESETS, RANDOM_PREFIX
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2, "fp8": 1}
 

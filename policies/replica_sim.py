@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from policies.perfmodel import StepModel
+from goodput.policies.perfmodel import StepModel
 
 
 @dataclass(frozen=True)

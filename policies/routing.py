@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal, Protocol
 
-from policies.prefix_cache import PrefixCache
+from goodput.policies.prefix_cache import PrefixCache
 
 QUEUE: Final = "queue"
 Route = int | Literal["queue"]

@@ -22,8 +22,8 @@ from typing import Protocol
 
 import numpy as np
 
-from policies import engine_core as core
-from policies.observe import (
+from goodput.policies import engine_core as core
+from goodput.policies.observe import (
     ITL_BUCKETS,
     TOKEN_BUCKETS,
     TTFT_BUCKETS,
@@ -31,12 +31,12 @@ from policies.observe import (
     TierWindow,
     build_observation,
 )
-from policies.perfmodel import StepModel
-from policies.prefix_cache import PrefixCache
-from policies.routing import ReplicaLoad, SimulatedRouting
-from policies.sim_result import SimResult, Timeline
-from policies.types import Observation
-from policies.workloads import Trace
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.prefix_cache import PrefixCache
+from goodput.policies.routing import ReplicaLoad, SimulatedRouting
+from goodput.policies.sim_result import SimResult, Timeline
+from goodput.policies.types import Observation
+from goodput.policies.workloads import Trace
 
 
 @dataclass(frozen=True)

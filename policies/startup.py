@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from policies.profiles import ModelProfile
+from goodput.policies.profiles import ModelProfile
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from crds.inferenceservice import Tier
+from goodput.crds.inferenceservice import Tier
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""`python -m router`: serve one InferenceService's endpoint (see router.config for the flags)."""
+"""`python -m goodput.router`: serve one InferenceService's endpoint (see router.config for the flags)."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ from dataclasses import replace
 import aiohttp
 from aiohttp import web
 
-from router.app import Router, create_app
-from router.config import RouterConfig, parse_args
-from router.dispatch import Tier
-from router.endpoints import InCluster, watch_tier
-from router.metrics import RouterMetrics
-from router.refresh import refresh_forever
+from goodput.router.app import Router, create_app
+from goodput.router.config import RouterConfig, parse_args
+from goodput.router.dispatch import Tier
+from goodput.router.endpoints import InCluster, watch_tier
+from goodput.router.metrics import RouterMetrics
+from goodput.router.refresh import refresh_forever
 
 REFRESH_TIMEOUT_SHARE = 0.8  # a refresh gives up before the next one starts: a silent replica is out in one
 

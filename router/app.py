@@ -19,12 +19,12 @@ import aiohttp
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from router.dispatch import Tier
-from router.errors import RouterError, unavailable
-from router.metrics import RouterMetrics
-from router.quota import Quotas
-from router.replicas import Lease
-from router.requests import CLASS_HEADER, RequestClass, parse
+from goodput.router.dispatch import Tier
+from goodput.router.errors import RouterError, unavailable
+from goodput.router.metrics import RouterMetrics
+from goodput.router.quota import Quotas
+from goodput.router.replicas import Lease
+from goodput.router.requests import CLASS_HEADER, RequestClass, parse
 
 TENANT_HEADER = "X-Goodput-Tenant"
 MAX_ATTEMPTS = 3  # replicas tried for one request before 503

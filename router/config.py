@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from policies.routing import KINDS, RoutingPolicy
-from router.dispatch import QueueLimits
-from router.quota import Quotas, QuotaSpec
-from router.requests import CLASSES, RequestClass
+from goodput.policies.routing import KINDS, RoutingPolicy
+from goodput.router.dispatch import QueueLimits
+from goodput.router.quota import Quotas, QuotaSpec
+from goodput.router.requests import CLASSES, RequestClass
 
 DEFAULT_MAX_REQUESTS = 256
 QUOTA_FIELDS = {
@@ -69,7 +69,7 @@ def parse_quotas(data: Any) -> Quotas:
 
 
 def parse_args(argv: list[str] | None = None) -> RouterConfig:
-    p = argparse.ArgumentParser(prog="python -m router", description="goodput's per-service router")
+    p = argparse.ArgumentParser(prog="python -m goodput.router", description="goodput's per-service router")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--default-class", choices=CLASSES, default="interactive")

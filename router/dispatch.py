@@ -16,12 +16,12 @@ import random
 import time
 from dataclasses import dataclass, field
 
-from policies.prefix_cache import PrefixCache
-from policies.routing import QUEUE, RoutingPolicy, route
-from router.errors import too_many, unavailable
-from router.metrics import RouterMetrics
-from router.replicas import Lease, Replica
-from router.requests import CLASSES, Routed
+from goodput.policies.prefix_cache import PrefixCache
+from goodput.policies.routing import QUEUE, RoutingPolicy, route
+from goodput.router.errors import too_many, unavailable
+from goodput.router.metrics import RouterMetrics
+from goodput.router.replicas import Lease, Replica
+from goodput.router.requests import CLASSES, Routed
 
 DEFAULT_OUTPUT_TOKENS = 256  # the output budget assumed for ordering when a request sets none
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from router.dispatch import Tier
+from goodput.router.dispatch import Tier
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"

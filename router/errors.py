@@ -7,7 +7,7 @@ import math
 
 from aiohttp import web
 
-from worker_image.contract import OpenAIError
+from goodput.worker_image.contract import OpenAIError
 
 
 class RouterError(OpenAIError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from router.errors import too_many
+from goodput.router.errors import too_many
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from router.dispatch import Tier
-from router.replicas import Replica
-from worker_image import contract
+from goodput.router.dispatch import Tier
+from goodput.router.replicas import Replica
+from goodput.worker_image import contract
 
 RUNNING = contract.NUM_REQUESTS_RUNNING
 WAITING = contract.NUM_REQUESTS_WAITING

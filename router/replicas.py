@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from policies.prefix_cache import PrefixCache
-from policies.routing import ReplicaLoad
+from goodput.policies.prefix_cache import PrefixCache
+from goodput.policies.routing import ReplicaLoad
 
 
 @dataclass(eq=False)

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from router.errors import bad_request
+from goodput.router.errors import bad_request
 
 CHARS_PER_TOKEN = 4  # English text under BPE tokenizers; an estimate for load accounting only
 RequestClass = Literal["interactive", "batch"]

@@ -23,8 +23,8 @@ import aiohttp.web
 import kmock
 from kmock._internal import dicts, enums, k8s_views, rendering
 
-from crds import inferenceservice, slopolicy
-from crds.common import GROUP, VERSION
+from goodput.crds import inferenceservice, slopolicy
+from goodput.crds.common import GROUP, VERSION
 
 APPLY_PATCH = "application/apply-patch+yaml"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from policies.types import Observation
+from goodput.policies.types import Observation
 
 
 def steady_window(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.inferenceservice import InferenceServiceSpec
 
 
 def llama_h100(expected_rps: float) -> InferenceServiceSpec:

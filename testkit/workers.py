@@ -16,8 +16,8 @@ from http.server import ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from goodput.worker_image import contract as c
 from testkit.metrics_http import serve_metrics
-from worker_image import contract as c
 
 HISTOGRAMS = (
     (c.TTFT, c.TTFT_BUCKETS),

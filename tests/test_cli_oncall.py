@@ -16,14 +16,14 @@ import pytest
 import pytest_asyncio
 import yaml
 
-from controllers import builders, oncall
-from controllers.cli import explain, main
-from controllers.kube import KubeClient
-from controllers.prometheus import queries
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.types import Load
+from goodput.controllers import builders, oncall
+from goodput.controllers.cli import explain, main
+from goodput.controllers.kube import KubeClient
+from goodput.controllers.prometheus import queries
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.types import Load
 from testkit.apiserver import ApiServer
 from testkit.kubeconfig import write_kubeconfig
 from testkit.prometheus import free_port
@@ -399,7 +399,7 @@ def test_every_goodput_command_in_the_docs_exists() -> None:
     import re
     import shlex
 
-    from controllers.cli import build_parser
+    from goodput.controllers.cli import build_parser
 
     parser = build_parser()
     for doc in (ROOT / "docs" / "oncall.md", ROOT / "README.md"):
@@ -414,7 +414,7 @@ def test_every_goodput_command_in_the_docs_exists() -> None:
 
 
 def test_status_prints_operator_text_verbatim_even_with_brackets(capsys) -> None:
-    from controllers.cli.status import print_status
+    from goodput.controllers.cli.status import print_status
 
     reason = "planned CPU TP1 [interactive×1], predicted TTFT p95 4 ms"
     row = {
@@ -435,7 +435,7 @@ def test_status_prints_operator_text_verbatim_even_with_brackets(capsys) -> None
 
 
 def test_status_says_scaled_to_zero(capsys) -> None:
-    from controllers.cli.status import print_status, status_row
+    from goodput.controllers.cli.status import print_status, status_row
 
     plan = {"replicas": 0, "tier": "batch", "tiers": [{"tier": "batch", "replicas": 0}]}
     ready = {"type": "Ready", "status": "True", "reason": "ScaledToZero", "message": "scaled to zero"}
@@ -457,8 +457,8 @@ def test_status_without_rights_on_slopolicies_warns_and_judges_staleness_by_the_
     """Listing services in a namespace takes less RBAC than reading the cluster-scoped SLOPolicies."""
     from kubernetes.client import ApiClient
 
-    from controllers.cli import status
-    from controllers.oncall import Cluster, OncallError
+    from goodput.controllers.cli import status
+    from goodput.controllers.oncall import Cluster, OncallError
 
     class Refusing(Cluster):
         def call(self, what: str, fn: Any, *args: Any, **kwargs: Any) -> Any:

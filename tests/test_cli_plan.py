@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controllers.cli import EXIT_INFEASIBLE, EXIT_INVALID, build_parser, main
+from goodput.controllers.cli import EXIT_INFEASIBLE, EXIT_INVALID, build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "manifests" / "examples"
@@ -87,7 +87,7 @@ def test_rps_and_trace_are_exclusive():
 
 def test_console_entry_point_runs_as_a_process():
     done = subprocess.run(
-        [sys.executable, "-m", "controllers.cli", "plan", "-f", str(CHAT), "--rps", "20", "--json"],
+        [sys.executable, "-m", "goodput.controllers.cli", "plan", "-f", str(CHAT), "--rps", "20", "--json"],
         capture_output=True,
         text=True,
         cwd=ROOT,

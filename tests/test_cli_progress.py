@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from controllers.replay import run
-from policies.workloads import Trace
+from goodput.controllers.replay import run
+from goodput.policies.workloads import Trace
 
 
 @pytest.mark.parametrize("workers", [1, 2])

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from controllers.cli import main
-from worker_image.__main__ import main as worker_main
-from worker_image.presets import PRESETS
+from goodput.controllers.cli import main
+from goodput.worker_image.__main__ import main as worker_main
+from goodput.worker_image.presets import PRESETS
 
 
 def test_serve_passes_flags_to_the_worker_and_reports_bad_values(capsys: pytest.CaptureFixture[str]) -> None:
@@ -20,7 +20,7 @@ def test_other_verbs_reject_unknown_flags() -> None:
     assert raised.value.code == 2
 
 
-@pytest.mark.parametrize("entry", ["goodput serve", "python -m worker_image"])
+@pytest.mark.parametrize("entry", ["goodput serve", "python -m goodput.worker_image"])
 def test_help_lists_the_workers_options_and_presets(entry: str, capsys: pytest.CaptureFixture[str]) -> None:
     """Both entry points show every worker flag with a readable default and the model presets."""
     with pytest.raises(SystemExit) as raised:

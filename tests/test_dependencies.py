@@ -17,10 +17,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 PRODUCT = ["crds", "controllers", "policies", "worker_image", "router", "operator"]
 TOOLING = ["tests", "e2e", "bench", "testkit", "observability"]  # test support and generators, not shipped
-LOCAL = {
-    "crds", "controllers", "policies", "worker_image", "router", "e2e", "bench", "tests", "conftest", "testkit",
-    "observability",
-}  # fmt: skip
+LOCAL = {"goodput", "e2e", "bench", "tests", "conftest", "testkit", "observability"}  # goodput: the product
 NOT_IMPORTED = {"pytest-timeout", "ruff"}  # a pytest plugin loaded by entry point; the linter
 
 

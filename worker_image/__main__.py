@@ -1,4 +1,4 @@
-"""`python -m worker_image` (and `goodput serve`): parse flags and GOODPUT_* variables, validate, serve.
+"""`python -m goodput.worker_image` (and `goodput serve`): parse flags and GOODPUT_* variables, validate, serve.
 
 Server flags sit beside the engine's; environment variables set both, flags win. A bad value exits 2 with a
 message on stderr that names it, before any model is loaded.
@@ -14,9 +14,9 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from worker_image.config import ENV_PREFIX, EngineConfig
-from worker_image.presets import PRESETS
-from worker_image.server import ServeOptions, serve
+from goodput.worker_image.config import ENV_PREFIX, EngineConfig
+from goodput.worker_image.presets import PRESETS
+from goodput.worker_image.server import ServeOptions, serve
 
 
 class UsageError(ValueError):
@@ -31,7 +31,7 @@ def _default(f: dataclasses.Field) -> str:
     return f"default: {f.default}"
 
 
-def build_parser(prog: str = "python -m worker_image") -> argparse.ArgumentParser:
+def build_parser(prog: str = "python -m goodput.worker_image") -> argparse.ArgumentParser:
     """The worker's flags with their help (also shown by `goodput serve --help`)."""
     parser = argparse.ArgumentParser(
         prog=prog,

@@ -20,15 +20,15 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from worker_image import routes
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
-from worker_image.engine_thread import EngineRunner
-from worker_image.errors import RETRY_AFTER_S, APIError
-from worker_image.protocol import ErrorResponse
-from worker_image.sampling import SamplingParams
-from worker_image.state import ServeOptions, WorkerState
-from worker_image.validation import client_error
+from goodput.worker_image import routes
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.engine_thread import EngineRunner
+from goodput.worker_image.errors import RETRY_AFTER_S, APIError
+from goodput.worker_image.protocol import ErrorResponse
+from goodput.worker_image.sampling import SamplingParams
+from goodput.worker_image.state import ServeOptions, WorkerState
+from goodput.worker_image.validation import client_error
 
 logger = logging.getLogger("goodput.worker")
 

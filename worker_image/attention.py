@@ -38,7 +38,7 @@ def resolve_backend(backend: str, device: str) -> str:
 def decode_fn(backend: str) -> DecodeFn:
     """The decode function of a resolved backend; Triton is imported only when chosen."""
     if backend == "triton":
-        from worker_image.triton_decode import paged_decode
+        from goodput.worker_image.triton_decode import paged_decode
 
         return paged_decode
     return reference_decode

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from worker_image.sequence import Sequence
+from goodput.worker_image.sequence import Sequence
 
 ROOT_HASH = b""
 

@@ -10,10 +10,10 @@ from typing import Annotated, Any
 from fastapi import Header, Request
 from fastapi.responses import Response
 
-from worker_image.engine import RequestOutput
-from worker_image.errors import bad_request
-from worker_image.params import admit, check_lengths, grammar, sampling_params, submit
-from worker_image.protocol import (
+from goodput.worker_image.engine import RequestOutput
+from goodput.worker_image.errors import bad_request
+from goodput.worker_image.params import admit, check_lengths, grammar, sampling_params, submit
+from goodput.worker_image.protocol import (
     AssistantMessage,
     ChatChoice,
     ChatCompletionRequest,
@@ -22,8 +22,8 @@ from worker_image.protocol import (
     PriorityName,
     TokenLogprob,
 )
-from worker_image.streaming import collect_choices, respond, token_logprobs, usage_of
-from worker_image.tools import tool_calls, tool_schema
+from goodput.worker_image.streaming import collect_choices, respond, token_logprobs, usage_of
+from goodput.worker_image.tools import tool_calls, tool_schema
 
 
 async def chat_completion(

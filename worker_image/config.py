@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker_image.contract import ENV_PREFIX as ENV_PREFIX
+from goodput.worker_image.contract import ENV_PREFIX as ENV_PREFIX
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -94,7 +94,8 @@ class EngineConfig:
             raise bad("cpu_threads", "must be >= 1 or unset")
         if self.tensor_parallel_size not in (1, 2, 4, 8):
             raise bad("tensor_parallel_size", "must be 1, 2, 4 or 8")
-        from worker_image.attention import resolve_backend  # torch loads only when an engine is configured
+        # torch loads only when an engine is configured
+        from goodput.worker_image.attention import resolve_backend
 
         try:
             resolve_backend(self.attention_backend, self.device)
@@ -130,7 +131,7 @@ class EngineConfig:
 
 def _head_counts(model: str) -> dict[str, int]:
     """Head counts of a preset or a folder's config.json, when readable; the loader checks again."""
-    from worker_image import presets
+    from goodput.worker_image import presets
 
     try:
         if model.startswith("random:"):

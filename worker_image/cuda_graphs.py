@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from worker_image.model import AttnMetadata, CausalLM, DecodeGroup
-from worker_image.transfer import copy_into
+from goodput.worker_image.model import AttnMetadata, CausalLM, DecodeGroup
+from goodput.worker_image.transfer import copy_into
 
 MAX_GRAPH_BATCH = 512  # larger decode batches are compute bound and run eagerly
 

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 
 import torch
 
-from worker_image.block_manager import BlockManager
-from worker_image.config import EngineConfig
-from worker_image.grammar import GrammarError, Grammars
-from worker_image.model_runner import ModelRunner
-from worker_image.sampling import InvalidParameterError, Priority, SamplingParams
-from worker_image.scheduler import Scheduler
-from worker_image.sequence import Sequence
-from worker_image.tokenizer import detokenize_incrementally
+from goodput.worker_image.block_manager import BlockManager
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.grammar import GrammarError, Grammars
+from goodput.worker_image.model_runner import ModelRunner
+from goodput.worker_image.sampling import InvalidParameterError, Priority, SamplingParams
+from goodput.worker_image.scheduler import Scheduler
+from goodput.worker_image.sequence import Sequence
+from goodput.worker_image.tokenizer import detokenize_incrementally
 
 
 class QueueFullError(Exception):

@@ -15,10 +15,10 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 
-from worker_image.engine import EngineStats, LLMEngine, QueueFullError, RequestOutput
-from worker_image.errors import APIError, bad_request, queue_full, unavailable
-from worker_image.metrics import FinishedRequest, WorkerMetrics
-from worker_image.sampling import InvalidParameterError, Priority, SamplingParams
+from goodput.worker_image.engine import EngineStats, LLMEngine, QueueFullError, RequestOutput
+from goodput.worker_image.errors import APIError, bad_request, queue_full, unavailable
+from goodput.worker_image.metrics import FinishedRequest, WorkerMetrics
+from goodput.worker_image.sampling import InvalidParameterError, Priority, SamplingParams
 
 logger = logging.getLogger("goodput.worker")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
-from worker_image.contract import OpenAIError
+from goodput.worker_image.contract import OpenAIError
 
 RETRY_AFTER_S = 1
 

@@ -14,7 +14,7 @@ from typing import Any
 import llguidance
 import torch
 
-from worker_image.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from goodput.worker_image.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
 # Compact JSON: flexible whitespace lets a weak model emit blanks until max_tokens, never closing a value.
 _JSON_OPTIONS: dict[str, Any] = {"whitespace_flexible": False}

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from worker_image import parallel, parallel_layers, presets
-from worker_image.model import CausalLM, ModelConfig
-from worker_image.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
+from goodput.worker_image import parallel, parallel_layers, presets
+from goodput.worker_image.model import CausalLM, ModelConfig
+from goodput.worker_image.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
 
 log = logging.getLogger(__name__)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from worker_image.sequence import Sequence
-from worker_image.transfer import to_device
+from goodput.worker_image.sequence import Sequence
+from goodput.worker_image.transfer import to_device
 
 
 def needs_processing(seqs: list[Sequence]) -> bool:

@@ -19,10 +19,10 @@ from prometheus_client import (
     generate_latest,
 )
 
-from worker_image import contract as c
-from worker_image.contract import INTER_TOKEN_BUCKETS as INTER_TOKEN_BUCKETS
-from worker_image.contract import TTFT_BUCKETS as TTFT_BUCKETS
-from worker_image.contract import token_count_buckets
+from goodput.worker_image import contract as c
+from goodput.worker_image.contract import INTER_TOKEN_BUCKETS as INTER_TOKEN_BUCKETS
+from goodput.worker_image.contract import TTFT_BUCKETS as TTFT_BUCKETS
+from goodput.worker_image.contract import token_count_buckets
 
 
 class EngineStatsLike(Protocol):

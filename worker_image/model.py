@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from worker_image import attention, parallel
-from worker_image.parallel_layers import (
+from goodput.worker_image import attention, parallel
+from goodput.worker_image.parallel_layers import (
     ColumnParallelLinear,
     ParallelLMHead,
     RowParallelLinear,

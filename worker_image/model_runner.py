@@ -8,14 +8,14 @@ from multiprocessing.connection import Connection
 import numpy as np
 import torch
 
-from worker_image import attention, cpu, parallel, tp_ranks
-from worker_image.config import EngineConfig
-from worker_image.cuda_graphs import DecodeGraphs
-from worker_image.loader import load_model, torch_dtype
-from worker_image.model import AttnMetadata, DecodeGroup, PrefillChunk
-from worker_image.sampler import Sampler, SamplerOutput
-from worker_image.sequence import Sequence
-from worker_image.transfer import to_device
+from goodput.worker_image import attention, cpu, parallel, tp_ranks
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.cuda_graphs import DecodeGraphs
+from goodput.worker_image.loader import load_model, torch_dtype
+from goodput.worker_image.model import AttnMetadata, DecodeGroup, PrefillChunk
+from goodput.worker_image.sampler import Sampler, SamplerOutput
+from goodput.worker_image.sequence import Sequence
+from goodput.worker_image.transfer import to_device
 
 DECODE_GROUP_SIZE = 16  # reference decodes sorted by length and gathered in groups, so padding stays small
 

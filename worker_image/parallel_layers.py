@@ -9,7 +9,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from worker_image.parallel import rank, shard_range, vocab_shard, world_size
+from goodput.worker_image.parallel import rank, shard_range, vocab_shard, world_size
 
 
 class ColumnParallelLinear(nn.Module):

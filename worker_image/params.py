@@ -10,13 +10,13 @@ from typing import Any
 
 from fastapi import Request
 
-from worker_image.engine import QueueFullError
-from worker_image.engine_thread import EngineRunner, RequestStream
-from worker_image.errors import bad_request, not_found, queue_full
-from worker_image.grammar import ANY_JSON_OBJECT, GrammarError, json_schema_grammar
-from worker_image.protocol import GenerationRequest, PriorityName
-from worker_image.sampling import InvalidParameterError, Priority, SamplingParams
-from worker_image.state import WorkerState
+from goodput.worker_image.engine import QueueFullError
+from goodput.worker_image.engine_thread import EngineRunner, RequestStream
+from goodput.worker_image.errors import bad_request, not_found, queue_full
+from goodput.worker_image.grammar import ANY_JSON_OBJECT, GrammarError, json_schema_grammar
+from goodput.worker_image.protocol import GenerationRequest, PriorityName
+from goodput.worker_image.sampling import InvalidParameterError, Priority, SamplingParams
+from goodput.worker_image.state import WorkerState
 
 _TIER_CLASS: dict[str | None, PriorityName] = {"flex": "batch", "priority": "interactive"}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from worker_image.contract import MODEL_PRESETS as PRESETS
+from goodput.worker_image.contract import MODEL_PRESETS as PRESETS
 
 BYTE_TOKENS = {"bos_token_id": 256, "eos_token_id": 257, "pad_token_id": 258}
 

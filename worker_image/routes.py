@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from worker_image.chat import chat_completion
-from worker_image.completions import completion
-from worker_image.errors import bad_request, not_found
-from worker_image.params import check_model
-from worker_image.protocol import (
+from goodput.worker_image.chat import chat_completion
+from goodput.worker_image.completions import completion
+from goodput.worker_image.errors import bad_request, not_found
+from goodput.worker_image.params import check_model
+from goodput.worker_image.protocol import (
     ChatCompletionResponse,
     CompletionResponse,
     DetokenizeRequest,
@@ -19,7 +19,7 @@ from worker_image.protocol import (
     TokenizeRequest,
     TokenizeResponse,
 )
-from worker_image.state import WorkerState
+from goodput.worker_image.state import WorkerState
 
 _SSE_EVENT = {
     "type": "object",

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
-from worker_image import logits_processors
-from worker_image.sequence import Sequence
-from worker_image.transfer import to_device
+from goodput.worker_image import logits_processors
+from goodput.worker_image.sequence import Sequence
+from goodput.worker_image.transfer import to_device
 
 
 @dataclass

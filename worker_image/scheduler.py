@@ -12,10 +12,10 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 
-from worker_image.block_manager import BlockManager
-from worker_image.config import EngineConfig
-from worker_image.sampling import Priority
-from worker_image.sequence import SeqStatus, Sequence
+from goodput.worker_image.block_manager import BlockManager
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.sampling import Priority
+from goodput.worker_image.sequence import SeqStatus, Sequence
 
 
 @dataclass

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from worker_image.grammar import Matcher
-from worker_image.sampling import Priority, SamplingParams
+from goodput.worker_image.grammar import Matcher
+from goodput.worker_image.sampling import Priority, SamplingParams
 
 
 class SeqStatus(enum.Enum):

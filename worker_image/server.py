@@ -15,9 +15,9 @@ from typing import Any
 
 import uvicorn
 
-from worker_image.app import create_app
-from worker_image.config import EngineConfig
-from worker_image.state import ServeOptions, WorkerState
+from goodput.worker_image.app import create_app
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.state import ServeOptions, WorkerState
 
 __all__ = ["DrainingServer", "ServeOptions", "WorkerState", "create_app", "serve", "serve_in_thread"]
 

@@ -7,10 +7,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from worker_image.config import EngineConfig
-from worker_image.engine_thread import EngineRunner
-from worker_image.errors import queue_full, unavailable
-from worker_image.metrics import WorkerMetrics
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine_thread import EngineRunner
+from goodput.worker_image.errors import queue_full, unavailable
+from goodput.worker_image.metrics import WorkerMetrics
 
 logger = logging.getLogger("goodput.worker")
 

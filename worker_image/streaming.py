@@ -14,10 +14,16 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
 from starlette.types import Receive, Scope, Send
 
-from worker_image.engine import RequestOutput
-from worker_image.engine_thread import EngineRunner, RequestStream
-from worker_image.errors import APIError
-from worker_image.protocol import GenerationRequest, PromptTokensDetails, TokenLogprob, TopLogprob, Usage
+from goodput.worker_image.engine import RequestOutput
+from goodput.worker_image.engine_thread import EngineRunner, RequestStream
+from goodput.worker_image.errors import APIError
+from goodput.worker_image.protocol import (
+    GenerationRequest,
+    PromptTokensDetails,
+    TokenLogprob,
+    TopLogprob,
+    Usage,
+)
 
 
 async def respond(

@@ -12,8 +12,8 @@ import json
 import uuid
 from typing import Any
 
-from worker_image.errors import bad_request
-from worker_image.protocol import ChatCompletionRequest, ResponseFunctionCall, ResponseToolCall, Tool
+from goodput.worker_image.errors import bad_request
+from goodput.worker_image.protocol import ChatCompletionRequest, ResponseFunctionCall, ResponseToolCall, Tool
 
 
 def tool_schema(body: ChatCompletionRequest) -> tuple[dict[str, Any], str | None] | None:

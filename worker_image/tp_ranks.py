@@ -15,10 +15,10 @@ from typing import TYPE_CHECKING
 
 import torch.multiprocessing as mp
 
-from worker_image.parallel import RankFailedError
+from goodput.worker_image.parallel import RankFailedError
 
 if TYPE_CHECKING:
-    from worker_image.config import EngineConfig
+    from goodput.worker_image.config import EngineConfig
 
 log = logging.getLogger(__name__)
 

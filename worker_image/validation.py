@@ -7,7 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from worker_image.errors import APIError, bad_request
+from goodput.worker_image.errors import APIError, bad_request
 
 # The required field of each route's body, named when the body is missing altogether.
 REQUIRED_FIELD = {

@@ -11,8 +11,8 @@ import argparse
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from controllers.cli import explain, plan, serve, simulate, status
-from controllers.cli.plan import EXIT_INFEASIBLE, EXIT_INVALID
+from goodput.controllers.cli import explain, plan, serve, simulate, status
+from goodput.controllers.cli.plan import EXIT_INFEASIBLE, EXIT_INVALID
 
 __all__ = ["EXIT_INFEASIBLE", "EXIT_INVALID", "build_parser", "main"]
 

@@ -1,7 +1,7 @@
-"""`python -m controllers.cli`: the `goodput` console script."""
+"""`python -m goodput.controllers.cli`: the `goodput` console script."""
 
 import sys
 
-from controllers.cli import main
+from goodput.controllers.cli import main
 
 sys.exit(main())

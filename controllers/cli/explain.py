@@ -17,9 +17,17 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
-from controllers.cli.reading import cluster_flags, refreshed
-from controllers.cli.render import age, console, pct, plan_report, plot_plan, print_plan_table, rps_text
-from controllers.oncall import (
+from goodput.controllers.cli.reading import cluster_flags, refreshed
+from goodput.controllers.cli.render import (
+    age,
+    console,
+    pct,
+    plan_report,
+    plot_plan,
+    print_plan_table,
+    rps_text,
+)
+from goodput.controllers.oncall import (
     OncallError,
     connect,
     get_service,
@@ -28,11 +36,11 @@ from controllers.oncall import (
     read_policy,
     recent_events,
 )
-from controllers.status import plan_status, plan_summary
-from crds.inferenceservice import SLO, InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies.display import ms
-from policies.types import Candidate, Load
+from goodput.controllers.status import plan_status, plan_summary
+from goodput.crds.inferenceservice import SLO, InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.display import ms
+from goodput.policies.types import Candidate, Load
 
 EXIT_UNPLANNABLE = 2  # the service's spec or plan cannot be planned from here
 LOAD_WHAT_IFS = (0.5, 2.0, 4.0)
@@ -74,7 +82,7 @@ def replica_range(
     tpot: float,
 ) -> ReplicaRange | None:
     """Bisect the rate with planner.replicas_for (the autoscaler's resize of a running plan)."""
-    from policies import planner
+    from goodput.policies import planner
 
     def sized(rps: float) -> Candidate:
         return planner.replicas_for(spec, candidate, replace(load, rps=rps), policy, ttft, tpot)
@@ -128,7 +136,7 @@ def what_ifs(
     spec: InferenceServiceSpec, load: Load, policy: SLOPolicySpec, ttft: float, tpot: float
 ) -> list[dict[str, Any]]:
     """The plan under other loads and SLOs: what change would alter it."""
-    from policies import planner
+    from goodput.policies import planner
 
     base = load.rps if load.rps > 0 else planner.load_from_spec(spec).rps
     cases: list[tuple[str, InferenceServiceSpec, Load]] = [
@@ -193,11 +201,11 @@ def explain(
     rps: float | None,
 ) -> tuple[dict[str, Any], Any]:
     """The explanation as JSON, and the planner result (for --plot)."""
-    from controllers.status import plan_from_status, state_from_status
-    from policies import planner
-    from policies.autoscale import budgeted_headroom
-    from policies.frontier import frontier as frontier_of
-    from policies.profiles import profile_for
+    from goodput.controllers.status import plan_from_status, state_from_status
+    from goodput.policies import planner
+    from goodput.policies.autoscale import budgeted_headroom
+    from goodput.policies.frontier import frontier as frontier_of
+    from goodput.policies.profiles import profile_for
 
     spec = InferenceServiceSpec.model_validate(obj["spec"])
     status = obj.get("status") or {}

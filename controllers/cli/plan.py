@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from controllers.cli.render import plan_report, plot_plan, print_plan_table
+from goodput.controllers.cli.render import plan_report, plot_plan, print_plan_table
 
 EXIT_INVALID = 2  # the manifest does not validate
 EXIT_INFEASIBLE = 3  # no plan meets the SLO within the limits
@@ -39,7 +39,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def read_manifest(path: str) -> dict[str, Any] | None:
-    from crds.validation import validate_manifest
+    from goodput.crds.validation import validate_manifest
 
     try:
         obj = yaml.safe_load(Path(path).read_text())
@@ -61,10 +61,10 @@ def read_manifest(path: str) -> dict[str, Any] | None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from crds.inferenceservice import InferenceService
-    from crds.slopolicy import SLOPolicy, SLOPolicySpec
-    from policies import planner
-    from policies.profiles import profile_for
+    from goodput.crds.inferenceservice import InferenceService
+    from goodput.crds.slopolicy import SLOPolicy, SLOPolicySpec
+    from goodput.policies import planner
+    from goodput.policies.profiles import profile_for
 
     obj = read_manifest(args.filename)
     if obj is None:

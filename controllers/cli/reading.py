@@ -9,9 +9,9 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from controllers.oncall import PROMETHEUS_ENV, Fresh, ServiceKey, prometheus_url, refresh
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
+from goodput.controllers.oncall import PROMETHEUS_ENV, Fresh, ServiceKey, prometheus_url, refresh
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
 
 
 def cluster_flags(parser: argparse.ArgumentParser) -> None:

@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from controllers.status import plan_status
-from policies.display import ms
-from policies.types import Candidate
+from goodput.controllers.status import plan_status
+from goodput.policies.display import ms
+from goodput.policies.types import Candidate
 
 
 def console() -> Console:
@@ -150,7 +150,7 @@ def print_plan_table(report: dict[str, Any], alternatives: int) -> None:
 
 def plot_plan(spec: Any, load: Any, result: Any, ttft_factor: float, tpot_factor: float, path: str) -> None:
     """The frontier of the chosen configuration and each alternative with replicas, to a PNG at `path`."""
-    from policies import frontier
+    from goodput.policies import frontier
 
     shown = [c for c in (result.chosen, *result.alternatives) if c is not None and c.replicas > 0]
     curves = [

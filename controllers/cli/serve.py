@@ -7,7 +7,7 @@ import argparse
 
 def configure(parser: argparse.ArgumentParser) -> None:
     def worker_help() -> str:  # the worker's own flags; imported only when asked (torch is slow to import)
-        from worker_image.__main__ import build_parser
+        from goodput.worker_image.__main__ import build_parser
 
         return build_parser("goodput serve").format_help()
 
@@ -15,6 +15,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from worker_image.__main__ import main as serve
+    from goodput.worker_image.__main__ import main as serve
 
     return serve(args.passthrough)

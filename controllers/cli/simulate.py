@@ -6,12 +6,12 @@ import argparse
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    from controllers.replay import add_arguments
+    from goodput.controllers.replay import add_arguments
 
     add_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    from controllers.replay import command
+    from goodput.controllers.replay import command
 
     return command(args)

@@ -11,9 +11,9 @@ from typing import Any
 from pydantic import ValidationError
 from rich.markup import escape
 
-from controllers.cli.reading import cluster_flags, key_of, refreshed
-from controllers.cli.render import age, console
-from controllers.oncall import (
+from goodput.controllers.cli.reading import cluster_flags, key_of, refreshed
+from goodput.controllers.cli.render import age, console
+from goodput.controllers.oncall import (
     Cluster,
     Fresh,
     OncallError,
@@ -23,10 +23,10 @@ from controllers.oncall import (
     read_policy,
     tier_replicas,
 )
-from controllers.status import plan_summary
-from crds.inferenceservice import SLO
-from crds.slopolicy import SLOPolicySpec
-from policies.display import ms, ms_pair
+from goodput.controllers.status import plan_summary
+from goodput.crds.inferenceservice import SLO
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.display import ms, ms_pair
 
 # Healthy state of each condition: anything else is worth a look.
 HEALTHY = {"Ready": "True", "SLOMet": "True", "MetricsAvailable": "True", "CapacityLimited": "False"}

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from controllers.builders import Owner
-from crds.inferenceservice import InferenceServiceSpec, Tier
-from policies.types import Candidate, TierConfig
+from goodput.controllers.builders import Owner
+from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
+from goodput.policies.types import Candidate, TierConfig
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "manifests" / "examples"
 

@@ -10,10 +10,10 @@ import kopf
 import pytest
 import pytest_asyncio
 
-from controllers import actuate
-from controllers.kube import KubeClient
-from controllers.runtime import ServiceRecord
-from crds.inferenceservice import RouterSpec
+from goodput.controllers import actuate
+from goodput.controllers.kube import KubeClient
+from goodput.controllers.runtime import ServiceRecord
+from goodput.crds.inferenceservice import RouterSpec
 from testkit.apiserver import ApiServer
 
 NS = "team-a"

@@ -9,9 +9,9 @@ import pytest
 import yaml
 from kubernetes.utils.quantity import parse_quantity
 
-from controllers import builders, naming
-from controllers.builders import Owner
-from crds.inferenceservice import SecretKeyRef, WorkerSpec
+from goodput.controllers import builders, naming
+from goodput.controllers.builders import Owner
+from goodput.crds.inferenceservice import SecretKeyRef, WorkerSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -129,7 +129,7 @@ def test_worker_pod_contract(owner: Owner, example_spec: Any, make_plan: Any) ->
     (deployment,) = _deployments(builders.build_children(owner, example_spec("tiny-cpu.yaml"), make_plan()))
     template = deployment["spec"]["template"]
     container = _container(deployment)
-    assert container["command"] == ["python", "-m", "worker_image"]
+    assert container["command"] == ["python", "-m", "goodput.worker_image"]
     assert container["args"][:4] == ["--host", "$(POD_IP)", "--port", "8000"]
     assert {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}} in container["env"]
     assert container["readinessProbe"]["httpGet"]["path"] == "/ready"

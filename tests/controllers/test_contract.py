@@ -11,17 +11,17 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from controllers import builders
-from controllers.builders import Owner
-from controllers.metrics import REGISTRY
-from controllers.model_check import model_problem
-from controllers.prometheus import queries
-from crds.inferenceservice import ModelSpec
-from policies import observe
-from policies.profiles import PRESETS, WORKER_PRESETS, profile_for
+from goodput.controllers import builders
+from goodput.controllers.builders import Owner
+from goodput.controllers.metrics import REGISTRY
+from goodput.controllers.model_check import model_problem
+from goodput.controllers.prometheus import queries
+from goodput.crds.inferenceservice import ModelSpec
+from goodput.policies import observe
+from goodput.policies.profiles import PRESETS, WORKER_PRESETS, profile_for
+from goodput.worker_image import contract
+from goodput.worker_image.metrics import WorkerMetrics
 from testkit.workers import SyntheticWorkers, Traffic
-from worker_image import contract
-from worker_image.metrics import WorkerMetrics
 
 OBSERVABILITY = Path(__file__).resolve().parents[2] / "manifests" / "observability"
 WORKER_SERIES = re.compile(r"vllm:[a-z_]+")
@@ -96,7 +96,7 @@ def test_every_operator_series_the_rules_and_dashboard_use_is_exported_by_the_op
 
 
 def test_the_router_exports_the_series_the_operator_reads() -> None:
-    from router.metrics import RouterMetrics
+    from goodput.router.metrics import RouterMetrics
 
     exported = {f.name for f in RouterMetrics().registry.collect()}
     read = " ".join(queries(60).values())
@@ -124,7 +124,7 @@ def test_the_simulator_fills_the_worker_s_buckets() -> None:
 
 
 def test_the_operator_accepts_exactly_the_worker_s_random_presets() -> None:
-    presets = pytest.importorskip("worker_image.presets")  # torch
+    presets = pytest.importorskip("goodput.worker_image.presets")  # torch
     assert WORKER_PRESETS == set(presets.PRESETS) == set(contract.MODEL_PRESETS) <= set(PRESETS)
     for name in set(PRESETS) - WORKER_PRESETS:  # public checkpoints' shapes: what-if planning only
         problem = model_problem(ModelSpec(name=name, source=f"{contract.RANDOM_PREFIX}{name}"))
@@ -145,7 +145,7 @@ def test_the_worker_reads_the_flags_and_variables_the_operator_sets(
     owner: Owner, example_spec: Any, make_plan: Any
 ) -> None:
     """The pod's args and ConfigMap, parsed by the worker's own parser, give the plan's engine settings."""
-    main = pytest.importorskip("worker_image.__main__")  # torch
+    main = pytest.importorskip("goodput.worker_image.__main__")  # torch
     spec, plan = (
         example_spec("tiny-cpu.yaml"),
         make_plan(tiers=(("interactive", 2, 48, 4.0),), chunk_tokens=768),

@@ -11,7 +11,7 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from controllers.kube import KubeClient, KubeError
+from goodput.controllers.kube import KubeClient, KubeError
 
 PATH = "/api/v1/namespaces/team-a/configmaps/tiny"
 

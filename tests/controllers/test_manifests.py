@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from controllers import kube
+from goodput.controllers import kube
 
 MANIFESTS = Path(__file__).resolve().parents[2] / "manifests"
 
@@ -82,14 +82,14 @@ def test_the_base_lists_existing_files_and_a_valid_default_policy() -> None:
     base = _load("kustomization.yaml")
     for resource in base["resources"]:
         assert (MANIFESTS / resource).is_file(), resource
-    from crds.validation import validate_manifest
+    from goodput.crds.validation import validate_manifest
 
     assert validate_manifest(_load("default-slopolicy.yaml")) == []
 
 
 def test_the_default_policy_spells_out_every_field_at_its_default() -> None:
     """On-call reads the default policy's knobs in this file, and the API server stores it as written."""
-    from crds.slopolicy import SLOPolicySpec
+    from goodput.crds.slopolicy import SLOPolicySpec
 
     spec = _load("default-slopolicy.yaml")["spec"]
     defaults = SLOPolicySpec().model_dump(by_alias=True, mode="json")

@@ -9,14 +9,14 @@ from typing import Any
 
 import pytest
 
-from controllers.model_check import model_problem
-from controllers.worker_health import worker_problem
-from crds.inferenceservice import InferenceServiceSpec, ModelSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.autoscale import autoscale
-from policies.display import exceeds, ms
-from policies.types import ScalerState
+from goodput.controllers.model_check import model_problem
+from goodput.controllers.worker_health import worker_problem
+from goodput.crds.inferenceservice import InferenceServiceSpec, ModelSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.autoscale import autoscale
+from goodput.policies.display import exceeds, ms
+from goodput.policies.types import ScalerState
 from testkit.observations import steady_window
 
 ARCHITECTURE = {
@@ -54,7 +54,7 @@ def test_a_model_the_operator_cannot_plan_or_the_worker_cannot_load_names_the_fi
 
 
 def test_a_preset_the_worker_lacks_is_refused_even_with_an_architecture() -> None:
-    from crds.inferenceservice import Architecture
+    from goodput.crds.inferenceservice import Architecture
 
     model = ModelSpec(
         name="m", source="random:llama-3-8b", architecture=Architecture.model_validate(ARCHITECTURE)

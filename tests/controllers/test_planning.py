@@ -6,10 +6,10 @@ from typing import Any
 
 import pytest
 
-from controllers.planning import PlanCache
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.types import Load
+from goodput.controllers.planning import PlanCache
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.types import Load
 
 
 def test_same_inputs_hit_and_match_a_fresh_plan(example_spec: Any) -> None:

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from controllers.prometheus import PrometheusError, PrometheusReader, gc_paused, parse, queries
-from policies.observe import build_observation
+from goodput.controllers.prometheus import PrometheusError, PrometheusReader, gc_paused, parse, queries
+from goodput.policies.observe import build_observation
 
 
 def test_a_fixed_small_query_set_grouped_for_all_services() -> None:

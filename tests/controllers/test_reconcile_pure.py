@@ -7,14 +7,14 @@ from typing import Any
 
 import pytest
 
-from controllers import reconcile
-from controllers.observation import observe_service
-from controllers.prometheus import Snapshot
-from controllers.runtime import ServiceRecord
-from crds.inferenceservice import Mode, RouterSpec
-from crds.slopolicy import SLOPolicySpec
-from policies.observe import TierWindow
-from policies.types import Decision, PlanResult, ScalerState
+from goodput.controllers import reconcile
+from goodput.controllers.observation import observe_service
+from goodput.controllers.prometheus import Snapshot
+from goodput.controllers.runtime import ServiceRecord
+from goodput.crds.inferenceservice import Mode, RouterSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies.observe import TierWindow
+from goodput.policies.types import Decision, PlanResult, ScalerState
 
 
 def _record(example_spec: Any, make_plan: Any, **spec_changes: Any) -> ServiceRecord:

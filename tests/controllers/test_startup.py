@@ -9,8 +9,8 @@ import kopf
 import pytest
 from kopf._core.intents.causes import Activity
 
-from controllers import kopf_settings
-from controllers.config import OperatorConfig
+from goodput.controllers import kopf_settings
+from goodput.controllers.config import OperatorConfig
 
 MAIN = Path(__file__).resolve().parents[2] / "operator" / "main.py"
 

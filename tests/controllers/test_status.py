@@ -10,15 +10,15 @@ from typing import Any
 
 import pytest
 
-from controllers import actuate, conditions, reconcile, status
-from controllers.conditions import Cond
-from controllers.planning import PlanCache
-from controllers.runtime import ServiceRecord
-from crds.inferenceservice import InferenceServiceStatus
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.autoscale import autoscale
-from policies.types import Candidate, Decision, ScalerState
+from goodput.controllers import actuate, conditions, reconcile, status
+from goodput.controllers.conditions import Cond
+from goodput.controllers.planning import PlanCache
+from goodput.controllers.runtime import ServiceRecord
+from goodput.crds.inferenceservice import InferenceServiceStatus
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.autoscale import autoscale
+from goodput.policies.types import Candidate, Decision, ScalerState
 from testkit.observations import steady_window
 from testkit.specs import llama_h100
 

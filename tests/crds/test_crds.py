@@ -10,10 +10,10 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from crds.generate import OUTPUT_DIRS, all_crds, render
-from crds.inferenceservice import InferenceService
-from crds.slopolicy import SLOPolicy
-from crds.validation import apply_defaults, schema_for, validate_manifest
+from goodput.crds.generate import OUTPUT_DIRS, all_crds, render
+from goodput.crds.inferenceservice import InferenceService
+from goodput.crds.slopolicy import SLOPolicy
+from goodput.crds.validation import apply_defaults, schema_for, validate_manifest
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
@@ -23,8 +23,8 @@ EXAMPLES = sorted((ROOT / "manifests" / "examples").glob("*.yaml"))
 def test_generated_yaml_is_current(directory: Path) -> None:
     for name, obj in all_crds().items():
         path = directory / name
-        assert path.exists(), f"{path} missing: run `python -m crds`"
-        assert path.read_text() == render(obj), f"{path} is stale: run `python -m crds`"
+        assert path.exists(), f"{path} missing: run `python -m goodput.crds`"
+        assert path.read_text() == render(obj), f"{path} is stale: run `python -m goodput.crds`"
 
 
 def _walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:

@@ -6,9 +6,9 @@ import re
 import typing
 from pathlib import Path
 
-from crds.common import ConditionType
-from crds.reference import anchor
-from crds.slopolicy import SLOPolicySpec
+from goodput.crds.common import ConditionType
+from goodput.crds.reference import anchor
+from goodput.crds.slopolicy import SLOPolicySpec
 from observability.rules import rule_groups
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import re
 
 from pydantic import BaseModel
 
-from crds import reference
+from goodput.crds import reference
 
 
 def fields(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
@@ -22,9 +22,9 @@ def fields(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
 
 
 def test_reference_is_current() -> None:
-    assert reference.OUTPUT.exists(), "docs/reference.md missing: run `python -m crds.reference`"
+    assert reference.OUTPUT.exists(), "docs/reference.md missing: run `python -m goodput.crds.reference`"
     assert reference.OUTPUT.read_text() == reference.render(), (
-        "docs/reference.md is stale: run `python -m crds.reference`"
+        "docs/reference.md is stale: run `python -m goodput.crds.reference`"
     )
 
 

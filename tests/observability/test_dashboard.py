@@ -11,8 +11,8 @@ import httpx
 import pytest
 from prometheus_client import CollectorRegistry
 
-from controllers.metrics import REGISTRY
-from worker_image.metrics import WorkerMetrics
+from goodput.controllers.metrics import REGISTRY
+from goodput.worker_image.metrics import WorkerMetrics
 
 # What Grafana substitutes before a query reaches Prometheus; a multi-value "All" becomes the allValue ".*".
 VARIABLES = {"$namespace": ".*", "$inferenceservice": ".*", "$__rate_interval": "1m"}

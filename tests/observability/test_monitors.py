@@ -8,7 +8,7 @@ from types import ModuleType
 
 import yaml
 
-from controllers import naming
+from goodput.controllers import naming
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,7 +47,7 @@ def test_operator_monitor_finds_the_operator_deployment(observability: ModuleTyp
 
 
 def test_router_monitor_finds_the_router_pods(observability: ModuleType) -> None:
-    from controllers import builders, router_builders
+    from goodput.controllers import builders, router_builders
 
     _, _, routers = observability.pod_monitors()
     (expression,) = routers["spec"]["selector"]["matchExpressions"]

@@ -19,8 +19,8 @@ import pytest
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, generate_latest
 
 from e2e import procs
+from goodput.worker_image.metrics import WorkerMetrics
 from testkit.metrics_http import serve_metrics
-from worker_image.metrics import WorkerMetrics
 
 LABELS = {"namespace": "prod", "inferenceservice": "chat", "tier": "interactive", "pod": "chat-interactive-0"}
 TARGETS = {("ttft", "95"): 1.0, ("ttft", "99"): 0.3, ("tpot", "95"): 0.05}

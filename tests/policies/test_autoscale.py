@@ -7,16 +7,16 @@ from itertools import pairwise
 
 import pytest
 
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.autoscale import HINT_TRUST_WINDOWS, autoscale
-from policies.budget import BUDGET_HORIZON_S, budgeted_headroom
-from policies.calibration import bucket_ratio
-from policies.calibration import predict as _predict
-from policies.capacity import capacity_factor, configuration
-from policies.observe import TTFT_BUCKETS
-from policies.plancache import PlanCache
-from policies.types import Candidate, Observation, PlanResult, ScalerState
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.autoscale import HINT_TRUST_WINDOWS, autoscale
+from goodput.policies.budget import BUDGET_HORIZON_S, budgeted_headroom
+from goodput.policies.calibration import bucket_ratio
+from goodput.policies.calibration import predict as _predict
+from goodput.policies.capacity import capacity_factor, configuration
+from goodput.policies.observe import TTFT_BUCKETS
+from goodput.policies.plancache import PlanCache
+from goodput.policies.types import Candidate, Observation, PlanResult, ScalerState
 from testkit.observations import steady_window as obs
 from testkit.specs import llama_h100
 

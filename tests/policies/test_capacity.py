@@ -8,15 +8,15 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.calibration import calibrate
-from policies.capacity import capacity_factor, configuration, learn_capacity
-from policies.catalog import accelerator
-from policies.latency import ReplicaPredictor, TokenStats
-from policies.perfmodel import StepModel
-from policies.profiles import profile_for
-from policies.types import Candidate, Observation, ScalerState
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.calibration import calibrate
+from goodput.policies.capacity import capacity_factor, configuration, learn_capacity
+from goodput.policies.catalog import accelerator
+from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.profiles import profile_for
+from goodput.policies.types import Candidate, Observation, ScalerState
 from testkit.specs import llama_h100
 
 SPEC = llama_h100(expected_rps=40)
@@ -148,8 +148,8 @@ def test_a_window_that_says_nothing_leaves_the_factor_alone() -> None:
 
 def test_a_restart_keeps_what_was_learned() -> None:
     """The learned factors go to status.calibration and come back: a restarted operator plans the same."""
-    from controllers import status
-    from crds.inferenceservice import InferenceServiceStatus
+    from goodput.controllers import status
+    from goodput.crds.inferenceservice import InferenceServiceStatus
 
     c = _running()
     nodes = _mix(CHAT)

@@ -4,10 +4,10 @@ import json
 
 import numpy as np
 
-from controllers.replay import json_ready, run, table
-from policies.compare import _best, bracketing
-from policies.simulator import SimResult, Timeline
-from policies.workloads import Trace
+from goodput.controllers.replay import json_ready, run, table
+from goodput.policies.compare import _best, bracketing
+from goodput.policies.simulator import SimResult, Timeline
+from goodput.policies.workloads import Trace
 
 
 def _result(setting: str, attainment: float, gpu_hours: float) -> SimResult:

@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from policies.catalog import accelerator
-from policies.latency import ReplicaPredictor, TokenStats
-from policies.perfmodel import StepModel
-from policies.planner import lognormal_samples
-from policies.profiles import PRESETS
-from policies.replica_sim import SimResult, simulate_replica
+from goodput.policies.catalog import accelerator
+from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.planner import lognormal_samples
+from goodput.policies.profiles import PRESETS
+from goodput.policies.replica_sim import SimResult, simulate_replica
 
 MAX_BATCH, WINDOW_S, CHUNK = 256, 0.005, 512
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from policies.observe import (
+from goodput.policies.observe import (
     ITL_BUCKETS,
     TTFT_BUCKETS,
     Histogram,

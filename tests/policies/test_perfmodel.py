@@ -5,10 +5,10 @@ import json
 import numpy as np
 import pytest
 
-from crds.inferenceservice import Architecture, ModelSpec
-from policies.catalog import CATALOG, accelerator, price_of
-from policies.perfmodel import StepModel
-from policies.profiles import PRESETS, WORKER_PRESETS, count_params, from_config, profile_for
+from goodput.crds.inferenceservice import Architecture, ModelSpec
+from goodput.policies.catalog import CATALOG, accelerator, price_of
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.profiles import PRESETS, WORKER_PRESETS, count_params, from_config, profile_for
 
 LLAMA_2_7B = {
     "model_type": "llama",
@@ -106,7 +106,7 @@ def test_profile_for_random_preset_and_config_json(tmp_path):
 
 def test_catalog_covers_every_accelerator_and_prices_resolve():
     assert {"H100-SXM", "H100-PCIe", "H200", "A100-40GB", "A100-80GB", "L40S", "L4", "CPU"} == set(CATALOG)
-    from crds.inferenceservice import AcceleratorPool
+    from goodput.crds.inferenceservice import AcceleratorPool
 
     assert price_of(AcceleratorPool(type="L40S")) == CATALOG["L40S"].price_per_hour
     assert price_of(AcceleratorPool(type="L40S", price_per_hour=0.9)) == 0.9
@@ -191,13 +191,13 @@ def test_step_time_broadcasts_over_grids():
 
 
 def test_the_operator_knows_exactly_the_worker_presets():
-    presets = pytest.importorskip("worker_image.presets")
+    presets = pytest.importorskip("goodput.worker_image.presets")
     assert set(presets.PRESETS) == WORKER_PRESETS
 
 
 @pytest.mark.parametrize("name", sorted(WORKER_PRESETS))
 def test_random_presets_match_the_worker(name):
-    presets = pytest.importorskip("worker_image.presets")
+    presets = pytest.importorskip("goodput.worker_image.presets")
     worker = from_config(presets.preset_config(name), name)
     mine = PRESETS[name]
     assert (worker.params, worker.layers, worker.kv_bytes_per_token // worker.bytes_per_element) == (

@@ -10,13 +10,13 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.catalog import accelerator
-from policies.latency import TokenStats
-from policies.perfmodel import StepModel
-from policies.profiles import profile_for
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.catalog import accelerator
+from goodput.policies.latency import TokenStats
+from goodput.policies.perfmodel import StepModel
+from goodput.policies.profiles import profile_for
 
 ROOT = Path(__file__).resolve().parents[2]
 TRACE = ROOT / "data" / "azure_llm_2023_code.csv"

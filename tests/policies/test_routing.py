@@ -3,11 +3,11 @@
 import numpy as np
 import pytest
 
-from policies.baselines import Static
-from policies.prefix_cache import PrefixCache
-from policies.routing import QUEUE, ReplicaLoad, RoutingPolicy, SimulatedRouting, at_bound, route
-from policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
-from policies.workloads import Trace
+from goodput.policies.baselines import Static
+from goodput.policies.prefix_cache import PrefixCache
+from goodput.policies.routing import QUEUE, ReplicaLoad, RoutingPolicy, SimulatedRouting, at_bound, route
+from goodput.policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
+from goodput.policies.workloads import Trace
 
 
 def cache_with(*prompts: list[int], capacity: int = 100) -> PrefixCache:

@@ -12,18 +12,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from crds.inferenceservice import InferenceServiceSpec
-from crds.slopolicy import SLOPolicySpec
-from policies import planner
-from policies.autoscale import autoscale
-from policies.baselines import KEDA
-from policies.compare import GoodputController
-from policies.demand import anticipated_load
-from policies.plancache import PlanCache
-from policies.routing import RoutingPolicy, SimulatedRouting
-from policies.simulator import EngineConfig, FleetView, SimConfig, SLOTarget, StepProfile, simulate
-from policies.types import Candidate, Observation, ScalerState
-from policies.workloads import Trace
+from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.autoscale import autoscale
+from goodput.policies.baselines import KEDA
+from goodput.policies.compare import GoodputController
+from goodput.policies.demand import anticipated_load
+from goodput.policies.plancache import PlanCache
+from goodput.policies.routing import RoutingPolicy, SimulatedRouting
+from goodput.policies.simulator import EngineConfig, FleetView, SimConfig, SLOTarget, StepProfile, simulate
+from goodput.policies.types import Candidate, Observation, ScalerState
+from goodput.policies.workloads import Trace
 from testkit.specs import llama_h100
 
 IDLE_S = 120.0

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from policies.baselines import HPA, KEDA, HPABehavior, Schedule, Static, oracle
-from policies.simulator import EngineConfig, FleetView, SimConfig, SLOTarget, StepProfile, simulate
-from policies.types import Observation
-from policies.workloads import Trace
+from goodput.policies.baselines import HPA, KEDA, HPABehavior, Schedule, Static, oracle
+from goodput.policies.simulator import EngineConfig, FleetView, SimConfig, SLOTarget, StepProfile, simulate
+from goodput.policies.types import Observation
+from goodput.policies.workloads import Trace
 
 # weights 10 ms per step, 1 ms of compute per token, no KV cost: a step of n decodes and c prefill tokens takes
 # max(10 ms, (n + c) ms)

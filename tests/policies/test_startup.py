@@ -2,8 +2,8 @@
 
 import pytest
 
-from policies.profiles import PRESETS
-from policies.startup import StartModel
+from goodput.policies.profiles import PRESETS
+from goodput.policies.startup import StartModel
 
 
 def test_delay_adds_the_phases_and_reads_weights_at_disk_bandwidth():

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from policies.workloads import (
+from goodput.policies.workloads import (
     AZURE_CODE_TRACE,
     MOONCAKE_CONVERSATION_TRACE,
     Trace,

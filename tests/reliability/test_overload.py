@@ -63,7 +63,7 @@ class Worker:
 def worker_process(tmp_path: Path, **flags: object) -> Iterator[Worker]:
     """Start a worker with these engine flags on a free loopback port; stop it (SIGTERM, drain) after."""
     port = free_port()
-    argv = [sys.executable, "-m", "worker_image", "--host", "127.0.0.1", "--port", str(port)]
+    argv = [sys.executable, "-m", "goodput.worker_image", "--host", "127.0.0.1", "--port", str(port)]
     argv += ["--served-model-name", SERVED_NAME]
     defaults = {"model": "random:tiny", "cpu_threads": 1, "kv_cache_memory_mb": 64}
     argv += [f"--{k.replace('_', '-')}={v}" for k, v in {**defaults, **flags}.items()]

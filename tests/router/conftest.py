@@ -16,10 +16,10 @@ import pytest_asyncio
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from policies.routing import RoutingPolicy
-from router.app import Router, create_app
-from router.dispatch import QueueLimits, Tier
-from router.metrics import RouterMetrics
+from goodput.policies.routing import RoutingPolicy
+from goodput.router.app import Router, create_app
+from goodput.router.dispatch import QueueLimits, Tier
+from goodput.router.metrics import RouterMetrics
 
 MakeRouter = Callable[..., Awaitable[tuple[Router, str]]]
 

@@ -11,10 +11,10 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from policies.routing import RoutingPolicy
-from router.dispatch import QueueLimits, Tier
-from router.endpoints import SERVICE_NAME_LABEL, watch_tier
-from router.metrics import RouterMetrics
+from goodput.policies.routing import RoutingPolicy
+from goodput.router.dispatch import QueueLimits, Tier
+from goodput.router.endpoints import SERVICE_NAME_LABEL, watch_tier
+from goodput.router.metrics import RouterMetrics
 
 pytestmark = pytest.mark.asyncio
 

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from router.__main__ import build
-from router.config import parse_args, parse_quotas
-from router.endpoints import ready_urls
-from router.errors import RouterError
-from router.refresh import parse_gauges
-from router.requests import parse
+from goodput.router.__main__ import build
+from goodput.router.config import parse_args, parse_quotas
+from goodput.router.endpoints import ready_urls
+from goodput.router.errors import RouterError
+from goodput.router.refresh import parse_gauges
+from goodput.router.requests import parse
 
 
 def routed(body: dict, header: str | None = None, chat: bool = False, block_tokens: int = 4):

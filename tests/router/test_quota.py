@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from router.errors import RouterError
-from router.quota import Quotas, QuotaSpec
+from goodput.router.errors import RouterError
+from goodput.router.quota import Quotas, QuotaSpec
 
 
 def admitted(quotas: Quotas, tokens: int, seconds: float, every_s: float) -> int:

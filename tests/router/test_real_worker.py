@@ -1,4 +1,4 @@
-"""`python -m router` as a process in front of the real worker (random:tiny): the official client streams
+"""`python -m goodput.router` as a process in front of the real worker (random:tiny): the official client streams
 through it, and both the router's and the worker's /metrics answer."""
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import openai
 import pytest
 import torch
 
-from worker_image.config import EngineConfig
-from worker_image.server import ServeOptions, serve_in_thread
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.server import ServeOptions, serve_in_thread
 
 MODEL = "random:tiny"
 
@@ -34,9 +34,9 @@ def router_url() -> Iterator[str]:
     with serve_in_thread(config, ServeOptions(host="127.0.0.1", port=0, api_key="k")) as (worker, _):
         port = free_port()
         args = ["--host", "127.0.0.1", "--port", str(port), "--upstream", f"interactive={worker}"]
+        args += ["--refresh-s", "0.2", "--max-requests-per-replica", "4"]
         process = subprocess.Popen(
-            [sys.executable, "-m", "router", *args, "--refresh-s", "0.2", "--max-requests-per-replica", "4"],
-            env={**os.environ, "GOODPUT_API_KEY": "k"},
+            [sys.executable, "-m", "goodput.router", *args], env={**os.environ, "GOODPUT_API_KEY": "k"}
         )
         url = f"http://127.0.0.1:{port}"
         try:

@@ -9,10 +9,10 @@ import time
 import aiohttp
 import pytest
 
-from policies.routing import RoutingPolicy
-from router.dispatch import QueueLimits
-from router.quota import Quotas, QuotaSpec
-from router.refresh import refresh_replica
+from goodput.policies.routing import RoutingPolicy
+from goodput.router.dispatch import QueueLimits
+from goodput.router.quota import Quotas, QuotaSpec
+from goodput.router.refresh import refresh_replica
 
 pytestmark = pytest.mark.asyncio
 

@@ -9,12 +9,12 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from controllers import builders, naming
-from controllers.router_builders import build_router_children, endpoint
-from crds.inferenceservice import InferenceServiceSpec, Tier
-from policies.types import Candidate, TierConfig
-from router.config import parse_args
-from router.quota import QuotaSpec
+from goodput.controllers import builders, naming
+from goodput.controllers.router_builders import build_router_children, endpoint
+from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
+from goodput.policies.types import Candidate, TierConfig
+from goodput.router.config import parse_args
+from goodput.router.quota import QuotaSpec
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "tiny-cpu.yaml"
 OWNER = builders.Owner(name="tiny", namespace="team-a", uid="u-1")
@@ -92,7 +92,7 @@ def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
     container = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"][
         "spec"
     ]["containers"][0]
-    assert container["command"] == ["python", "-m", "router"]
+    assert container["command"] == ["python", "-m", "goodput.router"]
     config = parse_args(container["args"])
     assert config.namespace == "team-a"
     assert config.services == {"interactive": "tiny-interactive", "batch": "tiny-batch"}

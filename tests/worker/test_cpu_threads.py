@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from worker_image import cpu
-from worker_image.config import EngineConfig
-from worker_image.model_runner import ModelRunner
+from goodput.worker_image import cpu
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.model_runner import ModelRunner
 
 AFFINITY = len(os.sched_getaffinity(0))
 

@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 
-from worker_image.attention import prefill, reference_decode, resolve_backend
-from worker_image.config import EngineConfig
-from worker_image.cuda_graphs import DecodeGraphs, graph_batch_sizes, pad_decode_batch, padded_size
-from worker_image.engine import LLMEngine
-from worker_image.sampling import SamplingParams
+from goodput.worker_image.attention import prefill, reference_decode, resolve_backend
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.cuda_graphs import DecodeGraphs, graph_batch_sizes, pad_decode_batch, padded_size
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
 TINY = dict(model="random:tiny", max_model_len=128, block_size=4, num_kv_blocks=128, cpu_threads=1)
@@ -51,7 +51,7 @@ def random_paged(dtype: torch.dtype, heads: int, kv: int, hd: int, bs: int, lens
 
 def kernel_errors() -> list[float]:
     """Largest |triton - reference| of each case (run in a child with the interpreter on)."""
-    from worker_image.triton_decode import paged_decode
+    from goodput.worker_image.triton_decode import paged_decode
 
     errors = []
     for dtype_name, heads, kv, hd, bs, lens in KERNEL_CASES:
@@ -116,7 +116,7 @@ def test_triton_kernel_compiles_for_gpus(dtype: str, group: int, head_dim: int, 
     from triton.backends.compiler import GPUTarget
     from triton.compiler.compiler import ASTSource
 
-    from worker_image.triton_decode import _paged_decode_kernel, constants
+    from goodput.worker_image.triton_decode import _paged_decode_kernel, constants
 
     kinds = {"q_ptr": f"*{dtype}", "k_ptr": f"*{dtype}", "v_ptr": f"*{dtype}", "tables_ptr": "*i64"}
     kinds |= {"ctx_ptr": "*i64", "out_ptr": "*fp32", "lse_ptr": "*fp32", "scale": "fp32"}

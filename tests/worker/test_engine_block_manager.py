@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from worker_image.block_manager import BlockManager
-from worker_image.sampling import Priority, SamplingParams
-from worker_image.sequence import Sequence
+from goodput.worker_image.block_manager import BlockManager
+from goodput.worker_image.sampling import Priority, SamplingParams
+from goodput.worker_image.sequence import Sequence
 
 
 def seq(tokens: list[int], rid: str = "r") -> Sequence:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker_image.config import EngineConfig
+from goodput.worker_image.config import EngineConfig
 
 
 @pytest.mark.parametrize(
@@ -43,7 +43,7 @@ def test_bad_values_from_env_name_the_field() -> None:
 
 
 def test_unknown_preset_and_small_pool_are_reported() -> None:
-    from worker_image.engine import LLMEngine
+    from goodput.worker_image.engine import LLMEngine
 
     with pytest.raises(ValueError, match="unknown model preset 'huge'"):
         LLMEngine(EngineConfig(model="random:huge"))

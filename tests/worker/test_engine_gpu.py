@@ -19,9 +19,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
-from worker_image.sampling import SamplingParams
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.sampling import SamplingParams
 
 CUDA = torch.cuda.is_available()
 REHEARSAL = not CUDA and os.environ.get("GOODPUT_GPU_TESTS_ON_CPU") == "1"
@@ -48,8 +48,8 @@ def test_triton_kernel_matches_reference(dtype: torch.dtype, heads: int, kv: int
     if REHEARSAL and os.environ.get("TRITON_INTERPRET") != "1":
         pytest.fail("the CPU rehearsal runs the kernel in Triton's interpreter: set TRITON_INTERPRET=1")
     random_paged = runpy.run_path(str(Path(__file__).with_name("test_engine_attention.py")))["random_paged"]
-    from worker_image.attention import reference_decode
-    from worker_image.triton_decode import paged_decode
+    from goodput.worker_image.attention import reference_decode
+    from goodput.worker_image.triton_decode import paged_decode
 
     q, kc, vc, tables, ctx = (t.to(DEVICE) for t in random_paged(dtype, heads, kv, hd, bs, KERNEL_LENS))
     ref = reference_decode(q.float(), kc.float(), vc.float(), tables, ctx, hd**-0.5)

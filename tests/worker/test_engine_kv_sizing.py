@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from worker_image.config import EngineConfig
-from worker_image.model_runner import ModelRunner, kv_cache_blocks, warm_up_batch
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.model_runner import ModelRunner, kv_cache_blocks, warm_up_batch
 
 GIB = 2**30
 

@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from worker_image import logits_processors
-from worker_image.grammar import Grammars, json_schema_grammar
-from worker_image.sampling import InvalidParameterError, Priority, SamplingParams
-from worker_image.sequence import Sequence
-from worker_image.tokenizer import ByteTokenizer
+from goodput.worker_image import logits_processors
+from goodput.worker_image.grammar import Grammars, json_schema_grammar
+from goodput.worker_image.sampling import InvalidParameterError, Priority, SamplingParams
+from goodput.worker_image.sequence import Sequence
+from goodput.worker_image.tokenizer import ByteTokenizer
 
 VOCAB = 512
 

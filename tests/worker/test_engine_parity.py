@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
-from worker_image.sampling import SamplingParams
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=12, temperature=0.0, ignore_eos=True)
 VOCAB = 320
@@ -109,7 +109,7 @@ def test_logprobs_match_transformers(hf_model_dir, random_prompts) -> None:
 
 
 def test_dynamic_ntk_rescales_only_past_the_trained_length() -> None:
-    from worker_image.model import ModelConfig, rope_inv_freq
+    from goodput.worker_image.model import ModelConfig, rope_inv_freq
 
     cfg = ModelConfig(
         vocab_size=8, hidden_size=64, intermediate_size=8, num_layers=1, num_heads=4, num_kv_heads=4,

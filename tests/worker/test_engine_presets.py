@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import transformers
 
-from worker_image import presets
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
-from worker_image.sampling import SamplingParams
+from goodput.worker_image import presets
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.sampling import SamplingParams
 
 
 def test_tiny_preset_matches_transformers_with_the_same_weights(hf_greedy, random_prompts) -> None:

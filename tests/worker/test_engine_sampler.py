@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine, RequestOutput
-from worker_image.sampler import Sampler
-from worker_image.sampling import Priority, SamplingParams
-from worker_image.sequence import Sequence
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine, RequestOutput
+from goodput.worker_image.sampler import Sampler
+from goodput.worker_image.sampling import Priority, SamplingParams
+from goodput.worker_image.sequence import Sequence
 
 
 def seqs(n: int, **params: object) -> list[Sequence]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from worker_image.block_manager import BlockManager
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine, QueueFullError
-from worker_image.sampling import Priority, SamplingParams
-from worker_image.scheduler import Scheduler
-from worker_image.sequence import Sequence
+from goodput.worker_image.block_manager import BlockManager
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine, QueueFullError
+from goodput.worker_image.sampling import Priority, SamplingParams
+from goodput.worker_image.scheduler import Scheduler
+from goodput.worker_image.sequence import Sequence
 
 
 def make(num_blocks: int = 64, **kw: object) -> Scheduler:

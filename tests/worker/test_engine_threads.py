@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import time
 
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine, RequestOutput
-from worker_image.engine_thread import EngineRunner
-from worker_image.metrics import WorkerMetrics
-from worker_image.sampling import Priority, SamplingParams
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine, RequestOutput
+from goodput.worker_image.engine_thread import EngineRunner
+from goodput.worker_image.metrics import WorkerMetrics
+from goodput.worker_image.sampling import Priority, SamplingParams
 
 
 def test_concurrent_adds_and_aborts_while_stepping() -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
-from worker_image.sampling import SamplingParams
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.sampling import SamplingParams
 
 TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}[assistant]"

@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from worker_image import parallel
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
-from worker_image.parallel import RankFailedError
-from worker_image.sampling import SamplingParams
+from goodput.worker_image import parallel
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.parallel import RankFailedError
+from goodput.worker_image.sampling import SamplingParams
 
 GREEDY = SamplingParams(max_tokens=10, temperature=0.0, ignore_eos=True)
 BASE = dict(model="random:tiny", max_model_len=128, block_size=4, num_kv_blocks=128, cpu_threads=1)
@@ -89,7 +89,7 @@ def _gone(pid: int) -> bool:
 
 def test_followers_exit_when_rank0_is_killed() -> None:
     script = (
-        "import sys, time; from worker_image.config import EngineConfig; from worker_image.engine import LLMEngine\n"
+        "import sys, time; from goodput.worker_image.config import EngineConfig; from goodput.worker_image.engine import LLMEngine\n"
         "if __name__ == '__main__':\n"
         f"    e = LLMEngine(EngineConfig(**{BASE!r}, tensor_parallel_size=2))\n"
         "    print(e.runner.followers.procs[0].pid, flush=True); time.sleep(60)\n"

@@ -2,8 +2,8 @@
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from worker_image.engine import EngineStats
-from worker_image.metrics import (
+from goodput.worker_image.engine import EngineStats
+from goodput.worker_image.metrics import (
     INTER_TOKEN_BUCKETS,
     TTFT_BUCKETS,
     FinishedRequest,

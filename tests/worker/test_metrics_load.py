@@ -91,7 +91,8 @@ def start_worker(*flags: str) -> tuple[str, subprocess.Popen[bytes]]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    command = [sys.executable, "-m", "worker_image", "--host", "127.0.0.1", "--port", str(port), *flags]
+    command = [sys.executable, "-m", "goodput.worker_image", "--host", "127.0.0.1", "--port", str(port)]
+    command += flags
     process = subprocess.Popen(command, env=os.environ | {"OMP_NUM_THREADS": "1"}, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -35,7 +35,7 @@ def test_sigterm_drains_in_flight_then_exits_zero() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     env = os.environ | {"OMP_NUM_THREADS": "1", "GOODPUT_MAX_MODEL_LEN": "2048"}
-    command = [sys.executable, "-m", "worker_image", "--model", "random:tiny", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "goodput.worker_image", "--model", "random:tiny", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--drain-timeout-s", "60"]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
@@ -82,7 +82,7 @@ def test_sigterm_drains_in_flight_then_exits_zero() -> None:
 def test_drain_timeout_ends_streams_with_an_error_event_and_exits_zero() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    command = [sys.executable, "-m", "worker_image", "--model", "random:tiny", "--host", "127.0.0.1"]
+    command = [sys.executable, "-m", "goodput.worker_image", "--model", "random:tiny", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--drain-timeout-s", "0.2", "--max-model-len", "4096"]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

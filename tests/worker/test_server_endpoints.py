@@ -10,8 +10,8 @@ import openai
 import pytest
 import torch
 
-from worker_image.config import EngineConfig
-from worker_image.server import ServeOptions, WorkerState, serve_in_thread
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.server import ServeOptions, WorkerState, serve_in_thread
 
 MODEL = "random:tiny"
 

@@ -9,11 +9,11 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
-from worker_image import app as worker_app
-from worker_image import server
-from worker_image.config import EngineConfig
-from worker_image.engine import RequestOutput
-from worker_image.server import ServeOptions, serve_in_thread
+from goodput.worker_image import app as worker_app
+from goodput.worker_image import server
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import RequestOutput
+from goodput.worker_image.server import ServeOptions, serve_in_thread
 
 
 def test_engine_failure_fails_requests_cleanly_and_health() -> None:

@@ -8,8 +8,8 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis import GenerationMode, checks
 
-from worker_image.config import EngineConfig
-from worker_image.server import ServeOptions, WorkerState, serve_in_thread
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.server import ServeOptions, WorkerState, serve_in_thread
 
 MODEL = "random:tiny"
 

@@ -1,10 +1,10 @@
-"""`python -m worker_image` validates its settings before loading anything: exit 2, stderr names the value."""
+"""`python -m goodput.worker_image` validates its settings before loading anything: exit 2, stderr names the value."""
 
 from pathlib import Path
 
 import pytest
 
-from worker_image.__main__ import main
+from goodput.worker_image.__main__ import main
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_empty_api_key_file_is_rejected(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def test_flags_win_over_environment_and_key_file_is_read(tmp_path: Path) -> None:
-    from worker_image.__main__ import build_parser, parse_options
+    from goodput.worker_image.__main__ import build_parser, parse_options
 
     key = tmp_path / "key"
     key.write_text("k3y\n")

@@ -7,8 +7,8 @@ import openai
 import pytest
 import torch
 
-from worker_image.config import EngineConfig
-from worker_image.server import ServeOptions, serve_in_thread
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.server import ServeOptions, serve_in_thread
 
 MODEL = "random:tiny"
 

@@ -15,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from worker_image.config import EngineConfig
-from worker_image.engine import LLMEngine
-from worker_image.grammar import json_schema_grammar
-from worker_image.sampling import SamplingParams
-from worker_image.server import ServeOptions, WorkerState, serve_in_thread
+from goodput.worker_image.config import EngineConfig
+from goodput.worker_image.engine import LLMEngine
+from goodput.worker_image.grammar import json_schema_grammar
+from goodput.worker_image.sampling import SamplingParams
+from goodput.worker_image.server import ServeOptions, WorkerState, serve_in_thread
 
 MODEL = "random:tiny"
 # A random-weight model picks among the grammar's tokens almost uniformly, so strings close after ~100
