@@ -1,7 +1,7 @@
 """Routing benchmark (issue 19): routing in simulation (part a), on the real stack (part b), router overhead (c).
 
-    python bench/routing.py --json bench/results/routing.json [--parts simulation,overhead] [--streams 1000]
-    flock /work/wt/e2e.lock python bench/routing.py --parts real_stack   # starts and stops its own real stack
+    python -m bench.routing --json bench/results/routing.json [--parts simulation,overhead] [--streams 1000]
+    python -m bench.routing --parts real_stack   # starts and stops its own real stack (one per machine)
 
 Writes {"simulation": {"mooncake" | "code": {"random" | "least_load" | "prefix": {"prefix_hit_rate",
 "ttft_p95_ms", "tpot_p95_ms", "attainment", ...}}}, "autoscaled": {"random" | "prefix": {"gpu_hours",
