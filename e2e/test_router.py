@@ -12,7 +12,9 @@ router pod kill comes last: it is the one test that disrupts the others' setting
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import random
 import signal
 import time
 import uuid
@@ -27,6 +29,7 @@ from e2e import loadgen, procs, service
 from e2e import operator as goodput
 from e2e import router_stack as rs
 from e2e.stack import Stack
+from goodput.worker_image.contract import MODEL_PRESETS
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +44,7 @@ PROMPT, OUTPUT = 512, 4  # prefill-heavy requests: the replica, not the client, 
 NOISY_CONCURRENCY = 2  # the noisy tenant's quota: requests in flight (one per router pod)
 QUIET_RPS, QUIET_PROMPT = 0.5, 128
 REQUESTS = "vllm:request_success_total"
+VOCAB = MODEL_PRESETS["bench-small"]["vocab_size"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,18 @@ def body(prompt: int = 8, output: int = 4, **extra: object) -> dict[str, object]
         "max_tokens": output,
         "ignore_eos": True,
         **extra,
+    }
+
+
+def unique_body(n: int, prompt: int, output: int) -> dict[str, object]:
+    """The `n`th request of its own prompt: its first token already differs from every other's (so no prefix is
+    shared, and no replica's prefix cache serves it cheaply); random ids after it, in bench-small's vocabulary."""
+    rng = random.Random(n)
+    return {
+        "model": NAME,
+        "prompt": [1 + n % (VOCAB - 1), *(rng.randrange(1, VOCAB) for _ in range(prompt - 1))],
+        "max_tokens": output,
+        "ignore_eos": True,
     }
 
 
@@ -179,10 +195,12 @@ def test_a_noisy_tenant_gets_429s_and_the_other_keeps_its_slo(cluster: Stack, ro
     seconds = 20.0
     quiet = loadgen.poisson(QUIET_RPS, seconds, prompt=QUIET_PROMPT, output=OUTPUT, seed=2)
     codes: list[int] = []
+    numbers = itertools.count()
 
     async def noisy_client(client: httpx.AsyncClient, began: float) -> None:
         while time.monotonic() - began < seconds:
-            answer = await client.post(f"{url}/v1/completions", json=body(prompt=PROMPT, output=OUTPUT))
+            request = unique_body(next(numbers), PROMPT, OUTPUT)
+            answer = await client.post(f"{url}/v1/completions", json=request)
             codes.append(answer.status_code)
             if answer.status_code == 429:
                 assert answer.json()["error"]["code"] == "concurrency_quota"
