@@ -36,6 +36,14 @@ DROPPED_RESPONSE = frozenset(
 )
 
 
+@dataclass(slots=True)
+class Timing:
+    """A request's arrival and its time in tiers' queues (perf_counter seconds): its first byte is timed by them."""
+
+    arrived: float
+    queued: float = 0.0
+
+
 @dataclass
 class Router:
     tiers: dict[RequestClass, Tier]
@@ -89,6 +97,7 @@ ROUTER = web.AppKey("router", Router)
 
 
 async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
+    timing = Timing(time.perf_counter())
     router: Router = request.app[ROUTER]
     try:
         router.check_key(request)
@@ -105,9 +114,10 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         for _ in range(MAX_ATTEMPTS):
             tier = router.tier_for(routed.request_class)  # a retry may find its tier's only replica gone
             lease = await tier.acquire(routed)
-            response = await _forward(request, router, tier, lease, body)
+            timing.queued += lease.queued_s
+            response = await _forward(request, router, tier, lease, body, timing, routed.stream)
             if response is not None:
-                router.metrics.requests.labels(tier.name, str(response.status)).inc()
+                tier.seen.answered(response.status)
                 return response
         raise unavailable("replicas failed before answering; retry", "upstream_failed", 1)
     except RouterError as error:
@@ -118,14 +128,25 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
 
 
 async def _forward(
-    request: web.Request, router: Router, tier: Tier, lease: Lease, body: bytes
+    request: web.Request,
+    router: Router,
+    tier: Tier,
+    lease: Lease,
+    body: bytes,
+    timing: Timing,
+    stream: bool,
 ) -> web.StreamResponse | None:
-    """Stream the replica's answer through; None when the replica failed before answering (try another)."""
+    """Stream the replica's answer through; None when the replica failed before answering (try another).
+
+    At the first byte sent on, two timings: the TTFT the client sees (arrival to now; streamed 200s only, whose
+    first byte is a first token), and the router's own share of it (that, less the queue wait and the
+    replica's time to its first byte)."""
     assert router.session is not None
     task = asyncio.current_task()
     lease.task = task
     headers = {h: request.headers[h] for h in FORWARDED_REQUEST if h in request.headers}
     response: web.StreamResponse | None = None
+    sent = time.perf_counter()
     try:
         async with router.session.post(
             lease.replica.url + request.path, data=body, headers=headers
@@ -139,10 +160,17 @@ async def _forward(
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED_RESPONSE},
             )
             async for chunk in upstream.content.iter_any():
-                if not lease.first_byte:
-                    tier.answered(lease)
-                    await response.prepare(request)
+                if lease.first_byte:
+                    await response.write(chunk)
+                    continue
+                upstream_s = time.perf_counter() - sent
+                tier.answered(lease)
+                await response.prepare(request)
                 await response.write(chunk)
+                since = time.perf_counter() - timing.arrived
+                tier.seen.added.observe(max(since - timing.queued - upstream_s, 0.0))
+                if stream and upstream.status == 200:
+                    tier.seen.ttft.observe(since)
             if not lease.first_byte:
                 tier.answered(lease)
                 await response.prepare(request)

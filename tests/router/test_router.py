@@ -388,3 +388,32 @@ async def test_a_draining_worker_sends_its_requests_elsewhere(workers, make_rout
     assert status == 503  # both out of rotation until a refresh finds them ready: the wait runs out
     assert json.loads(text)["error"]["code"] == "queue_timeout"
     assert "no replica of the interactive tier is ready" in json.loads(text)["error"]["message"]
+
+
+async def test_the_ttft_clients_see_counts_the_router_queue(workers, make_router, client) -> None:
+    """Arrival at the router to the first byte sent on, per tier: the second request's wait for the only replica is
+    in its TTFT (the worker would report 0.3 s for both). The router's own share excludes wait and replica time."""
+    worker = await workers("w0", first_delay_s=0.3)
+    router, url = await make_router({"interactive": [worker.url]}, policy=ONE_AT_A_TIME)
+    first = asyncio.create_task(post(client, url))
+    while not worker.received:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(post(client, url))
+    assert [(await first)[0], (await second)[0]] == [200, 200]
+    assert (await post(client, url, {**BODY, "stream": False}))[0] == 200  # no first token: not counted
+    status, _ = await post(client, url, {"prompt": "hi", "stream": True})  # the worker's 400: no token either
+    assert status == 400
+
+    def sample(name: str, suffix: str, **labels: str) -> float | None:
+        return router.metrics.registry.get_sample_value(f"{name}_{suffix}", {"tier": "interactive", **labels})
+
+    ttft = "goodput:router_time_to_first_token_seconds"
+    assert sample(ttft, "count") == 2
+    total = sample(ttft, "sum")
+    assert total is not None and 0.3 + 0.5 <= total < 0.3 + 0.6 + 0.3, total
+    for le, count in (("0.25", 0), ("0.5", 1), ("0.75", 2)):  # the workers' TTFT buckets: 0.3 s, then ~0.6 s
+        assert sample(ttft, "bucket", le=le) == count
+    added = "goodput:router_added_latency_seconds"
+    assert sample(added, "count") == 4  # every answer that streamed a first byte, the 400 too
+    added_total = sample(added, "sum")
+    assert added_total is not None and added_total < 0.1, added_total
