@@ -159,21 +159,18 @@ async def _forward(
                 status=upstream.status,
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED_RESPONSE},
             )
-            async for chunk in upstream.content.iter_any():
-                if lease.first_byte:
-                    await response.write(chunk)
-                    continue
-                upstream_s = time.perf_counter() - sent
-                tier.answered(lease)
-                await response.prepare(request)
-                await response.write(chunk)
+            first = await upstream.content.readany()
+            upstream_s = time.perf_counter() - sent
+            tier.answered(lease)
+            await response.prepare(request)
+            if first:
+                await response.write(first)
                 since = time.perf_counter() - timing.arrived
                 tier.seen.added.observe(max(since - timing.queued - upstream_s, 0.0))
                 if stream and upstream.status == 200:
                     tier.seen.ttft.observe(since)
-            if not lease.first_byte:
-                tier.answered(lease)
-                await response.prepare(request)
+                async for chunk in upstream.content.iter_any():  # the hot path: nothing but the write
+                    await response.write(chunk)
             await response.write_eof()
             return response
     except asyncio.CancelledError:
@@ -253,6 +250,9 @@ def create_app(router: Router) -> web.Application:
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
                 auto_decompress=False,
+                # one session carries every client's requests: a cookie a replica sets for one must never go out
+                # with another's (the default jar keeps those of replicas named by host, as --upstream may be)
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         yield
         await router.session.close()

@@ -417,3 +417,14 @@ async def test_the_ttft_clients_see_counts_the_router_queue(workers, make_router
     assert sample(added, "count") == 4  # every answer that streamed a first byte, the 400 too
     added_total = sample(added, "sum")
     assert added_total is not None and added_total < 0.1, added_total
+
+
+async def test_a_cookie_a_replica_sets_for_one_client_never_goes_out_with_another_s(
+    workers, make_router, client
+) -> None:
+    worker = await workers("w0", set_cookie="session=tenant-a; Path=/")
+    by_name = worker.url.replace("127.0.0.1", "localhost")  # a jar keeps no cookie of an IP address's
+    _, url = await make_router({"interactive": [by_name]})
+    for tenant in ("a", "b"):
+        assert (await post(client, url, BODY, **{"X-Goodput-Tenant": tenant}))[0] == 200
+    assert [h.get("Cookie") for h in worker.headers] == [None, None]
