@@ -339,9 +339,9 @@ def _route_by_state(
         engine.advance(r, now)
         head, tail, n_run = int(r.st[core.HEAD]), int(r.st[core.TAIL]), r.running
         loads.append(
-            ReplicaLoad(
+            ReplicaLoad(  # prefill in flight: the uncached prompt tokens, as the router counts what it sent
                 prefill_tokens=int(r.run[:n_run, core.PREFILL_LEFT].sum())
-                + int(prompt[r.queue[head:tail]].sum()),
+                + int(engine.prefill[r.queue[head:tail]].sum()),
                 running=n_run,
                 waiting=tail - head,
                 kv_usage=r.kv_used / engine.prof[core.KV_CAPACITY],
