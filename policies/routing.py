@@ -139,6 +139,8 @@ class SimulatedRouting:
         self._rng = random.Random(seed)
         self.hit_blocks = 0
         self.total_blocks = 0
+        # prompt tokens looked up in the caches, and of those served from them, since `take_window`
+        self._queried, self._served = 0, 0
 
     def new_cache(self) -> PrefixCache:
         return PrefixCache(self.cache_blocks)
@@ -158,7 +160,17 @@ class SimulatedRouting:
         hit = cache.insert(blocks)
         self.hit_blocks += hit
         self.total_blocks += len(blocks)
-        return max(fresh_tokens(prompt_tokens, hit, self.policy), 1)
+        computed = max(fresh_tokens(prompt_tokens, hit, self.policy), 1)
+        self._queried += prompt_tokens
+        self._served += prompt_tokens - computed
+        return computed
+
+    def take_window(self) -> tuple[int, int]:
+        """Prompt tokens looked up in the replicas' caches and those served from them since the last call: the
+        increases of the workers' `vllm:prefix_cache_queries` and `vllm:prefix_cache_hits` over a window."""
+        window = self._queried, self._served
+        self._queried, self._served = 0, 0
+        return window
 
     @property
     def hit_rate(self) -> float:

@@ -193,6 +193,42 @@ def test_simulator_prefix_routing_hits_more_and_answers_sooner() -> None:
     assert prefix_ttft < random_ttft
 
 
+def test_simulated_routing_counts_the_prefix_caches_tokens_per_window() -> None:
+    """The workers' counters in tokens: looked up (the prompt) and held (its cached blocks, never its last token)."""
+    routing = SimulatedRouting(RoutingPolicy(block_tokens=512), [[1, 2], [1, 2], [1, 2, 3]], cache_blocks=10)
+    cache = routing.new_cache()
+    assert routing.prefill(cache, 0, 1024) == 1024
+    assert routing.prefill(cache, 1, 1024) == 1  # all cached but the token that yields the first output
+    assert routing.take_window() == (2048, 1023)
+    assert routing.prefill(cache, 2, 1300) == 276
+    assert routing.take_window() == (1300, 1024)
+    assert routing.take_window() == (0, 0)
+
+
+def test_the_simulator_observes_the_prefix_caches_share() -> None:
+    trace, blocks = _conversations()
+    routing = SimulatedRouting(RoutingPolicy(kind="prefix", max_requests=16), blocks, cache_blocks=60)
+    cfg = SimConfig(
+        profile=SIM_PROFILE,
+        engine=EngineConfig(max_batch=16, batch_window_s=0.0, chunk_tokens=4096),
+        slo=SLOTarget(ttft_ms=500, tpot_ms=50),
+        initial_replicas=4,
+        routing=routing,
+    )
+    seen: list[float | None] = []
+
+    class Recorder(Static):
+        def decide(self, now, obs, fleet):  # type: ignore[no-untyped-def]
+            seen.append(obs.prefix_cache_hit_fraction)
+            return super().decide(now, obs, fleet)
+
+    simulate(trace, Recorder(4), cfg)
+    shares = [s for s in seen if s is not None]
+    assert len(shares) >= len(seen) - 1 and all(0.0 <= s <= 1.0 for s in shares)
+    # six of a turn's seven blocks are its session's history: most are cached once the caches are warm
+    assert np.mean(shares[2:]) > 0.5
+
+
 def test_unbounded_choice_is_the_policys_once_a_queued_request_gets_its_turn() -> None:
     full = [load(running=8, cache=HOT), load(running=8)]
     assert route(full, 1536, [1, 2, 3], PREFIX) == QUEUE
