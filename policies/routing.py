@@ -1,7 +1,8 @@
 """Which replica of a tier takes a request: the one decision the router process and the simulator share.
 
-Outstanding work of a replica is counted in prefill tokens: the prompt tokens sent to it whose first token has
-not come back, plus a fixed token-equivalent per running or waiting request (its share of the decode steps).
+Outstanding work of a replica is counted in prefill tokens: the uncached prompt tokens sent to it whose first
+token has not come back, plus a fixed token-equivalent per running or waiting request (its share of the decode
+steps).
 A replica is *at its bound* when its requests, its in-flight prefill tokens or its KV usage reach the policy's
 limits; when every replica is, the request waits in the router's queue rather than in a replica's.
 
