@@ -1,6 +1,6 @@
 """Routing benchmark (issue 19): routing in simulation (part a), on the real stack (part b), router overhead (c).
 
-    python -m bench.routing --json bench/results/routing.json [--parts simulation,overhead] [--streams 1000]
+    python -m bench.routing --json bench/results/routing.json [--parts simulation,autoscaled] [--streams 1000]
     python -m bench.routing --parts real_stack   # starts and stops its own real stack (one per machine)
 
 Writes {"simulation": {"mooncake" | "code": {"random" | "least_load" | "prefix": {"prefix_hit_rate",
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench import routing_real, routing_simulation
 from bench.router_overhead import measure
 
-PARTS = ("simulation", "real_stack", "overhead")
+PARTS = ("simulation", "autoscaled", "real_stack", "overhead")
 TARGETS = {
     "router_added_p50_ms": 1.0,
     "router_added_p99_ms": 5.0,
@@ -44,7 +44,7 @@ def main() -> int:
     )
     parser.add_argument("--json", type=Path, default=Path("bench/results/routing.json"))
     parser.add_argument(
-        "--parts", default="simulation,overhead", help=f"comma-separated, of {', '.join(PARTS)}"
+        "--parts", default="simulation,autoscaled,overhead", help=f"comma-separated, of {', '.join(PARTS)}"
     )
     parser.add_argument("--streams", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=10.0)
@@ -57,15 +57,26 @@ def main() -> int:
         parser.error(f"--parts: unknown {sorted(parts - set(PARTS))}")
     out: dict[str, object] = json.loads(args.json.read_text()) if args.json.exists() else {}
     if "simulation" in parts:
-        out.update(routing_simulation.run(args.fleet_fraction))
+        out["simulation"] = routing_simulation.simulation(args.fleet_fraction)
         for trace in ("mooncake", "code"):
             result = out["simulation"][trace]  # type: ignore[index]
             print(f"== {trace}: {result['replicas']} replicas, SLO {result['slo']}")
             for kind in routing_simulation.KINDS:
                 print(f"  {kind:10s} {result[kind]}")
+        moon = out["simulation"]["mooncake"]  # type: ignore[index]
+        hits = moon["prefix"]["prefix_hit_rate"] / max(moon["random"]["prefix_hit_rate"], 1e-9)
+        ttft = moon["prefix"]["ttft_p95_ms"] / moon["random"]["ttft_p95_ms"]
+        print(
+            f"prefix / random on Mooncake: hit rate {hits:.2f}× (target ≥ 2), TTFT p95 {ttft:.2f}× (target ≤ 0.6)"
+        )
+    if "autoscaled" in parts:
+        out["autoscaled"] = routing_simulation.autoscaled_part()
         print("== mooncake, autoscaled")
         for kind, result in out["autoscaled"].items():  # type: ignore[union-attr]
             print(f"  {kind:10s} {result}")
+        auto = out["autoscaled"]
+        saved = 1 - auto["prefix"]["gpu_hours"] / auto["random"]["gpu_hours"]  # type: ignore[index]
+        print(f"prefix saves {saved:.1%} GPU-hours (target ≥ 20% at ≥ 99% attainment)")
     if "real_stack" in parts:
         out["real_stack"] = routing_real.measure(args.conversations, args.rps)
         for phase in ("service", "router"):

@@ -277,11 +277,16 @@ def observation_shown(obj: dict[str, Any], fresh: Fresh | None, note: str) -> di
 
 
 def observed_load(
-    spec: InferenceServiceSpec, observed: dict[str, Any] | None, rps: float | None
+    spec: InferenceServiceSpec,
+    observed: dict[str, Any] | None,
+    rps: float | None,
+    cached_prompt_fraction: float,
 ) -> tuple[Load, str]:
     """The load to explain: the observed rate and token mix where status (or Prometheus) has them, else the
-    spec's hints; `rps` overrides the rate."""
+    spec's hints; `rps` overrides the rate. The prefix cache's share of prompt tokens (status.scaler's) is
+    planned as the autoscaler plans it."""
     from goodput.policies import planner
+    from goodput.policies.cached_prefill import planned_share
 
     hint = planner.load_from_spec(spec)
     observed = observed or {}
@@ -301,4 +306,5 @@ def observed_load(
         rate, source = float(observed["rps"]), "observed"
     else:
         rate, source = hint.rps, "spec hint (expectedRps)"
-    return Load(rate, prompts, outputs, hint.batch_fraction), f"rate: {source}; token mix: {mix}"
+    load = Load(rate, prompts, outputs, hint.batch_fraction, planned_share(cached_prompt_fraction))
+    return load, f"rate: {source}; token mix: {mix}"

@@ -62,6 +62,9 @@ def queries(window_s: int) -> dict[str, str]:
         "kv_cache_usage": f"avg by ({GROUP}) ({c.KV_CACHE_USAGE} or {c.GPU_CACHE_USAGE})",
         "pods": f"count by ({GROUP}) ({c.NUM_REQUESTS_RUNNING})",
         "newest": f"max by ({GROUP}) (timestamp({c.NUM_REQUESTS_RUNNING}))",
+        # the prefix cache over the window: prompt tokens looked up, and those it held (a scalar like the gauges)
+        "prefix_cache_queries": f"sum by ({GROUP}) (increase({c.total(c.PREFIX_CACHE_QUERIES)}[{window_s}s]))",
+        "prefix_cache_hits": f"sum by ({GROUP}) (increase({c.total(c.PREFIX_CACHE_HITS)}[{window_s}s]))",
         # the router's queue (demand not admitted yet) and its freshness: at zero replicas it is all there is
         "router_queued": f"sum by ({GROUP}) ({c.ROUTER_QUEUE_DEPTH})",
         "router_in_flight": f"sum by ({GROUP}) ({c.ROUTER_IN_FLIGHT})",
@@ -146,6 +149,8 @@ class SnapshotBuilder:
                 waiting=values.get("waiting"),
                 kv_cache_usage=values.get("kv_cache_usage"),
                 ready_replicas=None if pods is None else round(pods),
+                prefix_cache_queries=values.get("prefix_cache_queries"),
+                prefix_cache_hits=values.get("prefix_cache_hits"),
                 router_queued=values.get("router_queued"),
                 router_in_flight=values.get("router_in_flight"),
             )

@@ -149,6 +149,7 @@ def run_ends(points: tuple[tuple[float, int], ...]) -> tuple[tuple[float, int], 
 # The autoscaler's scalars that status keeps as they are (its windows are converted point by point).
 SCALER_SCALARS = (
     "token_weight",
+    "cached_prompt_fraction",
     "last_quiet",
     "slo_seen",
     "slo_missed",

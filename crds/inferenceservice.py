@@ -426,6 +426,12 @@ class ScalerStatus(Resource):
         default=None, max_length=TOKEN_NODES_ITEMS, description="Smoothed output-length quantile nodes."
     )
     token_weight: float = Field(default=0.0, ge=0, description="Requests behind the token mix, decayed.")
+    cached_prompt_fraction: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="Share of prompt tokens the prefix cache served, smoothed as the mix.",
+    )
     last_quiet: float | None = Field(
         default=None, description="Unix seconds when demand last fell far below a remembered peak."
     )

@@ -26,6 +26,7 @@ from e2e import operator as goodput
 from e2e import procs, service
 from e2e.stack import REPO, Stack, leftovers, running_stack
 from goodput.controllers import oncall
+from goodput.controllers.status import state_from_status
 from goodput.crds.inferenceservice import InferenceServiceSpec
 from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.crds.validation import validate_manifest
@@ -174,7 +175,8 @@ def test_explain_replans_from_the_cluster_state(cluster: Stack, tiny: tuple[str,
     # The same planner call, from the objects as the API serves them.
     spec = InferenceServiceSpec.model_validate(obj["spec"])
     observed = {"source": "status", **status["observed"]} if "observed" in status else None
-    load, _ = oncall.observed_load(spec, observed, None)
+    cached = state_from_status(status).cached_prompt_fraction
+    load, _ = oncall.observed_load(spec, observed, None, cached)
     assert report["load"]["rps"] == load.rps
     policy = SLOPolicySpec.model_validate(POLICY.manifest()["spec"])
     expected = planner.plan(

@@ -15,9 +15,10 @@ import numpy as np
 from goodput.crds.inferenceservice import InferenceServiceSpec
 from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.policies import planner
+from goodput.policies.cached_prefill import cached_token_stats, planned_share
 from goodput.policies.catalog import accelerator
 from goodput.policies.demand import rate_steady, token_samples
-from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.latency import ReplicaPredictor
 from goodput.policies.observe import ITL_BUCKETS, TTFT_BUCKETS
 from goodput.policies.perfmodel import StepModel
 from goodput.policies.profiles import profile_for
@@ -132,9 +133,8 @@ def running_predictor(spec: InferenceServiceSpec, current: Candidate, state: Sca
         state.ttft_factor,
         state.tpot_factor,
     )
-    return ReplicaPredictor(
-        model, TokenStats.from_samples(prompts, outputs), current.chunk_tokens, current.max_batch
-    )
+    tokens = cached_token_stats(prompts, outputs, planned_share(state.cached_prompt_fraction))
+    return ReplicaPredictor(model, tokens, current.chunk_tokens, current.max_batch)
 
 
 def predict(

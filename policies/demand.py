@@ -4,7 +4,8 @@ Plan for the largest of the current demand (completions plus the backlog, which 
 interval: requests waiting in the workers and those the router holds, which a burst beyond the fleet piles up
 in) and recent peaks, fading by age; on on/off traffic peaks are first held for two scale-down windows,
 so capacity for bursts stays standing while the pods that would serve them take minutes to start. The token mix
-comes from the token-count histograms, averaged over windows by their requests.
+comes from the token-count histograms, averaged over windows by their requests, and with it the share of prompt
+tokens the prefix cache served (their prefill is not computed: `policies/cached_prefill.py`).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 from goodput.crds.inferenceservice import InferenceServiceSpec
 from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.policies import planner
+from goodput.policies.cached_prefill import planned_share
 from goodput.policies.types import Load, Observation, ScalerState
 
 # Recent peaks halve every scale-down stabilization window and are forgotten after PEAK_FADE_WINDOWS. On on/off
@@ -40,7 +42,8 @@ def rate_steady(obs: Observation, state: ScalerState) -> bool:
 
 
 def token_mix(obs: Observation, state: ScalerState, policy: SLOPolicySpec) -> ScalerState:
-    """The token mix as quantile nodes, averaged over windows weighted by their requests, older ones fading.
+    """The token mix as quantile nodes and the prefix cache's share of prompt tokens, averaged over windows weighted
+    by their requests, older ones fading (a window without prefix-cache counters leaves the share as it was).
 
     A 15 s window holds a small, noisy sample; the weight of the past decays by the calibration smoothing
     each window, so the mix follows a real change within a few windows.
@@ -48,10 +51,15 @@ def token_mix(obs: Observation, state: ScalerState, policy: SLOPolicySpec) -> Sc
     seen = (obs.prompt_tokens_nodes, obs.output_tokens_nodes)
     if obs.requests <= 0 or seen[0] is None or seen[1] is None:
         return state
+    cached = obs.prefix_cache_hit_fraction
     old_p, old_o = state.prompt_tokens_nodes, state.output_tokens_nodes
     if old_p is None or old_o is None or len(old_p) != len(seen[0]) or len(old_o) != len(seen[1]):
         return replace(
-            state, prompt_tokens_nodes=seen[0], output_tokens_nodes=seen[1], token_weight=obs.requests
+            state,
+            prompt_tokens_nodes=seen[0],
+            output_tokens_nodes=seen[1],
+            token_weight=obs.requests,
+            cached_prompt_fraction=state.cached_prompt_fraction if cached is None else cached,
         )
     w_old = state.token_weight * (1 - policy.calibration.smoothing)
     share = obs.requests / (w_old + obs.requests)
@@ -64,6 +72,9 @@ def token_mix(obs: Observation, state: ScalerState, policy: SLOPolicySpec) -> Sc
         prompt_tokens_nodes=mix(old_p, seen[0]),
         output_tokens_nodes=mix(old_o, seen[1]),
         token_weight=w_old + obs.requests,
+        cached_prompt_fraction=state.cached_prompt_fraction
+        if cached is None
+        else (1 - share) * state.cached_prompt_fraction + share * cached,
     )
 
 
@@ -111,6 +122,7 @@ def anticipated_load(
         prompt_tokens=prompts,
         output_tokens=outputs,
         batch_fraction=_batch_fraction(obs, hint.batch_fraction),
+        cached_prompt_fraction=planned_share(state.cached_prompt_fraction),
     )
     return load, demand, anticipated, replace(state, load_history=history, last_quiet=last_quiet)
 

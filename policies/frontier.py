@@ -10,8 +10,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
+from goodput.policies.cached_prefill import token_stats
 from goodput.policies.catalog import accelerator, price_of
-from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.latency import ReplicaPredictor
 from goodput.policies.perfmodel import StepModel
 from goodput.policies.planner import CHUNK_TOKENS, tier_shares
 from goodput.policies.profiles import profile_for
@@ -43,7 +44,7 @@ def frontier(
     profile = profile_for(spec.model)
     model = StepModel(profile, accelerator(pool.type), candidate.tensor_parallel, ttft_factor, tpot_factor)
     tier = candidate.tiers[0]
-    tokens = TokenStats.from_samples(load.prompt_tokens, load.output_tokens)
+    tokens = token_stats(load)
     predictor = ReplicaPredictor(model, tokens, CHUNK_TOKENS[Tier(tier.tier)], tier.max_batch)
     batch = np.array([tier.max_batch])
     saturation = float(predictor.saturation_rps(batch)[0])

@@ -142,6 +142,12 @@ class TierWindow:
     waiting: float | None = None  # sum over pods of vllm:num_requests_waiting
     kv_cache_usage: float | None = None  # mean over pods of vllm:kv_cache_usage_perc
     ready_replicas: int | None = None
+    prefix_cache_queries: float | None = (
+        None  # increase of vllm:prefix_cache_queries (prompt tokens looked up)
+    )
+    prefix_cache_hits: float | None = (
+        None  # increase of vllm:prefix_cache_hits (of those, tokens found cached)
+    )
     router_queued: float | None = None  # sum over router pods of goodput:router_queue_depth
     router_in_flight: float | None = None  # sum over router pods of goodput:router_in_flight
     router_wait: Histogram | None = None  # goodput:router_queue_wait_seconds
@@ -214,6 +220,9 @@ def _observe_one(
     router_ttft_met = None
     if ttft_target_s is not None and router_ttft is not None:
         router_ttft_met = (router_ttft.count_within(ttft_target_s), router_ttft.count)
+    hit_fraction = None
+    if w.prefix_cache_queries and w.prefix_cache_hits is not None:
+        hit_fraction = min(max(w.prefix_cache_hits / w.prefix_cache_queries, 0.0), 1.0)
     prompt_p50, prompt_p95, prompt_nodes = _token_stats(w.prompt_tokens)
     output_p50, output_p95, output_nodes = _token_stats(w.output_tokens)
     return Observation(
@@ -235,6 +244,7 @@ def _observe_one(
         prompt_tokens_nodes=prompt_nodes,
         output_tokens_nodes=output_nodes,
         ttft_met=ttft_met,
+        prefix_cache_hit_fraction=hit_fraction,
         router_queued=w.router_queued,
         router_in_flight=w.router_in_flight,
         router_wait_p95_ms=None if w.router_wait is None else _ms(w.router_wait.quantile(quantile)),
@@ -278,6 +288,8 @@ def build_observation(
         waiting=_sum([w.waiting for w in parts]),
         kv_cache_usage=float(np.mean(kv)) if kv else None,
         ready_replicas=sum(ready) if ready else None,
+        prefix_cache_queries=_sum([w.prefix_cache_queries for w in parts]),
+        prefix_cache_hits=_sum([w.prefix_cache_hits for w in parts]),
         router_queued=_sum([w.router_queued for w in parts]),
         router_in_flight=_sum([w.router_in_flight for w in parts]),
         router_wait=_sum_hist([w.router_wait for w in parts]),

@@ -38,7 +38,7 @@ class PlanCache:
         digest.update(spec.model_dump_json().encode())
         digest.update(policy.model_dump_json().encode())
         factors = (round(ttft, FACTOR_DIGITS), round(tpot, FACTOR_DIGITS))
-        digest.update(repr((load.rps, load.batch_fraction, *factors)).encode())
+        digest.update(repr((load.rps, load.batch_fraction, load.cached_prompt_fraction, *factors)).encode())
         digest.update(load.prompt_tokens.tobytes())
         digest.update(load.output_tokens.tobytes())
         return digest.digest()

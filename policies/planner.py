@@ -29,6 +29,7 @@ import numpy as np
 
 from goodput.crds.inferenceservice import SLO, AcceleratorPool, InferenceServiceSpec, Tier, TrafficClass
 from goodput.crds.slopolicy import SLOPolicySpec, WindowRange
+from goodput.policies.cached_prefill import token_stats
 from goodput.policies.catalog import accelerator, price_of
 from goodput.policies.display import exceeds
 from goodput.policies.latency import ReplicaPredictor, TokenStats
@@ -421,7 +422,7 @@ def plan(
     `ttft_factor` and `tpot_factor` are the online calibration (observed / predicted) of each phase.
     """
     profile = profile_for(spec.model)
-    tokens = TokenStats.from_samples(load.prompt_tokens, load.output_tokens)
+    tokens = token_stats(load)
     targets = Targets.of(spec.slo)
     candidates = [
         evaluate(spec, load, policy, pool, tp, profile, tokens, targets, ttft_factor, tpot_factor)
@@ -462,7 +463,6 @@ def required_replicas(
     """
     pool = next(p for p in spec.accelerators if p.type == accelerator_type)
     profile = profile_for(spec.model)
-    tokens = TokenStats.from_samples(load.prompt_tokens, load.output_tokens)
     return evaluate(
         spec,
         load,
@@ -470,7 +470,7 @@ def required_replicas(
         pool,
         tensor_parallel,
         profile,
-        tokens,
+        token_stats(load),
         Targets.of(spec.slo),
         ttft_factor,
         tpot_factor,

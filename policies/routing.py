@@ -1,16 +1,19 @@
 """Which replica of a tier takes a request: the one decision the router process and the simulator share.
 
-Outstanding work of a replica is counted in prefill tokens: the prompt tokens sent to it whose first token has
-not come back, plus a fixed token-equivalent per running or waiting request (its share of the decode steps).
+Outstanding work of a replica is counted in prefill tokens: the uncached prompt tokens sent to it whose first
+token has not come back, plus a fixed token-equivalent per running or waiting request (its share of the decode
+steps).
 A replica is *at its bound* when its requests, its in-flight prefill tokens or its KV usage reach the policy's
 limits; when every replica is, the request waits in the router's queue rather than in a replica's.
 
 - `random`: a uniform choice among replicas below their bound (what a Kubernetes Service does, bounded).
 - `least_load`: the least outstanding work.
-- `prefix`: prefix affinity with bounded load. The replica holding the longest cached prefix of the prompt wins
-  while its work stays within `affinity_ratio` × (and `affinity_slack_tokens` above) the least-loaded replica's;
-  otherwise the least work *after* placement (its work plus the prompt tokens it would have to prefill), so
-  partial hits still count. Bounding the affinity keeps a popular prefix from piling its traffic on one replica.
+- `prefix`: the least predicted time to first token, in prefill tokens: the replica's outstanding work plus the
+  prompt tokens it would have to compute (the prompt less the prefix it holds). This is prefix affinity whose load
+  bound is the size of the cached prefix: a replica holding 40 blocks of the prompt is worth waiting behind up to
+  40 blocks of other work, one holding a single block only one block's. A popular prefix therefore spreads as
+  soon as its holder is busier than computing the prefix again elsewhere costs. Ties go to the longer cached
+  prefix (the blocks stay in one cache instead of being copied into another), then to the lower KV usage.
 """
 
 from __future__ import annotations
@@ -60,8 +63,6 @@ class RoutingPolicy:
     max_prefill_tokens: int = 65536  # in-flight prefill tokens at which a replica is at its bound
     max_kv_usage: float = 0.98  # KV usage at which a replica is at its bound: new prompts would preempt
     request_tokens: int = 256  # prefill-token equivalent of one running or waiting request
-    affinity_ratio: float = 1.5  # the prefix holder wins while its work ≤ ratio × the least work + slack
-    affinity_slack_tokens: int = 4096
     block_tokens: int = 512  # tokens per prefix block
 
     def __post_init__(self) -> None:
@@ -72,10 +73,8 @@ class RoutingPolicy:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
         if not 0.0 < self.max_kv_usage <= 1.0:
             raise ValueError(f"max_kv_usage must be in (0, 1], got {self.max_kv_usage}")
-        if self.affinity_ratio < 1.0:
-            raise ValueError(f"affinity_ratio must be ≥ 1, got {self.affinity_ratio}")
-        if self.request_tokens < 0 or self.affinity_slack_tokens < 0:
-            raise ValueError("request_tokens and affinity_slack_tokens must be ≥ 0")
+        if self.request_tokens < 0:
+            raise ValueError(f"request_tokens must be ≥ 0, got {self.request_tokens}")
 
 
 def work(load: ReplicaLoad, policy: RoutingPolicy) -> int:
@@ -112,16 +111,16 @@ def route(
     if policy.kind == "least_load":
         return min(open_, key=lambda i: (works[i], replicas[i].kv_usage, i))
     hits = {i: replicas[i].prefix.matched_blocks(prefix_blocks) if prefix_blocks else 0 for i in open_}
-    holder = max(open_, key=lambda i: (hits[i], -works[i], -i))
-    least = min(works.values())
-    if hits[holder] > 0 and works[holder] <= policy.affinity_ratio * least + policy.affinity_slack_tokens:
-        return holder
 
-    def after(i: int) -> tuple[int, float, int]:
-        fresh = max(prompt_tokens - hits[i] * policy.block_tokens, 0)
-        return works[i] + fresh, replicas[i].kv_usage, i
+    def predicted_ttft(i: int) -> tuple[int, int, float, int]:
+        return works[i] + fresh_tokens(prompt_tokens, hits[i], policy), -hits[i], replicas[i].kv_usage, i
 
-    return min(open_, key=after)
+    return min(open_, key=predicted_ttft)
+
+
+def fresh_tokens(prompt_tokens: int, hit_blocks: int, policy: RoutingPolicy) -> int:
+    """Prompt tokens a replica must compute when it holds `hit_blocks` leading blocks of the prompt."""
+    return max(prompt_tokens - hit_blocks * policy.block_tokens, 0)
 
 
 class SimulatedRouting:
@@ -141,6 +140,8 @@ class SimulatedRouting:
         self._rng = random.Random(seed)
         self.hit_blocks = 0
         self.total_blocks = 0
+        # prompt tokens looked up in the caches, and of those served from them, since `take_window`
+        self._queried, self._served = 0, 0
 
     def new_cache(self) -> PrefixCache:
         return PrefixCache(self.cache_blocks)
@@ -160,7 +161,17 @@ class SimulatedRouting:
         hit = cache.insert(blocks)
         self.hit_blocks += hit
         self.total_blocks += len(blocks)
-        return max(prompt_tokens - hit * self.policy.block_tokens, 1)
+        computed = max(fresh_tokens(prompt_tokens, hit, self.policy), 1)
+        self._queried += prompt_tokens
+        self._served += prompt_tokens - computed
+        return computed
+
+    def take_window(self) -> tuple[int, int]:
+        """Prompt tokens looked up in the replicas' caches and those served from them since the last call: the
+        increases of the workers' `vllm:prefix_cache_queries` and `vllm:prefix_cache_hits` over a window."""
+        window = self._queried, self._served
+        self._queried, self._served = 0, 0
+        return window
 
     @property
     def hit_rate(self) -> float:

@@ -339,9 +339,9 @@ def _route_by_state(
         engine.advance(r, now)
         head, tail, n_run = int(r.st[core.HEAD]), int(r.st[core.TAIL]), r.running
         loads.append(
-            ReplicaLoad(
+            ReplicaLoad(  # prefill in flight: the uncached prompt tokens, as the router counts what it sent
                 prefill_tokens=int(r.run[:n_run, core.PREFILL_LEFT].sum())
-                + int(prompt[r.queue[head:tail]].sum()),
+                + int(engine.prefill[r.queue[head:tail]].sum()),
                 running=n_run,
                 waiting=tail - head,
                 kv_usage=r.kv_used / engine.prof[core.KV_CAPACITY],
@@ -384,7 +384,8 @@ def _observe(
     arrived while no replica was ready wait in the router's queue when a router is simulated (its queue depth,
     as the operator reads it), else among the workers' waiting (no endpoint took them yet). Requests the router
     would queue while every replica is at its bound go to a replica (see `SimulatedRouting`): their wait is
-    counted in the workers' queues, which the autoscaler counts the same way.
+    counted in the workers' queues, which the autoscaler counts the same way. With a router, the prefix caches'
+    counters are the prompt tokens routed in the window and those their replica held.
     """
     seen_first, seen_fin = rec.observed
     first, rec.carried_first = _events_until(
@@ -398,6 +399,7 @@ def _observe(
     serving = [r for r in pods if r.ready_at <= t1]
     ready = [r for r in serving if not r.draining]
     waiting = sum(r.waiting_at(t1, trace.arrival_s) for r in serving)
+    queried, served = cfg.routing.take_window() if cfg.routing is not None else (None, None)
     window_data = TierWindow(
         ttft=Histogram.from_samples(TTFT_BUCKETS, rec.first_token[first] - trace.arrival_s[first]),
         itl=Histogram(rec.itl_edges.copy(), np.cumsum(rec.itl_weights)),
@@ -409,6 +411,8 @@ def _observe(
         router_queued=float(pending) if cfg.routing is not None else None,
         kv_cache_usage=float(np.mean([r.kv_used / cap for r in ready])) if ready else None,
         ready_replicas=len(ready),
+        prefix_cache_queries=queried,
+        prefix_cache_hits=served,
     )
     rec.itl_weights[:] = 0.0
     obs = build_observation(t1, window, {"interactive": window_data}, ttft_target_s=cfg.slo.ttft_ms / 1000.0)

@@ -24,6 +24,8 @@ class Load:
     prompt_tokens: np.ndarray  # int samples, one per request
     output_tokens: np.ndarray
     batch_fraction: float = 0.0  # share of requests in the batch tier (mixed traffic)
+    # share of prompt tokens a prefix cache serves: their prefill is not computed, their KV is still held
+    cached_prompt_fraction: float = 0.0
 
     def __post_init__(self) -> None:
         if not np.isfinite(self.rps) or self.rps < 0:
@@ -32,6 +34,8 @@ class Load:
             raise ValueError("token samples must not be empty")
         if not 0.0 <= self.batch_fraction <= 1.0:
             raise ValueError(f"batch_fraction must lie in [0, 1], got {self.batch_fraction}")
+        if not 0.0 <= self.cached_prompt_fraction <= 1.0:
+            raise ValueError(f"cached_prompt_fraction must lie in [0, 1], got {self.cached_prompt_fraction}")
 
 
 @dataclass(frozen=True)
@@ -113,6 +117,9 @@ class Observation:
     output_tokens_nodes: tuple[float, ...] | None = None
     tpot_p50_ms: float | None = None  # inter-token median: the decode-only step, for calibration
     ttft_met: tuple[float, float] | None = None  # (first tokens within the TTFT target, all first tokens)
+    prefix_cache_hit_fraction: float | None = (
+        None  # prompt tokens served from the prefix cache / those looked up
+    )
     # the router's view (None without a router): requests it holds for a replica, requests it has sent to
     # replicas and not finished, and the quantile of the time requests waited in its queue
     router_queued: float | None = None
@@ -154,6 +161,7 @@ class ScalerState:
     prompt_tokens_nodes: tuple[float, ...] | None = None
     output_tokens_nodes: tuple[float, ...] | None = None
     token_weight: float = 0.0  # requests behind the token mix, decayed
+    cached_prompt_fraction: float = 0.0  # share of prompt tokens the prefix cache served, averaged as the mix
     last_quiet: float | None = None  # last time demand fell far below a remembered peak (on/off traffic)
     # the SLO's error budget: first tokens seen and those that missed the TTFT target, decayed over an hour
     slo_seen: float = 0.0

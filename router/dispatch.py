@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, field
 
 from goodput.policies.prefix_cache import PrefixCache
-from goodput.policies.routing import QUEUE, RoutingPolicy, route
+from goodput.policies.routing import QUEUE, RoutingPolicy, fresh_tokens, route
 from goodput.router.errors import too_many, unavailable
 from goodput.router.metrics import RouterMetrics
 from goodput.router.replicas import Lease, Replica
@@ -160,7 +160,7 @@ class Tier:
         if routed.blocks:
             self.metrics.prefix_hits.labels(self.name).inc(hit)
             self.metrics.prefix_blocks.labels(self.name).inc(len(routed.blocks))
-        fresh = max(routed.prompt_tokens - hit * self.policy.block_tokens, 0)
+        fresh = fresh_tokens(routed.prompt_tokens, hit, self.policy)
         return Lease(replica, fresh)
 
     def pump(self) -> None:

@@ -26,6 +26,7 @@ HISTOGRAMS = (
     (c.REQUEST_GENERATION_TOKENS, c.TOKEN_COUNT_BUCKETS),
 )
 SUCCESS = c.total(c.REQUEST_SUCCESS)
+PREFIX_QUERIES, PREFIX_HITS = c.total(c.PREFIX_CACHE_QUERIES), c.total(c.PREFIX_CACHE_HITS)
 Key = tuple[str, str, str]  # (namespace, inferenceservice, tier)
 
 
@@ -41,6 +42,7 @@ class Traffic:
     waiting: float = 0.0
     running: float = 0.0
     kv_cache_usage: float = 0.1
+    prefix_cache_hit_fraction: float = 0.0  # of the prompt tokens looked up in the prefix cache
     model_name: str = "tiny"
 
 
@@ -97,7 +99,7 @@ class SyntheticWorkers:
         """The Prometheus text exposition of every series, written directly: fast enough for 1000 services."""
         now = time.time()
         histograms: dict[str, list[str]] = {name: [] for name, _ in HISTOGRAMS}
-        success, running, waiting, kv = [], [], [], []
+        success, running, waiting, kv, queried, hit = [], [], [], [], [], []
         with self._lock:
             for (namespace, service, tier), series in self._series.items():
                 self._advance(series, now)
@@ -119,6 +121,8 @@ class SyntheticWorkers:
                     lines.append(f"{name}_sum{{{labels}}} {value * count}")
                     lines.append(f"{name}_count{{{labels}}} {count}")
                 success.append(f'{SUCCESS}{{{labels},{c.FINISHED_REASON_LABEL}="stop"}} {n}')
+                queried.append(f"{PREFIX_QUERIES}{{{labels}}} {n * t.prompt_tokens}")
+                hit.append(f"{PREFIX_HITS}{{{labels}}} {n * t.prompt_tokens * t.prefix_cache_hit_fraction}")
                 running.append(f"{c.NUM_REQUESTS_RUNNING}{{{labels}}} {t.running}")
                 waiting.append(f"{c.NUM_REQUESTS_WAITING}{{{labels}}} {t.waiting}")
                 kv.append(f"{c.KV_CACHE_USAGE}{{{labels}}} {t.kv_cache_usage}")
@@ -130,6 +134,7 @@ class SyntheticWorkers:
         for name, _ in HISTOGRAMS:
             out += [f"# TYPE {name} histogram", *histograms[name]]
         out += [f"# TYPE {SUCCESS} counter", *success]
+        out += [f"# TYPE {PREFIX_QUERIES} counter", *queried, f"# TYPE {PREFIX_HITS} counter", *hit]
         for name, lines in (
             (c.NUM_REQUESTS_RUNNING, running),
             (c.NUM_REQUESTS_WAITING, waiting),

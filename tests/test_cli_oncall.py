@@ -261,9 +261,9 @@ async def test_unreachable_cluster_is_one_line(tmp_path, capsys) -> None:
     assert code == oncall.EXIT_UNREACHABLE and err.startswith("error: no usable cluster configuration")
 
 
-def _expected_load(spec: InferenceServiceSpec, rps: float) -> Load:
+def _expected_load(spec: InferenceServiceSpec, rps: float, cached_prompt_fraction: float = 0.0) -> Load:
     observed = CHAT_STATUS["observed"]
-    load, _ = oncall.observed_load(spec, {**observed, "rps": rps}, None)
+    load, _ = oncall.observed_load(spec, {**observed, "rps": rps}, None, cached_prompt_fraction)
     return load
 
 
@@ -333,6 +333,24 @@ async def test_explain_plans_with_the_headroom_the_error_budget_leaves(api, caps
     assert report["plan"]["replicas"] == lean.replicas
     code, out, _ = await cli(capsys, *args)
     assert "planning with headroom 0.05 (policy 0.2)" in out
+
+
+@pytest.mark.asyncio
+async def test_explain_plans_with_the_prefix_caches_share_as_the_autoscaler_does(api, capsys) -> None:
+    client, config = api
+    scaler = {"cachedPromptFraction": 0.9}  # most prompt tokens come from the workers' prefix caches
+    await client.patch_status("InferenceService", "team-a", "chat", {**CHAT_STATUS, "scaler": scaler})
+    code, out, _ = await cli(capsys, "explain", "chat", "--rps", "40", "--json", "--kubeconfig", str(config))
+    assert code == 0
+    spec = InferenceServiceSpec.model_validate(
+        (await client.get("InferenceService", "team-a", "chat"))["spec"]
+    )
+    cached, uncached = (
+        planner.plan(spec, _expected_load(spec, 40.0, share), SLOPolicySpec(), 1.4, 0.8).chosen
+        for share in (0.9, 0)
+    )
+    assert cached is not None and uncached is not None and cached.replicas < uncached.replicas
+    assert json.loads(out)["plan"]["replicas"] == cached.replicas
 
 
 @pytest.mark.asyncio

@@ -212,10 +212,11 @@ def explain(
     calibration = status.get("calibration") or {}
     ttft, tpot = float(calibration.get("ttftFactor", 1.0)), float(calibration.get("tpotFactor", 1.0))
     # plan with the headroom the operator plans with: the policy's, lowered while the error budget is unspent
-    headroom, spent = budgeted_headroom(spec, policy, state_from_status(status), time.time())
+    state = state_from_status(status)
+    headroom, spent = budgeted_headroom(spec, policy, state, time.time())
     configured = policy
     policy = policy.model_copy(update={"headroom": headroom})
-    load, load_source = observed_load(spec, observed, rps)
+    load, load_source = observed_load(spec, observed, rps, state.cached_prompt_fraction)
     result = planner.plan(spec, load, policy, ttft, tpot)
     report = plan_report(spec, load, profile_for(spec.model), result)
     running = status.get("plan")
@@ -303,7 +304,10 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_UNPLANNABLE
     if args.plot:
         spec = InferenceServiceSpec.model_validate(obj["spec"])
-        load, _ = observed_load(spec, shown, args.rps)
+        from goodput.controllers.status import state_from_status
+
+        cached = state_from_status(obj.get("status") or {}).cached_prompt_fraction
+        load, _ = observed_load(spec, shown, args.rps, cached)
         calibration = report["calibration"]
         plot_plan(spec, load, result, calibration["ttftFactor"], calibration["tpotFactor"], args.plot)
         print(f"wrote {args.plot}", file=sys.stderr)

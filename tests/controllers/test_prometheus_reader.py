@@ -100,6 +100,22 @@ def test_the_router_s_ttft_joins_the_workers_window_and_is_what_clients_see() ->
     assert "goodput:router_time_to_first_token_seconds_bucket" in queries(60)["latency"]
 
 
+def test_the_prefix_caches_counters_join_the_window_as_its_hit_share() -> None:
+    """vllm:prefix_cache_queries / _hits count prompt tokens; their increases over the window give the share."""
+    results = {
+        "requests": [_row(None, 20.0)],
+        "gauges": [_row("prefix_cache_queries", 80_000.0), _row("prefix_cache_hits", 20_000.0)],
+    }
+    snapshot = parse(results, time=1000.0, window_s=60.0)
+    window = snapshot.services[("ns", "chat")]["interactive"]
+    assert (window.prefix_cache_queries, window.prefix_cache_hits) == (80_000.0, 20_000.0)
+    observation = build_observation(snapshot.time, snapshot.window_s, snapshot.services[("ns", "chat")])
+    assert observation is not None and observation.prefix_cache_hit_fraction == pytest.approx(0.25)
+    promql = queries(60)["gauges"]
+    assert "increase(vllm:prefix_cache_queries_total[60s])" in promql
+    assert "increase(vllm:prefix_cache_hits_total[60s])" in promql
+
+
 def test_services_and_tiers_stay_apart_and_nan_is_missing() -> None:
     results = {
         "requests": [

@@ -109,6 +109,7 @@ def test_scaler_windows_round_trip_exactly_through_status() -> None:
         prompt_tokens_nodes=tuple(float(i) * 1.5 for i in range(16)),
         output_tokens_nodes=tuple(float(i) for i in range(16)),
         token_weight=412.75,
+        cached_prompt_fraction=0.1875,
         last_quiet=990.0,
         slo_seen=51234.5,
         slo_missed=17.25,
