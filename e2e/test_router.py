@@ -44,6 +44,7 @@ PROMPT, OUTPUT = 512, 4  # prefill-heavy requests: the replica, not the client, 
 NOISY_CONCURRENCY = 2  # the noisy tenant's quota: requests in flight (one per router pod)
 QUIET_RPS, QUIET_PROMPT = 0.5, 128
 REQUESTS = "vllm:request_success_total"
+ROUTER_TTFT_COUNT = "goodput:router_time_to_first_token_seconds_count"
 VOCAB = MODEL_PRESETS["bench-small"]["vocab_size"]
 
 
@@ -191,7 +192,8 @@ def test_the_batch_class_lands_on_the_batch_tier(cluster: Stack, routed: Routed)
 def test_a_noisy_tenant_gets_429s_and_the_other_keeps_its_slo(cluster: Stack, routed: Routed) -> None:
     """The noisy tenant keeps 5x its concurrency quota busy (clients that wait Retry-After after a 429); the quiet
     one sends light traffic and keeps its TTFT SLO, as it would not behind ten prefill-heavy noisy requests."""
-    url = routed.url(cluster)
+    url, routers = routed.url(cluster), rs.routers(cluster, routed.namespace, NAME)
+    timed_before = rs.total(routers, ROUTER_TTFT_COUNT)
     seconds = 20.0
     quiet = loadgen.poisson(QUIET_RPS, seconds, prompt=QUIET_PROMPT, output=OUTPUT, seed=2)
     codes: list[int] = []
@@ -223,6 +225,17 @@ def test_a_noisy_tenant_gets_429s_and_the_other_keeps_its_slo(cluster: Stack, ro
     assert set(codes) == {200, 429}
     assert quiet_summary["failed"] == 0
     assert quiet_summary["ttft_p95_s"] * 1000 <= SLO["ttftP95Ms"]
+    # the routers timed every streamed first token their clients saw (the quiet tenant's; the noisy one's do not
+    # stream), and the operator reads that client-seen TTFT into the status
+    assert rs.total(routers, ROUTER_TTFT_COUNT) - timed_before >= quiet_summary["requests"]
+    procs.wait_until(
+        lambda: (
+            service.get_service(cluster, routed.namespace, NAME)["status"]["observed"].get("routerTtftP95Ms")
+            is not None
+        ),
+        60,
+        "the status to show the TTFT the router's clients see",
+    )
 
 
 def test_a_silent_worker_leaves_rotation_within_one_refresh(cluster: Stack, routed: Routed) -> None:
