@@ -180,6 +180,10 @@ async def _forward(
         raise
     except (aiohttp.ClientConnectionError, TimeoutError):
         if response_started(response):
+            if _client_left(request):
+                return (
+                    response  # the client closed first (often as soon as it read [DONE]): nothing to tell it
+                )
             raise  # mid-stream: only this stream fails
         lease.task = None  # this request retries by itself; marking the replica down must not cancel it
         tier.mark_down(lease.replica)
@@ -191,6 +195,12 @@ async def _forward(
 
 def response_started(response: web.StreamResponse | None) -> bool:
     return response is not None and response.prepared
+
+
+def _client_left(request: web.Request) -> bool:
+    """The client's connection is closing or closed (before aiohttp has cancelled this handler for it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _models(request: web.Request) -> web.StreamResponse:

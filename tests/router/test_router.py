@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from goodput.policies.routing import RoutingPolicy
+from goodput.router.app import ROUTER
 from goodput.router.dispatch import QueueLimits
 from goodput.router.quota import Quotas, QuotaSpec
 from goodput.router.refresh import refresh_replica
@@ -326,6 +329,38 @@ async def test_a_client_leaving_after_done_frees_its_replica_quietly(
         await asyncio.sleep(0.02)
     assert replica.in_flight == 0
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
+async def test_a_client_whose_connection_is_closing_at_the_stream_s_end_is_no_error(
+    workers, make_router, client, caplog, monkeypatch
+) -> None:
+    """Under load a client's close (right after [DONE]) can reach the router between its last chunk and the end
+    of the stream, before aiohttp cancels the handler: the end finds the connection closing. That is the client
+    leaving, not an error: nothing is logged, the request is counted, the lease ends."""
+    worker = await workers("w0")
+    router, url = await make_router({"interactive": [worker.url]})
+    write_eof = web.StreamResponse.write_eof
+
+    async def closing_first(self: web.StreamResponse, data: bytes = b"") -> None:
+        request = self._req
+        if request is not None and ROUTER in request.app and request.transport is not None:
+            request.transport.close()  # the router's answer to its client: the client has just hung up
+        await write_eof(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write_eof", closing_first)
+    with contextlib.suppress(aiohttp.ClientError):
+        await post(client, url)
+    replica = router.tiers["interactive"].replicas[worker.url]
+    for _ in range(50):
+        if replica.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert replica.in_flight == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    counted = router.metrics.registry.get_sample_value(
+        "goodput:router_requests_total", {"tier": "interactive", "code": "200"}
+    )
+    assert counted == 1
 
 
 async def test_a_silent_only_replica_sends_its_requests_to_the_other_tier(
