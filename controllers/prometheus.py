@@ -32,6 +32,7 @@ _HISTOGRAMS = {
         ("itl", c.INTER_TOKEN_LATENCY),
         ("itl", c.TIME_PER_OUTPUT_TOKEN),  # older vLLM; used only where the new one is absent
         ("router_wait", c.ROUTER_QUEUE_WAIT),
+        ("router_ttft", c.ROUTER_TTFT),
     ),
     "tokens": (
         ("prompt_tokens", c.REQUEST_PROMPT_TOKENS),

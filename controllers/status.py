@@ -65,6 +65,7 @@ def observed_status(observation: Observation) -> dict[str, Any]:
         queue_depth=rounded(observation.queue_depth, 2),
         router_queue_depth=rounded(observation.router_queued, 2),
         router_queue_wait_p95_ms=rounded(observation.router_wait_p95_ms, 2),
+        router_ttft_p95_ms=rounded(observation.router_ttft_p95_ms, 2),
         ready_replicas=observation.ready_replicas,
     ).to_wire()
 

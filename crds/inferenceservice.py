@@ -341,6 +341,11 @@ class Observed(Resource):
     router_queue_wait_p95_ms: float | None = Field(
         default=None, description="95th percentile of the time requests waited in the router for a replica."
     )
+    router_ttft_p95_ms: float | None = Field(
+        default=None,
+        description="95th percentile of the TTFT the router's clients see (arrival at the router to the first "
+        "streamed byte, its queue included); the autoscaler's TTFT breach and error budget read it when present.",
+    )
     ready_replicas: int | None = None
 
 

@@ -12,7 +12,9 @@ router pod kill comes last: it is the one test that disrupts the others' setting
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
+import random
 import signal
 import time
 import uuid
@@ -27,6 +29,7 @@ from e2e import loadgen, procs, service
 from e2e import operator as goodput
 from e2e import router_stack as rs
 from e2e.stack import Stack
+from goodput.worker_image.contract import MODEL_PRESETS
 
 pytestmark = pytest.mark.e2e
 
@@ -41,6 +44,8 @@ PROMPT, OUTPUT = 512, 4  # prefill-heavy requests: the replica, not the client, 
 NOISY_CONCURRENCY = 2  # the noisy tenant's quota: requests in flight (one per router pod)
 QUIET_RPS, QUIET_PROMPT = 0.5, 128
 REQUESTS = "vllm:request_success_total"
+ROUTER_TTFT_COUNT = "goodput:router_time_to_first_token_seconds_count"
+VOCAB = MODEL_PRESETS["bench-small"]["vocab_size"]
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,18 @@ def body(prompt: int = 8, output: int = 4, **extra: object) -> dict[str, object]
         "max_tokens": output,
         "ignore_eos": True,
         **extra,
+    }
+
+
+def unique_body(n: int, prompt: int, output: int) -> dict[str, object]:
+    """The `n`th request of its own prompt: its first token already differs from every other's (so no prefix is
+    shared, and no replica's prefix cache serves it cheaply); random ids after it, in bench-small's vocabulary."""
+    rng = random.Random(n)
+    return {
+        "model": NAME,
+        "prompt": [1 + n % (VOCAB - 1), *(rng.randrange(1, VOCAB) for _ in range(prompt - 1))],
+        "max_tokens": output,
+        "ignore_eos": True,
     }
 
 
@@ -175,14 +192,17 @@ def test_the_batch_class_lands_on_the_batch_tier(cluster: Stack, routed: Routed)
 def test_a_noisy_tenant_gets_429s_and_the_other_keeps_its_slo(cluster: Stack, routed: Routed) -> None:
     """The noisy tenant keeps 5x its concurrency quota busy (clients that wait Retry-After after a 429); the quiet
     one sends light traffic and keeps its TTFT SLO, as it would not behind ten prefill-heavy noisy requests."""
-    url = routed.url(cluster)
+    url, routers = routed.url(cluster), rs.routers(cluster, routed.namespace, NAME)
+    timed_before = rs.total(routers, ROUTER_TTFT_COUNT)
     seconds = 20.0
     quiet = loadgen.poisson(QUIET_RPS, seconds, prompt=QUIET_PROMPT, output=OUTPUT, seed=2)
     codes: list[int] = []
+    numbers = itertools.count()
 
     async def noisy_client(client: httpx.AsyncClient, began: float) -> None:
         while time.monotonic() - began < seconds:
-            answer = await client.post(f"{url}/v1/completions", json=body(prompt=PROMPT, output=OUTPUT))
+            request = unique_body(next(numbers), PROMPT, OUTPUT)
+            answer = await client.post(f"{url}/v1/completions", json=request)
             codes.append(answer.status_code)
             if answer.status_code == 429:
                 assert answer.json()["error"]["code"] == "concurrency_quota"
@@ -205,6 +225,24 @@ def test_a_noisy_tenant_gets_429s_and_the_other_keeps_its_slo(cluster: Stack, ro
     assert set(codes) == {200, 429}
     assert quiet_summary["failed"] == 0
     assert quiet_summary["ttft_p95_s"] * 1000 <= SLO["ttftP95Ms"]
+    # the routers timed every streamed first token their clients saw (the quiet tenant's; the noisy one's do not
+    # stream), and the operator reads that client-seen TTFT into the status (streams keep its window non-empty)
+    assert rs.total(routers, ROUTER_TTFT_COUNT) - timed_before >= quiet_summary["requests"]
+    quiet_headers = {**AUTH, "X-Goodput-Tenant": "quiet"}
+
+    def client_ttft_in_status() -> bool:
+        answer = httpx.post(
+            f"{url}/v1/completions",
+            json=body(stream=True),
+            headers=quiet_headers,
+            timeout=30,
+            trust_env=False,
+        )
+        assert answer.status_code == 200, answer.text
+        observed = service.get_service(cluster, routed.namespace, NAME)["status"]["observed"]
+        return observed.get("routerTtftP95Ms") is not None
+
+    procs.wait_until(client_ttft_in_status, 60, "the status to show the TTFT the router's clients see", 1.0)
 
 
 def test_a_silent_worker_leaves_rotation_within_one_refresh(cluster: Stack, routed: Routed) -> None:

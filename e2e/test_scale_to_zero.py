@@ -10,9 +10,11 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -20,7 +22,7 @@ from kubernetes.client import AppsV1Api, CoreV1Api
 
 from e2e import operator as goodput
 from e2e import procs, service
-from e2e.stack import REPO, Stack
+from e2e.stack import Stack
 
 pytestmark = pytest.mark.e2e
 
@@ -29,6 +31,7 @@ SLO = {"ttftP95Ms": 1500.0, "tpotP95Ms": 1000.0, "attainment": 0.9}
 NAME = "tiny"
 ROUTER_WAIT_S = 240.0  # the router holds the waking request this long: a pod's start and model load
 REQUEST = {"model": NAME, "prompt": "hello", "max_tokens": 4}
+GOODPUT = Path(sys.executable).with_name("goodput")  # the console script, as users run it
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +119,7 @@ def test_idle_service_goes_to_zero_and_its_first_request_wakes_it_through_the_ro
     listed = real.kubectl("get", "gpsvc", NAME, "-n", namespace)
     assert "ScaledToZero" in listed.stdout, listed.stdout + listed.stderr
     cli = subprocess.run(
-        [str(REPO / ".venv" / "bin" / "goodput"), "status", "-n", namespace, "--json"],
+        [str(GOODPUT), "status", "-n", namespace, "--json"],
         capture_output=True,
         text=True,
         env={**os.environ, "KUBECONFIG": str(real.kubeconfig)},

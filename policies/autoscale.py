@@ -9,7 +9,9 @@ One decision per interval, from the planner at the load the service must be read
    a replica of it really carries at the SLO (policies/capacity.py): the plan divides the load by that factor.
 3. Budget: the headroom the plan keeps, from the TTFT error budget spent (policies/budget.py).
 4. Anticipate the load to plan for: demand, fading recent peaks, the observed token mix (policies/demand.py).
-5. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion.
+5. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion. The TTFT
+   that breaches (and spends the error budget) is the one clients see: the router's where it timed first tokens,
+   else the workers'. Calibration and capacity learning read the workers' TTFT: that is what the model predicts.
 6. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
    step), scale down to the highest recommendation of the down window, at most max step, after a cooldown.
    A fresh autoscaler counts the plan for the manifest's expected rate as its first recommendation: the
@@ -178,8 +180,9 @@ def _reactive(
     """
     if unservable or not breach or not obs.ready_replicas or obs.backlog <= 0:
         return planned, ""
+    ttft = obs.client_ttft_p95_ms
     ratio = max(
-        (obs.ttft_p95_ms or 0.0) / slo_ttft if obs.ttft_p95_ms is not None else 0.0,
+        ttft / slo_ttft if ttft is not None else 0.0,
         (obs.tpot_p95_ms or 0.0) / slo_tpot if obs.tpot_p95_ms is not None else 0.0,
     )
     return max(planned, math.ceil(obs.ready_replicas * min(ratio, REACTIVE_MAX_RATIO))), breach
@@ -234,9 +237,12 @@ def slo_targets(spec: InferenceServiceSpec) -> tuple[float, float]:
 
 
 def _breach(obs: Observation, slo_ttft: float, slo_tpot: float) -> str | None:
-    """The readable breach, or None when both observed p95s meet their targets (or are unknown)."""
-    if obs.ttft_p95_ms is not None and obs.ttft_p95_ms > slo_ttft:
-        return f"TTFT p95 {exceeds(obs.ttft_p95_ms, slo_ttft)}"
+    """The readable breach, or None when both observed p95s meet their targets (or are unknown). TTFT is the
+    clients': behind a router, what its queue adds is a breach too (the workers' TTFT starts after it)."""
+    ttft = obs.client_ttft_p95_ms
+    if ttft is not None and ttft > slo_ttft:
+        where = " at the router" if obs.router_ttft_p95_ms is not None else ""
+        return f"TTFT p95{where} {exceeds(ttft, slo_ttft)}"
     if obs.tpot_p95_ms is not None and obs.tpot_p95_ms > slo_tpot:
         return f"TPOT p95 {exceeds(obs.tpot_p95_ms, slo_tpot)}"
     return None

@@ -26,14 +26,15 @@ BUDGET_LEVELS = 4  # the headroom moves in quarters of the policy's (never below
 
 
 def spend_budget(obs: Observation, state: ScalerState, policy: SLOPolicySpec) -> ScalerState:
-    """Fold this window's first tokens, and those that missed the TTFT target, into the decayed budget counts.
+    """Fold this window's first tokens, and those that missed the TTFT target, into the decayed budget counts
+    (as clients see them: behind a router, its timing, queue included).
 
     The operator's query window may be longer than the interval (a minute of `increase` every 15 s), so
     consecutive windows overlap: each counts for its new share, interval / window, and a token counts once.
     """
-    if obs.ttft_met is None:
+    if obs.client_ttft_met is None:
         return state
-    met, seen = obs.ttft_met
+    met, seen = obs.client_ttft_met
     interval = policy.evaluation_interval_seconds
     share = min(interval / obs.window_s, 1.0)
     decay = math.exp(-interval / BUDGET_HORIZON_S)

@@ -151,6 +151,7 @@ class TierWindow:
     router_queued: float | None = None  # sum over router pods of goodput:router_queue_depth
     router_in_flight: float | None = None  # sum over router pods of goodput:router_in_flight
     router_wait: Histogram | None = None  # goodput:router_queue_wait_seconds
+    router_ttft: Histogram | None = None  # goodput:router_time_to_first_token_seconds: the TTFT clients see
 
     @property
     def empty(self) -> bool:
@@ -166,6 +167,7 @@ class TierWindow:
                 self.router_queued,
                 self.router_in_flight,
                 self.router_wait,
+                self.router_ttft,
             )
         )
 
@@ -214,6 +216,10 @@ def _observe_one(
     ttft_met = None
     if ttft_target_s is not None and w.ttft is not None:
         ttft_met = (w.ttft.count_within(ttft_target_s), w.ttft.count)
+    router_ttft = w.router_ttft if w.router_ttft is not None and w.router_ttft.count > 0 else None
+    router_ttft_met = None
+    if ttft_target_s is not None and router_ttft is not None:
+        router_ttft_met = (router_ttft.count_within(ttft_target_s), router_ttft.count)
     hit_fraction = None
     if w.prefix_cache_queries and w.prefix_cache_hits is not None:
         hit_fraction = min(max(w.prefix_cache_hits / w.prefix_cache_queries, 0.0), 1.0)
@@ -242,6 +248,8 @@ def _observe_one(
         router_queued=w.router_queued,
         router_in_flight=w.router_in_flight,
         router_wait_p95_ms=None if w.router_wait is None else _ms(w.router_wait.quantile(quantile)),
+        router_ttft_p95_ms=None if router_ttft is None else _ms(router_ttft.quantile(quantile)),
+        router_ttft_met=router_ttft_met,
     )
 
 
@@ -285,5 +293,6 @@ def build_observation(
         router_queued=_sum([w.router_queued for w in parts]),
         router_in_flight=_sum([w.router_in_flight for w in parts]),
         router_wait=_sum_hist([w.router_wait for w in parts]),
+        router_ttft=_sum_hist([w.router_ttft for w in parts]),
     )
     return replace(_observe_one(time, window_s, total, quantile, ttft_target_s), per_tier=per_tier)

@@ -125,6 +125,20 @@ class Observation:
     router_queued: float | None = None
     router_in_flight: float | None = None
     router_wait_p95_ms: float | None = None
+    # the TTFT the router's clients see (arrival at the router to the first streamed byte: its queue included),
+    # None without a router or without a streamed first token in the window; as ttft_p95_ms and ttft_met
+    router_ttft_p95_ms: float | None = None
+    router_ttft_met: tuple[float, float] | None = None
+
+    @property
+    def client_ttft_p95_ms(self) -> float | None:
+        """The TTFT quantile clients see: the router's where it timed first tokens, else the workers'."""
+        return self.ttft_p95_ms if self.router_ttft_p95_ms is None else self.router_ttft_p95_ms
+
+    @property
+    def client_ttft_met(self) -> tuple[float, float] | None:
+        """First tokens within the TTFT target, and all, as clients see them (the router's, else the workers')."""
+        return self.ttft_met if self.router_ttft_met is None else self.router_ttft_met
 
     @property
     def backlog(self) -> float:

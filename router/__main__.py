@@ -15,7 +15,7 @@ from goodput.router.app import Router, create_app
 from goodput.router.config import RouterConfig, parse_args
 from goodput.router.dispatch import Tier
 from goodput.router.endpoints import InCluster, watch_tier
-from goodput.router.metrics import RouterMetrics
+from goodput.router.metrics import RouterMetrics, probe_loop
 from goodput.router.refresh import refresh_forever
 
 REFRESH_TIMEOUT_SHARE = 0.8  # a refresh gives up before the next one starts: a silent replica is out in one
@@ -42,6 +42,7 @@ async def serve(config: RouterConfig) -> None:
 
     async def side_tasks(_: web.Application):  # type: ignore[no-untyped-def]
         session = aiohttp.ClientSession()
+        background.append(asyncio.create_task(probe_loop(router.metrics.loop_lag)))
         background.append(
             asyncio.create_task(
                 refresh_forever(

@@ -36,6 +36,14 @@ DROPPED_RESPONSE = frozenset(
 )
 
 
+@dataclass(slots=True)
+class Timing:
+    """A request's arrival and its time in tiers' queues (perf_counter seconds): its first byte is timed by them."""
+
+    arrived: float
+    queued: float = 0.0
+
+
 @dataclass
 class Router:
     tiers: dict[RequestClass, Tier]
@@ -89,6 +97,7 @@ ROUTER = web.AppKey("router", Router)
 
 
 async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
+    timing = Timing(time.perf_counter())
     router: Router = request.app[ROUTER]
     try:
         router.check_key(request)
@@ -105,9 +114,10 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         for _ in range(MAX_ATTEMPTS):
             tier = router.tier_for(routed.request_class)  # a retry may find its tier's only replica gone
             lease = await tier.acquire(routed)
-            response = await _forward(request, router, tier, lease, body)
+            timing.queued += lease.queued_s
+            response = await _forward(request, router, tier, lease, body, timing, routed.stream)
             if response is not None:
-                router.metrics.requests.labels(tier.name, str(response.status)).inc()
+                tier.seen.answered(response.status)
                 return response
         raise unavailable("replicas failed before answering; retry", "upstream_failed", 1)
     except RouterError as error:
@@ -118,14 +128,25 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
 
 
 async def _forward(
-    request: web.Request, router: Router, tier: Tier, lease: Lease, body: bytes
+    request: web.Request,
+    router: Router,
+    tier: Tier,
+    lease: Lease,
+    body: bytes,
+    timing: Timing,
+    stream: bool,
 ) -> web.StreamResponse | None:
-    """Stream the replica's answer through; None when the replica failed before answering (try another)."""
+    """Stream the replica's answer through; None when the replica failed before answering (try another).
+
+    At the first byte sent on, two timings: the TTFT the client sees (arrival to now; streamed 200s only, whose
+    first byte is a first token), and the router's own share of it (that, less the queue wait and the
+    replica's time to its first byte)."""
     assert router.session is not None
     task = asyncio.current_task()
     lease.task = task
     headers = {h: request.headers[h] for h in FORWARDED_REQUEST if h in request.headers}
     response: web.StreamResponse | None = None
+    sent = time.perf_counter()
     try:
         async with router.session.post(
             lease.replica.url + request.path, data=body, headers=headers
@@ -138,14 +159,18 @@ async def _forward(
                 status=upstream.status,
                 headers={k: v for k, v in upstream.headers.items() if k.lower() not in DROPPED_RESPONSE},
             )
-            async for chunk in upstream.content.iter_any():
-                if not lease.first_byte:
-                    tier.answered(lease)
-                    await response.prepare(request)
-                await response.write(chunk)
-            if not lease.first_byte:
-                tier.answered(lease)
-                await response.prepare(request)
+            first = await upstream.content.readany()
+            upstream_s = time.perf_counter() - sent
+            tier.answered(lease)
+            await response.prepare(request)
+            if first:
+                await response.write(first)
+                since = time.perf_counter() - timing.arrived
+                tier.seen.added.observe(max(since - timing.queued - upstream_s, 0.0))
+                if stream and upstream.status == 200:
+                    tier.seen.ttft.observe(since)
+                async for chunk in upstream.content.iter_any():  # the hot path: nothing but the write
+                    await response.write(chunk)
             await response.write_eof()
             return response
     except asyncio.CancelledError:
@@ -155,6 +180,10 @@ async def _forward(
         raise
     except (aiohttp.ClientConnectionError, TimeoutError):
         if response_started(response):
+            if _client_left(request):
+                return (
+                    response  # the client closed first (often as soon as it read [DONE]): nothing to tell it
+                )
             raise  # mid-stream: only this stream fails
         lease.task = None  # this request retries by itself; marking the replica down must not cancel it
         tier.mark_down(lease.replica)
@@ -166,6 +195,12 @@ async def _forward(
 
 def response_started(response: web.StreamResponse | None) -> bool:
     return response is not None and response.prepared
+
+
+def _client_left(request: web.Request) -> bool:
+    """The client's connection is closing or closed (before aiohttp has cancelled this handler for it)."""
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 async def _models(request: web.Request) -> web.StreamResponse:
@@ -225,6 +260,9 @@ def create_app(router: Router) -> web.Application:
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=60),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=5),
                 auto_decompress=False,
+                # one session carries every client's requests: a cookie a replica sets for one must never go out
+                # with another's (the default jar keeps those of replicas named by host, as --upstream may be)
+                cookie_jar=aiohttp.DummyCookieJar(),
             )
         yield
         await router.session.close()

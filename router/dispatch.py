@@ -53,6 +53,7 @@ class Tier:
     ) -> None:
         self.name, self.policy, self.limits, self.metrics = name, policy, limits, metrics
         self.cache_blocks = cache_blocks
+        self.seen = metrics.tier(name)
         self.replicas: dict[str, Replica] = {}
         self._queue: list[_Waiter] = []
         self._queued = 0
@@ -105,7 +106,7 @@ class Tier:
         if not self._queued:
             lease = self._try(routed)
             if lease is not None:
-                self.metrics.queue_wait.labels(self.name).observe(0.0)
+                self.seen.queue_wait.observe(0.0)
                 return lease
         if self._queued >= self.limits.max_queue:
             self.metrics.rejections.labels("queue_full").inc()
@@ -175,7 +176,8 @@ class Tier:
             heapq.heappop(self._queue)
             self._queued -= 1
             self.metrics.queue_depth.labels(self.name).set(self._queued)
-            self.metrics.queue_wait.labels(self.name).observe(time.monotonic() - head.since)
+            lease.queued_s = time.monotonic() - head.since
+            self.seen.queue_wait.observe(lease.queued_s)
             head.future.set_result(lease)
 
     def answered(self, lease: Lease) -> None:

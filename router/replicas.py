@@ -44,6 +44,7 @@ class Lease:
     first_byte: bool = False
     rerouted: bool = False  # the replica went down before answering: the request is sent elsewhere
     task: asyncio.Task[object] | None = None  # the handler forwarding it, cancelled to reroute
+    queued_s: float = 0.0  # how long the request waited in its tier's queue for this lease
 
     def __post_init__(self) -> None:
         self.replica.in_flight += 1

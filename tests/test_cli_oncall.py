@@ -486,3 +486,18 @@ def test_status_without_rights_on_slopolicies_warns_and_judges_staleness_by_the_
     assert policy == SLOPolicySpec()
     err = capsys.readouterr().err
     assert err.startswith("warning: SLOPolicy careful: 403 Forbidden from https://api; judging staleness")
+
+
+@pytest.mark.parametrize(
+    ("observed", "judged"),
+    [
+        ({"ttftP95Ms": 400.0, "routerTtftP95Ms": 1200.0}, 1200.0),  # the router's queue included
+        ({"ttftP95Ms": 400.0, "routerTtftP95Ms": None}, 400.0),
+        ({"ttftP95Ms": 400.0}, 400.0),
+        ({}, None),
+    ],
+)
+def test_status_judges_the_ttft_clients_see_as_the_autoscaler_does(observed, judged) -> None:
+    from goodput.controllers.cli.status import client_ttft
+
+    assert client_ttft(observed) == judged

@@ -101,6 +101,9 @@ POD_LABEL_ROUTER = "goodput.dev/router"
 ROUTER_QUEUE_DEPTH = "goodput:router_queue_depth"  # gauge {tier}: requests held for a replica
 ROUTER_QUEUE_WAIT = "goodput:router_queue_wait_seconds"  # histogram {tier}
 ROUTER_IN_FLIGHT = "goodput:router_in_flight"  # gauge {tier}: requests sent to replicas, not finished
+# histogram {tier}, TTFT_BUCKETS: a streamed request's arrival at the router to its first byte sent to the client
+# (the TTFT its clients see, router queue included); the autoscaler's SLO signals prefer it to the workers' TTFT
+ROUTER_TTFT = "goodput:router_time_to_first_token_seconds"
 
 # ---------------------------------------------------------------- the operator's metrics (dashboards, rules)
 

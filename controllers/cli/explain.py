@@ -331,10 +331,14 @@ def print_explain(report: dict[str, Any]) -> None:
         )
     observed = report["observed"]
     if observed:
+        router_ttft = observed.get("routerTtftP95Ms")
+        at_router = (
+            "" if router_ttft is None else f" (at the router, as clients see it: {ms(router_ttft)} ms)"
+        )
         out.print(
             f"[bold]Observed[/] ({observed['source']}{', ' + observed['note'] if observed.get('note') else ''}, "
             f"window {observed.get('windowSeconds', 0):g} s at {observed.get('time')}): "
-            f"{observed.get('rps', 0):.3g} rps, TTFT p95 {ms(observed.get('ttftP95Ms'))} ms, "
+            f"{observed.get('rps', 0):.3g} rps, TTFT p95 {ms(observed.get('ttftP95Ms'))} ms{at_router}, "
             f"TPOT p95 {ms(observed.get('tpotP95Ms'))} ms, KV {pct(observed.get('kvCacheUsage'))}, "
             f"queue {ms(observed.get('queueDepth'))}"
         )

@@ -122,6 +122,12 @@ def _targets(slo: dict[str, Any]) -> tuple[str, float | None, float | None]:
     return f"p{quantile * 100:.0f}", ttft, tpot
 
 
+def client_ttft(observed: dict[str, Any]) -> float | None:
+    """The TTFT p95 the autoscaler judges: what the router's clients see where it timed any, else the workers'."""
+    router = observed.get("routerTtftP95Ms")
+    return observed.get("ttftP95Ms") if router is None else router
+
+
 def _against(value: float | None, target: float | None) -> str:
     if value is None:
         return "—"
@@ -169,7 +175,7 @@ def print_status(rows: list[dict[str, Any]], show_namespace: bool) -> None:
             row["name"],
             row["mode"],
             f"{level} {ms(ttft)}/{ms(tpot)}",
-            f"{_against(observed.get('ttftP95Ms'), ttft)}/{_against(observed.get('tpotP95Ms'), tpot)}"
+            f"{_against(client_ttft(observed), ttft)}/{_against(observed.get('tpotP95Ms'), tpot)}"
             + (f"\n[dim]{source}[/]" if source else ""),
             "—" if observed.get("rps") is None else f"{observed['rps']:.2f}",
             tiers,

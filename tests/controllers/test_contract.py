@@ -100,8 +100,27 @@ def test_the_router_exports_the_series_the_operator_reads() -> None:
 
     exported = {f.name for f in RouterMetrics().registry.collect()}
     read = " ".join(queries(60).values())
-    for name in (contract.ROUTER_QUEUE_DEPTH, contract.ROUTER_IN_FLIGHT, contract.ROUTER_QUEUE_WAIT):
+    for name in (
+        contract.ROUTER_QUEUE_DEPTH,
+        contract.ROUTER_IN_FLIGHT,
+        contract.ROUTER_QUEUE_WAIT,
+        contract.ROUTER_TTFT,
+    ):
         assert name in exported and name in read, name
+
+
+def test_the_router_times_first_tokens_in_the_worker_s_buckets() -> None:
+    from goodput.router.metrics import RouterMetrics
+
+    metrics = RouterMetrics()
+    metrics.ttft.labels("interactive").observe(0.2)
+    bounds = {
+        s.labels["le"]
+        for f in metrics.registry.collect()
+        for s in f.samples
+        if s.name == f"{contract.ROUTER_TTFT}_bucket"
+    }
+    assert bounds == {str(b) for b in contract.TTFT_BUCKETS} | {"+Inf"}
 
 
 def test_the_synthetic_workers_speak_the_worker_s_names_and_buckets(worker: Families) -> None:

@@ -78,6 +78,28 @@ def test_the_routers_queue_and_freshness_join_the_window() -> None:
     assert "goodput:router_queue_wait_seconds_bucket" in promql["latency"]
 
 
+def test_the_router_s_ttft_joins_the_workers_window_and_is_what_clients_see() -> None:
+    """The router's TTFT histogram lands in the tier's window beside the workers': the observation keeps both,
+    and the TTFT the autoscaler reads for breaches and the error budget is the router's."""
+    workers = [("0.25", 90.0), ("0.5", 100.0), ("+Inf", 100.0)]
+    router = [("0.25", 60.0), ("0.5", 70.0), ("2.5", 100.0), ("+Inf", 100.0)]
+    results = {
+        "latency": _histogram("ttft", workers) + _histogram("router_ttft", router),
+        "requests": [_row(None, 100.0)],
+        "gauges": [_row("running", 1.0), _row("newest", 999.0), _row("router_queued", 4.0)],
+    }
+    snapshot = parse(results, time=1000.0, window_s=60.0)
+    observation = build_observation(
+        snapshot.time, snapshot.window_s, snapshot.services[("ns", "chat")], ttft_target_s=1.0
+    )
+    assert observation is not None
+    assert observation.ttft_p95_ms == pytest.approx(250 + 250 * 5 / 10)
+    assert observation.router_ttft_p95_ms == pytest.approx(500 + 2000 * 25 / 30)  # rank 95 in (0.5, 2.5]
+    assert observation.client_ttft_p95_ms == observation.router_ttft_p95_ms
+    assert observation.client_ttft_met == (pytest.approx(70 + 30 * 0.5 / 2), 100.0)
+    assert "goodput:router_time_to_first_token_seconds_bucket" in queries(60)["latency"]
+
+
 def test_the_prefix_caches_counters_join_the_window_as_its_hit_share() -> None:
     """vllm:prefix_cache_queries / _hits count prompt tokens; their increases over the window give the share."""
     results = {

@@ -93,12 +93,17 @@ def test_observed_status_validates_and_keeps_zero_traffic() -> None:
         steady_window(T0.timestamp(), 0.0, ready=2, window=60, kv=0.0),
         router_queued=3.0,
         router_wait_p95_ms=412.5,
+        router_ttft_p95_ms=1250.0,
     )
     wire = status.observed_status(observation)
     assert wire["rps"] == 0.0
     assert "ttftP95Ms" not in wire
     assert wire["readyReplicas"] == 2
-    assert (wire["routerQueueDepth"], wire["routerQueueWaitP95Ms"]) == (3.0, 412.5)
+    assert (wire["routerQueueDepth"], wire["routerQueueWaitP95Ms"], wire["routerTtftP95Ms"]) == (
+        3.0,
+        412.5,
+        1250.0,
+    )
 
 
 def test_scaler_windows_round_trip_exactly_through_status() -> None:

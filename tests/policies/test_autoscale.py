@@ -326,3 +326,38 @@ def test_overlapping_query_windows_count_each_first_token_once():
     served = sum(150.0 * decay**k for k in range(40))  # 10 rps for 15 s per interval, decayed
     assert state.slo_seen == pytest.approx(served)
     assert state.slo_missed == pytest.approx(served * 0.05)
+
+
+@pytest.mark.parametrize(
+    ("workers_ttft", "router_ttft", "scales", "reason"),
+    [
+        # the workers are on time, but requests wait in the router: the clients' TTFT breaches, so it scales
+        (400.0, 2500.0, True, "TTFT p95 at the router 2500 ms > 1000 ms"),
+        (400.0, None, False, ""),  # no router data: the workers' TTFT, on time
+        (2500.0, None, True, "TTFT p95 2500 ms > 1000 ms"),  # no router data: the workers' TTFT breaches
+        (2500.0, 600.0, False, ""),  # the clients' TTFT decides, not the workers'
+    ],
+)
+def test_behind_a_router_the_breach_is_the_ttft_clients_see(workers_ttft, router_ttft, scales, reason):
+    current = plan_at(10.0)
+    o = replace(
+        obs(100.0, 10.0, ttft=workers_ttft, tpot=20, ready=current.replicas),
+        router_queued=20.0,
+        router_ttft_p95_ms=router_ttft,
+    )
+    d = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0)
+    assert (d.plan.replicas > current.replicas) is scales, d.reason
+    assert d.slo_met is not scales
+    if scales:
+        assert d.reason.startswith(f"scaled interactive {current.replicas}→{d.plan.replicas}: {reason}")
+
+
+@pytest.mark.parametrize(
+    ("workers_met", "router_met", "missed"),
+    [((150.0, 150.0), (75.0, 150.0), 75.0), ((150.0, 150.0), None, 0.0), ((75.0, 150.0), None, 75.0)],
+)
+def test_the_error_budget_spends_the_first_tokens_clients_see_late(workers_met, router_met, missed):
+    current = plan_at(10.0)
+    o = replace(obs(15.0, 10.0, ready=current.replicas), ttft_met=workers_met, router_ttft_met=router_met)
+    state = autoscale(SPEC, POLICY, current, o, ScalerState(), 15.0, plan_fn=MEMO).state
+    assert (state.slo_seen, state.slo_missed) == pytest.approx((150.0, missed))

@@ -151,3 +151,39 @@ def test_a_ttft_target_counts_the_first_tokens_that_met_it_over_all_tiers():
     assert obs.ttft_met == (90.0, 100.0)
     assert obs.per_tier["batch"].ttft_met == (0.0, 10.0)
     assert build_observation(0.0, 15.0, tiers).ttft_met is None  # no target, no count
+
+
+WORKERS_TTFT = Histogram.from_samples(TTFT_BUCKETS, np.full(100, 0.3))
+QUEUED_TTFT = Histogram.from_samples(TTFT_BUCKETS, np.r_[np.full(90, 0.3), np.full(10, 2.3)])
+
+
+@pytest.mark.parametrize(
+    ("router", "client", "client_met"),
+    [
+        (
+            QUEUED_TTFT,
+            QUEUED_TTFT,
+            (90.0, 100.0),
+        ),  # the router's queue adds 2 s to a tenth of the first tokens
+        (None, WORKERS_TTFT, (100.0, 100.0)),  # no router: the workers' TTFT
+        (Histogram.from_samples(TTFT_BUCKETS, np.array([])), WORKERS_TTFT, (100.0, 100.0)),  # none timed
+    ],
+)
+def test_the_ttft_clients_see_is_the_router_s_where_it_timed_any(router, client, client_met):
+    tiers = {"interactive": TierWindow(ttft=WORKERS_TTFT, requests=100, router_ttft=router)}
+    obs = build_observation(0.0, 15.0, tiers, ttft_target_s=1.0)
+    assert obs.ttft_p95_ms == WORKERS_TTFT.quantile(0.95) * 1000  # the workers' own figure stays as it was
+    assert obs.ttft_met == (100.0, 100.0)
+    assert obs.client_ttft_p95_ms == client.quantile(0.95) * 1000
+    assert obs.client_ttft_met == client_met
+    assert QUEUED_TTFT.quantile(0.95) > 1.0 > WORKERS_TTFT.quantile(0.95)
+
+
+def test_the_router_s_ttft_sums_over_tiers_and_alone_makes_a_window():
+    slow = Histogram.from_samples(TTFT_BUCKETS, np.full(10, 3.0))
+    fast = Histogram.from_samples(TTFT_BUCKETS, np.full(90, 0.3))
+    tiers = {"interactive": TierWindow(router_ttft=fast), "batch": TierWindow(router_ttft=slow)}
+    obs = build_observation(0.0, 15.0, tiers, ttft_target_s=1.0)
+    assert obs is not None
+    assert obs.router_ttft_met == (90.0, 100.0)
+    assert obs.per_tier["batch"].client_ttft_met == (0.0, 10.0)

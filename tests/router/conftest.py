@@ -36,6 +36,7 @@ class FakeWorker:
     kv_usage: float = 0.0
     hang: asyncio.Event = field(default_factory=asyncio.Event)  # set: every request and scrape hangs
     draining: bool = False  # completions answer 503, as a worker does after SIGTERM
+    set_cookie: str | None = None  # a Set-Cookie header on every streamed answer
     received: list[dict] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     server: TestServer | None = None
@@ -90,6 +91,8 @@ class FakeWorker:
             await asyncio.sleep(self.first_delay_s)
             return web.json_response({"worker": self.name, "choices": [{"text": "x" * self.chunks}]})
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        if self.set_cookie is not None:
+            response.headers["Set-Cookie"] = self.set_cookie
         await response.prepare(request)
         await asyncio.sleep(self.first_delay_s)
         for i in range(self.chunks):

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from goodput.policies.routing import RoutingPolicy
+from goodput.router.app import ROUTER
 from goodput.router.dispatch import QueueLimits
 from goodput.router.quota import Quotas, QuotaSpec
 from goodput.router.refresh import refresh_replica
@@ -328,6 +331,38 @@ async def test_a_client_leaving_after_done_frees_its_replica_quietly(
     assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
 
 
+async def test_a_client_whose_connection_is_closing_at_the_stream_s_end_is_no_error(
+    workers, make_router, client, caplog, monkeypatch
+) -> None:
+    """Under load a client's close (right after [DONE]) can reach the router between its last chunk and the end
+    of the stream, before aiohttp cancels the handler: the end finds the connection closing. That is the client
+    leaving, not an error: nothing is logged, the request is counted, the lease ends."""
+    worker = await workers("w0")
+    router, url = await make_router({"interactive": [worker.url]})
+    write_eof = web.StreamResponse.write_eof
+
+    async def closing_first(self: web.StreamResponse, data: bytes = b"") -> None:
+        request = self._req
+        if request is not None and ROUTER in request.app and request.transport is not None:
+            request.transport.close()  # the router's answer to its client: the client has just hung up
+        await write_eof(self, data)
+
+    monkeypatch.setattr(web.StreamResponse, "write_eof", closing_first)
+    with contextlib.suppress(aiohttp.ClientError):
+        await post(client, url)
+    replica = router.tiers["interactive"].replicas[worker.url]
+    for _ in range(50):
+        if replica.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert replica.in_flight == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    counted = router.metrics.registry.get_sample_value(
+        "goodput:router_requests_total", {"tier": "interactive", "code": "200"}
+    )
+    assert counted == 1
+
+
 async def test_a_silent_only_replica_sends_its_requests_to_the_other_tier(
     workers, make_router, client
 ) -> None:
@@ -388,3 +423,43 @@ async def test_a_draining_worker_sends_its_requests_elsewhere(workers, make_rout
     assert status == 503  # both out of rotation until a refresh finds them ready: the wait runs out
     assert json.loads(text)["error"]["code"] == "queue_timeout"
     assert "no replica of the interactive tier is ready" in json.loads(text)["error"]["message"]
+
+
+async def test_the_ttft_clients_see_counts_the_router_queue(workers, make_router, client) -> None:
+    """Arrival at the router to the first byte sent on, per tier: the second request's wait for the only replica is
+    in its TTFT (the worker would report 0.3 s for both). The router's own share excludes wait and replica time."""
+    worker = await workers("w0", first_delay_s=0.3)
+    router, url = await make_router({"interactive": [worker.url]}, policy=ONE_AT_A_TIME)
+    first = asyncio.create_task(post(client, url))
+    while not worker.received:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(post(client, url))
+    assert [(await first)[0], (await second)[0]] == [200, 200]
+    assert (await post(client, url, {**BODY, "stream": False}))[0] == 200  # no first token: not counted
+    status, _ = await post(client, url, {"prompt": "hi", "stream": True})  # the worker's 400: no token either
+    assert status == 400
+
+    def sample(name: str, suffix: str, **labels: str) -> float | None:
+        return router.metrics.registry.get_sample_value(f"{name}_{suffix}", {"tier": "interactive", **labels})
+
+    ttft = "goodput:router_time_to_first_token_seconds"
+    assert sample(ttft, "count") == 2
+    total = sample(ttft, "sum")
+    assert total is not None and 0.3 + 0.5 <= total < 0.3 + 0.6 + 0.3, total
+    for le, count in (("0.25", 0), ("0.5", 1), ("0.75", 2)):  # the workers' TTFT buckets: 0.3 s, then ~0.6 s
+        assert sample(ttft, "bucket", le=le) == count
+    added = "goodput:router_added_latency_seconds"
+    assert sample(added, "count") == 4  # every answer that streamed a first byte, the 400 too
+    added_total = sample(added, "sum")
+    assert added_total is not None and added_total < 0.1, added_total
+
+
+async def test_a_cookie_a_replica_sets_for_one_client_never_goes_out_with_another_s(
+    workers, make_router, client
+) -> None:
+    worker = await workers("w0", set_cookie="session=tenant-a; Path=/")
+    by_name = worker.url.replace("127.0.0.1", "localhost")  # a jar keeps no cookie of an IP address's
+    _, url = await make_router({"interactive": [by_name]})
+    for tenant in ("a", "b"):
+        assert (await post(client, url, BODY, **{"X-Goodput-Tenant": tenant}))[0] == 200
+    assert [h.get("Cookie") for h in worker.headers] == [None, None]
