@@ -68,10 +68,11 @@ def make_engine() -> LLMEngine:
 
 
 def fit(rows: list[tuple[int, int, int, float]], engine: LLMEngine) -> StepProfile:
-    """Least squares: step = overhead + per decoding sequence + per prefill token + per context token."""
+    """Least squares: step = overhead + per decoding sequence + per prefill token + per KV token touched (read
+    by a decode, or written by a prefill), the terms of the simulator's step formula for a host-bound engine."""
     data = np.array(rows)
     decodes, prefill, context, seconds = data.T
-    x = np.column_stack([np.ones(len(data)), decodes, prefill, context])
+    x = np.column_stack([np.ones(len(data)), decodes, prefill, context + prefill])
     coef, *_ = np.linalg.lstsq(x, seconds, rcond=None)
     overhead, per_seq, per_prefill, per_context = (max(float(c), 0.0) for c in coef)
     return StepProfile(
@@ -161,7 +162,7 @@ def main() -> int:
     probe = workload(1.0, 400, np.random.default_rng(args.seed + 1))
     per_request = float(
         np.mean(
-            first.prefill_s_per_token * probe.prompt_tokens
+            (first.prefill_s_per_token + first.kv_s_per_token) * probe.prompt_tokens
             + (first.decode_s_per_seq + first.overhead_s / 8) * probe.output_tokens
         )
     )

@@ -11,7 +11,8 @@ so the loop compiles (nopython mode):
 - `run` (int64, one row per running sequence in admission order): request id, prompt tokens left to prefill,
   output tokens left, context tokens, and the prefill tokens taken in the current step.
 - `prefill`: tokens each request computes when admitted (its prompt, less a prefix cached on its replica).
-- `prof`: the step roofline (`policies.simulator.StepProfile`), `cfg`: max batch, batch window, chunk tokens.
+- `prof`: the step cost's coefficients (`policies.perfmodel.step_seconds`, the formula the performance model
+  evaluates, compiled here) followed by the KV capacity in tokens; `cfg`: max batch, batch window, chunk tokens.
 
 Outcomes are written in place: first-token and finish times per request, the ids in the order their events
 happened (`first_log`, `fin_log`, counted by `cursor`), and the inter-token latency histogram's per-bucket
@@ -25,9 +26,21 @@ import math
 import numpy as np
 from numba import njit
 
+from goodput.policies.perfmodel import (
+    ATTENTION,
+    COST_TERMS,
+    DECODE_COMPUTE,
+    DECODE_SERIAL,
+    KV_TOKEN,
+    OVERHEAD,
+    WEIGHTS,
+    step_seconds,
+)
+
 HEAD, PULLED, TAIL, N_RUN, KV_USED = 0, 1, 2, 3, 4
 RID, PREFILL_LEFT, OUT_LEFT, CONTEXT, TAKE = 0, 1, 2, 3, 4
-WEIGHTS, KV_PER_TOKEN, COMPUTE_PER_TOKEN, OVERHEAD, DECODE_PER_SEQ, PREFILL_PER_TOKEN, KV_CAPACITY = range(7)
+KV_CAPACITY = COST_TERMS
+_step_seconds = njit(cache=True)(step_seconds)
 MAX_BATCH, BATCH_WINDOW, CHUNK = 0, 1, 2
 
 
@@ -84,9 +97,18 @@ def _compact(st: np.ndarray, run: np.ndarray) -> None:
 
 
 @njit(cache=True)
-def _elapsed(n: int, flat: int, ov: float, comp: float, mem0: float, slope: float) -> float:
-    m = min(n, flat)
-    return m * (ov + comp) + (n - m) * (ov + mem0) + slope * (n * (n - 1) - m * (m - 1)) / 2
+def _elapsed(n: int, base: float, a0: float, a1: float, b0: float, b1: float) -> float:
+    """Time of n steps, step j taking base + max(a0 + a1·j, b0 + b1·j): the larger line first, then the other."""
+    if a0 < b0 or (a0 == b0 and a1 < b1):
+        a0, a1, b0, b1 = b0, b1, a0, a1
+    lead = n if a1 >= b1 else int(min(float(n), math.floor((a0 - b0) / (b1 - a1)) + 1.0))
+    return (
+        n * base
+        + lead * a0
+        + a1 * lead * (lead - 1) / 2
+        + (n - lead) * b0
+        + b1 * (n * (n - 1) - lead * (lead - 1)) / 2
+    )
 
 
 @njit(cache=True)
@@ -96,8 +118,8 @@ def _decode_run(t: float, t_end: float, st: np.ndarray, queue: np.ndarray, run: 
                 itl_weights: np.ndarray) -> float:  # fmt: skip
     """Steps with the same batch until the first completion, the next arrival or t_end, in closed form.
 
-    Step j of the run takes overhead + max(memory0 + kv·b·j, compute·b): constant while compute bound,
-    then growing linearly with the context, so the time of n steps has a closed form.
+    Step j of the run is `step_seconds` of b decodes over a context grown by b·j: both sides of its roofline
+    (memory, compute) are linear in j, so the time of n steps has a closed form.
     """
     b = st[N_RUN]
     ctx0 = 0
@@ -106,27 +128,20 @@ def _decode_run(t: float, t_end: float, st: np.ndarray, queue: np.ndarray, run: 
         ctx0 += run[i, CONTEXT]
         k = min(k, run[i, OUT_LEFT])
     stop = t_end if st[PULLED] == st[TAIL] else min(t_end, arrival[queue[st[PULLED]]])
-    ov = prof[OVERHEAD] + prof[DECODE_PER_SEQ] * b
-    mem0 = prof[WEIGHTS] + prof[KV_PER_TOKEN] * ctx0
-    slope = prof[KV_PER_TOKEN] * b
-    comp = prof[COMPUTE_PER_TOKEN] * b
-    if comp <= mem0:
-        flat = 0
-    elif slope <= 0:
-        flat = k
-    else:
-        flat = min(k, math.ceil((comp - mem0) / slope))
+    base = prof[OVERHEAD] + prof[DECODE_SERIAL] * b
+    mem0, mem1 = prof[WEIGHTS] + prof[KV_TOKEN] * ctx0, prof[KV_TOKEN] * b
+    comp0, comp1 = prof[DECODE_COMPUTE] * b + prof[ATTENTION] * ctx0, prof[ATTENTION] * b
     # steps start while the clock is before `stop`; at least one runs
     lo, hi = 1, k
     budget = stop - t
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _elapsed(mid - 1, flat, ov, comp, mem0, slope) < budget:
+        if _elapsed(mid - 1, base, mem0, mem1, comp0, comp1) < budget:
             lo = mid
         else:
             hi = mid - 1
     n = lo
-    took = _elapsed(n, flat, ov, comp, mem0, slope)
+    took = _elapsed(n, base, mem0, mem1, comp0, comp1)
     itl_weights[_bucket(itl_edges, took / n)] += b * n
     t += took
     for i in range(b):
@@ -169,14 +184,16 @@ def advance(t: float, t_end: float, st: np.ndarray, queue: np.ndarray, run: np.n
             t = _decode_run(t, t_end, st, queue, run, arrival, prompt, output, prof, finish, fin_log, cursor,
                             itl_edges, itl_weights)  # fmt: skip
             continue
-        # vLLM's scheduler: partial prefills continue first, then waiting requests join while budget lasts
-        tokens = 0
+        # vLLM's scheduler: partial prefills continue first, then waiting requests join while budget lasts.
+        # Each prefill token attends to the prompt before it (a cached prefix included) and half its own chunk.
+        tokens, attended = 0, 0.0
         for i in range(st[N_RUN]):
             if run[i, PREFILL_LEFT] > 0:
                 take = min(run[i, PREFILL_LEFT], budget)
                 budget -= take
                 tokens += take
                 run[i, TAKE] = take
+                attended += take * (prompt[run[i, RID]] - run[i, PREFILL_LEFT] + take / 2.0)
         while budget > 0 and _admissible(st, queue, prompt, output, prof, max_batch):
             rid = queue[st[HEAD]]
             st[HEAD] += 1
@@ -188,9 +205,8 @@ def advance(t: float, t_end: float, st: np.ndarray, queue: np.ndarray, run: np.n
             run[row, CONTEXT], run[row, TAKE] = 0, take
             budget -= take
             tokens += take
-        memory = prof[WEIGHTS] + prof[KV_PER_TOKEN] * ctx
-        serial = prof[DECODE_PER_SEQ] * n_dec + prof[PREFILL_PER_TOKEN] * tokens
-        d = prof[OVERHEAD] + serial + max(memory, prof[COMPUTE_PER_TOKEN] * (n_dec + tokens))
+            attended += take * (prompt[rid] - prefill[rid] + take / 2.0)
+        d = _step_seconds(prof, n_dec, tokens, ctx, attended)
         t += d
         if n_dec:
             itl_weights[_bucket(itl_edges, d)] += n_dec

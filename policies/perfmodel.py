@@ -10,6 +10,10 @@ attention over the context. Decode is bandwidth bound (weights and KV dominate),
 compute bound, so the same formula covers both and the interference between them. TP splits weights, KV
 and FLOPs by TP and adds two all-reduces of the step's activations per layer.
 
+The formula is written once, `step_seconds` over a vector of coefficients (`StepModel.cost`): the
+planner's closed forms evaluate it on numpy grids and the trace-replay simulator's compiled engine loop
+(`policies/engine_core.py`) on scalars, step by step, so the two charge every step alike.
+
 Calibration: `tpot_factor` scales the decode-only step, `ttft_factor` the extra time a prefill chunk adds,
 so observed/predicted ratios from production correct each phase separately. Every method takes numpy
 arrays (or scalars) and broadcasts.
@@ -19,6 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -26,6 +31,30 @@ from goodput.policies.catalog import Accelerator
 from goodput.policies.profiles import ModelProfile
 
 ArrayLike = np.ndarray | float | int
+
+# The step's coefficients, in seconds, in the order `step_seconds` reads them: per step; per decoding sequence
+# and per prefill token that overlap nothing (all-reduces, host work); streaming the weights; per token of KV
+# read or written; compute per decoded token, per prefill token, and per (token, context token) attended.
+OVERHEAD, DECODE_SERIAL, PREFILL_SERIAL, WEIGHTS, KV_TOKEN, DECODE_COMPUTE, PREFILL_COMPUTE, ATTENTION = (
+    range(8)
+)
+COST_TERMS = 8
+
+
+def step_seconds(
+    cost: np.ndarray, decodes: ArrayLike, prefill: ArrayLike, kv: ArrayLike, attended: ArrayLike
+) -> ArrayLike:
+    """One step that decodes `decodes` sequences over `kv` resident tokens and prefills `prefill` tokens whose
+    attention spans `attended` (token, context token) pairs in all: overhead + serial work + the roofline.
+
+    Plain arithmetic, so numpy grids and the simulator's compiled scalar loop run the same formula.
+    """
+    memory = cost[WEIGHTS] + cost[KV_TOKEN] * (kv + prefill)
+    compute = (
+        cost[DECODE_COMPUTE] * decodes + cost[PREFILL_COMPUTE] * prefill + cost[ATTENTION] * (kv + attended)
+    )
+    serial = cost[DECODE_SERIAL] * decodes + cost[PREFILL_SERIAL] * prefill
+    return cost[OVERHEAD] + serial + np.maximum(memory, compute)
 
 
 @dataclass(frozen=True)
@@ -46,30 +75,33 @@ class StepModel:
     def kv_bytes_per_token_per_device(self) -> float:
         return self.profile.kv_bytes_per_token / self.tensor_parallel
 
-    def allreduce_time(self, tokens: ArrayLike) -> ArrayLike:
-        """Two ring all-reduces per layer of the step's hidden states; zero without TP."""
-        tp = self.tensor_parallel
-        if tp == 1:
-            return 0.0 * tokens
-        acc, p = self.accelerator, self.profile
-        message = tokens * (p.hidden_size * p.bytes_per_element)
-        hop = acc.interconnect_latency_s * math.ceil(math.log2(tp))
-        return 2 * p.layers * (hop + 2 * (tp - 1) / tp * message / acc.interconnect_bandwidth)
+    @cached_property
+    def cost(self) -> np.ndarray:
+        """The coefficients of `step_seconds` for this model, accelerator and TP.
+
+        TP splits weights, KV and FLOPs and adds two ring all-reduces per layer of the step's hidden states:
+        a latency per step and a transfer per token.
+        """
+        p, acc, tp = self.profile, self.accelerator, self.tensor_parallel
+        cost = np.zeros(COST_TERMS)
+        lm_head = 2.0 * p.vocab_size * p.hidden_size
+        flops = acc.effective_flops * tp
+        cost[OVERHEAD] = acc.step_overhead_s
+        if tp > 1:
+            cost[OVERHEAD] += 2 * p.layers * acc.interconnect_latency_s * math.ceil(math.log2(tp))
+            per_token = 2 * p.layers * 2 * (tp - 1) / tp * p.hidden_size * p.bytes_per_element
+            cost[DECODE_SERIAL] = cost[PREFILL_SERIAL] = per_token / acc.interconnect_bandwidth
+        cost[WEIGHTS] = self.weight_bytes_per_device / acc.effective_bandwidth
+        cost[KV_TOKEN] = self.kv_bytes_per_token_per_device / acc.effective_bandwidth
+        cost[DECODE_COMPUTE] = p.matmul_flops_per_token / flops
+        cost[PREFILL_COMPUTE] = (p.matmul_flops_per_token - lm_head) / flops
+        cost[ATTENTION] = p.attention_flops_per_token_per_context / flops
+        return cost
 
     def _raw_step_time(
         self, n: ArrayLike, c: ArrayLike, kv: ArrayLike, prefill_context: ArrayLike
     ) -> ArrayLike:
-        """Plain arithmetic so it serves numpy grids and the simulator's scalar steps alike."""
-        p, acc = self.profile, self.accelerator
-        lm_head = 2.0 * p.vocab_size * p.hidden_size
-        bytes_moved = self.weight_bytes_per_device + (kv + c) * self.kv_bytes_per_token_per_device
-        flops = (
-            n * p.matmul_flops_per_token
-            + c * (p.matmul_flops_per_token - lm_head)
-            + p.attention_flops_per_token_per_context * (kv + c * prefill_context)
-        ) / self.tensor_parallel
-        roofline = np.maximum(bytes_moved / acc.effective_bandwidth, flops / acc.effective_flops)
-        return ((n + c) > 0) * (acc.step_overhead_s + self.allreduce_time(n + c) + roofline)
+        return ((n + c) > 0) * step_seconds(self.cost, n, c, kv, c * prefill_context)
 
     def step_time(
         self,

@@ -31,7 +31,18 @@ from goodput.policies.observe import (
     TierWindow,
     build_observation,
 )
-from goodput.policies.perfmodel import StepModel
+from goodput.policies.perfmodel import (
+    ATTENTION,
+    COST_TERMS,
+    DECODE_COMPUTE,
+    DECODE_SERIAL,
+    KV_TOKEN,
+    OVERHEAD,
+    PREFILL_COMPUTE,
+    PREFILL_SERIAL,
+    WEIGHTS,
+    StepModel,
+)
 from goodput.policies.prefix_cache import PrefixCache
 from goodput.policies.routing import ReplicaLoad, SimulatedRouting
 from goodput.policies.sim_result import SimResult, Timeline
@@ -41,47 +52,56 @@ from goodput.policies.workloads import Trace
 
 @dataclass(frozen=True)
 class StepProfile:
-    """One replica's step time as a roofline: the perf model's figures for one accelerator, TP and model.
+    """One replica's step costs: the coefficients of the performance model's step formula
+    (`policies.perfmodel.step_seconds`), which the compiled engine loop evaluates step by step.
 
-    step = overhead + max(weights + kv·context, compute·tokens): memory-bound decode, compute-bound prefill.
+    step = overhead + serial work + max(weights + kv·tokens, compute·tokens + attention·context): memory-bound
+    decode, compute-bound prefill, each prefill chunk's attention at its own context.
     """
 
     weights_s: float  # streaming the weights once (per GPU shard)
-    kv_s_per_token: float  # reading one cached token's K and V during decode
-    compute_s_per_token: float  # matmul time of one token through the model
+    kv_s_per_token: float  # reading (decode) or writing (prefill) one token's K and V
+    compute_s_per_token: float  # matmul time of one decoded token through the model
     overhead_s: float  # scheduling, sampling, launches, all-reduce latency
     kv_capacity_tokens: int
-    # host-bound engines (the CPU worker) add costs that overlap nothing: per decoding sequence, per prefill token
+    # host-bound engines (the CPU worker) and all-reduces add costs that overlap nothing: per decoding sequence,
+    # per prefill token
     decode_s_per_seq: float = 0.0
     prefill_s_per_token: float = 0.0
+    prefill_compute_s_per_token: float | None = (
+        None  # matmul time of one prompt token; None: a decoded token's
+    )
+    attention_s_per_context: float = 0.0  # attention compute per (token, context token) pair
 
-    def step_s(self, n_decode: int, context_tokens: int, n_prefill: int) -> float:
-        memory = self.weights_s + self.kv_s_per_token * context_tokens
-        serial = self.decode_s_per_seq * n_decode + self.prefill_s_per_token * n_prefill
-        return self.overhead_s + serial + max(memory, self.compute_s_per_token * (n_decode + n_prefill))
+    @property
+    def cost(self) -> np.ndarray:
+        """The coefficient vector `step_seconds` reads."""
+        cost = np.zeros(COST_TERMS)
+        prefill = (
+            self.compute_s_per_token
+            if self.prefill_compute_s_per_token is None
+            else self.prefill_compute_s_per_token
+        )
+        cost[[OVERHEAD, DECODE_SERIAL, PREFILL_SERIAL, WEIGHTS, KV_TOKEN, DECODE_COMPUTE, PREFILL_COMPUTE, ATTENTION]] = (
+            self.overhead_s, self.decode_s_per_seq, self.prefill_s_per_token, self.weights_s, self.kv_s_per_token,
+            self.compute_s_per_token, prefill, self.attention_s_per_context,
+        )  # fmt: skip
+        return cost
 
     @classmethod
     def from_model(cls, model: StepModel, max_batch: int = 256, chunk_tokens: int = 8192) -> StepProfile:
-        """Read the roofline's coefficients off the performance model by probing its step time.
-
-        Probes stay in each term's own regime: small decode batches for the memory side, a large
-        prefill chunk for the compute side. Attention FLOPs of a prefill chunk are folded into its per-token
-        cost at a typical context of one chunk.
-        """
-        ov = model.accelerator.step_overhead_s
-        one = float(model.step_time(1, 0.0, 0.0))
-        kv_probe = 4096.0
-        kv_s = (float(model.step_time(1, 0.0, kv_probe)) - one) / kv_probe
-        chunk = float(chunk_tokens)
-        prefill = float(model.step_time(0, chunk, 0.0, chunk / 2)) - float(
-            model.step_time(0, chunk / 2, 0.0, chunk / 2)
-        )
+        """The performance model's own coefficients (its calibration factors are the simulator's truth: 1)."""
+        cost = model.cost
         return cls(
-            weights_s=one - ov,
-            kv_s_per_token=kv_s,
-            compute_s_per_token=prefill / (chunk / 2),
-            overhead_s=ov,
+            weights_s=float(cost[WEIGHTS]),
+            kv_s_per_token=float(cost[KV_TOKEN]),
+            compute_s_per_token=float(cost[DECODE_COMPUTE]),
+            overhead_s=float(cost[OVERHEAD]),
             kv_capacity_tokens=int(model.kv_capacity_tokens(max_batch, chunk_tokens)),
+            decode_s_per_seq=float(cost[DECODE_SERIAL]),
+            prefill_s_per_token=float(cost[PREFILL_SERIAL]),
+            prefill_compute_s_per_token=float(cost[PREFILL_COMPUTE]),
+            attention_s_per_context=float(cost[ATTENTION]),
         )
 
 
@@ -200,17 +220,7 @@ class _Engine:
         self.prompt = np.ascontiguousarray(trace.prompt_tokens, dtype=np.int64)
         self.prefill = self.prompt.copy()  # tokens to compute at admission: less a cached prefix when routed
         self.output = np.ascontiguousarray(trace.output_tokens, dtype=np.int64)
-        self.prof = np.array(
-            [
-                profile.weights_s,
-                profile.kv_s_per_token,
-                profile.compute_s_per_token,
-                profile.overhead_s,
-                profile.decode_s_per_seq,
-                profile.prefill_s_per_token,
-                float(profile.kv_capacity_tokens),
-            ]
-        )
+        self.prof = np.append(profile.cost, float(profile.kv_capacity_tokens))
         self.config = config
         self.rec = records
 

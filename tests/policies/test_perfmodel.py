@@ -7,7 +7,7 @@ import pytest
 
 from goodput.crds.inferenceservice import Architecture, ModelSpec
 from goodput.policies.catalog import CATALOG, accelerator, price_of
-from goodput.policies.perfmodel import StepModel
+from goodput.policies.perfmodel import DECODE_SERIAL, PREFILL_SERIAL, StepModel
 from goodput.policies.profiles import PRESETS, WORKER_PRESETS, count_params, from_config, profile_for
 
 LLAMA_2_7B = {
@@ -156,7 +156,8 @@ def test_tensor_parallel_splits_memory_but_pays_all_reduce():
     assert float(two.kv_capacity_tokens(64, 512)) > 2 * float(one.kv_capacity_tokens(64, 512))
     t4, t8 = float(one.decode_time(1, 1000)), float(two.decode_time(1, 1000))
     assert t4 / 2 < t8 < t4  # faster, but not twice as fast: two all-reduces per layer
-    assert float(StepModel(PRESETS["llama-3-8b"], accelerator("L40S")).allreduce_time(16.0)) == 0.0
+    no_tp = StepModel(PRESETS["llama-3-8b"], accelerator("L40S")).cost
+    assert no_tp[DECODE_SERIAL] == no_tp[PREFILL_SERIAL] == 0.0  # no all-reduce on one device
 
 
 def test_kv_capacity_fills_exactly_the_usable_memory():

@@ -4,6 +4,9 @@ import numpy as np
 import pytest
 
 from goodput.policies.baselines import HPA, KEDA, HPABehavior, Schedule, Static, oracle
+from goodput.policies.catalog import accelerator
+from goodput.policies.perfmodel import StepModel, step_seconds
+from goodput.policies.profiles import PRESETS
 from goodput.policies.simulator import EngineConfig, FleetView, SimConfig, SLOTarget, StepProfile, simulate
 from goodput.policies.types import Observation
 from goodput.policies.workloads import Trace
@@ -186,3 +189,39 @@ def test_oracle_is_no_costlier_than_sizing_every_interval_alike():
         uniform = simulate(trace, schedule, _cfg(**{**cfg.__dict__, "initial_replicas": first}))
         if uniform.attainment >= 0.99:
             assert best.gpu_hours <= uniform.gpu_hours + 1e-9
+
+
+def test_a_long_prompt_costs_what_the_performance_model_says():
+    """The simulator's step is the performance model's: each chunk's attention at its real context, so a lone
+    prompt's TTFT is the model's chunked prefill time (16k tokens: more than 32 chunks at one chunk's context)."""
+    model = StepModel(PRESETS["llama-3-8b"], accelerator("H100-SXM"))
+    cfg = _cfg(
+        profile=StepProfile.from_model(model, 8, 512),
+        engine=EngineConfig(max_batch=8, batch_window_s=0.0, chunk_tokens=512),
+    )
+    res = simulate(_trace([0.0], prompt=16384, output=1), Static(1), cfg)
+    assert res.ttft_ms[0] == pytest.approx(1000 * float(model.prefill_time(16384, 512)), rel=1e-9)
+    first_chunk_context = 1000 * 32 * float(model.step_time(0, 512, 0, 256))
+    assert res.ttft_ms[0] > 1.2 * first_chunk_context  # 28% more on average over 32 chunks
+
+
+def test_decode_fast_forward_sums_the_step_formula_across_its_roofline_crossover():
+    """Memory and compute both grow with the context at different slopes; the closed-form run of decode steps
+    equals stepping `step_seconds` one token at a time through the point where memory overtakes compute."""
+    profile = StepProfile(
+        weights_s=0.001,
+        kv_s_per_token=1e-6,
+        compute_s_per_token=0.005,
+        overhead_s=0.0005,
+        kv_capacity_tokens=10**6,
+        prefill_compute_s_per_token=1e-5,
+        attention_s_per_context=1e-7,
+    )
+    prompt, output = 4000, 1000
+    res = simulate(_trace([0.0], prompt=prompt, output=output), Static(1), _cfg(profile=profile))
+    decode = sum(float(step_seconds(profile.cost, 1, 0, prompt + 1 + j, 0.0)) for j in range(output - 1))
+    first_token = res.ttft_ms[0] / 1000
+    chunks = [(k * 1000, 1000) for k in range(prompt // 1000)]  # the engine's 1,000-token chunks
+    prefill = sum(float(step_seconds(profile.cost, 0, c, 0, c * (start + c / 2))) for start, c in chunks)
+    assert first_token == pytest.approx(prefill, rel=1e-9)
+    assert res.tpot_ms[0] * (output - 1) / 1000 == pytest.approx(decode, rel=1e-9)
