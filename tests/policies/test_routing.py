@@ -169,7 +169,8 @@ def _conversations(n: int = 600, sessions: int = 24, seed: int = 0) -> tuple[Tra
     return trace, blocks
 
 
-def _simulate(kind: str, trace: Trace, blocks: list[list[int]]) -> tuple[float, float]:
+def _routed_fleet(kind: str, blocks: list[list[int]]) -> tuple[SimulatedRouting, SimConfig]:
+    """Four replicas routed by `kind`, each with a prefix cache of 60 blocks."""
     routing = SimulatedRouting(RoutingPolicy(kind=kind, max_requests=16), blocks, cache_blocks=60)
     cfg = SimConfig(
         profile=SIM_PROFILE,
@@ -178,6 +179,11 @@ def _simulate(kind: str, trace: Trace, blocks: list[list[int]]) -> tuple[float, 
         initial_replicas=4,
         routing=routing,
     )
+    return routing, cfg
+
+
+def _simulate(kind: str, trace: Trace, blocks: list[list[int]]) -> tuple[float, float]:
+    routing, cfg = _routed_fleet(kind, blocks)
     result = simulate(trace, Static(4), cfg)
     return routing.hit_rate, result.ttft_p95_ms
 
@@ -207,14 +213,7 @@ def test_simulated_routing_counts_the_prefix_caches_tokens_per_window() -> None:
 
 def test_the_simulator_observes_the_prefix_caches_share() -> None:
     trace, blocks = _conversations()
-    routing = SimulatedRouting(RoutingPolicy(kind="prefix", max_requests=16), blocks, cache_blocks=60)
-    cfg = SimConfig(
-        profile=SIM_PROFILE,
-        engine=EngineConfig(max_batch=16, batch_window_s=0.0, chunk_tokens=4096),
-        slo=SLOTarget(ttft_ms=500, tpot_ms=50),
-        initial_replicas=4,
-        routing=routing,
-    )
+    _, cfg = _routed_fleet("prefix", blocks)
     seen: list[float | None] = []
 
     class Recorder(Static):

@@ -16,6 +16,7 @@ from goodput.router.app import ROUTER
 from goodput.router.dispatch import QueueLimits
 from goodput.router.quota import Quotas, QuotaSpec
 from goodput.router.refresh import refresh_replica
+from goodput.router.replicas import Replica
 
 pytestmark = pytest.mark.asyncio
 
@@ -312,6 +313,16 @@ async def test_a_class_whose_tier_has_no_replica_goes_to_one_that_has(workers, m
     assert workers_in(text) == {"i"}
 
 
+async def _lease_ends_quietly(replica: Replica, caplog: pytest.LogCaptureFixture) -> None:
+    """The replica's lease for the request ends within a second, and nothing was logged as an error."""
+    for _ in range(50):
+        if replica.in_flight == 0:
+            break
+        await asyncio.sleep(0.02)
+    assert replica.in_flight == 0
+    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+
+
 async def test_a_client_leaving_after_done_frees_its_replica_quietly(
     workers, make_router, client, caplog
 ) -> None:
@@ -322,13 +333,7 @@ async def test_a_client_leaving_after_done_frees_its_replica_quietly(
         while (await r.content.readline()).strip() != b"data: [DONE]":
             pass
         r.connection.transport.close()
-    replica = router.tiers["interactive"].replicas[worker.url]
-    for _ in range(50):
-        if replica.in_flight == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert replica.in_flight == 0
-    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    await _lease_ends_quietly(router.tiers["interactive"].replicas[worker.url], caplog)
 
 
 async def test_a_client_whose_connection_is_closing_at_the_stream_s_end_is_no_error(
@@ -350,13 +355,7 @@ async def test_a_client_whose_connection_is_closing_at_the_stream_s_end_is_no_er
     monkeypatch.setattr(web.StreamResponse, "write_eof", closing_first)
     with contextlib.suppress(aiohttp.ClientError):
         await post(client, url)
-    replica = router.tiers["interactive"].replicas[worker.url]
-    for _ in range(50):
-        if replica.in_flight == 0:
-            break
-        await asyncio.sleep(0.02)
-    assert replica.in_flight == 0
-    assert not [r for r in caplog.records if r.levelname == "ERROR"], caplog.text
+    await _lease_ends_quietly(router.tiers["interactive"].replicas[worker.url], caplog)
     counted = router.metrics.registry.get_sample_value(
         "goodput:router_requests_total", {"tier": "interactive", "code": "200"}
     )
