@@ -8,9 +8,10 @@ Quantiles use Prometheus's `histogram_quantile` interpolation, so both see the s
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from functools import lru_cache
+from dataclasses import dataclass, fields, replace
+from functools import lru_cache, reduce
 
 import numpy as np
 
@@ -142,12 +143,9 @@ class TierWindow:
     waiting: float | None = None  # sum over pods of vllm:num_requests_waiting
     kv_cache_usage: float | None = None  # mean over pods of vllm:kv_cache_usage_perc
     ready_replicas: int | None = None
-    prefix_cache_queries: float | None = (
-        None  # increase of vllm:prefix_cache_queries (prompt tokens looked up)
-    )
-    prefix_cache_hits: float | None = (
-        None  # increase of vllm:prefix_cache_hits (of those, tokens found cached)
-    )
+    # increases of vllm:prefix_cache_queries (prompt tokens looked up) and vllm:prefix_cache_hits (those cached)
+    prefix_cache_queries: float | None = None
+    prefix_cache_hits: float | None = None
     router_queued: float | None = None  # sum over router pods of goodput:router_queue_depth
     router_in_flight: float | None = None  # sum over router pods of goodput:router_in_flight
     router_wait: Histogram | None = None  # goodput:router_queue_wait_seconds
@@ -176,19 +174,19 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else seconds * 1000.0
 
 
-def _sum_hist(parts: list[Histogram | None]) -> Histogram | None:
-    present = [h for h in parts if h is not None]
-    if not present:
-        return None
-    total = present[0]
-    for h in present[1:]:
-        total = total + h
-    return total
-
-
-def _sum(parts: list[float | None]) -> float | None:
-    present = [v for v in parts if v is not None]
-    return float(sum(present)) if present else None
+def _over_tiers(parts: list[TierWindow]) -> TierWindow:
+    """The service's window: every histogram, counter and gauge summed over its tiers, KV usage averaged. Read
+    off the fields, so a series added to TierWindow is summed without being listed here."""
+    combined: dict[str, object] = {}
+    for f in fields(TierWindow):
+        present = [v for w in parts if (v := getattr(w, f.name)) is not None]
+        if not present:
+            combined[f.name] = None
+        elif f.name == "kv_cache_usage":
+            combined[f.name] = float(np.mean(present))
+        else:
+            combined[f.name] = reduce(operator.add, present)
+    return TierWindow(**combined)  # type: ignore[arg-type]
 
 
 _NODE_QS = (np.arange(TOKEN_NODES) + 0.5) / TOKEN_NODES
@@ -204,6 +202,13 @@ def _token_stats(h: Histogram | None) -> tuple[float | None, float | None, tuple
     return values[0], values[1], nodes
 
 
+def _met(ttft: Histogram | None, target_s: float | None) -> tuple[float, float] | None:
+    """First tokens within the TTFT target, and all first tokens (None without a target or a histogram)."""
+    if target_s is None or ttft is None:
+        return None
+    return ttft.count_within(target_s), ttft.count
+
+
 def _observe_one(
     time: float, window_s: float, w: TierWindow, quantile: float, ttft_target_s: float | None
 ) -> Observation:
@@ -213,13 +218,9 @@ def _observe_one(
     count = requests if requests is not None else 0.0
     ttft_p95 = None if w.ttft is None else w.ttft.quantile(quantile)
     tpot_p95, tpot_p50 = (None, None) if w.itl is None else w.itl.quantiles(np.array([quantile, 0.5]))
-    ttft_met = None
-    if ttft_target_s is not None and w.ttft is not None:
-        ttft_met = (w.ttft.count_within(ttft_target_s), w.ttft.count)
+    ttft_met = _met(w.ttft, ttft_target_s)
     router_ttft = w.router_ttft if w.router_ttft is not None and w.router_ttft.count > 0 else None
-    router_ttft_met = None
-    if ttft_target_s is not None and router_ttft is not None:
-        router_ttft_met = (router_ttft.count_within(ttft_target_s), router_ttft.count)
+    router_ttft_met = _met(router_ttft, ttft_target_s)
     hit_fraction = None
     if w.prefix_cache_queries and w.prefix_cache_hits is not None:
         hit_fraction = min(max(w.prefix_cache_hits / w.prefix_cache_queries, 0.0), 1.0)
@@ -275,24 +276,5 @@ def build_observation(
     if len(per_tier) == 1:  # one tier: its sums over tiers are its own values, so is the service's view
         (only,) = per_tier.values()
         return replace(only, per_tier=per_tier)
-    parts = list(present.values())
-    kv = [w.kv_cache_usage for w in parts if w.kv_cache_usage is not None]
-    ready = [w.ready_replicas for w in parts if w.ready_replicas is not None]
-    total = TierWindow(
-        ttft=_sum_hist([w.ttft for w in parts]),
-        itl=_sum_hist([w.itl for w in parts]),
-        prompt_tokens=_sum_hist([w.prompt_tokens for w in parts]),
-        output_tokens=_sum_hist([w.output_tokens for w in parts]),
-        requests=_sum([w.requests for w in parts]),
-        running=_sum([w.running for w in parts]),
-        waiting=_sum([w.waiting for w in parts]),
-        kv_cache_usage=float(np.mean(kv)) if kv else None,
-        ready_replicas=sum(ready) if ready else None,
-        prefix_cache_queries=_sum([w.prefix_cache_queries for w in parts]),
-        prefix_cache_hits=_sum([w.prefix_cache_hits for w in parts]),
-        router_queued=_sum([w.router_queued for w in parts]),
-        router_in_flight=_sum([w.router_in_flight for w in parts]),
-        router_wait=_sum_hist([w.router_wait for w in parts]),
-        router_ttft=_sum_hist([w.router_ttft for w in parts]),
-    )
+    total = _over_tiers(list(present.values()))
     return replace(_observe_one(time, window_s, total, quantile, ttft_target_s), per_tier=per_tier)
