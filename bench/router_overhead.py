@@ -42,6 +42,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 from goodput.policies.observe import Histogram
+from goodput.router.metrics import ADDED_LATENCY, LOOP_LAG
 
 REPO = Path(__file__).resolve().parent.parent
 DECODE_INTERVAL_MS = 20.0  # 50 tokens/s per stream: 1,000 streams offer 50,000 chunks/s
@@ -174,9 +175,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-ADDED, LAG = "goodput:router_added_latency_seconds", "goodput:router_loop_lag_seconds"
-
-
 @dataclass(frozen=True)
 class Counts:
     """A router histogram's buckets and sum at one moment (summed over its label sets)."""
@@ -202,7 +200,7 @@ def router_histograms(url: str) -> dict[str, Counts]:
     """The router's added-latency and loop-lag histograms now, from its /metrics."""
     import httpx
 
-    by_le: dict[str, dict[str, float]] = {ADDED: {}, LAG: {}}
+    by_le: dict[str, dict[str, float]] = {ADDED_LATENCY: {}, LOOP_LAG: {}}
     totals = dict.fromkeys(by_le, 0.0)
     for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
         for sample in family.samples:
@@ -228,8 +226,8 @@ def ttft_phase(
     cpu_per_request = (cpu_seconds(router_pid) - cpu0) / max(via.sent, 1)
     b, v = np.array(base.ttft_s) * 1e3, np.array(via.ttft_s) * 1e3
     return {
-        **after[ADDED].since(before[ADDED]).figures("router_added"),
-        **after[LAG].since(before[LAG]).figures("router_loop_lag"),
+        **after[ADDED_LATENCY].since(before[ADDED_LATENCY]).figures("router_added"),
+        **after[LOOP_LAG].since(before[LOOP_LAG]).figures("router_loop_lag"),
         "ttft_direct_p50_ms": round(float(np.percentile(b, 50)), 3),
         "ttft_direct_p99_ms": round(float(np.percentile(b, 99)), 3),
         "ttft_router_p50_ms": round(float(np.percentile(v, 50)), 3),

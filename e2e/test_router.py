@@ -29,7 +29,7 @@ from e2e import loadgen, procs, service
 from e2e import operator as goodput
 from e2e import router_stack as rs
 from e2e.stack import Stack
-from goodput.worker_image.contract import MODEL_PRESETS
+from goodput.worker_image.contract import MODEL_PRESETS, ROUTER_TTFT
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ PROMPT, OUTPUT = 512, 4  # prefill-heavy requests: the replica, not the client, 
 NOISY_CONCURRENCY = 2  # the noisy tenant's quota: requests in flight (one per router pod)
 QUIET_RPS, QUIET_PROMPT = 0.5, 128
 REQUESTS = "vllm:request_success_total"
-ROUTER_TTFT_COUNT = "goodput:router_time_to_first_token_seconds_count"
+ROUTER_TTFT_COUNT = f"{ROUTER_TTFT}_count"
 VOCAB = MODEL_PRESETS["bench-small"]["vocab_size"]
 
 

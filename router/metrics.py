@@ -15,6 +15,9 @@ from goodput.worker_image import contract
 # queue waits: from a dispatch that found a free replica at once to the router's bounded maximum
 WAIT_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 LOOP_PROBE_S = 0.01  # how often the event loop's lag is sampled
+# the router's own overhead series (read by bench/router_overhead.py; the operator reads none of them)
+ADDED_LATENCY = "goodput:router_added_latency_seconds"
+LOOP_LAG = "goodput:router_loop_lag_seconds"
 # the router's own time on a first byte's path (its overhead target is 1 ms at the median, 5 ms at p99), and the
 # event loop's lag (a request that arrives while the loop is busy waits that long before its handler runs)
 ADDED_BUCKETS = (
@@ -64,13 +67,13 @@ class RouterMetrics:
             ["tier"], buckets=contract.TTFT_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.added = Histogram(
-            "goodput:router_added_latency_seconds",
+            ADDED_LATENCY,
             "The router's own time on a first byte's path: arrival to first byte sent, less the replica's time "
             "to its first byte and any queue wait.",
             ["tier"], buckets=ADDED_BUCKETS, registry=self.registry,
         )  # fmt: skip
         self.loop_lag = Histogram(
-            "goodput:router_loop_lag_seconds",
+            LOOP_LAG,
             f"How late the event loop ran a callback due every {LOOP_PROBE_S:g} s (busy, or collecting garbage).",
             buckets=ADDED_BUCKETS, registry=self.registry,
         )  # fmt: skip
