@@ -68,9 +68,8 @@ class StepProfile:
     # per prefill token
     decode_s_per_seq: float = 0.0
     prefill_s_per_token: float = 0.0
-    prefill_compute_s_per_token: float | None = (
-        None  # matmul time of one prompt token; None: a decoded token's
-    )
+    # matmul time of one prompt token; None: a decoded token's
+    prefill_compute_s_per_token: float | None = None
     attention_s_per_context: float = 0.0  # attention compute per (token, context token) pair
 
     @property

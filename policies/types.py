@@ -117,9 +117,8 @@ class Observation:
     output_tokens_nodes: tuple[float, ...] | None = None
     tpot_p50_ms: float | None = None  # inter-token median: the decode-only step, for calibration
     ttft_met: tuple[float, float] | None = None  # (first tokens within the TTFT target, all first tokens)
-    prefix_cache_hit_fraction: float | None = (
-        None  # prompt tokens served from the prefix cache / those looked up
-    )
+    # prompt tokens served from the prefix cache / those looked up
+    prefix_cache_hit_fraction: float | None = None
     # the router's view (None without a router): requests it holds for a replica, requests it has sent to
     # replicas and not finished, and the quantile of the time requests waited in its queue
     router_queued: float | None = None

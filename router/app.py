@@ -180,10 +180,9 @@ async def _forward(
         raise
     except (aiohttp.ClientConnectionError, TimeoutError):
         if response_started(response):
+            # the client closed first (often as soon as it read [DONE]): nothing to tell it
             if _client_left(request):
-                return (
-                    response  # the client closed first (often as soon as it read [DONE]): nothing to tell it
-                )
+                return response
             raise  # mid-stream: only this stream fails
         lease.task = None  # this request retries by itself; marking the replica down must not cancel it
         tier.mark_down(lease.replica)
