@@ -9,6 +9,7 @@ import sys
 from dataclasses import replace
 
 import aiohttp
+import uvloop
 from aiohttp import web
 
 from goodput.router.app import Router, create_app
@@ -83,8 +84,9 @@ async def serve(config: RouterConfig) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = parse_args(argv)
+    # uvloop: the same asyncio API on libuv, about 1.4× the chunks per CPU-second of the stock loop (bench/router_overhead.py)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+        uvloop.run(serve(config))
     return 0
 
 
