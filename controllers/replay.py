@@ -20,11 +20,14 @@ from goodput.policies.compare import (
     BRACKET_ROUNDS,
     POLICIES,
     SWEEPS,
+    Configuration,
     Job,
+    ServiceShape,
     Setup,
     baseline_job,
     bracketing,
     build_report,
+    headline,
     run_job,
     setup,
     sweep_jobs,
@@ -87,13 +90,15 @@ def run(
     workers: int = 2,
     progress: Progress | None = None,
     slo_ms: tuple[float, float] = (1000.0, 100.0),
+    shape: ServiceShape = ServiceShape(),
+    configuration: Configuration | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
     """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results.
 
     Simulations are independent, so `workers` processes run them side by side.
     """
     started = time.perf_counter()
-    s = setup(trace, start_delay_s, seed, policy, slo_ms)
+    s = setup(trace, start_delay_s, seed, policy, slo_ms, shape, configuration)
     jobs = sweep_jobs(s, policies)
     runs: dict[str, list[SimResult]] = {}
     for (name, _), result in zip(
@@ -102,6 +107,61 @@ def run(
         runs.setdefault(name, []).append(result)
     _bracket(trace, s, runs, workers)
     report = build_report(trace, s, runs)
+    report["wall_s"] = round(time.perf_counter() - started, 2)
+    return report, runs
+
+
+def run_over_configurations(
+    trace: Trace,
+    shape: ServiceShape,
+    start_delay_s: float | None = None,
+    seed: int = 0,
+    workers: int = 2,
+    slo_ms: tuple[float, float] = (1000.0, 100.0),
+) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
+    """Every policy with the same choice of hardware (`shape`'s pools and TP degrees).
+
+    goodput runs the configuration its planner picks for the peak, and keeps it (the simulator does not roll a
+    fleet onto other hardware). Each baseline, and the oracle, runs on every configuration the planner finds
+    feasible at the peak and reports the one a team would pick in hindsight: the cheapest in dollars that
+    reaches the target, else the highest attainment. Every configuration's figures stay in the report.
+    """
+    started = time.perf_counter()
+    s = setup(trace, start_delay_s, seed, slo_ms=slo_ms, shape=shape)
+    _, runs = run(trace, ("goodput",), start_delay_s, seed, workers=workers, slo_ms=slo_ms, shape=shape)
+    baselines = tuple(p for p in POLICIES if p != "goodput")
+    tried = {
+        f"{c[0]} TP{c[1]}": run(
+            trace,
+            baselines,
+            start_delay_s,
+            seed,
+            workers=workers,
+            slo_ms=slo_ms,
+            shape=shape,
+            configuration=c,
+        )[1]
+        for c in s.configurations
+    }
+    target = s.sim.slo.attainment
+
+    def hindsight(best: SimResult) -> tuple[bool, float]:
+        meets = best.attainment >= target
+        return meets, -best.cost if meets else best.attainment
+
+    chosen = {
+        name: max(tried, key=lambda label: hindsight(headline(tried[label][name], target)))
+        for name in baselines
+    }
+    runs |= {name: tried[label][name] for name, label in chosen.items()}
+    report = build_report(trace, s, runs)
+    report["policies"]["goodput"]["configuration"] = f"{s.initial.accelerator} TP{s.initial.tensor_parallel}"
+    for name, label in chosen.items():
+        report["policies"][name]["configuration"] = label
+    report["configurations"] = {
+        label: {name: headline(results[name], target).summary() for name in baselines}
+        for label, results in tried.items()
+    }
     report["wall_s"] = round(time.perf_counter() - started, 2)
     return report, runs
 

@@ -48,14 +48,26 @@ GOODPUT_HEADROOMS = (0.0, 0.1, 0.2, 0.3)  # SLOPolicy headroom, goodput's main k
 STATIC_FRACTIONS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)  # of the replicas planned for the peak 15 s rate
 
 
+@dataclass(frozen=True)
+class ServiceShape:
+    """The benchmark service beside its trace's rate and token hints: the model, the accelerator pools it may
+    use (type, USD per GPU-hour or None for the catalog's list price) and its tensor-parallel bound."""
+
+    model: str = "llama-3-8b"
+    pools: tuple[tuple[str, float | None], ...] = (("H100-SXM", None),)
+    max_tensor_parallel: int = 1
+
+
 def benchmark_service(
     expected_rps: float,
     max_replicas: int = 64,
     prompt_tokens: tuple[int, int] | None = None,
     output_tokens: tuple[int, int] | None = None,
     slo_ms: tuple[float, float] = (1000.0, 100.0),
+    shape: ServiceShape = ServiceShape(),
 ) -> InferenceServiceSpec:
-    """A Llama-3-8B class service on H100 SXM with interactive SLOs, as a platform team would apply it.
+    """A service with interactive SLOs as a platform team would apply it (by default Llama-3-8B class on H100
+    SXM, one GPU per replica).
 
     Token hints are (p50, p95) of prompt and output lengths, as a team reads them off its request logs.
     """
@@ -63,15 +75,64 @@ def benchmark_service(
     for key, hint in (("promptTokens", prompt_tokens), ("outputTokens", output_tokens)):
         if hint is not None:
             traffic[key] = {"p50": hint[0], "p95": hint[1]}
+    pools = [
+        {"type": kind, "maxCount": max_replicas * shape.max_tensor_parallel}
+        | ({"pricePerHour": price} if price is not None else {})
+        for kind, price in shape.pools
+    ]
     return InferenceServiceSpec.model_validate(
         {
-            "model": {"name": "llama-3-8b", "source": "random:llama-3-8b"},
+            "model": {"name": shape.model, "source": f"random:{shape.model}"},
             "slo": {"ttftP95Ms": slo_ms[0], "tpotP95Ms": slo_ms[1], "attainment": 0.99},
             "traffic": traffic,
-            "accelerators": [{"type": "H100-SXM", "maxCount": max_replicas}],
-            "scaling": {"minReplicas": 1, "maxReplicas": max_replicas, "maxTensorParallel": 1},
+            "accelerators": pools,
+            "scaling": {
+                "minReplicas": 1,
+                "maxReplicas": max_replicas,
+                "maxTensorParallel": shape.max_tensor_parallel,
+            },
         }
     )
+
+
+Configuration = tuple[str, int]  # (accelerator, tensor parallel)
+
+
+def configuration_of(c: Candidate) -> Configuration:
+    return c.accelerator, c.tensor_parallel
+
+
+def feasible_configurations(result: PlanResult) -> list[Configuration]:
+    """Every (accelerator, TP) the planner found a feasible fleet for, cheapest first."""
+    found: list[Configuration] = []
+    for c in ([result.chosen] if result.chosen else []) + list(result.alternatives):
+        if c.rejected is None and configuration_of(c) not in found:
+            found.append(configuration_of(c))
+    return found
+
+
+def within(result: PlanResult, configuration: Configuration) -> PlanResult:
+    """The plan restricted to one configuration: its best feasible candidate there, or none."""
+    mine = tuple(c for c in result.alternatives if configuration_of(c) == configuration)
+    if result.chosen is not None and configuration_of(result.chosen) == configuration:
+        mine = (result.chosen, *(c for c in mine if c is not result.chosen))
+    chosen = next((c for c in mine if c.rejected is None), None)
+    binding = None if chosen else (mine[0].rejected if mine else f"{configuration} was not planned")
+    return replace(result, chosen=chosen, alternatives=mine, binding_constraint=binding)
+
+
+@dataclass(frozen=True)
+class Pinned:
+    """Plans drawn from one configuration: a simulated fleet keeps the accelerator and TP it started on (the
+    simulator actuates replicas and engine knobs, not a rollout to other hardware)."""
+
+    plan_fn: Callable[..., PlanResult]
+    configuration: Configuration
+
+    def __call__(
+        self, spec: InferenceServiceSpec, load: Load, policy: SLOPolicySpec, ttft: float, tpot: float
+    ) -> PlanResult:
+        return within(self.plan_fn(spec, load, policy, ttft, tpot), self.configuration)
 
 
 @dataclass
@@ -105,6 +166,7 @@ class Setup:
     sim: SimConfig
     peak_replicas: int
     capacity_rps: float
+    configurations: tuple[Configuration, ...]  # feasible at the peak, cheapest first
 
 
 def setup(
@@ -113,9 +175,12 @@ def setup(
     seed: int = 0,
     policy: SLOPolicySpec | None = None,
     slo_ms: tuple[float, float] = (1000.0, 100.0),
+    shape: ServiceShape = ServiceShape(),
+    configuration: Configuration | None = None,
 ) -> Setup:
     """The service, its initial plan and the simulated fleet; pods start in `start_delay_s`, by default what
-    `policies.startup.StartModel` gives for the model and its TP.
+    `policies.startup.StartModel` gives for the model and its TP. The fleet runs the planner's cheapest
+    configuration, or `configuration` when given (one the planner finds feasible at the peak).
 
     Every policy starts from the same fleet: the plan for the trace's busiest 15 s, as a platform team
     provisions a new service for its expected peak (the manifest's `expectedRps` hint, with the trace's
@@ -128,12 +193,15 @@ def setup(
         prompt_tokens=_p50_p95(trace.prompt_tokens),
         output_tokens=_p50_p95(trace.output_tokens),
         slo_ms=slo_ms,
+        shape=shape,
     )
     policy = policy or SLOPolicySpec()
     load = Load(rps=peak_rps, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens)
-    initial = planner.plan(spec, load, policy, 1.0, 1.0).chosen
+    result = planner.plan(spec, load, policy, 1.0, 1.0)
+    initial = (result if configuration is None else within(result, configuration)).chosen
     if initial is None:
-        raise ValueError("the planner finds no feasible configuration at the trace's peak rate")
+        where = "any configuration" if configuration is None else f"{configuration[0]} TP{configuration[1]}"
+        raise ValueError(f"the planner finds no feasible fleet on {where} at the trace's peak rate")
     peak_replicas = initial.replicas
     acc = accelerator(initial.accelerator)
     model = StepModel(profile_for(spec.model), acc, initial.tensor_parallel)
@@ -157,13 +225,14 @@ def setup(
         engine=engine_of(initial),
         slo=slo,
         gpus_per_replica=initial.tensor_parallel,
-        price_per_gpu_hour=price_of(spec.accelerators[0]),
+        price_per_gpu_hour=price_of(next(p for p in spec.accelerators if p.type == initial.accelerator)),
         start_delay_s=start_delay_s,
         interval_s=policy.evaluation_interval_seconds,
         initial_replicas=initial.replicas,
         seed=seed,
     )
-    return Setup(spec, policy, initial, sim, peak_replicas, capacity)
+    configurations = tuple(feasible_configurations(result))
+    return Setup(spec, policy, initial, sim, peak_replicas, capacity, configurations)
 
 
 def _p50_p95(tokens: np.ndarray) -> tuple[int, int]:
@@ -199,7 +268,13 @@ def sweep_jobs(s: Setup, policies: tuple[str, ...]) -> list[tuple[str, Job]]:
                 (
                     name,
                     (
-                        GoodputController(s.spec, p, s.initial, ScalerState(), PlanCache()),
+                        GoodputController(
+                            s.spec,
+                            p,
+                            s.initial,
+                            ScalerState(),
+                            Pinned(PlanCache(), configuration_of(s.initial)),
+                        ),
                         s.sim,
                         f"headroom={p.headroom:g}",
                     ),
@@ -241,7 +316,7 @@ def bracketing(knobs: list[float], results: list[SimResult], target: float) -> f
     return None
 
 
-def _best(results: list[SimResult], target: float) -> SimResult:
+def headline(results: list[SimResult], target: float) -> SimResult:
     meeting = [r for r in results if r.attainment >= target]
     if meeting:
         return min(meeting, key=lambda r: r.gpu_hours)
@@ -253,14 +328,14 @@ def build_report(trace: Trace, s: Setup, runs: dict[str, list[SimResult]]) -> di
     target = s.sim.slo.attainment
     report: dict[str, Any] = {"policies": {}}
     for name, results in runs.items():
-        best = results[0] if name == "goodput" else _best(results, target)
+        best = results[0] if name == "goodput" else headline(results, target)
         entry = {k: v for k, v in best.summary().items()}
         if len(results) > 1:
             entry["sweep"] = [r.summary() for r in results]
         report["policies"][name] = entry
     report["targets"] = _targets(report["policies"], target)
     if "goodput" in runs and len(runs["goodput"]) > 1:
-        tuned = _best(runs["goodput"], target).summary()
+        tuned = headline(runs["goodput"], target).summary()
         report["targets_goodput_best_setting"] = _targets(
             {**report["policies"], "goodput": tuned}, target
         ) | {"setting": tuned["setting"]}

@@ -3,10 +3,14 @@
 import json
 
 import numpy as np
+import pytest
 
-from goodput.controllers.replay import json_ready, run, table
-from goodput.policies.compare import _best, bracketing
+from goodput.controllers.replay import json_ready, run, run_over_configurations, table
+from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.policies import planner
+from goodput.policies.compare import Pinned, ServiceShape, bracketing, configuration_of, headline, setup
 from goodput.policies.simulator import SimResult, Timeline
+from goodput.policies.types import Load
 from goodput.policies.workloads import Trace
 
 
@@ -20,8 +24,8 @@ def _result(setting: str, attainment: float, gpu_hours: float) -> SimResult:
 
 def test_headline_is_the_cheapest_setting_reaching_the_target_else_the_best_attainment():
     results = [_result("a", 0.995, 9.0), _result("b", 0.991, 7.0), _result("c", 0.98, 3.0)]
-    assert _best(results, 0.99).setting == "b"
-    assert _best(results, 0.999).setting == "a"  # none reaches it: the highest attainment
+    assert headline(results, 0.99).setting == "b"
+    assert headline(results, 0.999).setting == "a"  # none reaches it: the highest attainment
 
 
 def test_report_on_a_short_trace():
@@ -61,3 +65,52 @@ def test_replayed_hpa_sweep_holds_settings_on_both_sides_of_the_target():
     report, _ = run(trace, ("hpa",), workers=1)
     attained = [row["attainment"] >= 0.99 for row in report["policies"]["hpa"]["sweep"]]
     assert any(attained) and not all(attained)
+
+
+def _chat(name: str, rps: float, seconds: float, seed: int) -> Trace:
+    rng = np.random.default_rng(seed)
+    n = int(rps * seconds)
+    return Trace(
+        name, np.sort(rng.uniform(0, seconds, n)), rng.integers(200, 3000, n), rng.integers(20, 300, n)
+    )
+
+
+TWO_POOLS = ServiceShape("llama-3-70b", (("H100-SXM", None), ("A100-80GB", 1.5)), max_tensor_parallel=8)
+
+
+def test_a_pinned_configuration_is_the_fleet_simulated_and_priced_by_its_own_pool():
+    trace = _chat("chat", 4.0, 300.0, 2)
+    free = setup(trace, shape=TWO_POOLS)
+    assert len(free.configurations) >= 2 and configuration_of(free.initial) == free.configurations[0]
+    for configuration in free.configurations:
+        pinned = setup(trace, shape=TWO_POOLS, configuration=configuration)
+        assert configuration_of(pinned.initial) == configuration
+        assert pinned.sim.gpus_per_replica == configuration[1]
+        assert pinned.sim.price_per_gpu_hour == (1.5 if configuration[0] == "A100-80GB" else 4.0)
+    with pytest.raises(ValueError, match="L40S TP2"):
+        setup(trace, shape=TWO_POOLS, configuration=("L40S", 2))
+
+
+def test_plans_drawn_within_a_configuration_never_leave_it():
+    trace = _chat("chat", 4.0, 300.0, 3)
+    s = setup(trace, shape=TWO_POOLS)
+    load = Load(rps=4.0, prompt_tokens=trace.prompt_tokens, output_tokens=trace.output_tokens)
+    for configuration in s.configurations:
+        result = Pinned(planner.plan, configuration)(s.spec, load, SLOPolicySpec(), 1.0, 1.0)
+        assert result.chosen is not None and configuration_of(result.chosen) == configuration
+        assert all(configuration_of(c) == configuration for c in result.alternatives)
+    nowhere = Pinned(planner.plan, ("L40S", 2))(s.spec, load, SLOPolicySpec(), 1.0, 1.0)
+    assert nowhere.chosen is None and nowhere.binding_constraint
+
+
+def test_over_configurations_each_baseline_reports_its_cheapest_configuration_in_hindsight():
+    trace = _chat("chat", 3.0, 300.0, 4)
+    report, _ = run_over_configurations(trace, TWO_POOLS, workers=1)
+    p, tried = report["policies"], report["configurations"]
+    assert len(tried) >= 2 and p["goodput"]["configuration"] in tried
+    for name in ("hpa", "keda", "static", "oracle"):
+        options = {label: rows[name] for label, rows in tried.items()}
+        assert p[name]["configuration"] in options
+        reaching = [row["cost"] for row in options.values() if row["attainment"] >= 0.99]
+        if reaching:
+            assert p[name]["cost"] == min(reaching)
