@@ -11,10 +11,10 @@ may still share them). Two views of the added TTFT:
   wait and the upstream's time to its first byte) into `goodput:router_added_latency_seconds`; the percentiles are
   that histogram's (Prometheus interpolation inside its buckets), the mean is exact. Time the event loop takes to
   get to a ready socket before the handler runs is not in it;
-- the client's (`ttft_added_*`): the same load sent directly to the upstream and through the router at the same
-  time (each client alternates between the two, request by request), the difference of the percentiles. It
-  includes everything (the extra hop, the loop's backlog); how busy the client's own core is weighs on both
-  sides alike, since both run through the same moments.
+- the client's (`ttft_added_*`): the same load sent directly to the upstream and through the router, the
+  difference of the percentiles. It includes everything (the extra hop, the loop's backlog), and also how busy
+  the client's own core is: the two runs alternate in `ROUNDS` rounds, so a background job's drift weighs on
+  both sides rather than on whichever ran during it.
 
 Both at steady arrivals (each client starts at a random point of one answer, so the streams stay open with
 requests arriving evenly, ~streams/answer per second), and in `burst`: all clients start at once and, their
@@ -35,7 +35,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +49,7 @@ from goodput.router.metrics import ADDED_LATENCY, LOOP_LAG
 REPO = Path(__file__).resolve().parent.parent
 DECODE_INTERVAL_MS = 20.0  # 50 tokens/s per stream: 1,000 streams offer 50,000 chunks/s
 TTFT_STREAM = (8, 500.0)  # events per answer, ms apart: 1,000 open streams start ~280 requests/s
+ROUNDS = 3  # direct and routed TTFT runs alternate this many times
 
 
 def free_port() -> int:
@@ -116,6 +116,12 @@ class Load:
     errors: int
     sent: int  # requests, timed or not
 
+    def add(self, other: Load) -> None:
+        self.ttft_s += other.ttft_s
+        self.events += other.events
+        self.errors += other.errors
+        self.sent += other.sent
+
 
 async def _stream(
     session: aiohttp.ClientSession, url: str, body: bytes, load: Load, timed: bool = True
@@ -139,16 +145,13 @@ async def _stream(
 
 
 async def drive(
-    urls: Sequence[str], streams: int, seconds: float, chunks: int, interval_ms: float, stagger_s: float = 0.0
-) -> list[Load]:
-    """`streams` concurrent clients per url, each sending streaming requests back to back for `seconds`.
+    url: str, streams: int, seconds: float, chunks: int, interval_ms: float, stagger_s: float = 0.0
+) -> Load:
+    """`streams` concurrent clients, each sending streaming requests back to back for `seconds`.
 
-    Each client takes the urls in turn, request by request, so every url carries `streams` open streams on
-    average and all of them meet the same machine at the same moments: a difference between urls is theirs,
-    not a background job's that ran during one of them. With `stagger_s`, each client starts at a random point
-    of that span (seeded), and only requests sent after it are timed: streams stay open with arrivals spread
-    evenly. Without, all start at once, and answers of one length keep them in step: the requests arrive
-    together, once per answer."""
+    With `stagger_s`, each client starts at a random point of that span (seeded), and only requests sent after
+    it are timed: `streams` streams stay open with arrivals spread evenly. Without, all start at once, and
+    answers of one length keep them in step: `streams` requests arrive together, once per answer."""
     body = json.dumps(
         {
             "model": "fake",
@@ -158,25 +161,22 @@ async def drive(
             "chunk_interval_ms": interval_ms,
         }
     ).encode()
-    loads = [Load([], 0, 0, 0) for _ in urls]
-    clients = streams * len(urls)
+    load = Load([], 0, 0, 0)
     began = time.perf_counter()
     timed_from, deadline = began + stagger_s, began + stagger_s + seconds
-    starts = np.random.default_rng(0).uniform(0.0, stagger_s, clients) if stagger_s else np.zeros(clients)
+    starts = np.random.default_rng(0).uniform(0.0, stagger_s, streams) if stagger_s else np.zeros(streams)
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     async with aiohttp.ClientSession(
         connector=connector, timeout=aiohttp.ClientTimeout(total=120)
     ) as session:
 
-        async def client(turn: int, start: float) -> None:
+        async def client(start: float) -> None:
             await asyncio.sleep(start)
             while (now := time.perf_counter()) < deadline:
-                target = turn % len(urls)
-                turn += 1
-                await _stream(session, urls[target], body, loads[target], timed=now >= timed_from)
+                await _stream(session, url, body, load, timed=now >= timed_from)
 
-        await asyncio.gather(*(client(i, float(start)) for i, start in enumerate(starts)))
-    return loads
+        await asyncio.gather(*(client(float(start)) for start in starts))
+    return load
 
 
 def cpu_seconds(pid: int) -> float:
@@ -227,11 +227,17 @@ def router_histograms(url: str) -> dict[str, Counts]:
 def ttft_phase(
     direct: str, routed: str, router_pid: int, streams: int, seconds: float, stagger_s: float
 ) -> dict[str, float | int]:
-    """The same TTFT load direct and through the router, at the same time: both views of what the router adds."""
-    cpu0, before = cpu_seconds(router_pid), router_histograms(routed)
-    base, via = uvloop.run(drive((direct, routed), streams, seconds, *TTFT_STREAM, stagger_s=stagger_s))
+    """The same TTFT load direct and through the router, in alternating rounds: both views of what the router
+    adds."""
+    base, via, cpu = Load([], 0, 0, 0), Load([], 0, 0, 0), 0.0
+    before = router_histograms(routed)
+    for _ in range(ROUNDS):
+        base.add(uvloop.run(drive(direct, streams, seconds / ROUNDS, *TTFT_STREAM, stagger_s=stagger_s)))
+        cpu0 = cpu_seconds(router_pid)
+        via.add(uvloop.run(drive(routed, streams, seconds / ROUNDS, *TTFT_STREAM, stagger_s=stagger_s)))
+        cpu += cpu_seconds(router_pid) - cpu0
     after = router_histograms(routed)
-    cpu_per_request = (cpu_seconds(router_pid) - cpu0) / max(via.sent, 1)
+    cpu_per_request = cpu / max(via.sent, 1)
     b, v = np.array(base.ttft_s) * 1e3, np.array(via.ttft_s) * 1e3
     return {
         **after[ADDED_LATENCY].since(before[ADDED_LATENCY]).figures("router_added"),
@@ -299,13 +305,13 @@ def measure(streams: int = 1000, seconds: float = 10.0) -> dict[str, float | int
         _wait_up(routed + "/health", router)
         # TTFT with `streams` streams open at once, each a long, slow answer (as chat answers are), so the
         # router's per-request work, not its chunk throughput, sets the figure
-        uvloop.run(drive((direct, routed), streams, 2.0, *TTFT_STREAM))  # warm connections on both hops
+        uvloop.run(drive(routed, streams, 2.0, *TTFT_STREAM))  # warm connections on both hops
         answer_s = TTFT_STREAM[0] * TTFT_STREAM[1] / 1000
         steady = ttft_phase(direct, routed, router.pid, streams, seconds, answer_s)
         burst = ttft_phase(direct, routed, router.pid, streams, seconds, 0.0)
         # throughput: streams at a decode cadence (a token every `DECODE_INTERVAL_MS`), so chunks arrive one by one
         cpu0, t0 = cpu_seconds(router.pid), time.perf_counter()
-        (bulk,) = uvloop.run(drive((routed,), streams, seconds, 100, DECODE_INTERVAL_MS))
+        bulk = uvloop.run(drive(routed, streams, seconds, 100, DECODE_INTERVAL_MS))
         cpu, wall = cpu_seconds(router.pid) - cpu0, time.perf_counter() - t0
     finally:
         os.sched_setaffinity(0, own_cores)
