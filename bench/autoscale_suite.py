@@ -2,10 +2,11 @@
 
 Workloads, all with the default policy and no per-workload constants: the Azure code trace ×4.5; the synthetic
 diurnal day (3 seeds); the Mooncake conversation trace (long prompts), rate-scaled until its peak needs at least
-8 replicas, at a long-context chat SLO; seeded synthetic shapes with varied token mixes: steady Poisson at two
+8 devices, at a long-context chat SLO; seeded synthetic shapes with varied token mixes: steady Poisson at two
 rates, a ramp (×4 over 30 min and back), a flash crowd (×3 for 10 min) and on/off; and a 70B-class chat ramp
 allowed on two pools (H100 and A100, TP up to 8), where every policy has the same choice of configuration
-(controllers.replay.run_over_configurations) and goodput is judged in dollars. Each baseline is reported
+(controllers.replay.run_over_configurations) and goodput is judged in dollars. On the 8B workloads the planner
+picks the TP degree (up to 8) for each workload's peak, and every policy runs it. Each baseline is reported
 twice: its best setting per workload (tuned in hindsight) and the single setting a user would deploy for the
 whole suite (the one reaching the target on the most workloads, then the fewest total GPU-hours).
 
@@ -41,7 +42,9 @@ CODE = ((1500.0, 7300.0), (13.0, 90.0))  # code completion: long prompts, short 
 LONG = ((6000.0, 30000.0), (350.0, 700.0))  # long-context chat
 INTERACTIVE_SLO = (1000.0, 100.0)  # TTFT p95, TPOT p95 (ms)
 LONG_CONTEXT_SLO = (5000.0, 100.0)  # a long-context chat team's SLO: prompts of tens of thousands of tokens
-MIN_PEAK_REPLICAS = 8
+MIN_PEAK_DEVICES = 8
+# the 8B workloads: one pool, and the TP degree the planner picks for each workload's peak (every policy runs it)
+ONE_POOL = ServiceShape(max_tensor_parallel=8)
 # a 70B-class model that may run on either of two pools at their list prices, at any TP the memory allows: the
 # configuration is part of each policy's result, and the workload is judged in dollars
 TWO_POOLS = ServiceShape("llama-3-70b", (("H100-SXM", None), ("A100-80GB", None)), max_tensor_parallel=8)
@@ -55,14 +58,17 @@ def _shape(name: str, rate: Callable[[np.ndarray], np.ndarray], peak: float, mix
 
 
 def _mooncake(seed: int) -> Trace:
-    """The Mooncake conversation hour, its rate scaled up in steps of ×1.5 until its peak needs 8 replicas."""
+    """The Mooncake conversation hour, its rate scaled up in steps of ×1.5 until its peak needs 8 devices."""
     base = load_trace(MOONCAKE_CONVERSATION_TRACE)
     scale = 1.0
-    while setup(
-        base if scale == 1.0 else scale_rate(base, scale, seed), slo_ms=LONG_CONTEXT_SLO
-    ).peak_replicas < (MIN_PEAK_REPLICAS):
+    while _peak_devices(base if scale == 1.0 else scale_rate(base, scale, seed)) < MIN_PEAK_DEVICES:
         scale *= 1.5
     return scale_rate(base, scale, seed)
+
+
+def _peak_devices(trace: Trace) -> int:
+    s = setup(trace, slo_ms=LONG_CONTEXT_SLO, shape=ONE_POOL)
+    return s.peak_replicas * s.initial.tensor_parallel
 
 
 def workloads(seed: int) -> dict[str, tuple[str, Callable[[], Trace], tuple[float, float]]]:
@@ -219,7 +225,9 @@ def main() -> int:
                 trace, POOLS[name], args.start_delay, args.seed, workers=args.workers, slo_ms=slo
             )
         else:
-            report, runs = run(trace, POLICIES, args.start_delay, args.seed, workers=args.workers, slo_ms=slo)
+            report, runs = run(
+                trace, POLICIES, args.start_delay, args.seed, workers=args.workers, slo_ms=slo, shape=ONE_POOL
+            )
         print(f"\n== {name} ({kind}): {len(trace)} requests, simulated in {report['wall_s']} s")
         print(table(report))
         entries[name] = {"kind": kind, **json_ready(report)}
