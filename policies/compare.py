@@ -132,7 +132,16 @@ class Pinned:
     def __call__(
         self, spec: InferenceServiceSpec, load: Load, policy: SLOPolicySpec, ttft: float, tpot: float
     ) -> PlanResult:
-        return within(self.plan_fn(spec, load, policy, ttft, tpot), self.configuration)
+        """Planned over the configuration's pool and TP bound only (the same candidates for it, without
+        pricing every other configuration on each interval), then restricted to it."""
+        kind, tp = self.configuration
+        narrowed = spec.model_copy(
+            update={
+                "accelerators": [p for p in spec.accelerators if p.type == kind],
+                "scaling": spec.scaling.model_copy(update={"max_tensor_parallel": tp}),
+            }
+        )
+        return within(self.plan_fn(narrowed, load, policy, ttft, tpot), self.configuration)
 
 
 @dataclass
