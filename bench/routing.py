@@ -5,8 +5,8 @@
 
 Writes {"simulation": {"mooncake" | "code": {"random" | "least_load" | "prefix": {"prefix_hit_rate",
 "ttft_p95_ms", "tpot_p95_ms", "attainment", ...}}}, "autoscaled": {"random" | "prefix": {"gpu_hours",
-"attainment", ...} (means over seeds 0-2), "prefix_gpu_hours_saved", "seeds": {SEED: {...}}}, "real_stack": {"service" | "router": {"prefix_hit_rate", "ttft_p95_ms", ...}, "setting"},
-"overhead": {"ttft_added_p50_ms", "ttft_added_p99_ms", "chunks_per_s_per_core", ...}}; the parts not run keep
+"attainment", ...} (means over seeds 0-2), "prefix_gpu_hours_saved", "seeds": {SEED: {...}}}, "real_stack":
+{"service" | "router": {"prefix_hit_rate", "ttft_p95_ms", ...}, "setting"}, "overhead": {"ttft_added_p50_ms", "ttft_added_p99_ms", "chunks_per_s_per_core", ...}}; the parts not run keep
 their earlier figures in the file. real_stack needs the real node's binaries and images (see e2e/README.md) and
 runs only on its own (bench/routing_real.py describes the setting).
 

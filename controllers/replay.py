@@ -27,6 +27,8 @@ from goodput.policies.compare import (
     baseline_job,
     bracketing,
     build_report,
+    configuration_label,
+    configuration_of,
     headline,
     run_job,
     setup,
@@ -131,7 +133,7 @@ def run_over_configurations(
     _, runs = run(trace, ("goodput",), start_delay_s, seed, workers=workers, slo_ms=slo_ms, shape=shape)
     baselines = tuple(p for p in POLICIES if p != "goodput")
     tried = {
-        f"{c[0]} TP{c[1]}": run(
+        configuration_label(c): run(
             trace,
             baselines,
             start_delay_s,
@@ -150,17 +152,16 @@ def run_over_configurations(
         return meets, -best.cost if meets else best.attainment
 
     chosen = {
-        name: max(tried, key=lambda label: hindsight(headline(tried[label][name], target)))
-        for name in baselines
+        name: max(tried, key=lambda tag: hindsight(headline(tried[tag][name], target))) for name in baselines
     }
-    runs |= {name: tried[label][name] for name, label in chosen.items()}
+    runs |= {name: tried[tag][name] for name, tag in chosen.items()}
     report = build_report(trace, s, runs)
-    report["policies"]["goodput"]["configuration"] = f"{s.initial.accelerator} TP{s.initial.tensor_parallel}"
-    for name, label in chosen.items():
-        report["policies"][name]["configuration"] = label
+    report["policies"]["goodput"]["configuration"] = configuration_label(configuration_of(s.initial))
+    for name, best in chosen.items():
+        report["policies"][name]["configuration"] = best
     report["configurations"] = {
-        label: {name: headline(results[name], target).summary() for name in baselines}
-        for label, results in tried.items()
+        name: {policy: headline(results[policy], target).summary() for policy in baselines}
+        for name, results in tried.items()
     }
     report["wall_s"] = round(time.perf_counter() - started, 2)
     return report, runs

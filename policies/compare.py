@@ -102,10 +102,19 @@ def configuration_of(c: Candidate) -> Configuration:
     return c.accelerator, c.tensor_parallel
 
 
+def configuration_label(configuration: Configuration) -> str:
+    return f"{configuration[0]} TP{configuration[1]}"
+
+
+def ranked(result: PlanResult) -> tuple[Candidate, ...]:
+    """The chosen candidate, then the alternatives, best first."""
+    return ((result.chosen,) if result.chosen else ()) + result.alternatives
+
+
 def feasible_configurations(result: PlanResult) -> list[Configuration]:
     """Every (accelerator, TP) the planner found a feasible fleet for, cheapest first."""
     found: list[Configuration] = []
-    for c in ([result.chosen] if result.chosen else []) + list(result.alternatives):
+    for c in ranked(result):
         if c.rejected is None and configuration_of(c) not in found:
             found.append(configuration_of(c))
     return found
@@ -113,9 +122,7 @@ def feasible_configurations(result: PlanResult) -> list[Configuration]:
 
 def within(result: PlanResult, configuration: Configuration) -> PlanResult:
     """The plan restricted to one configuration: its best feasible candidate there, or none."""
-    mine = tuple(c for c in result.alternatives if configuration_of(c) == configuration)
-    if result.chosen is not None and configuration_of(result.chosen) == configuration:
-        mine = (result.chosen, *(c for c in mine if c is not result.chosen))
+    mine = tuple(c for c in ranked(result) if configuration_of(c) == configuration)
     chosen = next((c for c in mine if c.rejected is None), None)
     binding = None if chosen else (mine[0].rejected if mine else f"{configuration} was not planned")
     return replace(result, chosen=chosen, alternatives=mine, binding_constraint=binding)
@@ -209,7 +216,7 @@ def setup(
     result = planner.plan(spec, load, policy, 1.0, 1.0)
     initial = (result if configuration is None else within(result, configuration)).chosen
     if initial is None:
-        where = "any configuration" if configuration is None else f"{configuration[0]} TP{configuration[1]}"
+        where = "any configuration" if configuration is None else configuration_label(configuration)
         raise ValueError(f"the planner finds no feasible fleet on {where} at the trace's peak rate")
     peak_replicas = initial.replicas
     acc = accelerator(initial.accelerator)
