@@ -26,9 +26,6 @@ from goodput.policies.types import Candidate, Observation, ScalerState
 
 QUEUEING_SHARE = 1.25  # TTFT calibrates from windows predicted within this factor of the unloaded p95
 UNLOADED_RPS = 1e-3  # per replica: the rate the unloaded prediction is made at
-NEAR_TARGET = (
-    0.5  # the learned capacity is lowered only from windows whose TTFT p95 reaches this share of the SLO
-)
 
 
 def calibrate(
@@ -48,9 +45,9 @@ def calibrate(
     queue a slow decode step is the model's error, and it is how a breach that no queue signals (a batch too
     large for the TPOT target) reaches the plan, which then runs smaller batches on more replicas.
     TTFT calibrates on its p95 where the model says queueing adds little to it (predicted within
-    QUEUEING_SHARE of the unloaded p95), where the replica is faster than the model unloaded, or slower than
-    predicted while far from the target; elsewhere the error is where the knee lies, which the learned
-    capacity corrects on the rate axis: the two never correct the same window. TPOT calibrates on the
+    QUEUEING_SHARE of the unloaded p95), or where the replica is faster than the model unloaded; elsewhere the
+    error is where the knee lies, which the learned capacity corrects on the rate axis: the two never correct
+    the same window. Both compare the window with the model at the tokens it served (`at_window_mix`). TPOT calibrates on the
     inter-token median, because the factor scales decode-only steps and the p95 of inter-token gaps is the
     prefill-chunk steps'.
     """
@@ -58,13 +55,14 @@ def calibrate(
     ready = obs.ready_replicas or current.replicas
     if not cal.enabled or obs.requests < cal.min_requests or ready <= 0:
         return state
-    if not _steady(obs, state, ready):
+    if not steady_window(obs, state, ready):
         return state
-    predicted = predict(spec, current, obs, state, obs.rps / ready)
+    model_state = at_window_mix(obs, state)
+    predicted = predict(spec, current, obs, model_state, obs.rps / ready)
     if predicted is None:
         return state
     ttft_pred, tpot_pred = predicted
-    unloaded = predict(spec, current, obs, state, UNLOADED_RPS)
+    unloaded = predict(spec, current, obs, model_state, UNLOADED_RPS)
 
     def update(factor: float, observed: float | None, pred: float, bounds: tuple[float, ...]) -> float:
         if observed is None or not math.isfinite(pred) or pred <= 0:
@@ -73,15 +71,10 @@ def calibrate(
         new = (1 - cal.smoothing) * factor + cal.smoothing * factor * ratio
         return min(max(new, cal.min_factor), cal.max_factor)
 
-    # near the knee the error is the capacity learner's (policies/capacity.py)
-    # unless faster than the model unloaded (no knee explains that), or slower while still far below the
-    # target, which the capacity learner does not read as a knee (policies/capacity.py)
+    # near the knee the error is the capacity learner's (policies/capacity.py), unless faster than the
+    # model unloaded (no knee explains that)
     seen = obs.ttft_p95_ms if obs.ttft_p95_ms is not None else math.inf
-    latency_bound = unloaded is not None and (
-        ttft_pred <= QUEUEING_SHARE * unloaded[0]
-        or seen < unloaded[0]
-        or ttft_pred < seen < NEAR_TARGET * slo_ttft_ms
-    )
+    latency_bound = unloaded is not None and (ttft_pred <= QUEUEING_SHARE * unloaded[0] or seen < unloaded[0])
     ttft = obs.ttft_p95_ms if obs.ttft_p95_ms is not None and obs.ttft_p95_ms <= slo_ttft_ms else None
     ttft = ttft if latency_bound else None
     if ttft is None and obs.tpot_p50_ms is None:
@@ -94,7 +87,7 @@ def calibrate(
     )
 
 
-def _steady(obs: Observation, state: ScalerState, ready: int) -> bool:
+def steady_window(obs: Observation, state: ScalerState, ready: int) -> bool:
     """Whether a window shows the steady state the model predicts, so its error is the model's.
 
     Not when requests queue, or when the rate moved by more than STEADY_RATIO since the previous window: the
@@ -121,6 +114,25 @@ def bucket_ratio(observed_ms: float, predicted_ms: float, bounds_s: tuple[float,
     if predicted_ms > hi:
         return hi / predicted_ms
     return 1.0
+
+
+def at_window_mix(obs: Observation, state: ScalerState) -> ScalerState:
+    """`state` with the window's own token mix and prefix-cache share, where the window observed them.
+
+    A window is compared with the model at the tokens it served: its TTFT p95 is often its longest prompts'
+    prefill (a 15 s window of long-context traffic holds a few dozen requests), and judged against the
+    smoothed mix such a window reads as a knee that more replicas would not move.
+    """
+    prompts, outputs = obs.prompt_tokens_nodes, obs.output_tokens_nodes
+    if prompts is None or outputs is None:
+        return state
+    cached = obs.prefix_cache_hit_fraction
+    return replace(
+        state,
+        prompt_tokens_nodes=prompts,
+        output_tokens_nodes=outputs,
+        cached_prompt_fraction=state.cached_prompt_fraction if cached is None else cached,
+    )
 
 
 def running_predictor(spec: InferenceServiceSpec, current: Candidate, state: ScalerState) -> ReplicaPredictor:

@@ -7,15 +7,17 @@ faster than its roofline all move the knee. So the autoscaler keeps the model an
 configuration (accelerator and TP): the factor k by which the rate axis is off. A replica at per-replica rate
 λ behaves as the model does at λ / k; k = 2 means a replica carries twice what the model says.
 
-Each window with enough requests and a steady rate is evidence. The observed TTFT at the SLO's quantile
-(interpolated by `histogram_quantile`) is matched to the rate λ' at which the model predicts it, so the
-window says k ≈ λ / λ'; as the observation is only known to lie in its histogram bucket (lo, hi], the rates
-whose prediction lies in that bucket bound it: k in [λ / λ'_hi, λ / λ'_lo]. The learned k moves towards that
-estimate (a geometric EWMA with the calibration's smoothing). Where the model's curve is flat (queueing adds
-under a quarter to the unloaded latency) a small latency error is a large rate error, so such windows only
-bound k from below; there the TTFT calibration learns instead, and the two never correct the same window.
-k is lowered only by windows whose TTFT p95 is at least NEAR_TARGET of the SLO's target: far below it,
-latency above the model's is mostly arrival clustering the Poisson model does not see (bursty traffic), and
+Each steady window with enough requests is evidence (policies/calibration.py's steady_window: its rate near
+the previous window's, no queue to speak of), judged at the token mix it served (`at_window_mix`). The observed
+TTFT at the SLO's quantile (interpolated by `histogram_quantile`) is matched to the rate λ' at which the model
+predicts it, so the window says k ≈ λ / λ'; as the observation is only known to lie in its histogram bucket
+(lo, hi], the rates whose prediction lies in that bucket bound it: k in [λ / λ'_hi, λ / λ'_lo]. The learned k
+moves towards that estimate (a geometric EWMA with the calibration's smoothing), by at most MAX_STEP a window.
+Where the model's curve is flat (queueing adds under a quarter to the unloaded latency) a small latency error
+is a large rate error, so such windows only bound k from below; in a bucket wider than NARROW_BUCKET the
+interpolated point lowers k only as far as the bucket's bound demands (it assumes latencies spread evenly over
+the bucket). k is lowered only by windows whose TTFT p95 is at least NEAR_TARGET of the SLO's target: far below
+it, latency above the model's is mostly arrival clustering the Poisson model does not see (bursty traffic), and
 extrapolating it to the knee would add replicas that do not lower it, a feedback that runs to the bound.
 Planning divides the load by k, quantized to the same 5 % grid as rates so plans stay shared.
 
@@ -32,14 +34,26 @@ import numpy as np
 
 from goodput.crds.inferenceservice import InferenceServiceSpec
 from goodput.crds.slopolicy import SLOPolicySpec
-from goodput.policies.calibration import NEAR_TARGET, QUEUEING_SHARE, UNLOADED_RPS, running_predictor
-from goodput.policies.demand import rate_steady
+from goodput.policies.calibration import (
+    QUEUEING_SHARE,
+    UNLOADED_RPS,
+    at_window_mix,
+    running_predictor,
+    steady_window,
+)
 from goodput.policies.observe import TTFT_BUCKETS
 from goodput.policies.types import Candidate, Observation, ScalerState
 
+NEAR_TARGET = 0.5  # the factor is lowered only by windows whose TTFT p95 reaches this share of the SLO
 CAPACITY_BOUNDS = (0.25, 4.0)  # the model is trusted to within a factor of four either way
 GRID_RATES = 64  # model rates the equivalent load is read off, up to the replica's saturation
 GRID_STEP = 1.05  # the learned factor is applied on the same 5 % grid as planned rates
+MAX_STEP = (
+    1.1  # one window moves the factor by at most 10 %: an outlier nudges it, evidence that repeats moves it
+)
+NARROW_BUCKET = (
+    1.5  # a quantile interpolated in a bucket wider than ×1.5 (top/bottom) lowers k only by its bound
+)
 
 
 def configuration(c: Candidate) -> str:
@@ -66,34 +80,36 @@ def learn_capacity(
     observed = obs.ttft_p95_ms
     if not cal.enabled or obs.requests < cal.min_requests or ready <= 0 or observed is None:
         return state
-    if spec.slo.ttft_p95_ms is None or not rate_steady(obs, state):
+    if spec.slo.ttft_p95_ms is None or not steady_window(obs, state, ready):
         return (
             state  # learned at the quantile the SLO states; only p95 is observed (see docs/architecture.md)
         )
     key = configuration(current)
     learned = {k: (f, n) for k, f, n in state.capacity}
     k, samples = learned.get(key, (1.0, 0))
-    rates = equivalent_rates(spec, current, state, observed)
+    rates = equivalent_rates(spec, current, at_window_mix(obs, state), observed)
     if rates is None:
         return state
     lam = obs.rps / ready
-    lo_rate, point, hi_rate = rates
+    lo_rate, point, hi_rate, wide = rates
     lower = lam / hi_rate
     upper = lam / lo_rate if lo_rate > 0 else math.inf
-    # on the flat part of the curve the point says little: only the bounds do
-    aim = min(max(k if point is None else lam / point, lower), upper)
+    # on the flat part of the curve the point says little, and in a wide bucket it lowers k only by its bound
+    estimate = k if point is None else lam / point
+    aim = min(max(k if wide and estimate < k else estimate, lower), upper)
     if aim < k and observed < NEAR_TARGET * spec.slo.ttft_p95_ms:
         return state  # far below the target, extrapolating the model's curve down is not safe (see above)
     new = k ** (1 - cal.smoothing) * aim**cal.smoothing
-    new = min(max(new, CAPACITY_BOUNDS[0]), CAPACITY_BOUNDS[1])
+    new = min(max(new, k / MAX_STEP, CAPACITY_BOUNDS[0]), k * MAX_STEP, CAPACITY_BOUNDS[1])
     learned[key] = (new, samples + 1)
     return replace(state, capacity=tuple((name, f, n) for name, (f, n) in sorted(learned.items())))
 
 
 def equivalent_rates(
     spec: InferenceServiceSpec, current: Candidate, state: ScalerState, observed_ms: float
-) -> tuple[float, float | None, float] | None:
-    """The per-replica rates at which the model predicts the observed TTFT p95: (low, point, high).
+) -> tuple[float, float | None, float, bool] | None:
+    """The per-replica rates at which the model predicts the observed TTFT p95: (low, point, high), and
+    whether the observation's bucket is wide.
 
     `histogram_quantile` only places the observation in its bucket (lo, hi]: low and high bound the rates
     whose prediction lies in it; the point is where the prediction equals the interpolated value, None where
@@ -118,4 +134,5 @@ def equivalent_rates(
     finite = np.isfinite(ttft_ms)
     point = float(np.interp(observed_ms, ttft_ms[finite], rates[finite]))
     flat = observed_ms <= QUEUEING_SHARE * ttft_ms[0] or observed_ms > ttft_ms[finite][-1]
-    return (float(below[-1]) if len(below) else 0.0, None if flat else point, float(within[-1]))
+    low, high = float(below[-1]) if len(below) else 0.0, float(within[-1])
+    return low, None if flat else point, high, hi > NARROW_BUCKET * lo

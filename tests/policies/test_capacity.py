@@ -11,7 +11,7 @@ import pytest
 from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.policies import planner
 from goodput.policies.calibration import calibrate
-from goodput.policies.capacity import capacity_factor, configuration, learn_capacity
+from goodput.policies.capacity import MAX_STEP, capacity_factor, configuration, learn_capacity
 from goodput.policies.catalog import accelerator
 from goodput.policies.latency import ReplicaPredictor, TokenStats
 from goodput.policies.perfmodel import StepModel
@@ -161,3 +161,48 @@ def test_a_restart_keeps_what_was_learned() -> None:
     restored = status.state_from_status(wire)
     assert restored.capacity == state.capacity
     assert capacity_factor(restored, c) == capacity_factor(state, c)
+
+
+def _window(
+    rps: float, ttft_ms: float, nodes: tuple[tuple[float, ...], tuple[float, ...]], **kw: float
+) -> Observation:
+    """A 15 s window of 10 replicas, each at `rps`, that served prompts and outputs of `nodes`."""
+    return Observation(
+        time=15.0, window_s=WINDOW_S, rps=rps * 10, requests=rps * 10 * WINDOW_S, ttft_p95_ms=ttft_ms,
+        tpot_p95_ms=None, kv_cache_usage=None, queue_depth=kw.get("queue_depth", 0.0), running=None,
+        ready_replicas=10, prompt_tokens_nodes=nodes[0], output_tokens_nodes=nodes[1],
+    )  # fmt: skip
+
+
+def _raw_factor(state: ScalerState) -> float:
+    """The one configuration's learned factor, off the planning grid."""
+    ((_, factor, _),) = state.capacity
+    return factor
+
+
+def test_a_window_of_long_prompts_is_judged_at_its_own_mix() -> None:
+    """A window that served longer prompts than the service's usual mix is slower for that, not because the
+    knee moved: compared with the model at the smoothed chat mix it would lower the factor."""
+    c = _running()
+    chat, code = _mix(CHAT), _mix(CODE)
+    state = ScalerState(prompt_tokens_nodes=chat[0], output_tokens_nodes=chat[1])
+    truth = Replica(c, code)  # the model is right: the window's latency is its prompts'
+    rps = 0.9 * truth.capacity_at_slo()
+    ttft = truth.ttft_p95_ms(rps)
+    assert Replica(c, chat).ttft_p95_ms(rps) < 500.0 < ttft <= 1000.0  # near the target, the model's at chat
+    learned = learn_capacity(SPEC, POLICY, c, _window(rps, ttft, code), state)
+    assert _raw_factor(learned) == pytest.approx(1.0, abs=0.01)  # the mix's nodes are rounded to share plans
+    assert _raw_factor(learn_capacity(SPEC, POLICY, c, _window(rps, ttft, chat), state)) < 0.95
+
+
+def test_one_window_moves_the_factor_by_at_most_a_step() -> None:
+    """One window far past the target (a burst of the longest prompts) nudges the factor; only evidence that
+    repeats moves it far. A window whose requests queue is a transient and teaches nothing."""
+    c = _running()
+    nodes = _mix(CHAT)
+    state = ScalerState(prompt_tokens_nodes=nodes[0], output_tokens_nodes=nodes[1])
+    rps = 0.3 * Replica(c, nodes).capacity_at_slo()  # at this rate the model is far from such a latency
+    once = learn_capacity(SPEC, POLICY, c, _window(rps, 60_000.0, nodes), state)
+    assert _raw_factor(once) == pytest.approx(1 / MAX_STEP)
+    queued = learn_capacity(SPEC, POLICY, c, _window(rps, 60_000.0, nodes, queue_depth=40.0), state)
+    assert queued == state
