@@ -66,14 +66,16 @@ def _run_jobs(
 
 
 def _bracket(trace: Trace, s: Setup, runs: dict[str, list[SimResult]], workers: int) -> None:
-    """Extend the HPA and KEDA sweeps, a setting per round, until each holds settings on both sides of the
-    attainment target (a sweep that stops short of its knee makes any comparison an artifact of the sweep)."""
+    """Extend the HPA, KEDA and static sweeps, a setting per round, until each holds settings on both sides of
+    the attainment target (a sweep that stops short of its knee makes any comparison an artifact of the sweep)."""
     knobs = {name: list(SWEEPS[name]) for name in SWEEPS if name in runs}
+    if "static" in runs:
+        knobs["static"] = [float(r.setting.removeprefix("replicas=")) for r in runs["static"]]
     for _ in range(BRACKET_ROUNDS):
         more = {
             name: k
             for name, values in knobs.items()
-            if (k := bracketing(values, runs[name], s.sim.slo.attainment)) is not None
+            if (k := bracketing(name, values, runs[name], s.sim.slo.attainment)) is not None
         }
         if not more:
             return

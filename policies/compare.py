@@ -9,6 +9,7 @@ part: the setup, the simulations to run, each one run, and the report built from
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -42,7 +43,7 @@ from goodput.policies.workloads import Trace
 POLICIES = ("goodput", "hpa", "keda", "static", "oracle")
 HPA_TARGETS = (1.0, 2.0, 3.0, 4.0, 6.0, 8.0)  # vllm:num_requests_running per pod
 KEDA_THRESHOLDS = (1.0, 2.0, 4.0, 8.0, 16.0)  # vllm:num_requests_waiting per replica
-SWEEPS = {"hpa": HPA_TARGETS, "keda": KEDA_THRESHOLDS}  # extended until they bracket the target
+SWEEPS = {"hpa": HPA_TARGETS, "keda": KEDA_THRESHOLDS}  # extended until they bracket the target, as static
 BRACKET_ROUNDS = 4  # at most this many settings added to each sweep
 GOODPUT_HEADROOMS = (0.0, 0.1, 0.2, 0.3)  # SLOPolicy headroom, goodput's main knob
 STATIC_FRACTIONS = (0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.2)  # of the replicas planned for the peak 15 s rate
@@ -303,7 +304,7 @@ def sweep_jobs(s: Setup, policies: tuple[str, ...]) -> list[tuple[str, Job]]:
             counts = sorted({max(1, round(f * s.peak_replicas)) for f in STATIC_FRACTIONS})
             while len(counts) < 5:  # small fleets: extend upwards so the sweep still has five settings
                 counts.append(counts[-1] + 1)
-            jobs += [(name, (Static(n), replace(s.sim, initial_replicas=n), f"replicas={n}")) for n in counts]
+            jobs += [(name, static_job(n, s)) for n in counts]
         elif name == "oracle":
             jobs.append((name, (None, s.sim, s.capacity_rps)))
         else:
@@ -312,23 +313,31 @@ def sweep_jobs(s: Setup, policies: tuple[str, ...]) -> list[tuple[str, Job]]:
 
 
 def baseline_job(name: str, knob: float, s: Setup) -> Job:
-    """One setting of an HPA or KEDA sweep."""
+    """One setting of an HPA, KEDA or static sweep."""
+    if name == "static":
+        return static_job(round(knob), s)
     if name == "hpa":
         return (HPA(target=knob), s.sim, f"running/pod={knob:g}")
     return (KEDA(threshold=knob), s.sim, f"waiting/replica={knob:g}")
 
 
-def bracketing(knobs: list[float], results: list[SimResult], target: float) -> float | None:
-    """The next setting a baseline's sweep needs to hold settings on both sides of the attainment target.
+def static_job(replicas: int, s: Setup) -> Job:
+    return (Static(replicas), replace(s.sim, initial_replicas=replicas), f"replicas={replicas}")
+
+
+def bracketing(name: str, knobs: list[float], results: list[SimResult], target: float) -> float | None:
+    """The next setting a sweep needs to hold settings on both sides of the attainment target.
 
     A larger per-pod target (HPA) or threshold (KEDA) runs fewer replicas: when every setting reaches the
-    target the sweep doubles its largest, when none does it halves its smallest; None once it brackets.
+    target the sweep doubles its largest, when none does it halves its smallest. A static fleet grows by a
+    quarter (at least one replica) when none reaches it, and shrinks by one when all do. None once it brackets.
     """
     meets = [r.attainment >= target for r in results]
-    if all(meets):
-        return max(knobs) * 2
-    if not any(meets):
-        return min(knobs) / 2
+    if all(meets) == any(meets):
+        if name == "static":
+            largest = max(knobs)
+            return largest + max(1, math.ceil(largest / 4)) if not any(meets) else (min(knobs) - 1 or None)
+        return max(knobs) * 2 if all(meets) else min(knobs) / 2
     return None
 
 

@@ -51,9 +51,16 @@ def test_report_on_a_short_trace():
 
 def test_sweeps_extend_until_they_bracket_the_target():
     reach, miss = _result("a", 0.995, 9.0), _result("b", 0.95, 3.0)
-    assert bracketing([1.0, 2.0, 8.0], [reach, reach, reach], 0.99) == 16.0  # all reach: fewer replicas
-    assert bracketing([1.0, 2.0, 8.0], [miss, miss, miss], 0.99) == 0.5  # none reaches: more replicas
-    assert bracketing([1.0, 2.0, 8.0], [reach, reach, miss], 0.99) is None
+    assert (
+        bracketing("hpa", [1.0, 2.0, 8.0], [reach, reach, reach], 0.99) == 16.0
+    )  # all reach: fewer replicas
+    assert bracketing("hpa", [1.0, 2.0, 8.0], [miss, miss, miss], 0.99) == 0.5  # none reaches: more replicas
+    assert bracketing("hpa", [1.0, 2.0, 8.0], [reach, reach, miss], 0.99) is None
+    # a static fleet: more replicas reach it
+    assert bracketing("static", [4.0, 6.0, 13.0], [miss, miss, miss], 0.99) == 17.0
+    assert bracketing("static", [4.0, 6.0, 13.0], [reach, reach, reach], 0.99) == 3.0
+    assert bracketing("static", [1.0, 2.0], [reach, reach], 0.99) is None  # no smaller fleet
+    assert bracketing("static", [4.0, 6.0, 13.0], [miss, miss, reach], 0.99) is None
 
 
 def test_replayed_hpa_sweep_holds_settings_on_both_sides_of_the_target():
