@@ -157,6 +157,7 @@ SCALER_SCALARS = (
     "hint_time",
     "steady_windows",
     "idle_since",
+    "backlog",
 )
 
 

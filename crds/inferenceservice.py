@@ -422,7 +422,7 @@ class ScalerStatus(Resource):
     load_history: list[LoadPoint] = Field(
         default_factory=list,
         max_length=SCALER_WINDOW_ITEMS,
-        description="Recent demand peaks the plan anticipates.",
+        description="Recent arrival-rate peaks the plan anticipates.",
     )
     prompt_tokens_nodes: list[float] | None = Field(
         default=None, max_length=TOKEN_NODES_ITEMS, description="Smoothed prompt-length quantile nodes."
@@ -456,6 +456,11 @@ class ScalerStatus(Resource):
     idle_since: float | None = Field(
         default=None,
         description="Unix seconds since which no request finished, queued or ran (for scale to zero).",
+    )
+    backlog: float = Field(
+        default=0.0,
+        ge=0,
+        description="Requests waiting at the last evaluation: their change gives the arrival rate.",
     )
 
 

@@ -9,7 +9,8 @@ One decision per interval, from the planner at the load the service must be read
    a replica of it really carries at the SLO (policies/capacity.py): the plan divides the load by that factor.
 3. Budget: the headroom the plan keeps, from the TTFT error budget spent (policies/budget.py).
 4. Anticipate the load to plan for: demand, fading recent peaks, the observed token mix (policies/demand.py).
-5. React: when the observed p95 breaches the SLO or requests queue up, scale at least in proportion. The TTFT
+5. React: when the observed p95 breaches the SLO with requests queued, and the queue is not already draining,
+   scale at least in proportion. The TTFT
    that breaches (and spends the error budget) is the one clients see: the router's where it timed first tokens,
    else the workers'. Calibration and capacity learning read the workers' TTFT: that is what the model predicts.
 6. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
@@ -33,7 +34,7 @@ from goodput.policies import planner
 from goodput.policies.budget import budget_note, budgeted_headroom, spend_budget
 from goodput.policies.calibration import calibrate
 from goodput.policies.capacity import capacity_factor, learn_capacity
-from goodput.policies.demand import anticipated_load, rate_steady, remember, token_mix
+from goodput.policies.demand import anticipated_load, rate_steady, token_mix
 from goodput.policies.display import exceeds
 from goodput.policies.idle import awake, track_idle, zero_decision
 from goodput.policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
@@ -75,8 +76,8 @@ def autoscale(
     state = calibrate(spec, policy, current, obs, state, slo_ttft)
     state = learn_capacity(spec, policy, current, obs, state)
     state = spend_budget(obs, state, policy)
+    draining = obs.backlog < state.backlog  # the fleet already serves more than arrives
     load, demand_rps, anticipated_rps, state = anticipated_load(spec, policy, obs, state, now)
-    state = replace(state, load_history=remember(state.load_history, now, demand_rps, policy))
 
     headroom, spent = budgeted_headroom(spec, policy, state, now)
     planning = policy if headroom == policy.headroom else policy.model_copy(update={"headroom": headroom})
@@ -89,7 +90,9 @@ def autoscale(
         planned = current if result.unservable else _with_replicas(current, spec.scaling.max_replicas)
 
     breach = _breach(obs, slo_ttft, slo_tpot)
-    raw, reactive = _reactive(planned.replicas, obs, breach, slo_ttft, slo_tpot, result.unservable)
+    raw, reactive = _reactive(
+        planned.replicas, obs, breach, slo_ttft, slo_tpot, result.unservable or draining
+    )
     raw = min(max(raw, spec.scaling.min_replicas), spec.scaling.max_replicas)
 
     seed = _hint_seed(spec, policy, state, now, plan_fn) if fresh else ()
@@ -171,14 +174,16 @@ def _without_metrics(
 
 
 def _reactive(
-    planned: int, obs: Observation, breach: str | None, slo_ttft: float, slo_tpot: float, unservable: bool
+    planned: int, obs: Observation, breach: str | None, slo_ttft: float, slo_tpot: float, futile: bool
 ) -> tuple[int, str]:
     """The replicas to recommend and the breach that raised them ('' when the plan stands).
 
     A breach with requests queued scales the ready fleet by observed/target p95 (at most REACTIVE_MAX_RATIO);
-    not when even an unloaded replica misses the target (`unservable`): more replicas cannot fix that.
+    not when more replicas would not fix it (`futile`): even an unloaded replica misses the target, or the
+    backlog is already draining, so the late first tokens are the queue's past, not a shortfall now (scaling
+    by them while the pods ordered for a burst came up ran a flash crowd's fleet to the maximum).
     """
-    if unservable or not breach or not obs.ready_replicas or obs.backlog <= 0:
+    if futile or not breach or not obs.ready_replicas or obs.backlog <= 0:
         return planned, ""
     ttft = obs.client_ttft_p95_ms
     ratio = max(

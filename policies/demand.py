@@ -1,8 +1,8 @@
 """The load the autoscaler plans for: current demand, recent peaks fading by age, and the observed token mix.
 
-Plan for the largest of the current demand (completions plus the backlog, which should drain within one
+Plan for the largest of the current demand (arrivals plus the backlog, which should drain within one
 interval: requests waiting in the workers and those the router holds, which a burst beyond the fleet piles up
-in) and recent peaks, fading by age; on on/off traffic peaks are first held for two scale-down windows,
+in) and recent arrival peaks, fading by age; on on/off traffic peaks are first held for two scale-down windows,
 so capacity for bursts stays standing while the pods that would serve them take minutes to start. The token mix
 comes from the token-count histograms, averaged over windows by their requests, and with it the share of prompt
 tokens the prefix cache served (their prefill is not computed: `policies/cached_prefill.py`).
@@ -98,13 +98,13 @@ def anticipated_load(
 ) -> tuple[Load, float, float, ScalerState]:
     """The load to plan for: current demand, or a recent peak discounted by its age, whichever is larger.
 
-    Demand counts completions plus the backlog (the workers' waiting requests and the router's queue), which
-    should drain within one evaluation interval.
-    Returns the load, the demand and anticipated rates (rps) and the state with the on/off mark updated.
+    Demand counts arrivals plus the backlog (the workers' waiting requests and the router's queue), which
+    should drain within one evaluation interval; the arrivals, not the drain, are remembered as a peak.
+    Returns the load, the demand and anticipated rates (rps) and the state with this window remembered.
     """
     history = state.load_history
-    backlog = obs.backlog / max(policy.evaluation_interval_seconds, obs.window_s)
-    demand = obs.rps + backlog
+    arrivals = arrival_rate(obs, state, now)
+    demand = arrivals + obs.backlog / max(policy.evaluation_interval_seconds, obs.window_s)
     window = max(policy.scale_down_stabilization_seconds, policy.evaluation_interval_seconds)
     hold = PEAK_HOLD_WINDOWS * window
     # on/off traffic (a quiet gap under a remembered peak, recently): bursts recur, so hold their peaks
@@ -124,7 +124,32 @@ def anticipated_load(
         batch_fraction=_batch_fraction(obs, hint.batch_fraction),
         cached_prompt_fraction=planned_share(state.cached_prompt_fraction),
     )
-    return load, demand, anticipated, replace(state, load_history=history, last_quiet=last_quiet)
+    return (
+        load,
+        demand,
+        anticipated,
+        replace(
+            state,
+            load_history=remember(history, now, arrivals, policy),
+            last_quiet=last_quiet,
+            backlog=obs.backlog,
+        ),
+    )
+
+
+def arrival_rate(obs: Observation, state: ScalerState, now: float) -> float:
+    """Requests arriving per second: the completions plus the backlog's growth since the previous window.
+
+    A backlog that drains completes more requests than arrive, one that builds fewer: counted as demand or
+    remembered as a peak, completions plus the backlog would plan for the drain twice over (a flash crowd's
+    backlog, once served, held three times the fleet the crowd needed for a scale-down window).
+    """
+    if not state.load_history:
+        return obs.rps
+    elapsed = now - state.load_history[-1][0]
+    if elapsed <= 0 or elapsed > 2 * obs.window_s:  # no previous window to compare with
+        return obs.rps
+    return max(obs.rps + (obs.backlog - state.backlog) / elapsed, 0.0)
 
 
 def _batch_fraction(obs: Observation, default: float) -> float:

@@ -170,6 +170,7 @@ class ScalerState:
     # learned capacity per configuration ("H100-SXM/tp1"): (configuration, rate-axis factor, windows learned from)
     capacity: tuple[tuple[str, float, int], ...] = ()
     idle_since: float | None = None  # since when no request came, queued or ran (for scale to zero)
+    backlog: float = 0.0  # the last window's backlog: its growth and the completions give the arrival rate
 
 
 @dataclass(frozen=True)

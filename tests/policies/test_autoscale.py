@@ -63,6 +63,40 @@ def test_slo_breach_with_a_queue_scales_reactively():
     assert d.slo_met is False
 
 
+def test_a_draining_backlog_is_no_breach_to_scale_for():
+    """Late first tokens while the queue shrinks are the queue's past: the fleet already serves more than
+    arrives, so the breach does not scale it again."""
+    current = plan_at(10.0)
+    building = autoscale(
+        SPEC, POLICY, current, obs(100.0, 10.0, ttft=2500, queue=50, ready=2), ScalerState(), 100.0
+    )
+    assert building.action == "scale"
+    after = replace(building.state, recommendations=())
+    draining = autoscale(
+        SPEC,
+        POLICY,
+        building.plan,
+        obs(115.0, 14.0, ttft=2500, queue=20, ready=building.plan.replicas),
+        after,
+        115.0,
+    )
+    assert "TTFT p95" not in draining.reason
+
+
+def test_the_arrival_rate_not_the_drain_is_remembered_as_a_peak():
+    """A backlog that drains completes more than arrives: completions plus the backlog would count the drain
+    twice, and the peak remembered from it would hold a fleet the traffic never needed."""
+    current, state = plan_at(10.0), ScalerState()
+    windows = [(10.0, 0.0), (10.0, 150.0), (20.0, 0.0)]  # (completions, queued): a queue builds, then drains
+    for step, (rps, queue) in enumerate(windows):
+        now = 100.0 + 15.0 * step
+        d = autoscale(SPEC, POLICY, current, obs(now, rps, queue=queue, ready=current.replicas), state, now)
+        current, state = d.plan, d.state
+    arrivals = [rps for _, rps in state.load_history]
+    assert max(arrivals) == pytest.approx(20.0)  # 10 done + 150 queued in 15 s; then 20 done, 150 drained
+    assert state.load_history[-1][1] == pytest.approx(10.0)
+
+
 def test_slow_decline_scales_down_only_after_the_stabilization_window():
     peak = 160.0
     current, state = plan_at(peak), ScalerState()
