@@ -5,7 +5,8 @@
 
 Writes {"simulation": {"mooncake" | "code": {"random" | "least_load" | "prefix": {"prefix_hit_rate",
 "ttft_p95_ms", "tpot_p95_ms", "attainment", ...}}}, "autoscaled": {"random" | "prefix": {"gpu_hours",
-"attainment", ...} (means over seeds 0-2), "prefix_gpu_hours_saved", "seeds": {SEED: {...}}}, "real_stack":
+"attainment", ...} (means over seeds 0-2), "prefix_gpu_hours_saved", "seeds": {SEED: {...}}} on one H100 per
+replica, "autoscaled_planner_tp" the same with the planner choosing the TP degree (up to 8), "real_stack":
 {"service" | "router": {"prefix_hit_rate", "ttft_p95_ms", ...}, "setting"}, "overhead": {"ttft_added_p50_ms", "ttft_added_p99_ms", "chunks_per_s_per_core", ...}}; the parts not run keep
 their earlier figures in the file. real_stack needs the real node's binaries and images (see e2e/README.md) and
 runs only on its own (bench/routing_real.py describes the setting).
@@ -27,8 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import routing_real, routing_simulation
 from bench.router_overhead import measure
+from goodput.policies.compare import ServiceShape
 
 PARTS = ("simulation", "autoscaled", "real_stack", "overhead")
+# the autoscaled comparison on one H100 per replica, and with the planner choosing the TP degree (up to 8)
+AUTOSCALED_SHAPES = {
+    "autoscaled": ServiceShape(),
+    "autoscaled_planner_tp": ServiceShape(max_tensor_parallel=8),
+}
 TARGETS = {
     "router_added_p50_ms": 1.0,
     "router_added_p99_ms": 5.0,
@@ -70,16 +77,18 @@ def main() -> int:
             f"prefix / random on Mooncake: hit rate {hits:.2f}× (target ≥ 2), TTFT p95 {ttft:.2f}× (target ≤ 0.6)"
         )
     if "autoscaled" in parts:
-        auto = routing_simulation.autoscaled_part()
-        out["autoscaled"] = auto
-        print("== mooncake, autoscaled")
-        for seed, run in auto["seeds"].items():  # type: ignore[attr-defined]
-            print(f"  seed {seed}: {run}")
-        saved = auto["prefix_gpu_hours_saved"]
-        print(
-            f"prefix saves {saved['mean']:.1%} GPU-hours on average, {saved['least']:.1%} on its worst seed "  # type: ignore[index]
-            f"(target ≥ 20% at ≥ 99% attainment; prefix attainment {auto['prefix']['attainment']:.2%})"  # type: ignore[index]
-        )
+        for key, shape in AUTOSCALED_SHAPES.items():
+            auto = routing_simulation.autoscaled_part(shape=shape)
+            out[key] = auto
+            print(f"== mooncake, {key} (TP up to {shape.max_tensor_parallel})")
+            for seed, run in auto["seeds"].items():  # type: ignore[attr-defined]
+                print(f"  seed {seed}: {run}")
+            saved = auto["prefix_gpu_hours_saved"]
+            print(
+                f"prefix saves {saved['mean']:.1%} GPU-hours on average, {saved['least']:.1%} on its worst seed "  # type: ignore[index]
+                f"(target ≥ 20% at ≥ 99% attainment; attainment prefix {auto['prefix']['attainment']:.2%}, "  # type: ignore[index]
+                f"random {auto['random']['attainment']:.2%})"  # type: ignore[index]
+            )
     if "real_stack" in parts:
         out["real_stack"] = routing_real.measure(args.conversations, args.rps)
         for phase in ("service", "router"):
