@@ -63,7 +63,9 @@ class SLOPolicySpec(Resource):
         default=True,
         description=(
             "Lower the headroom, in quarter steps, while the service's first tokens over the last hour spend "
-            "less than half the error budget its attainment target allows; `headroom` is the most it plans with."
+            "less than half the error budget its attainment target allows. On on/off traffic (a quiet gap in the "
+            "last hour) never lower it, and raise it while more than half is spent, up to planning to "
+            "(1 - headroom)^2 of capacity when all of it is."
         ),
     )
     evaluation_interval_seconds: float = Field(

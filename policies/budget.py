@@ -3,7 +3,8 @@ the plan keeps for it.
 
 The share of first tokens later than the TTFT target over the last hour, against the 1 − attainment the SLO
 allows. Spending less than half of it lowers the headroom the plan keeps in proportion, in quarter steps (not on
-on/off traffic, whose misses come a burst at a time); late tokens bring it back.
+on/off traffic, whose misses come a burst at a time); late tokens bring it back. On on/off traffic, spending more
+than half raises it, up to planning to (1 − headroom)² of capacity when the whole budget is spent.
 """
 
 from __future__ import annotations
@@ -55,16 +56,26 @@ def budgeted_headroom(
     BUDGET_LEVELS steps so services share plans (each new headroom is a new plan to compute and cache).
     Spending the aim or more plans with the policy's full headroom.
     Not on on/off traffic (a quiet gap within the horizon): its misses come a burst at a time, so calm
-    windows, however many requests they hold, say little about the next burst.
+    windows, however many requests they hold, say little about the next burst, and the hour's budget is the
+    one measure of whether bursts are served. There, spending more than the aim raises the headroom: the free
+    share (1 − headroom) is raised to the power spent / aim, in the same quarter steps, up to its square when
+    the whole budget is spent (0.2 becomes at most 0.36).
     """
     allowed = 1.0 - spec.slo.attainment
     prior_seen = BUDGET_PRIOR_MISSES / (BUDGET_AIM * allowed)
     spent = (state.slo_missed + BUDGET_PRIOR_MISSES) / ((state.slo_seen + prior_seen) * allowed)
     on_off = state.last_quiet is not None and now - state.last_quiet < BUDGET_HORIZON_S
-    if not policy.adaptive_headroom or on_off:
+    if not policy.adaptive_headroom:
         return policy.headroom, spent
-    level = math.ceil(min(spent / BUDGET_AIM, 1.0) * BUDGET_LEVELS - 1e-9) / BUDGET_LEVELS
-    return policy.headroom * level, spent
+    if on_off:
+        level = _level(min(max(spent / BUDGET_AIM, 1.0), 1.0 / BUDGET_AIM))
+        return 1.0 - (1.0 - policy.headroom) ** level, spent
+    return policy.headroom * _level(min(spent / BUDGET_AIM, 1.0)), spent
+
+
+def _level(ratio: float) -> float:
+    """`ratio` rounded up to the next of the BUDGET_LEVELS steps per unit."""
+    return math.ceil(ratio * BUDGET_LEVELS - 1e-9) / BUDGET_LEVELS
 
 
 def budget_note(policy: SLOPolicySpec, headroom: float, spent: float) -> str:

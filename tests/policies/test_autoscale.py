@@ -310,6 +310,8 @@ def test_mixed_traffic_splits_tiers_and_idle_windows_keep_the_engine_settings():
         (1e6, 20000.0, None, True, 0.2),  # overspent: never more than the policy's headroom
         (1e6, 1500.0, None, True, 0.1),  # 15% of the budget, 30% of the aim: the second step
         (1e6, 0.0, 3000.0, True, 0.2),  # a quiet gap within the horizon: on/off traffic keeps it all
+        (1e6, 7500.0, 3000.0, True, 1 - 0.8**1.5),  # ... and spending 3/4 of its budget raises it
+        (1e6, 50000.0, 3000.0, True, 1 - 0.8**2),  # at most to (1 - headroom)² of capacity
         (1e6, 0.0, 3600.0 - BUDGET_HORIZON_S - 1, True, 0.05),  # ... until the gap is an hour old
         (1e6, 0.0, None, False, 0.2),  # adaptiveHeadroom off
     ],
