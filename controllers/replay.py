@@ -32,6 +32,7 @@ from goodput.policies.compare import (
     headline,
     run_job,
     setup,
+    static_counts,
     sweep_jobs,
 )
 from goodput.policies.simulator import SimResult
@@ -70,7 +71,7 @@ def _bracket(trace: Trace, s: Setup, runs: dict[str, list[SimResult]], workers: 
     the attainment target (a sweep that stops short of its knee makes any comparison an artifact of the sweep)."""
     knobs = {name: list(SWEEPS[name]) for name in SWEEPS if name in runs}
     if "static" in runs:
-        knobs["static"] = [float(r.setting.removeprefix("replicas=")) for r in runs["static"]]
+        knobs["static"] = [float(n) for n in static_counts(s)]
     for _ in range(BRACKET_ROUNDS):
         more = {
             name: k

@@ -34,7 +34,7 @@ from goodput.policies import planner
 from goodput.policies.budget import budget_note, budgeted_headroom, spend_budget
 from goodput.policies.calibration import calibrate
 from goodput.policies.capacity import capacity_factor, learn_capacity
-from goodput.policies.demand import anticipated_load, rate_steady, token_mix
+from goodput.policies.demand import anticipated_load, arrival_rate, rate_steady, token_mix
 from goodput.policies.display import exceeds
 from goodput.policies.idle import awake, track_idle, zero_decision
 from goodput.policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
@@ -76,7 +76,7 @@ def autoscale(
     state = calibrate(spec, policy, current, obs, state, slo_ttft)
     state = learn_capacity(spec, policy, current, obs, state)
     state = spend_budget(obs, state, policy)
-    draining = obs.backlog < state.backlog  # the fleet already serves more than arrives
+    draining = arrival_rate(obs, state, now) < obs.rps  # the fleet already serves more than arrives
     load, demand_rps, anticipated_rps, state = anticipated_load(spec, policy, obs, state, now)
 
     headroom, spent = budgeted_headroom(spec, policy, state, now)

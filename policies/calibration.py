@@ -47,9 +47,9 @@ def calibrate(
     TTFT calibrates on its p95 where the model says queueing adds little to it (predicted within
     QUEUEING_SHARE of the unloaded p95), or where the replica is faster than the model unloaded; elsewhere the
     error is where the knee lies, which the learned capacity corrects on the rate axis: the two never correct
-    the same window. Both compare the window with the model at the tokens it served (`at_window_mix`). TPOT calibrates on the
-    inter-token median, because the factor scales decode-only steps and the p95 of inter-token gaps is the
-    prefill-chunk steps'.
+    the same window. Both compare the window with the model at the tokens it served (`at_window_mix`).
+    TPOT calibrates on the inter-token median, because the factor scales decode-only steps and the p95 of
+    inter-token gaps is the prefill-chunk steps'.
     """
     cal = policy.calibration
     ready = obs.ready_replicas or current.replicas

@@ -301,10 +301,7 @@ def sweep_jobs(s: Setup, policies: tuple[str, ...]) -> list[tuple[str, Job]]:
         elif name in SWEEPS:
             jobs += [(name, baseline_job(name, knob, s)) for knob in SWEEPS[name]]
         elif name == "static":
-            counts = sorted({max(1, round(f * s.peak_replicas)) for f in STATIC_FRACTIONS})
-            while len(counts) < 5:  # small fleets: extend upwards so the sweep still has five settings
-                counts.append(counts[-1] + 1)
-            jobs += [(name, static_job(n, s)) for n in counts]
+            jobs += [(name, static_job(n, s)) for n in static_counts(s)]
         elif name == "oracle":
             jobs.append((name, (None, s.sim, s.capacity_rps)))
         else:
@@ -321,6 +318,14 @@ def baseline_job(name: str, knob: float, s: Setup) -> Job:
     return (KEDA(threshold=knob), s.sim, f"waiting/replica={knob:g}")
 
 
+def static_counts(s: Setup) -> list[int]:
+    """The static sweep's fleet sizes: fractions of the replicas planned for the peak, at least five."""
+    counts = sorted({max(1, round(f * s.peak_replicas)) for f in STATIC_FRACTIONS})
+    while len(counts) < 5:  # small fleets: extend upwards so the sweep still has five settings
+        counts.append(counts[-1] + 1)
+    return counts
+
+
 def static_job(replicas: int, s: Setup) -> Job:
     return (Static(replicas), replace(s.sim, initial_replicas=replicas), f"replicas={replicas}")
 
@@ -333,12 +338,13 @@ def bracketing(name: str, knobs: list[float], results: list[SimResult], target: 
     quarter (at least one replica) when none reaches it, and shrinks by one when all do. None once it brackets.
     """
     meets = [r.attainment >= target for r in results]
-    if all(meets) == any(meets):
-        if name == "static":
-            largest = max(knobs)
-            return largest + max(1, math.ceil(largest / 4)) if not any(meets) else (min(knobs) - 1 or None)
+    if any(meets) and not all(meets):
+        return None
+    if name != "static":
         return max(knobs) * 2 if all(meets) else min(knobs) / 2
-    return None
+    if all(meets):
+        return min(knobs) - 1 if min(knobs) > 1 else None
+    return max(knobs) + max(1, math.ceil(max(knobs) / 4))
 
 
 def headline(results: list[SimResult], target: float) -> SimResult:

@@ -51,10 +51,9 @@ def test_report_on_a_short_trace():
 
 def test_sweeps_extend_until_they_bracket_the_target():
     reach, miss = _result("a", 0.995, 9.0), _result("b", 0.95, 3.0)
-    assert (
-        bracketing("hpa", [1.0, 2.0, 8.0], [reach, reach, reach], 0.99) == 16.0
-    )  # all reach: fewer replicas
-    assert bracketing("hpa", [1.0, 2.0, 8.0], [miss, miss, miss], 0.99) == 0.5  # none reaches: more replicas
+    # a larger per-pod target runs fewer replicas: when all reach, fewer; when none, more
+    assert bracketing("hpa", [1.0, 2.0, 8.0], [reach, reach, reach], 0.99) == 16.0
+    assert bracketing("hpa", [1.0, 2.0, 8.0], [miss, miss, miss], 0.99) == 0.5
     assert bracketing("hpa", [1.0, 2.0, 8.0], [reach, reach, miss], 0.99) is None
     # a static fleet: more replicas reach it
     assert bracketing("static", [4.0, 6.0, 13.0], [miss, miss, miss], 0.99) == 17.0
