@@ -27,7 +27,15 @@ from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.policies import planner
 from goodput.policies.baselines import Static
 from goodput.policies.catalog import accelerator
-from goodput.policies.compare import GoodputController, ServiceShape, _p50_p95, benchmark_service, engine_of
+from goodput.policies.compare import (
+    GoodputController,
+    Pinned,
+    ServiceShape,
+    _p50_p95,
+    benchmark_service,
+    configuration_of,
+    engine_of,
+)
 from goodput.policies.perfmodel import StepModel
 from goodput.policies.plancache import PlanCache
 from goodput.policies.prefix_cache import PrefixCache
@@ -146,7 +154,10 @@ def autoscaled(
     seed: int = 0,
     shape: ServiceShape = ServiceShape(),
 ) -> dict[str, dict[str, float]]:
-    """GPU-hours and attainment with goodput's autoscaler in the loop, behind random and prefix-aware routing."""
+    """GPU-hours and attainment with goodput's autoscaler in the loop, behind random and prefix-aware routing.
+
+    The fleet keeps the configuration the planner chose for the peak (`Pinned`, as in the autoscale suite): the
+    simulator actuates replicas and engine knobs, not a rollout to another TP degree."""
     sim, plan, spec = fleet(trace, ttft_ms, seed, shape)
     cache_blocks = sim.profile.kv_capacity_tokens // MOONCAKE_BLOCK_TOKENS
     out = {}
@@ -155,7 +166,9 @@ def autoscaled(
             kind=kind, max_requests=sim.engine.max_batch, block_tokens=MOONCAKE_BLOCK_TOKENS
         )
         routing = SimulatedRouting(policy, blocks, cache_blocks, seed=seed)
-        controller = GoodputController(spec, SLOPolicySpec(), plan, ScalerState(), PlanCache())
+        controller = GoodputController(
+            spec, SLOPolicySpec(), plan, ScalerState(), Pinned(PlanCache(), configuration_of(plan))
+        )
         result = simulate(trace, controller, replace(sim, routing=routing))
         out[kind] = {
             "gpu_hours": round(result.gpu_hours, 2),
