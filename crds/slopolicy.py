@@ -75,7 +75,14 @@ class SLOPolicySpec(Resource):
         description="Control interval: how often observations are read and decisions made.",
     )
     scale_up_stabilization_seconds: float = Field(
-        default=0, ge=0, le=3600, description="Scale up only to the least recommendation of this window."
+        default=15,
+        ge=0,
+        le=3600,
+        description=(
+            "Scale up only to the least recommendation of this window (15 s: two control intervals agree, so "
+            "one window's noisy rate does not hold a replica for a scale-down window). An SLO breach with "
+            "requests queued, or more requests waiting than replicas ready, scales up at once."
+        ),
     )
     scale_down_stabilization_seconds: float = Field(
         default=300,

@@ -13,8 +13,9 @@ One decision per interval, from the planner at the load the service must be read
    scale at least in proportion. The TTFT
    that breaches (and spends the error budget) is the one clients see: the router's where it timed first tokens,
    else the workers'. Calibration and capacity learning read the workers' TTFT: that is what the model predicts.
-6. Stabilize like the HPA: scale up to the lowest recommendation of the up window at once (up to the max
-   step), scale down to the highest recommendation of the down window, at most max step, after a cooldown.
+6. Stabilize like the HPA: scale up to the lowest recommendation of the up window (up to the max step; a
+   breach or a queue at once), scale down to the highest recommendation of the down window, at
+   most max step, after a cooldown.
    A fresh autoscaler counts the plan for the manifest's expected rate as its first recommendation: the
    hint holds for one down window, or until a few windows of steady traffic show what the service needs.
 7. Change accelerator or TP (a rollout) only when the predicted saving clears the policy's threshold.
@@ -97,7 +98,10 @@ def autoscale(
 
     seed = _hint_seed(spec, policy, state, now, plan_fn) if fresh else ()
     state = _recommend(policy, state, seed, now, raw)
-    target = _stabilize(policy, current.replicas, state.recommendations, now, state.last_scale_time)
+    queued = obs.backlog > (obs.ready_replicas or 0)  # more requests wait than replicas are ready
+    target = _stabilize(
+        policy, current.replicas, state.recommendations, now, state.last_scale_time, bool(reactive) or queued
+    )
     target = min(max(target, spec.scaling.min_replicas), spec.scaling.max_replicas)
 
     slo_met = None if breach is None and obs.requests == 0 else breach is None
@@ -335,9 +339,14 @@ def _stabilize(
     recs: tuple[tuple[float, int], ...],
     now: float,
     last_scale: float | None,
+    urgent: bool,
 ) -> int:
-    """HPA-style: up to the lowest recommendation of the up window, down to the highest of the down window."""
-    up = [r for t, r in recs if t > now - policy.scale_up_stabilization_seconds - 1e-6] or [recs[-1][1]]
+    """HPA-style: up to the lowest recommendation of the up window, down to the highest of the down window.
+    An `urgent` window (a breach with requests queued, or more requests waiting than replicas ready, as when
+    the router holds the first request of a service at zero) scales up at once: the up window filters a noisy
+    rate, not a queue."""
+    window = 0.0 if urgent else policy.scale_up_stabilization_seconds
+    up = [r for t, r in recs if t > now - window - 1e-6] or [recs[-1][1]]
     down = [r for t, r in recs if t > now - policy.scale_down_stabilization_seconds - 1e-6]
     cooled = last_scale is None or now - last_scale >= policy.cooldown_seconds - 1e-6
     if min(up) > current:

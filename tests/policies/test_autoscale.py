@@ -39,10 +39,12 @@ def test_spike_scales_up_to_the_planned_count_in_one_step():
     )
     want = plan_at(spike).replicas
     assert want - current.replicas <= POLICY.max_scale_up_step  # within one step of the policy
-    o = obs(
-        100.0, spike, ready=current.replicas
-    )  # no latency yet: nothing to calibrate, the plan alone decides
-    d = autoscale(SPEC, POLICY, current, o, ScalerState(), 100.0)
+    # no latency yet: nothing to calibrate, the plan alone decides
+    calm = autoscale(SPEC, POLICY, current, obs(85.0, 2.0, ready=current.replicas), ScalerState(), 85.0)
+    one = autoscale(SPEC, POLICY, current, obs(100.0, spike, ready=current.replicas), calm.state, 100.0)
+    assert one.action == "hold"  # one window's rate may be noise: the up window waits for a second
+    o = obs(115.0, spike, ready=current.replicas)
+    d = autoscale(SPEC, POLICY, current, o, one.state, 115.0)
     assert d.action == "scale"
     assert d.plan.replicas >= want > current.replicas
     assert d.plan.replicas <= plan_at(spike * 1.05).replicas  # the 5% rate grid rounds up, never more
@@ -61,6 +63,21 @@ def test_slo_breach_with_a_queue_scales_reactively():
         f"scaled interactive {current.replicas}→{d.plan.replicas}: TTFT p95 2500 ms > 1000 ms"
     )
     assert d.slo_met is False
+
+
+@pytest.mark.parametrize(
+    "ttft, queue",
+    [(2500.0, 1.0), (None, 50.0)],  # a breach with one request queued; a queue beyond the ready replicas
+)
+def test_a_breach_or_a_queue_skips_the_up_window(ttft: float | None, queue: float):
+    current = plan_at(40.0)
+    assert current.replicas > 1
+    calm = autoscale(SPEC, POLICY, current, obs(85.0, 40.0, ready=current.replicas), ScalerState(), 85.0)
+    o = obs(100.0, 120.0, ttft=ttft, tpot=20, queue=queue, ready=current.replicas)
+    d = autoscale(SPEC, POLICY, current, o, calm.state, 100.0)
+    assert d.action == "scale" and d.plan.replicas > current.replicas
+    quiet = obs(100.0, 120.0, ready=current.replicas)  # the same rate, nothing queued: the up window waits
+    assert autoscale(SPEC, POLICY, current, quiet, calm.state, 100.0).action == "hold"
 
 
 def test_a_draining_backlog_is_no_breach_to_scale_for():
@@ -290,7 +307,8 @@ def test_mixed_traffic_splits_tiers_and_idle_windows_keep_the_engine_settings():
     load = replace(planner.load_from_spec(mixed), rps=40.0)
     current = planner.plan(mixed, load, POLICY).chosen
     assert current is not None and {t.tier for t in current.tiers} == {"interactive", "batch"}
-    d = autoscale(mixed, POLICY, current, obs(100.0, 160.0, ready=current.replicas), ScalerState(), 100.0)
+    first = autoscale(mixed, POLICY, current, obs(100.0, 160.0, ready=current.replicas), ScalerState(), 100.0)
+    d = autoscale(mixed, POLICY, current, obs(115.0, 160.0, ready=current.replicas), first.state, 115.0)
     assert d.plan.replicas > current.replicas
     assert sum(t.replicas for t in d.plan.tiers) == d.plan.replicas
     assert all(t.replicas >= 1 for t in d.plan.tiers)
@@ -344,9 +362,11 @@ def test_a_service_far_inside_its_slo_plans_fewer_replicas_and_late_tokens_resto
     ).replicas  # the whole headroom, on the grid
     assert sizes[-1] < full
     assert "of the TTFT error budget spent" in d.reason
-    late = _met(obs(now + 15.0, rps, ready=current.replicas), 1.0)  # a window of late first tokens
-    d = autoscale(SPEC, POLICY, current, late, state, now + 15.0, plan_fn=MEMO)
-    assert budgeted_headroom(SPEC, POLICY, d.state, now + 15.0)[0] == POLICY.headroom
+    for later in (now + 15.0, now + 30.0):  # windows of late first tokens: the up window takes two to agree
+        late = _met(obs(later, rps, ready=current.replicas), 1.0)
+        d = autoscale(SPEC, POLICY, current, late, state, later, plan_fn=MEMO)
+        current, state = d.plan, d.state
+        assert budgeted_headroom(SPEC, POLICY, d.state, later)[0] == POLICY.headroom
     assert d.plan.replicas == full
 
 
