@@ -110,13 +110,16 @@ def autoscale(
     if demand_rps <= 0 and not rollout:  # an idle window says nothing about batch size: keep the engine as is
         new_plan = _keep_knobs(new_plan, current)
     tier, at = current.tier, f"at {obs.rps:.3g} rps"
-    if rollout:
-        saving = 1.0 - planned.cost_per_hour / max(_cost_at(current, planned.replicas), 1e-9)
-        reason = (
-            f"rolling out {tier} to {planned.tensor_parallel}×{planned.accelerator} ×{target}: "
-            f"predicted saving {saving:.0%} ≥ {policy.rollout_saving_threshold:.0%} {at}"
+    if rollout:  # the recommendations so far count replicas of the old configuration: they start afresh
+        stay = _staying(result, current)
+        why = (
+            f"predicted saving {_saving(planned, stay):.0%} ≥ {policy.rollout_saving_threshold:.0%}"
+            if stay is not None
+            else "the running configuration cannot meet the SLO at this load"
         )
-        return Decision(new_plan, replace(state, last_scale_time=now), "rollout", reason, True, slo_met)
+        reason = f"rolling out {tier} to {planned.tensor_parallel}×{planned.accelerator} ×{raw}: {why} {at}"
+        state = replace(state, recommendations=((now, raw),), last_scale_time=now)
+        return Decision(_with_replicas(planned, raw), state, "rollout", reason, True, slo_met)
     note = budget_note(policy, headroom, spent)
     if target != current.replicas:
         if reactive:
@@ -266,10 +269,18 @@ def _choose(result: PlanResult, current: Candidate, policy: SLOPolicySpec) -> Ca
     best = _feasible(result)
     if best is None:
         return None
-    same = (current.accelerator, current.tensor_parallel)
-    if (best.accelerator, best.tensor_parallel) == same:
+    if (best.accelerator, best.tensor_parallel) == (current.accelerator, current.tensor_parallel):
         return best
-    stay = next(
+    stay = _staying(result, current)
+    if stay is None:
+        return best
+    return best if _saving(best, stay) >= policy.rollout_saving_threshold else stay
+
+
+def _staying(result: PlanResult, current: Candidate) -> Candidate | None:
+    """The planner's feasible candidate on the running accelerator and TP, if it priced one."""
+    same = (current.accelerator, current.tensor_parallel)
+    return next(
         (
             c
             for c in (result.chosen, *result.alternatives)
@@ -277,10 +288,11 @@ def _choose(result: PlanResult, current: Candidate, policy: SLOPolicySpec) -> Ca
         ),
         None,
     )
-    if stay is None:
-        return best
-    saving = 1.0 - best.cost_per_hour / max(stay.cost_per_hour, 1e-9)
-    return best if saving >= policy.rollout_saving_threshold else stay
+
+
+def _saving(new: Candidate, old: Candidate) -> float:
+    """Share of the hourly cost saved by `new` over `old`, each at the replicas it needs."""
+    return 1.0 - new.cost_per_hour / max(old.cost_per_hour, 1e-9)
 
 
 def _keep_knobs(plan: Candidate, current: Candidate) -> Candidate:
@@ -293,10 +305,6 @@ def _keep_knobs(plan: Candidate, current: Candidate) -> Candidate:
         for t in plan.tiers
     )
     return replace(plan, max_batch=current.max_batch, batch_window_ms=current.batch_window_ms, tiers=tiers)
-
-
-def _cost_at(c: Candidate, replicas: int) -> float:
-    return c.cost_per_hour / max(c.replicas, 1) * replicas
 
 
 def _with_replicas(c: Candidate, replicas: int) -> Candidate:

@@ -300,6 +300,26 @@ def test_rollout_only_when_the_saving_clears_the_threshold():
     assert "predicted saving 40%" in big.reason
 
 
+def test_a_rollout_sizes_the_new_configuration_by_its_own_plan():
+    """Replica counts of one configuration say nothing of another's: a rollout to a TP degree that needs twice
+    the replicas at 60% of the cost reports a 40% saving and runs all of them at once, and the old
+    configuration's recommendations no longer hold the fleet."""
+    current = plan_at(20.0)
+    smaller = replace(
+        current,
+        tensor_parallel=current.tensor_parallel * 2,
+        replicas=current.replicas * 2,
+        cost_per_hour=current.cost_per_hour * 0.6,
+    )
+    plan_fn = lambda *a: PlanResult(smaller, (smaller, current), None, 131072)  # noqa: E731
+    state = ScalerState(recommendations=((85.0, current.replicas),))
+    o = obs(100.0, 20.0, ttft=300, tpot=20, ready=current.replicas)
+    d = autoscale(SPEC, POLICY, current, o, state, 100.0, plan_fn=plan_fn)
+    assert d.action == "rollout" and d.plan.replicas == smaller.replicas
+    assert f"×{smaller.replicas}: predicted saving 40%" in d.reason
+    assert d.state.recommendations == ((100.0, smaller.replicas),)
+
+
 def test_mixed_traffic_splits_tiers_and_idle_windows_keep_the_engine_settings():
     mixed = SPEC.model_copy(
         update={"traffic": SPEC.traffic.model_copy(update={"traffic_class": "mixed", "batch_fraction": 0.5})}
