@@ -34,7 +34,7 @@ from goodput.crds.slopolicy import MissingMetrics, SLOPolicySpec
 from goodput.policies import planner
 from goodput.policies.budget import budget_note, budgeted_headroom, spend_budget
 from goodput.policies.calibration import calibrate
-from goodput.policies.capacity import capacity_factor, learn_capacity
+from goodput.policies.capacity import capacity_factor, configuration, learn_capacity
 from goodput.policies.demand import anticipated_load, arrival_rate, rate_steady, token_mix
 from goodput.policies.display import exceeds
 from goodput.policies.idle import awake, track_idle, zero_decision
@@ -98,19 +98,10 @@ def autoscale(
 
     seed = _hint_seed(spec, policy, state, now, plan_fn) if fresh else ()
     state = _recommend(policy, state, seed, now, raw)
-    queued = obs.backlog > (obs.ready_replicas or 0)  # more requests wait than replicas are ready
-    target = _stabilize(
-        policy, current.replicas, state.recommendations, now, state.last_scale_time, bool(reactive) or queued
-    )
-    target = min(max(target, spec.scaling.min_replicas), spec.scaling.max_replicas)
-
     slo_met = None if breach is None and obs.requests == 0 else breach is None
-    rollout = (planned.accelerator, planned.tensor_parallel) != (current.accelerator, current.tensor_parallel)
-    new_plan = _with_replicas(planned, target)
-    if demand_rps <= 0 and not rollout:  # an idle window says nothing about batch size: keep the engine as is
-        new_plan = _keep_knobs(new_plan, current)
     tier, at = current.tier, f"at {obs.rps:.3g} rps"
-    if rollout:  # the recommendations so far count replicas of the old configuration: they start afresh
+    if configuration(planned) != configuration(current):
+        # a rollout: the recommendations so far count replicas of the old configuration, so they start afresh
         stay = _staying(result, current)
         why = (
             f"predicted saving {_saving(planned, stay):.0%} ≥ {policy.rollout_saving_threshold:.0%}"
@@ -120,6 +111,15 @@ def autoscale(
         reason = f"rolling out {tier} to {planned.tensor_parallel}×{planned.accelerator} ×{raw}: {why} {at}"
         state = replace(state, recommendations=((now, raw),), last_scale_time=now)
         return Decision(_with_replicas(planned, raw), state, "rollout", reason, True, slo_met)
+
+    queued = obs.backlog > (obs.ready_replicas or 0)  # more requests wait than replicas are ready
+    target = _stabilize(
+        policy, current.replicas, state.recommendations, now, state.last_scale_time, bool(reactive) or queued
+    )
+    target = min(max(target, spec.scaling.min_replicas), spec.scaling.max_replicas)
+    new_plan = _with_replicas(planned, target)
+    if demand_rps <= 0:  # an idle window says nothing about batch size: keep the engine as is
+        new_plan = _keep_knobs(new_plan, current)
     note = budget_note(policy, headroom, spent)
     if target != current.replicas:
         if reactive:
@@ -269,7 +269,7 @@ def _choose(result: PlanResult, current: Candidate, policy: SLOPolicySpec) -> Ca
     best = _feasible(result)
     if best is None:
         return None
-    if (best.accelerator, best.tensor_parallel) == (current.accelerator, current.tensor_parallel):
+    if configuration(best) == configuration(current):
         return best
     stay = _staying(result, current)
     if stay is None:
@@ -279,12 +279,12 @@ def _choose(result: PlanResult, current: Candidate, policy: SLOPolicySpec) -> Ca
 
 def _staying(result: PlanResult, current: Candidate) -> Candidate | None:
     """The planner's feasible candidate on the running accelerator and TP, if it priced one."""
-    same = (current.accelerator, current.tensor_parallel)
+    same = configuration(current)
     return next(
         (
             c
             for c in (result.chosen, *result.alternatives)
-            if c is not None and c.feasible and (c.accelerator, c.tensor_parallel) == same
+            if c is not None and c.feasible and configuration(c) == same
         ),
         None,
     )
