@@ -373,10 +373,16 @@ async def test_an_idle_service_scales_to_zero_and_a_request_held_by_the_router_w
         timeout=15,
         what="a replica woken by the router's queue",
     )
-    woke = [
-        e for e in cluster.events("sleepy") if e["reason"] == "Scaled" and "woke from zero" in e["message"]
-    ]
-    assert woke, [e["message"] for e in cluster.events("sleepy")]
+    # the operator patches the Deployment first and posts the decision's Event after it
+    await eventually(
+        lambda: [
+            e
+            for e in cluster.events("sleepy")
+            if e["reason"] == "Scaled" and "woke from zero" in e["message"]
+        ],
+        timeout=15,
+        what="a Scaled event that says it woke from zero",
+    )
 
 
 async def test_prometheus_stopped_holds_replicas(cluster: Cluster) -> None:
