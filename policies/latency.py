@@ -56,10 +56,18 @@ class TokenStats:
 
     @classmethod
     def from_samples(cls, prompt_tokens: np.ndarray, output_tokens: np.ndarray) -> TokenStats:
+        """Statistics of the two length distributions, taken as independent of each other.
+
+        The metrics give the marginals only (two histograms, whose quantile nodes come sorted), so the model
+        never pairs a prompt with an output: read as pairs, sorted nodes would put every long prompt with a long
+        output and double the KV a decoding sequence holds. A trace's own samples are treated alike, so the
+        planner predicts the same from a trace as from the histograms its requests fill.
+        """
         p = np.maximum(np.asarray(prompt_tokens, dtype=float), 1.0)
         o = np.maximum(np.asarray(output_tokens, dtype=float), 1.0)
         d = o - 1.0
-        context = float((d * p + d * o / 2).sum() / d.sum()) if d.sum() > 0 else float(p.mean())
+        # a decoding sequence holds its prompt and, on average over its decode steps, half its output
+        context = float(p.mean() + ((d * o / 2).sum() / d.sum() if d.sum() > 0 else 0.0))
         nodes, weights = tail_weighted_nodes(p)
         return cls(nodes, weights, float(d.mean()), context)
 

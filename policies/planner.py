@@ -108,9 +108,7 @@ def load_from_spec(spec: InferenceServiceSpec) -> Load:
         TrafficClass.MIXED: traffic.batch_fraction if traffic.batch_fraction is not None else 0.5,
     }[TrafficClass(traffic.traffic_class)]
     rps = traffic.expected_rps if traffic.expected_rps is not None else DEFAULT_RPS
-    # Shuffle output lengths against prompt lengths so the two are independent, not rank-correlated.
-    outputs = np.random.default_rng(0).permutation(lognormal_samples(*output))
-    return Load(rps, lognormal_samples(*prompt), outputs, batch_fraction)
+    return Load(rps, lognormal_samples(*prompt), lognormal_samples(*output), batch_fraction)
 
 
 def load_from_trace(

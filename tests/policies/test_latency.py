@@ -92,3 +92,17 @@ def test_tpot_quantile_weights_steps_by_tokens():
     result = SimResult(np.zeros(1), np.array([0.010, 0.050]), np.array([99.0, 1.0]))
     assert result.tpot_quantile(0.95) == 0.010  # 99% of the tokens came from the fast step
     assert result.tpot_quantile(0.995) == 0.050
+
+
+def test_token_statistics_do_not_pair_prompts_with_outputs():
+    """Histogram quantile nodes come sorted: read as pairs, each long prompt would meet a long output and the
+    KV a decoding sequence holds would be the size-biased prompt mean. The statistics take the two lengths as
+    independent, so sorted nodes and shuffled samples of the same lengths predict alike."""
+    prompts = lognormal_samples(1000, 4000)
+    outputs = lognormal_samples(130, 500)
+    sorted_pairs = TokenStats.from_samples(np.sort(prompts), np.sort(outputs))
+    shuffled = TokenStats.from_samples(prompts, np.random.default_rng(1).permutation(outputs))
+    assert sorted_pairs.decode_context == pytest.approx(shuffled.decode_context)
+    decoded = outputs - 1.0
+    half_output = float((decoded * outputs / 2).sum() / decoded.sum())
+    assert sorted_pairs.decode_context == pytest.approx(prompts.mean() + half_output)
