@@ -5,9 +5,10 @@ One decision per interval, from the planner at the load the service must be read
 1. Fresh metrics or hold: with no observation, or a stale one, or none from the workers of a service that has
    replicas, hold the current plan (never scale down) and say metrics are unavailable. Zero traffic is an
    observation.
-2. Calibrate the performance model on the running configuration (policies/calibration.py), and learn what
-   a replica of it really carries at the SLO (policies/capacity.py): the plan divides the load by that factor.
-3. Budget: the headroom the plan keeps, from the TTFT error budget spent (policies/budget.py).
+2. Budget: count this window's late first tokens against the TTFT error budget (policies/budget.py).
+3. Calibrate the performance model on the running configuration (policies/calibration.py), and learn what
+   a replica of it really carries at the SLO (policies/capacity.py; never more while the budget is
+   overspent): the plan divides the load by that factor. The budget spent sets the headroom the plan keeps.
 4. Anticipate the load to plan for: demand, fading recent peaks, the observed token mix (policies/demand.py).
 5. React: when the observed p95 breaches the SLO with requests queued, and the queue is not already draining,
    scale at least in proportion. The TTFT
@@ -74,9 +75,9 @@ def autoscale(
     steady = obs.rps > 0 and rate_steady(obs, state)
     state = replace(state, steady_windows=state.steady_windows + 1 if steady else 0)
     state = token_mix(obs, state, policy)
+    state = spend_budget(obs, state, policy)
     state = calibrate(spec, policy, current, obs, state, slo_ttft)
     state = learn_capacity(spec, policy, current, obs, state)
-    state = spend_budget(obs, state, policy)
     draining = arrival_rate(obs, state, now) < obs.rps  # the fleet already serves more than arrives
     load, demand_rps, anticipated_rps, state = anticipated_load(spec, policy, obs, state, now)
 

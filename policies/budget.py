@@ -61,9 +61,7 @@ def budgeted_headroom(
     share (1 − headroom) is raised to the power spent / aim, in the same quarter steps, up to its square when
     the whole budget is spent (0.2 becomes at most 0.36).
     """
-    allowed = 1.0 - spec.slo.attainment
-    prior_seen = BUDGET_PRIOR_MISSES / (BUDGET_AIM * allowed)
-    spent = (state.slo_missed + BUDGET_PRIOR_MISSES) / ((state.slo_seen + prior_seen) * allowed)
+    spent = budget_spent(spec, state)
     on_off = state.last_quiet is not None and now - state.last_quiet < BUDGET_HORIZON_S
     if not policy.adaptive_headroom:
         return policy.headroom, spent
@@ -71,6 +69,13 @@ def budgeted_headroom(
         level = _level(min(max(spent / BUDGET_AIM, 1.0), 1.0 / BUDGET_AIM))
         return 1.0 - (1.0 - policy.headroom) ** level, spent
     return policy.headroom * _level(min(spent / BUDGET_AIM, 1.0)), spent
+
+
+def budget_spent(spec: InferenceServiceSpec, state: ScalerState) -> float:
+    """The share of the TTFT error budget spent over the last hour (1 = all the misses the SLO allows)."""
+    allowed = 1.0 - spec.slo.attainment
+    prior_seen = BUDGET_PRIOR_MISSES / (BUDGET_AIM * allowed)
+    return (state.slo_missed + BUDGET_PRIOR_MISSES) / ((state.slo_seen + prior_seen) * allowed)
 
 
 def _level(ratio: float) -> float:

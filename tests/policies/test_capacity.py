@@ -206,3 +206,18 @@ def test_one_window_moves_the_factor_by_at_most_a_step() -> None:
     assert _raw_factor(once) == pytest.approx(1 / MAX_STEP)
     queued = learn_capacity(SPEC, POLICY, c, _window(rps, 60_000.0, nodes, queue_depth=40.0), state)
     assert queued == state
+
+
+def test_the_factor_does_not_rise_while_the_error_budget_is_overspent() -> None:
+    """Windows with a queue teach nothing, and they are where a heavy-tailed mix misses its SLO: the calm
+    windows that are left all say a replica carries more. While the hour's misses exceed what the SLO allows,
+    their word is not taken; within the budget it is."""
+    c = _running()
+    nodes = _mix(CHAT)
+    truth = Replica(c, nodes, rate_scale=2.0)  # a replica carries twice the model's load
+    rps = 0.9 * truth.capacity_at_slo()
+    calm = _window(rps, truth.ttft_p95_ms(rps), nodes)
+    within = ScalerState(prompt_tokens_nodes=nodes[0], output_tokens_nodes=nodes[1], slo_seen=20_000.0)
+    assert _raw_factor(learn_capacity(SPEC, POLICY, c, calm, within)) > 1.05
+    overspent = replace(within, slo_missed=400.0)  # 2 % late against the 1 % the SLO allows
+    assert learn_capacity(SPEC, POLICY, c, calm, overspent) == overspent
