@@ -36,7 +36,7 @@ from goodput.policies import planner
 from goodput.policies.budget import budget_note, budgeted_headroom, spend_budget
 from goodput.policies.calibration import calibrate
 from goodput.policies.capacity import capacity_factor, configuration, learn_capacity
-from goodput.policies.demand import anticipated_load, arrival_rate, rate_steady, token_mix
+from goodput.policies.demand import anticipated_load, rate_steady, token_mix
 from goodput.policies.display import exceeds
 from goodput.policies.idle import awake, track_idle, zero_decision
 from goodput.policies.types import Candidate, Decision, Load, Observation, PlanResult, ScalerState, TierConfig
@@ -78,8 +78,8 @@ def autoscale(
     state = spend_budget(obs, state, policy)
     state = calibrate(spec, policy, current, obs, state, slo_ttft)
     state = learn_capacity(spec, policy, current, obs, state)
-    draining = arrival_rate(obs, state, now) < obs.rps  # the fleet already serves more than arrives
-    load, demand_rps, anticipated_rps, state = anticipated_load(spec, policy, obs, state, now)
+    load, arrivals_rps, demand_rps, anticipated_rps, state = anticipated_load(spec, policy, obs, state, now)
+    draining = arrivals_rps < obs.rps  # the fleet already serves more than arrives
 
     headroom, spent = budgeted_headroom(spec, policy, state, now)
     planning = policy if headroom == policy.headroom else policy.model_copy(update={"headroom": headroom})

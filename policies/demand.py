@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -89,18 +90,27 @@ def token_samples(state: ScalerState, hint: Load) -> tuple[np.ndarray, np.ndarra
     return samples(state.prompt_tokens_nodes), samples(state.output_tokens_nodes)
 
 
+class Anticipated(NamedTuple):
+    """The load to plan for, the rates (rps) it comes from, and the state with this window remembered."""
+
+    load: Load
+    arrivals_rps: float  # completions plus the backlog's growth (`arrival_rate`)
+    demand_rps: float  # arrivals plus the backlog, to drain within one interval
+    anticipated_rps: float  # the larger of demand and the fading recent peaks
+    state: ScalerState
+
+
 def anticipated_load(
     spec: InferenceServiceSpec,
     policy: SLOPolicySpec,
     obs: Observation,
     state: ScalerState,
     now: float,
-) -> tuple[Load, float, float, ScalerState]:
+) -> Anticipated:
     """The load to plan for: current demand, or a recent peak discounted by its age, whichever is larger.
 
     Demand counts arrivals plus the backlog (the workers' waiting requests and the router's queue), which
     should drain within one evaluation interval; the arrivals, not the drain, are remembered as a peak.
-    Returns the load, the demand and anticipated rates (rps) and the state with this window remembered.
     """
     history = state.load_history
     arrivals = arrival_rate(obs, state, now)
@@ -124,8 +134,9 @@ def anticipated_load(
         batch_fraction=_batch_fraction(obs, hint.batch_fraction),
         cached_prompt_fraction=planned_share(state.cached_prompt_fraction),
     )
-    return (
+    return Anticipated(
         load,
+        arrivals,
         demand,
         anticipated,
         replace(

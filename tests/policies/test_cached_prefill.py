@@ -66,7 +66,7 @@ def test_the_share_is_averaged_with_the_token_mix_and_kept_through_windows_witho
 def test_the_load_planned_for_carries_the_share_rounded_down() -> None:
     obs = _observe(_window(40_000, 10_000))
     state = ScalerState(cached_prompt_fraction=0.259)
-    load, *_ = anticipated_load(SPEC, POLICY, obs, state, 15.0)
+    load = anticipated_load(SPEC, POLICY, obs, state, 15.0).load
     assert load.cached_prompt_fraction == planned_share(0.259) == pytest.approx(0.24)
     assert planned_share(0.3) == pytest.approx(0.3) and planned_share(1.0) == 1.0
 

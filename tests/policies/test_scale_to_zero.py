@@ -160,9 +160,9 @@ def test_the_router_queue_is_demand_and_backlog_like_the_workers_waiting() -> No
     in_workers = window(0.0, requests=150.0, running=32.0, waiting=3000.0, router_queued=0.0)
     in_router = window(0.0, requests=150.0, running=32.0, waiting=0.0, router_queued=3000.0)
     nowhere = window(0.0, requests=150.0, running=32.0, waiting=0.0, router_queued=0.0)
-    _, demand_workers, _, _ = anticipated_load(s, POLICY, in_workers, ScalerState(), 0.0)
-    _, demand_router, _, _ = anticipated_load(s, POLICY, in_router, ScalerState(), 0.0)
-    _, demand_none, _, _ = anticipated_load(s, POLICY, nowhere, ScalerState(), 0.0)
+    demand_workers = anticipated_load(s, POLICY, in_workers, ScalerState(), 0.0).demand_rps
+    demand_router = anticipated_load(s, POLICY, in_router, ScalerState(), 0.0).demand_rps
+    demand_none = anticipated_load(s, POLICY, nowhere, ScalerState(), 0.0).demand_rps
     assert demand_router == demand_workers == demand_none + 3000.0 / INTERVAL
     current = running_plan(2)
     grown = autoscale(s, POLICY, current, in_router, ScalerState(), 0.0, plan_fn=MEMO)
