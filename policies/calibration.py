@@ -90,11 +90,11 @@ def calibrate(
 def steady_window(obs: Observation, state: ScalerState, ready: int) -> bool:
     """Whether a window shows the steady state the model predicts, so its error is the model's.
 
-    Not when requests queue, or when the rate moved by more than STEADY_RATIO since the previous window: the
-    TTFTs of a burst's aftermath, or of clustered arrivals, are not what a Poisson model at the window's mean
-    rate predicts.
+    Not when requests queue (in the workers or in the router, which holds them while every replica is at its
+    bound), or when the rate moved by more than STEADY_RATIO since the previous window: the TTFTs of a burst's
+    aftermath, or of clustered arrivals, are not what a Poisson model at the window's mean rate predicts.
     """
-    if (obs.queue_depth or 0.0) > ready:
+    if obs.backlog > ready:
         return False
     return rate_steady(obs, state)
 

@@ -266,6 +266,17 @@ def test_calibration_learns_only_from_steady_windows(ttft, previous_rps, calibra
     assert learned == calibrates or ttft > SPEC.slo.ttft_p95_ms  # a steady breach teaches capacity too
 
 
+def test_requests_the_router_holds_are_a_queue_the_calibration_does_not_learn_from():
+    """Behind the router the workers' queues stay short (it holds what every replica's bound refuses): its queue
+    marks a window that is not the steady state all the same."""
+    current = plan_at(20.0)
+    state = ScalerState(load_history=((85.0, 20.0),))
+    calm = obs(100.0, 20.0, ttft=700.0, tpot=20, ready=current.replicas)
+    held = replace(calm, router_queued=10.0 * current.replicas)
+    assert capacity_factor(autoscale(SPEC, POLICY, current, calm, state, 100.0).state, current) != 1.0
+    assert capacity_factor(autoscale(SPEC, POLICY, current, held, state, 100.0).state, current) == 1.0
+
+
 def test_a_tpot_breach_that_no_queue_signals_still_grows_the_fleet_through_calibration():
     """Decode slower than the model says, batches full but nobody waiting: the reactive path (which needs a
     queue) stays quiet, and the TPOT factor learns from the breach until the plan runs more replicas."""
