@@ -1,6 +1,9 @@
 """Routing in simulation (issue 19, part a): random vs least outstanding work vs prefix-aware routing on a fixed
 fleet, through the simulator's routing hook (`policies.routing.SimulatedRouting`); then random vs prefix-aware
-with goodput's autoscaler in the loop (GPU-hours at the SLO), on the Mooncake trace.
+with goodput's autoscaler in the loop (GPU-hours at the SLO), on the Mooncake trace. The three are the router's
+policies: each holds a request in the router's queue while every replica is at its bound. Beside them,
+"service" replays the same fleet without the router, as a Kubernetes Service spreads requests (at random,
+whatever the replicas' load, no queue): what a client gets today.
 
 The fleet is the planner's plan for the trace's busiest 15 s (as `policies.compare.setup` provisions every
 simulation benchmark), scaled by `fleet_fraction`; each replica's prefix cache holds its KV pool in blocks
@@ -40,12 +43,13 @@ from goodput.policies.perfmodel import StepModel
 from goodput.policies.plancache import PlanCache
 from goodput.policies.prefix_cache import PrefixCache
 from goodput.policies.profiles import profile_for
-from goodput.policies.routing import KINDS, RoutingPolicy, SimulatedRouting
+from goodput.policies.routing import KINDS, RoutingKind, RoutingPolicy, SimulatedRouting
 from goodput.policies.simulator import SimConfig, SLOTarget, StepProfile, simulate
 from goodput.policies.types import Candidate, Load, ScalerState
 from goodput.policies.workloads import AZURE_CODE_TRACE, MOONCAKE_CONVERSATION_TRACE, Trace, load_csv
 
 MOONCAKE_BLOCK_TOKENS = 512
+SERVICE = "service"  # the report's name for the fleet behind a Kubernetes Service, without the router
 # TTFT p95 targets: the code service's interactive 1 s; 5 s for the conversation trace, whose prompts reach 126k
 # tokens (p95 40k) and whose prefill alone exceeds 1 s on one H100
 CODE_TTFT_MS = 1000.0
@@ -98,6 +102,15 @@ def fleet(
     return sim, plan, spec
 
 
+def routing_for(
+    name: str, sim: SimConfig, blocks: Sequence[Sequence[int]], cache_blocks: int, seed: int
+) -> SimulatedRouting:
+    """The simulated routing a report row names: one of the router's policies, or SERVICE."""
+    kind: RoutingKind = "random" if name == SERVICE else name  # type: ignore[assignment]
+    policy = RoutingPolicy(kind=kind, max_requests=sim.engine.max_batch, block_tokens=MOONCAKE_BLOCK_TOKENS)
+    return SimulatedRouting(policy, blocks, cache_blocks, seed=seed, service=name == SERVICE)
+
+
 def cache_hit_rate(blocks: Sequence[Sequence[int]], capacity_blocks: int) -> float:
     """The block hit rate of one LRU prefix cache of `capacity_blocks` that every request goes through."""
     cache, hit, total = PrefixCache(capacity_blocks), 0, 0
@@ -130,11 +143,8 @@ def compare(
         total_blocks = sum(len(b) for b in blocks)
         out["hit_rate_one_fleet_cache"] = round(cache_hit_rate(blocks, replicas * cache_blocks), 4)
         out["hit_rate_unbounded_cache"] = round(cache_hit_rate(blocks, total_blocks), 4)
-    for kind in KINDS:
-        policy = RoutingPolicy(
-            kind=kind, max_requests=sim.engine.max_batch, block_tokens=MOONCAKE_BLOCK_TOKENS
-        )
-        routing = SimulatedRouting(policy, blocks, cache_blocks, seed=seed)
+    for kind in (SERVICE, *KINDS):
+        routing = routing_for(kind, sim, blocks, cache_blocks, seed)
         result = simulate(trace, Static(replicas), replace(sim, initial_replicas=replicas, routing=routing))
         out[kind] = {
             "prefix_hit_rate": round(routing.hit_rate, 4),
@@ -154,18 +164,16 @@ def autoscaled(
     seed: int = 0,
     shape: ServiceShape = ServiceShape(),
 ) -> dict[str, dict[str, float]]:
-    """GPU-hours and attainment with goodput's autoscaler in the loop, behind random and prefix-aware routing.
+    """GPU-hours and attainment with goodput's autoscaler in the loop, behind a Service and behind the router's
+    random and prefix-aware routing.
 
     The fleet keeps the configuration the planner chose for the peak (`Pinned`, as in the autoscale suite): the
     simulator actuates replicas and engine knobs, not a rollout to another TP degree."""
     sim, plan, spec = fleet(trace, ttft_ms, seed, shape)
     cache_blocks = sim.profile.kv_capacity_tokens // MOONCAKE_BLOCK_TOKENS
     out = {}
-    for kind in ("random", "prefix"):
-        policy = RoutingPolicy(
-            kind=kind, max_requests=sim.engine.max_batch, block_tokens=MOONCAKE_BLOCK_TOKENS
-        )
-        routing = SimulatedRouting(policy, blocks, cache_blocks, seed=seed)
+    for kind in (SERVICE, "random", "prefix"):
+        routing = routing_for(kind, sim, blocks, cache_blocks, seed)
         controller = GoodputController(
             spec, SLOPolicySpec(), plan, ScalerState(), Pinned(PlanCache(), configuration_of(plan))
         )
@@ -209,9 +217,14 @@ def autoscaled_part(
     that serves them."""
     mooncake, blocks = load_mooncake()
     runs = [autoscaled(mooncake, blocks, MOONCAKE_TTFT_MS, seed, shape) for seed in seeds]
-    saved = [1 - run["prefix"]["gpu_hours"] / run["random"]["gpu_hours"] for run in runs]
+
+    def saved(baseline: str) -> dict[str, float]:
+        shares = [1 - run["prefix"]["gpu_hours"] / run[baseline]["gpu_hours"] for run in runs]
+        return {"mean": round(float(np.mean(shares)), 4), "least": round(min(shares), 4)}
+
     return {
         **over_seeds(runs),
-        "prefix_gpu_hours_saved": {"mean": round(float(np.mean(saved)), 4), "least": round(min(saved), 4)},
+        "prefix_gpu_hours_saved": saved("random"),
+        "prefix_gpu_hours_saved_vs_service": saved(SERVICE),
         "seeds": {str(seed): run for seed, run in zip(seeds, runs, strict=True)},
     }

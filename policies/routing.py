@@ -4,7 +4,8 @@ Outstanding work of a replica is counted in prefill tokens: the uncached prompt 
 token has not come back, plus a fixed token-equivalent per running or waiting request (its share of the decode
 steps).
 A replica is *at its bound* when its requests, its in-flight prefill tokens or its KV usage reach the policy's
-limits; when every replica is, the request waits in the router's queue rather than in a replica's.
+limits; when every replica is, the request waits in the router's queue rather than in a replica's, in
+`queue_order`, and goes to the first replica below its bound when its turn comes.
 
 - `random`: a uniform choice among replicas below their bound (what a Kubernetes Service does, bounded).
 - `least_load`: the least outstanding work.
@@ -29,6 +30,7 @@ QUEUE: Final = "queue"
 Route = int | Literal["queue"]
 RoutingKind = Literal["random", "least_load", "prefix"]
 KINDS: Final[tuple[RoutingKind, ...]] = ("random", "least_load", "prefix")
+DEFAULT_OUTPUT_TOKENS: Final = 256  # the output budget assumed for ordering when a request sets none
 
 
 class PrefixView(Protocol):
@@ -96,13 +98,11 @@ def route(
     prefix_blocks: Sequence[int],
     policy: RoutingPolicy,
     draw: float = 0.0,
-    bounded: bool = True,
 ) -> Route:
     """The index of the replica that takes the request, or QUEUE when every replica is at its bound (or there
     are none). `draw` is a uniform number in [0, 1), used by the random policy only, so the function stays pure.
-    `bounded=False` ignores the replicas' bounds (the choice once a queued request's turn comes).
     """
-    open_ = [i for i, load in enumerate(replicas) if not (bounded and at_bound(load, policy))]
+    open_ = [i for i, load in enumerate(replicas) if not at_bound(load, policy)]
     if not open_:
         return QUEUE
     if policy.kind == "random":
@@ -118,6 +118,12 @@ def route(
     return min(open_, key=predicted_ttft)
 
 
+def queue_order(prompt_tokens: int, max_tokens: int | None) -> int:
+    """A held request's place within its class: shortest first, by prompt plus output budget. SRPT-like, which
+    minimises the mean wait; the router's bounded wait keeps long requests from starving."""
+    return prompt_tokens + (max_tokens if max_tokens is not None else DEFAULT_OUTPUT_TOKENS)
+
+
 def fresh_tokens(prompt_tokens: int, hit_blocks: int, policy: RoutingPolicy) -> int:
     """Prompt tokens a replica must compute when it holds `hit_blocks` leading blocks of the prompt."""
     return max(prompt_tokens - hit_blocks * policy.block_tokens, 0)
@@ -128,15 +134,28 @@ class SimulatedRouting:
     cache per replica sized from its KV pool, and the hit counts for the report.
 
     In the simulation the router's estimate of a replica's cache is the cache itself (the router's estimate is
-    what it sent there, which the replica keeps until evicted). When every replica is at its bound the request
-    goes where the same policy would send it without the bounds: the simulator models the router's queue as the
-    replicas' own.
+    what it sent there, which the replica keeps until evicted). When every replica is at its bound the simulator
+    holds the request in its router queue, as the router does.
+
+    `service=True` replays the same fleet without the router, as a Kubernetes Service spreads requests: each goes
+    to a ready replica uniformly at random, whatever its load, and waits only when none is ready; the replicas'
+    prefix caches still serve what lands on them. Only the policy's block size applies, so its kind must be
+    "random".
     """
 
     def __init__(
-        self, policy: RoutingPolicy, blocks: Sequence[Sequence[int]], cache_blocks: int, seed: int = 0
+        self,
+        policy: RoutingPolicy,
+        blocks: Sequence[Sequence[int]],
+        cache_blocks: int,
+        seed: int = 0,
+        service: bool = False,
     ) -> None:
-        self.policy, self.blocks, self.cache_blocks = policy, blocks, cache_blocks
+        if service and policy.kind != "random":
+            raise ValueError(
+                f"a Service spreads requests at random: service=True needs kind 'random', got {policy.kind!r}"
+            )
+        self.policy, self.blocks, self.cache_blocks, self.service = policy, blocks, cache_blocks, service
         self._rng = random.Random(seed)
         self.hit_blocks = 0
         self.total_blocks = 0
@@ -146,13 +165,11 @@ class SimulatedRouting:
     def new_cache(self) -> PrefixCache:
         return PrefixCache(self.cache_blocks)
 
-    def choose(self, replicas: Sequence[ReplicaLoad], request: int, prompt_tokens: int) -> int:
+    def choose(self, replicas: Sequence[ReplicaLoad], request: int, prompt_tokens: int) -> Route:
         draw = self._rng.random()
-        choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, draw)
-        if choice == QUEUE:  # where the router would send it once its turn in the queue comes
-            choice = route(replicas, prompt_tokens, self.blocks[request], self.policy, draw, bounded=False)
-        assert choice != QUEUE, "route(bounded=False) always picks one of a non-empty fleet"
-        return choice
+        if self.service:
+            return int(draw * len(replicas)) if replicas else QUEUE
+        return route(replicas, prompt_tokens, self.blocks[request], self.policy, draw)
 
     def prefill(self, cache: PrefixCache, request: int, prompt_tokens: int) -> int:
         """Tokens the replica must compute when it admits the request: the prompt less its cached prefix (at

@@ -5,7 +5,8 @@ chunks within a per-step token budget, and the step takes the time the performan
 Steps in which only decodes run are fast-forwarded in closed form, and the step loop is compiled
 (`policies/engine_core.py`), so a replica's hour of traffic takes a fraction of a second.
 Requests reach ready replicas at random, as a Kubernetes Service spreads them (or, with `SimConfig.routing`,
-where `policies.routing` sends them from the replicas' state at arrival, with a prefix cache per replica); pods
+where `policies.routing` sends them from the replicas' state, with a prefix cache per replica, after waiting in
+the router's queue while every replica is at its bound); pods
 become ready a start delay after they are created and are billed from creation until they have drained. Every
 control interval the
 simulator fills vLLM-bucket histograms, builds the Observation through `policies.observe` exactly as the
@@ -14,6 +15,7 @@ operator does from Prometheus, and asks the controller (goodput's `autoscale` or
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import deque
 from collections.abc import Callable
@@ -44,10 +46,13 @@ from goodput.policies.perfmodel import (
     StepModel,
 )
 from goodput.policies.prefix_cache import PrefixCache
-from goodput.policies.routing import ReplicaLoad, SimulatedRouting
+from goodput.policies.routing import QUEUE, ReplicaLoad, SimulatedRouting, queue_order
 from goodput.policies.sim_result import SimResult, Timeline
 from goodput.policies.types import Observation
 from goodput.policies.workloads import Trace
+
+# how often the simulated router looks for freed capacity while it holds requests: about one decode step
+DISPATCH_TICK_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -268,6 +273,7 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     pods = [_Replica(-cfg.start_delay_s, 0.0, new_cache()) for _ in range(cfg.initial_replicas)]
     retired: list[_Replica] = []
     pending: deque[int] = deque()  # arrived while no replica was ready (the Service had no endpoints)
+    held: list[tuple[int, int]] = []  # the router's queue, when one is simulated: (queue order, request id)
     desired, events = cfg.initial_replicas, 0
     arrival = trace.arrival_s
     log: dict[str, list[float]] = {k: [] for k in ("time", "rps", "ready", "desired", "ttft", "tpot")}
@@ -278,18 +284,16 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
         ready_at = np.array([r.ready_at for r in live])
         stop = int(np.searchsorted(arrival, t1, side="left"))
         routed = np.arange(nxt, stop)
-        if pending and (ready_at <= t0).any():
-            routed = np.r_[np.asarray(pending, dtype=int), routed]
-            pending.clear()
-        # each request goes to a random replica among those ready when it arrives
-        eligible = np.searchsorted(ready_at, np.maximum(arrival[routed], t0), side="right")
-        pick = (rng.random(len(routed)) * eligible).astype(int)
-        pending.extend(routed[eligible == 0].tolist())
-        if cfg.routing is not None:  # where the router sends it, from the replicas' state at its arrival
-            for rid, e in zip(routed.tolist(), eligible.tolist(), strict=True):
-                if e > 0:
-                    _route_by_state(engine, cfg.routing, live[:e], rid, max(float(arrival[rid]), t0))
+        if cfg.routing is not None:  # where the router sends it, from the replicas' state, or into its queue
+            _serve_routed(engine, cfg.routing, live, held, routed, t0, t1)
         else:
+            if pending and (ready_at <= t0).any():
+                routed = np.r_[np.asarray(pending, dtype=int), routed]
+                pending.clear()
+            # each request goes to a random replica among those ready when it arrives
+            eligible = np.searchsorted(ready_at, np.maximum(arrival[routed], t0), side="right")
+            pick = (rng.random(len(routed)) * eligible).astype(int)
+            pending.extend(routed[eligible == 0].tolist())
             served = eligible > 0
             by_replica = np.argsort(pick[served], kind="stable")  # each replica's share, in arrival order
             rids, picks = routed[served][by_replica], pick[served][by_replica]
@@ -304,7 +308,7 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
             r.done_at = max(r.t, t0)
             pods.remove(r)
             retired.append(r)
-        obs = _observe(t1, cfg, trace, rec, pods, len(pending))
+        obs = _observe(t1, cfg, trace, rec, pods, len(held) if cfg.routing is not None else len(pending))
         live = [r for r in pods if not r.draining]
         ready = sum(r.ready_at <= t1 for r in live)
         log["time"].append(t1)
@@ -313,7 +317,7 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
         log["desired"].append(desired)
         log["ttft"].append(np.nan if obs.ttft_p95_ms is None else obs.ttft_p95_ms)
         log["tpot"].append(np.nan if obs.tpot_p95_ms is None else obs.tpot_p95_ms)
-        finished_all = nxt >= n and not pending and all(r.idle for r in pods)
+        finished_all = nxt >= n and not pending and not held and all(r.idle for r in pods)
         if t1 >= horizon and (finished_all or t1 > horizon + 3600):
             break
         if t1 < horizon:
@@ -334,33 +338,74 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     return _result(controller.name, setting, trace, rec, cfg, gpu_hours, events, log)
 
 
-def _route_by_state(
-    engine: _Engine, routing: SimulatedRouting, ready: list[_Replica], rid: int, now: float
+def _serve_routed(
+    engine: _Engine,
+    routing: SimulatedRouting,
+    live: list[_Replica],
+    held: list[tuple[int, int]],
+    rids: np.ndarray,
+    t0: float,
+    t1: float,
 ) -> None:
-    """Bring the ready replicas to the request's arrival, then let the routing policy pick one from their state.
-
-    The chosen replica's prefix cache takes the request's blocks as it is routed (the router's estimate of a
-    replica's cache is what it sent there), and the request will prefill only the uncached part.
+    """Route the window's arrivals as the router does (`router.dispatch`): while it holds nothing, a request goes
+    where the routing policy sends it from the replicas' state at its arrival; when every replica is at its bound,
+    it waits in the router's queue, whose head is routed again whenever capacity may have freed. The router
+    looks again at each first token and finish; the simulation looks at each arrival, as a replica becomes
+    ready, and every `DISPATCH_TICK_S` while it holds requests. `live` is ordered by readiness. Without the router
+    (`SimulatedRouting.service`) nothing is at a bound, so requests wait only while no replica is ready.
     """
-    prompt = engine.prompt
-    loads = []
+    arrival, prompt = engine.arrival, engine.prompt
+    readies = [r.ready_at for r in live if t0 < r.ready_at < t1]
+    t, i = t0, 0
+    while True:
+        if held:
+            _pump(engine, routing, [r for r in live if r.ready_at <= t], held, t)
+        t = min(
+            float(arrival[rids[i]]) if i < len(rids) else math.inf,
+            min((ready for ready in readies if ready > t), default=math.inf),
+            t + DISPATCH_TICK_S if held else math.inf,
+        )
+        if t >= t1:
+            return
+        while i < len(rids) and arrival[rids[i]] <= t:
+            rid = int(rids[i])
+            heapq.heappush(held, (queue_order(int(prompt[rid]), None), rid))
+            i += 1
+
+
+def _pump(
+    engine: _Engine, routing: SimulatedRouting, ready: list[_Replica], held: list[tuple[int, int]], now: float
+) -> None:
+    """Route the head of the router's queue while a replica takes it. The chosen replica's prefix cache takes the
+    request's blocks as it is routed (the router's estimate of a replica's cache is what it sent there), and the
+    request will prefill only the uncached part."""
     for r in ready:
         engine.advance(r, now)
-        head, tail, n_run = int(r.st[core.HEAD]), int(r.st[core.TAIL]), r.running
-        loads.append(
-            ReplicaLoad(  # prefill in flight: the uncached prompt tokens, as the router counts what it sent
-                prefill_tokens=int(r.run[:n_run, core.PREFILL_LEFT].sum())
-                + int(engine.prefill[r.queue[head:tail]].sum()),
-                running=n_run,
-                waiting=tail - head,
-                kv_usage=r.kv_used / engine.prof[core.KV_CAPACITY],
-                prefix=r.cache if r.cache is not None else PrefixCache(0),
-            )
-        )
-    chosen = ready[routing.choose(loads, rid, int(prompt[rid]))]
-    if chosen.cache is not None:
-        engine.prefill[rid] = routing.prefill(chosen.cache, rid, int(prompt[rid]))
-    chosen.route(np.array([rid], dtype=np.int64))
+    loads = [_load(engine, r) for r in ready]
+    while held:
+        rid = held[0][1]
+        choice = routing.choose(loads, rid, int(engine.prompt[rid]))
+        if choice == QUEUE:
+            return
+        heapq.heappop(held)
+        chosen = ready[choice]
+        if chosen.cache is not None:
+            engine.prefill[rid] = routing.prefill(chosen.cache, rid, int(engine.prompt[rid]))
+        chosen.route(np.array([rid], dtype=np.int64))
+        loads[choice] = _load(engine, chosen)
+
+
+def _load(engine: _Engine, r: _Replica) -> ReplicaLoad:
+    """What the router knows of a replica; its prefill in flight is the uncached prompt tokens it was sent."""
+    head, tail, n_run = int(r.st[core.HEAD]), int(r.st[core.TAIL]), r.running
+    return ReplicaLoad(
+        prefill_tokens=int(r.run[:n_run, core.PREFILL_LEFT].sum())
+        + int(engine.prefill[r.queue[head:tail]].sum()),
+        running=n_run,
+        waiting=tail - head,
+        kv_usage=r.kv_used / engine.prof[core.KV_CAPACITY],
+        prefix=r.cache if r.cache is not None else PrefixCache(0),
+    )
 
 
 def _resize(
@@ -384,17 +429,16 @@ def _resize(
 
 
 def _observe(
-    t1: float, cfg: SimConfig, trace: Trace, rec: _Records, pods: list[_Replica], pending: int
+    t1: float, cfg: SimConfig, trace: Trace, rec: _Records, pods: list[_Replica], unrouted: int
 ) -> Observation:
     """This interval's histograms and gauges, through the same code path the operator's Prometheus reader uses.
 
     Latency histograms count what completed in the window (TTFT at the first token, inter-token gaps per
-    step, token counts at finish); gauges are sampled at the window's end, as a scrape would. Requests that
-    arrived while no replica was ready wait in the router's queue when a router is simulated (its queue depth,
-    as the operator reads it), else among the workers' waiting (no endpoint took them yet). Requests the router
-    would queue while every replica is at its bound go to a replica (see `SimulatedRouting`): their wait is
-    counted in the workers' queues, which the autoscaler counts the same way. With a router, the prefix caches'
-    counters are the prompt tokens routed in the window and those their replica held.
+    step, token counts at finish); gauges are sampled at the window's end, as a scrape would. With a router, the
+    requests it holds (no replica is ready, or every one is at its bound) are its queue depth, as the operator
+    reads it, and the prefix caches' counters are the prompt tokens routed in the window and those their replica
+    held. Without one, requests that arrived while no replica was ready count among the workers' waiting (no
+    endpoint took them yet).
     """
     seen_first, seen_fin = rec.observed
     first, rec.carried_first = _events_until(
@@ -409,6 +453,7 @@ def _observe(
     ready = [r for r in serving if not r.draining]
     waiting = sum(r.waiting_at(t1, trace.arrival_s) for r in serving)
     queried, served = cfg.routing.take_window() if cfg.routing is not None else (None, None)
+    router = cfg.routing is not None and not cfg.routing.service
     window_data = TierWindow(
         ttft=Histogram.from_samples(TTFT_BUCKETS, rec.first_token[first] - trace.arrival_s[first]),
         itl=Histogram(rec.itl_edges.copy(), np.cumsum(rec.itl_weights)),
@@ -416,8 +461,8 @@ def _observe(
         output_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.output_tokens[fin]),
         requests=float(len(fin)),
         running=float(sum(r.running for r in serving)),
-        waiting=float(waiting if cfg.routing is not None else waiting + pending),
-        router_queued=float(pending) if cfg.routing is not None else None,
+        waiting=float(waiting if router else waiting + unrouted),
+        router_queued=float(unrouted) if router else None,
         kv_cache_usage=float(np.mean([r.kv_used / cap for r in ready])) if ready else None,
         ready_replicas=len(ready),
         prefix_cache_queries=queried,

@@ -1,10 +1,10 @@
 """One tier's replicas and its bounded queue: where a request waits when every replica is at its bound.
 
 A request goes straight to the replica `policies.routing.route` picks when nobody is queued; otherwise it joins
-the queue, ordered interactive before batch, then shortest first (prompt plus output budget: SRPT-like, which
-minimises mean wait; the bounded wait keeps long requests from starving). Whenever capacity may have freed (a
-first token, a finished request, a refresh, a new replica) the head of the queue is routed again. Beyond
-`max_queue` a request gets 429; after `max_wait_s` in the queue, 503 (both with Retry-After).
+the queue, ordered interactive before batch, then by `policies.routing.queue_order` (shortest first). Whenever
+capacity may have freed (a first token, a finished request, a refresh, a new replica) the head of the queue is
+routed again. Beyond `max_queue` a request gets 429; after `max_wait_s` in the queue, 503 (both with
+Retry-After).
 """
 
 from __future__ import annotations
@@ -17,13 +17,11 @@ import time
 from dataclasses import dataclass, field
 
 from goodput.policies.prefix_cache import PrefixCache
-from goodput.policies.routing import QUEUE, RoutingPolicy, fresh_tokens, route
+from goodput.policies.routing import QUEUE, RoutingPolicy, fresh_tokens, queue_order, route
 from goodput.router.errors import too_many, unavailable
 from goodput.router.metrics import RouterMetrics
 from goodput.router.replicas import Lease, Replica
 from goodput.router.requests import CLASSES, Routed
-
-DEFAULT_OUTPUT_TOKENS = 256  # the output budget assumed for ordering when a request sets none
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,8 +113,8 @@ class Tier:
                 "queue_full",
                 self.limits.retry_after_s,
             )
-        output = routed.max_tokens if routed.max_tokens is not None else DEFAULT_OUTPUT_TOKENS
-        key = (CLASSES.index(routed.request_class), routed.prompt_tokens + output, next(self._seq))
+        order = queue_order(routed.prompt_tokens, routed.max_tokens)
+        key = (CLASSES.index(routed.request_class), order, next(self._seq))
         waiter = _Waiter(key, routed, asyncio.get_running_loop().create_future(), time.monotonic())
         heapq.heappush(self._queue, waiter)
         self._queued += 1

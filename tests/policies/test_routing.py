@@ -5,8 +5,17 @@ import pytest
 
 from goodput.policies.baselines import Static
 from goodput.policies.prefix_cache import PrefixCache
-from goodput.policies.routing import QUEUE, ReplicaLoad, RoutingPolicy, SimulatedRouting, at_bound, route
-from goodput.policies.simulator import EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
+from goodput.policies.routing import (
+    DEFAULT_OUTPUT_TOKENS,
+    QUEUE,
+    ReplicaLoad,
+    RoutingPolicy,
+    SimulatedRouting,
+    at_bound,
+    queue_order,
+    route,
+)
+from goodput.policies.simulator import Actuation, EngineConfig, SimConfig, SLOTarget, StepProfile, simulate
 from goodput.policies.workloads import Trace
 
 
@@ -228,8 +237,73 @@ def test_the_simulator_observes_the_prefix_caches_share() -> None:
     assert np.mean(shares[2:]) > 0.5
 
 
-def test_unbounded_choice_is_the_policys_once_a_queued_request_gets_its_turn() -> None:
-    full = [load(running=8, cache=HOT), load(running=8)]
-    assert route(full, 1536, [1, 2, 3], PREFIX) == QUEUE
-    assert route(full, 1536, [1, 2, 3], PREFIX, bounded=False) == 0
-    assert route(full, 512, [], LEAST, bounded=False) == 0
+@pytest.mark.parametrize(
+    ("prompt", "max_tokens", "expected"),
+    [(1000, None, 1000 + DEFAULT_OUTPUT_TOKENS), (100, 2000, 2100), (100, 0, 100)],
+)
+def test_queue_order_is_prompt_plus_output_budget(prompt: int, max_tokens: int | None, expected: int) -> None:
+    assert queue_order(prompt, max_tokens) == expected
+
+
+# --- the simulator's router queue ------------------------------------------------------------------------
+
+ONE_AT_A_TIME = RoutingPolicy(kind="least_load", max_requests=1)
+
+
+def _held_fleet(outputs: list[int], start_delay_s: float = 90.0, service: bool = False) -> SimConfig:
+    """Replicas that take one request at a time (a bound of one) behind the simulated router, or behind a
+    Service (`service`), which knows no bound; 10 ms decode steps."""
+    policy = RoutingPolicy(kind="random", max_requests=1) if service else ONE_AT_A_TIME
+    return SimConfig(
+        profile=SIM_PROFILE,
+        engine=EngineConfig(max_batch=8, batch_window_s=0.0, chunk_tokens=4096),
+        slo=SLOTarget(ttft_ms=1000, tpot_ms=50),
+        start_delay_s=start_delay_s,
+        initial_replicas=2,
+        routing=SimulatedRouting(policy, [[] for _ in outputs], cache_blocks=10, service=service),
+    )
+
+
+def test_the_simulated_router_holds_a_request_until_a_replica_is_below_its_bound() -> None:
+    """Two replicas, one long and one short request, then a third: it waits in the router, not behind the long
+    one, and starts on the replica the short one frees."""
+    outputs = [3000, 20, 20]
+    trace = Trace("held", np.array([0.0, 0.001, 0.002]), np.full(3, 100), np.array(outputs))
+    result = simulate(trace, Static(2), _held_fleet(outputs))
+    first_token = trace.arrival_s + result.ttft_ms / 1000.0
+    finish = first_token + result.tpot_ms * (trace.output_tokens - 1) / 1000.0
+    assert first_token[2] >= finish[1]  # held while both replicas were at their bound
+    assert first_token[2] < 1.0 < finish[0]  # and not queued behind the long request
+
+
+def test_behind_a_service_nothing_waits_for_a_bound() -> None:
+    outputs = [3000, 20, 20]
+    trace = Trace("spread", np.array([0.0, 0.001, 0.002]), np.full(3, 100), np.array(outputs))
+    result = simulate(trace, Static(2), _held_fleet(outputs, service=True))
+    assert (result.ttft_ms < 100).all()  # each went to a replica at once and joined its batch
+    with pytest.raises(ValueError, match="service=True needs kind 'random'"):
+        SimulatedRouting(ONE_AT_A_TIME, [[]], cache_blocks=10, service=True)
+
+
+def test_the_simulated_router_reports_what_it_holds_and_a_new_replica_takes_it() -> None:
+    """Ten long requests at once on two replicas of one request each: the router holds eight, says so in the
+    first window, and the replica added then takes the head of its queue as soon as it is ready."""
+    n = 10  # and a last one at 100 s, so that the controller is asked while the burst is served
+    trace = Trace(
+        "burst", np.r_[np.linspace(0.0, 0.01, n), 100.0], np.full(n + 1, 100), np.r_[np.full(n, 3000), 5]
+    )
+    held: list[float | None] = []
+
+    class GrowOnce(Static):
+        def decide(self, now, obs, fleet):  # type: ignore[no-untyped-def]
+            held.append(obs.router_queued)
+            return Actuation(replicas=3)
+
+    cfg = _held_fleet([3000] * n + [5], start_delay_s=5.0)
+    result = simulate(trace, GrowOnce(2), cfg)
+    assert held[0] == n - 2
+    first_token = trace.arrival_s + result.ttft_ms / 1000.0
+    ready_at = cfg.interval_s + cfg.start_delay_s
+    # the third request (the head of the queue) starts on the new replica, long before a first one finishes (30 s)
+    assert ready_at <= first_token[2] < ready_at + 1.0
+    assert np.isfinite(result.ttft_ms).all()
