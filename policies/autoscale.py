@@ -30,7 +30,7 @@ import math
 from collections.abc import Callable
 from dataclasses import replace
 
-from goodput.crds.inferenceservice import InferenceServiceSpec
+from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
 from goodput.crds.slopolicy import MissingMetrics, SLOPolicySpec
 from goodput.policies import planner
 from goodput.policies.budget import budget_note, budgeted_headroom, spend_budget
@@ -90,6 +90,8 @@ def autoscale(
     limited = planned is None
     if planned is None:  # nothing meets the SLO at this load: run the largest fleet we may, if that can help
         planned = current if result.unservable else _with_replicas(current, spec.scaling.max_replicas)
+    else:
+        planned = _settled_engine(spec, planning, planned, current, scaled, state)
 
     breach = _breach(obs, slo_ttft, slo_tpot)
     raw, reactive = _reactive(
@@ -294,6 +296,37 @@ def _staying(result: PlanResult, current: Candidate) -> Candidate | None:
 def _saving(new: Candidate, old: Candidate) -> float:
     """Share of the hourly cost saved by `new` over `old`, each at the replicas it needs."""
     return 1.0 - new.cost_per_hour / max(old.cost_per_hour, 1e-9)
+
+
+def _settled_engine(
+    spec: InferenceServiceSpec,
+    policy: SLOPolicySpec,
+    planned: Candidate,
+    current: Candidate,
+    load: Load,
+    state: ScalerState,
+) -> Candidate:
+    """`planned`, or the running engine settings sized for the same load when they need no more replicas.
+
+    New engine settings are new worker arguments, so every pod of the tier restarts. Among settings that need
+    as many replicas the planner picks the one with the most predicted capacity, a difference of a few percent
+    that a window's token mix moves: on the Mooncake trace max batch went 64 → 32 → 64 twenty times an hour.
+    """
+    same_tiers = [t.tier for t in planned.tiers] == [t.tier for t in current.tiers]
+    if (
+        current.replicas == 0
+        or not same_tiers
+        or configuration(planned) != configuration(current)
+        or _engine(planned) == _engine(current)
+    ):
+        return planned
+    kept = planner.replicas_for(spec, current, load, policy, state.ttft_factor, state.tpot_factor)
+    return kept if kept.feasible and kept.replicas <= planned.replicas else planned
+
+
+def _engine(c: Candidate) -> tuple[tuple[Tier, int, float], ...]:
+    """The engine settings a candidate's workers start with, tier by tier."""
+    return tuple((t.tier, t.max_batch, t.batch_window_ms) for t in c.tiers)
 
 
 def _keep_knobs(plan: Candidate, current: Candidate) -> Candidate:

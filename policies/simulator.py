@@ -6,11 +6,10 @@ Steps in which only decodes run are fast-forwarded in closed form, and the step 
 (`policies/engine_core.py`), so a replica's hour of traffic takes a fraction of a second.
 Requests reach ready replicas at random, as a Kubernetes Service spreads them (or, with `SimConfig.routing`,
 where `policies.routing` sends them from the replicas' state, with a prefix cache per replica, after waiting in
-the router's queue while every replica is at its bound); pods
-become ready a start delay after they are created and are billed from creation until they have drained. Every
-control interval the
-simulator fills vLLM-bucket histograms, builds the Observation through `policies.observe` exactly as the
-operator does from Prometheus, and asks the controller (goodput's `autoscale` or a baseline) for replicas.
+the router's queue while every replica is at its bound); pods become ready a start delay after they are created
+and are billed from creation until they have drained. Every control interval the simulator fills vLLM-bucket
+histograms, builds the Observation through `policies.observe` exactly as the operator does from Prometheus, and
+asks the controller (goodput's `autoscale` or a baseline) for replicas.
 """
 
 from __future__ import annotations

@@ -311,6 +311,31 @@ def test_rollout_only_when_the_saving_clears_the_threshold():
     assert "predicted saving 40%" in big.reason
 
 
+def _with_max_batch(c: Candidate, max_batch: int, replicas: int) -> Candidate:
+    tiers = tuple(replace(t, max_batch=max_batch, replicas=replicas) for t in c.tiers)
+    return replace(c, max_batch=max_batch, replicas=replicas, tiers=tiers)
+
+
+@pytest.mark.parametrize(
+    ("fewer", "retuned"),
+    [
+        (0, False),  # as many replicas: the running settings stay, no pod restarts for nothing
+        (1, True),  # the new settings save a replica: worth restarting the pods for
+    ],
+)
+def test_the_engine_settings_change_only_when_they_save_replicas(fewer: int, retuned: bool):
+    current = plan_at(20.0)
+    other = 64 if current.max_batch != 64 else 128
+    chosen = _with_max_batch(current, other, current.replicas - fewer)
+    state = ScalerState(recommendations=((85.0, current.replicas),))
+    o = obs(100.0, 20.0, ttft=300, tpot=20, ready=current.replicas)
+    d = autoscale(
+        SPEC, POLICY, current, o, state, 100.0, plan_fn=lambda *a: PlanResult(chosen, (), None, 131072)
+    )
+    assert (d.plan.max_batch == other) == retuned
+    assert (d.action == "retune") == retuned
+
+
 def test_a_rollout_sizes_the_new_configuration_by_its_own_plan():
     """Replica counts of one configuration say nothing of another's: a rollout to a TP degree that needs twice
     the replicas at 60% of the cost reports a 40% saving and runs all of them at once, and the old
