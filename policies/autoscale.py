@@ -311,6 +311,7 @@ def _settled_engine(
     New engine settings are new worker arguments, so every pod of the tier restarts. Among settings that need
     as many replicas the planner picks the one with the most predicted capacity, a difference of a few percent
     that a window's token mix moves: on the Mooncake trace max batch went 64 → 32 → 64 twenty times an hour.
+    Settings the policy no longer allows (an edited batch window range) always give way.
     """
     same_tiers = [t.tier for t in planned.tiers] == [t.tier for t in current.tiers]
     if (
@@ -318,6 +319,7 @@ def _settled_engine(
         or not same_tiers
         or configuration(planned) != configuration(current)
         or _engine(planned) == _engine(current)
+        or not planner.settings_allowed(policy, current.tiers)
     ):
         return planned
     kept = planner.replicas_for(spec, current, load, policy, state.ttft_factor, state.tpot_factor)

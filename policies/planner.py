@@ -143,6 +143,16 @@ def _windows(policy: SLOPolicySpec, tier: Tier) -> np.ndarray:
     return np.unique([window.min_ms, window.max_ms]) / 1000.0
 
 
+def settings_allowed(policy: SLOPolicySpec, tiers: Iterable[TierConfig]) -> bool:
+    """Whether every tier's max batch and batch window are among those the planner may choose under `policy`
+    (an edited policy can rule out the running ones)."""
+    return all(
+        t.max_batch in MAX_BATCHES
+        and any(abs(t.batch_window_ms - w * 1000.0) < 1e-6 for w in _windows(policy, t.tier))
+        for t in tiers
+    )
+
+
 def size_tier(
     model: StepModel,
     tokens: TokenStats,

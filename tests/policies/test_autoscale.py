@@ -7,7 +7,7 @@ from itertools import pairwise
 
 import pytest
 
-from goodput.crds.slopolicy import SLOPolicySpec
+from goodput.crds.slopolicy import SLOPolicySpec, WindowRange
 from goodput.policies import planner
 from goodput.policies.autoscale import HINT_TRUST_WINDOWS, autoscale
 from goodput.policies.budget import BUDGET_HORIZON_S, budgeted_headroom
@@ -334,6 +334,25 @@ def test_the_engine_settings_change_only_when_they_save_replicas(fewer: int, ret
     )
     assert (d.plan.max_batch == other) == retuned
     assert (d.action == "retune") == retuned
+
+
+def test_engine_settings_an_edited_policy_rules_out_give_way_at_once():
+    current = plan_at(20.0)
+    window = current.batch_window_ms + 10.0
+    edited = POLICY.model_copy(
+        update={
+            "tier_batch_windows": POLICY.tier_batch_windows.model_copy(
+                update={"interactive": WindowRange(min_ms=window, max_ms=window)}
+            )
+        }
+    )
+    tiers = tuple(replace(t, batch_window_ms=window) for t in current.tiers)
+    chosen = replace(current, batch_window_ms=window, tiers=tiers)
+    o = obs(100.0, 20.0, ttft=300, tpot=20, ready=current.replicas)
+    d = autoscale(
+        SPEC, edited, current, o, ScalerState(), 100.0, plan_fn=lambda *a: PlanResult(chosen, (), None, 1)
+    )
+    assert d.action == "retune" and d.plan.batch_window_ms == window
 
 
 def test_a_rollout_sizes_the_new_configuration_by_its_own_plan():
