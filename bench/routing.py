@@ -10,8 +10,8 @@ Writes {"simulation": {"mooncake" | "code": {"service" | "random" | "least_load"
 same with the planner choosing the TP degree (up to 8), "real_stack": {"service" | "router": {"prefix_hit_rate",
 "ttft_p95_ms", ...}, "setting"}, "overhead": {"ttft_added_p50_ms", "ttft_added_p99_ms", "chunks_per_s_per_core",
 ...}}; "service" is the fleet without the router (a Kubernetes Service), the others the router's policies. The
-parts not run keep their earlier figures in the file. real_stack needs the real node's binaries and images (see e2e/README.md) and
-runs only on its own (bench/routing_real.py describes the setting).
+parts not run keep their earlier figures in the file. real_stack needs the real node's binaries and images (see
+e2e/README.md) and runs only on its own (bench/routing_real.py describes the setting).
 
 Targets. Simulation (Mooncake, fixed fleet): prefix-aware routing ≥ 2× random's hit rate and ≤ 0.6× its TTFT
 p95; autoscaled, ≥ 20% fewer GPU-hours at ≥ 99% attainment. Overhead: added TTFT p50 ≤ 1 ms and p99 ≤ 5 ms,

@@ -280,12 +280,12 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     while True:
         t1 = t0 + cfg.interval_s
         live = sorted((r for r in pods if not r.draining), key=lambda r: r.ready_at)
-        ready_at = np.array([r.ready_at for r in live])
         stop = int(np.searchsorted(arrival, t1, side="left"))
         routed = np.arange(nxt, stop)
         if cfg.routing is not None:  # where the router sends it, from the replicas' state, or into its queue
             _serve_routed(engine, cfg.routing, live, held, routed, t0, t1)
         else:
+            ready_at = np.array([r.ready_at for r in live])
             if pending and (ready_at <= t0).any():
                 routed = np.r_[np.asarray(pending, dtype=int), routed]
                 pending.clear()
