@@ -45,7 +45,7 @@ from goodput.policies.perfmodel import (
     StepModel,
 )
 from goodput.policies.prefix_cache import PrefixCache
-from goodput.policies.routing import QUEUE, ReplicaLoad, SimulatedRouting, queue_order
+from goodput.policies.routing import NO_PREFIX, QUEUE, ReplicaLoad, SimulatedRouting, queue_order
 from goodput.policies.sim_result import SimResult, Timeline
 from goodput.policies.types import Observation
 from goodput.policies.workloads import Trace
@@ -403,7 +403,7 @@ def _load(engine: _Engine, r: _Replica) -> ReplicaLoad:
         running=n_run,
         waiting=tail - head,
         kv_usage=r.kv_used / engine.prof[core.KV_CAPACITY],
-        prefix=r.cache if r.cache is not None else PrefixCache(0),
+        prefix=r.cache if r.cache is not None else NO_PREFIX,
     )
 
 
