@@ -41,6 +41,7 @@ from goodput.policies.compare import (
 )
 from goodput.policies.perfmodel import StepModel
 from goodput.policies.plancache import PlanCache
+from goodput.policies.prefill_bound import tier_prefill_bounds
 from goodput.policies.prefix_cache import PrefixCache
 from goodput.policies.profiles import profile_for
 from goodput.policies.routing import KINDS, RoutingKind, RoutingPolicy, SimulatedRouting
@@ -103,11 +104,22 @@ def fleet(
 
 
 def routing_for(
-    name: str, sim: SimConfig, blocks: Sequence[Sequence[int]], cache_blocks: int, seed: int
+    name: str,
+    spec: InferenceServiceSpec,
+    plan: Candidate,
+    blocks: Sequence[Sequence[int]],
+    cache_blocks: int,
+    seed: int,
 ) -> SimulatedRouting:
-    """The simulated routing a report row names: one of the router's policies, or SERVICE."""
+    """The simulated routing a report row names: one of the router's policies with the bounds the operator
+    gives the router for `plan` (its max batch and prefill bound), or SERVICE."""
     kind: RoutingKind = "random" if name == SERVICE else name  # type: ignore[assignment]
-    policy = RoutingPolicy(kind=kind, max_requests=sim.engine.max_batch, block_tokens=MOONCAKE_BLOCK_TOKENS)
+    policy = RoutingPolicy(
+        kind=kind,
+        max_requests=plan.max_batch,
+        max_prefill_tokens=tier_prefill_bounds(spec, plan)[plan.tier],
+        block_tokens=MOONCAKE_BLOCK_TOKENS,
+    )
     return SimulatedRouting(policy, blocks, cache_blocks, seed=seed, service=name == SERVICE)
 
 
@@ -128,7 +140,7 @@ def compare(
     seed: int = 0,
 ) -> dict[str, object]:
     """The same fixed fleet under each routing kind."""
-    sim, plan, _ = fleet(trace, ttft_ms, seed)
+    sim, plan, spec = fleet(trace, ttft_ms, seed)
     planned = plan.replicas
     replicas = max(1, math.ceil(planned * fleet_fraction))
     cache_blocks = sim.profile.kv_capacity_tokens // MOONCAKE_BLOCK_TOKENS
@@ -136,6 +148,7 @@ def compare(
         "replicas": replicas,
         "planned_replicas": planned,
         "engine": {"max_batch": sim.engine.max_batch, "chunk_tokens": sim.engine.chunk_tokens},
+        "router_max_prefill_tokens": tier_prefill_bounds(spec, plan)[plan.tier],
         "cache_blocks_per_replica": cache_blocks,
         "slo": {"ttft_p95_ms": sim.slo.ttft_ms, "tpot_p95_ms": sim.slo.tpot_ms},
     }
@@ -144,7 +157,7 @@ def compare(
         out["hit_rate_one_fleet_cache"] = round(cache_hit_rate(blocks, replicas * cache_blocks), 4)
         out["hit_rate_unbounded_cache"] = round(cache_hit_rate(blocks, total_blocks), 4)
     for kind in (SERVICE, *KINDS):
-        routing = routing_for(kind, sim, blocks, cache_blocks, seed)
+        routing = routing_for(kind, spec, plan, blocks, cache_blocks, seed)
         result = simulate(trace, Static(replicas), replace(sim, initial_replicas=replicas, routing=routing))
         out[kind] = {
             "prefix_hit_rate": round(routing.hit_rate, 4),
@@ -173,7 +186,7 @@ def autoscaled(
     cache_blocks = sim.profile.kv_capacity_tokens // MOONCAKE_BLOCK_TOKENS
     out = {}
     for kind in (SERVICE, "random", "prefix"):
-        routing = routing_for(kind, sim, blocks, cache_blocks, seed)
+        routing = routing_for(kind, spec, plan, blocks, cache_blocks, seed)
         controller = GoodputController(
             spec, SLOPolicySpec(), plan, ScalerState(), Pinned(PlanCache(), configuration_of(plan))
         )

@@ -21,6 +21,7 @@ from goodput.controllers.builders import (
     _probe,
 )
 from goodput.crds.inferenceservice import InferenceServiceSpec, QuotaLimits, RouterSpec, TrafficClass
+from goodput.policies.prefill_bound import tier_prefill_bounds
 from goodput.policies.types import Candidate
 from goodput.worker_image.contract import POD_LABEL_ROUTER
 
@@ -68,13 +69,16 @@ def quotas_json(router: RouterSpec) -> str:
 
 def router_args(owner: Owner, spec: InferenceServiceSpec, router: RouterSpec, plan: Candidate) -> list[str]:
     """Both tiers' Services are watched whatever the plan (a tier without endpoints is skipped by the router);
-    each planned tier's max batch bounds its replicas, so only a change of max batch rolls the router."""
+    each planned tier's max batch and prefill bound (policies/prefill_bound.py) bound its replicas, so only a
+    change of max batch, accelerator or TP rolls the router."""
     default_class = "batch" if spec.traffic.traffic_class == TrafficClass.BATCH else "interactive"
     args = ["--host", "0.0.0.0", "--port", str(ROUTER_PORT), "--namespace", owner.namespace]
     for tier in TIERS:
         args += ["--service", f"{tier}={naming.tier_name(owner.name, tier)}"]
     for tier_config in plan.tiers:
         args += ["--max-requests-per-replica", f"{tier_config.tier}={tier_config.max_batch}"]
+    for tier, tokens in tier_prefill_bounds(spec, plan).items():
+        args += ["--max-prefill-tokens-per-replica", f"{tier}={tokens}"]
     args += ["--default-class", default_class, "--max-queue", str(router.max_queue)]
     args += ["--max-wait-s", f"{router.max_wait_seconds:g}", "--drain-s", str(DRAIN_SECONDS)]
     # each router pod gets an even share of the tenants' traffic from the Service, and enforces that share

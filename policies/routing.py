@@ -62,7 +62,9 @@ class ReplicaLoad:
 class RoutingPolicy:
     kind: RoutingKind = "prefix"
     max_requests: int = 256  # running + waiting at which a replica is at its bound (the tier's max batch)
-    max_prefill_tokens: int = 65536  # in-flight prefill tokens at which a replica is at its bound
+    # in-flight prefill tokens at which a replica is at its bound; the operator derives it for each tier from the
+    # TTFT target and the replica's prefill speed (policies/prefill_bound.py), this is the standalone default
+    max_prefill_tokens: int = 65536
     max_kv_usage: float = 0.98  # KV usage at which a replica is at its bound: new prompts would preempt
     request_tokens: int = 256  # prefill-token equivalent of one running or waiting request
     block_tokens: int = 512  # tokens per prefix block

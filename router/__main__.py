@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import sys
-from dataclasses import replace
 
 import aiohttp
 import uvloop
@@ -27,10 +26,7 @@ def build(config: RouterConfig) -> Router:
     tier_names = config.static or config.services
     tiers = {}
     for name in tier_names:
-        policy = replace(
-            config.policy, max_requests=config.max_requests.get(name, config.policy.max_requests)
-        )
-        tiers[name] = Tier(name, policy, config.limits, metrics, config.cache_blocks)
+        tiers[name] = Tier(name, config.tier_policy(name), config.limits, metrics, config.cache_blocks)
     for name, urls in config.static.items():
         tiers[name].set_endpoints(urls)
     return Router(tiers, config.default_class, metrics, config.quotas, config.api_key)

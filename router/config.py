@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ from goodput.router.quota import Quotas, QuotaSpec
 from goodput.router.requests import CLASSES, RequestClass
 
 DEFAULT_MAX_REQUESTS = 256
+DEFAULT_MAX_PREFILL = RoutingPolicy().max_prefill_tokens  # without a model to derive it from
 QUOTA_FIELDS = {
     "tokensPerSecond": "tokens_per_s",
     "burstTokens": "burst_tokens",
@@ -30,8 +31,9 @@ class RouterConfig:
     static: dict[RequestClass, list[str]]  # tier → upstream URLs, when not watching EndpointSlices
     namespace: str | None
     services: dict[RequestClass, str]  # tier → the Service whose EndpointSlices list its replicas
-    policy: RoutingPolicy  # every tier's, but for its max requests per replica
+    policy: RoutingPolicy  # every tier's, but for the bounds set per tier below
     max_requests: dict[RequestClass, int]
+    max_prefill_tokens: dict[RequestClass, int]
     limits: QueueLimits
     quotas: Quotas
     api_key: str | None
@@ -39,12 +41,38 @@ class RouterConfig:
     refresh_s: float
     drain_s: float
 
+    def tier_policy(self, tier: RequestClass) -> RoutingPolicy:
+        """The routing policy of one tier: every tier's, with the bounds set for this one."""
+        return replace(
+            self.policy,
+            max_requests=self.max_requests.get(tier, self.policy.max_requests),
+            max_prefill_tokens=self.max_prefill_tokens.get(tier, self.policy.max_prefill_tokens),
+        )
+
 
 def _tier_value(flag: str, value: str) -> tuple[RequestClass, str]:
     tier, sep, rest = value.partition("=")
     if not sep or tier not in CLASSES or not rest:
         raise SystemExit(f"{flag}: expected TIER=VALUE with TIER one of {list(CLASSES)}, got {value!r}")
     return tier, rest  # type: ignore[return-value]
+
+
+def _per_tier(
+    p: argparse.ArgumentParser, flag: str, values: list[str], tiers: set[str], default: int
+) -> tuple[int, dict[RequestClass, int]]:
+    """A bound given as N (every tier) or TIER=N, repeatable: the value for all tiers and those per tier."""
+    everywhere, per_tier = default, {}
+    for value in values:
+        tier, n = _tier_value(flag, value) if "=" in value else (None, value)
+        if not n.isdigit() or int(n) < 1:
+            p.error(f"{flag}: expected a positive integer, got {n!r}")
+        if tier is None:
+            everywhere = int(n)
+        elif tier not in tiers:
+            p.error(f"{flag}: no tier {tier!r} among --upstream/--service")
+        else:
+            per_tier[tier] = int(n)
+    return everywhere, per_tier
 
 
 def parse_quotas(data: Any) -> Quotas:
@@ -84,7 +112,14 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         metavar="[TIER=]N",
         help="requests a replica holds before the router queues (the tier's max batch); per tier or for all",
     )
-    p.add_argument("--max-prefill-tokens-per-replica", type=int, default=65536)
+    p.add_argument(
+        "--max-prefill-tokens-per-replica",
+        action="append",
+        default=[],
+        metavar="[TIER=]N",
+        help="in-flight prefill tokens a replica holds before the router queues (the operator derives it "
+        "from the TTFT target and the replica's prefill speed); per tier or for all",
+    )
     p.add_argument(
         "--block-tokens", type=int, default=64, help="prefix hashing granularity: a multiple of the KV block"
     )
@@ -115,24 +150,20 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         tier, url = _tier_value("--upstream", value)
         static.setdefault(tier, []).append(url.rstrip("/"))
     services = dict(_tier_value("--service", v) for v in a.service)
-    everywhere, max_requests = DEFAULT_MAX_REQUESTS, {}
-    for value in a.max_requests_per_replica:
-        tier, n = _tier_value("--max-requests-per-replica", value) if "=" in value else (None, value)
-        if not n.isdigit() or int(n) < 1:
-            p.error(f"--max-requests-per-replica: expected a positive integer, got {n!r}")
-        if tier is None:
-            everywhere = int(n)
-        elif tier not in (services or static):
-            p.error(f"--max-requests-per-replica: no tier {tier!r} among --upstream/--service")
-        else:
-            max_requests[tier] = int(n)
     if bool(services) == bool(static) or bool(services) != bool(a.namespace):
         p.error("give either --upstream, or --namespace with --service")
+    tiers = set(services or static)
+    everywhere, max_requests = _per_tier(
+        p, "--max-requests-per-replica", a.max_requests_per_replica, tiers, DEFAULT_MAX_REQUESTS
+    )
+    all_prefill, max_prefill_tokens = _per_tier(
+        p, "--max-prefill-tokens-per-replica", a.max_prefill_tokens_per_replica, tiers, DEFAULT_MAX_PREFILL
+    )
     try:
         policy = RoutingPolicy(
             kind=a.policy,
             max_requests=everywhere,
-            max_prefill_tokens=a.max_prefill_tokens_per_replica,
+            max_prefill_tokens=all_prefill,
             block_tokens=a.block_tokens,
         )
         raw = a.quotas.read_text() if a.quotas else a.quotas_json
@@ -152,6 +183,7 @@ def parse_args(argv: list[str] | None = None) -> RouterConfig:
         services=services,
         policy=policy,
         max_requests=max_requests,
+        max_prefill_tokens=max_prefill_tokens,
         limits=QueueLimits(max_queue=a.max_queue, max_wait_s=a.max_wait_s),
         quotas=quotas.shared(a.quota_routers),
         api_key=os.environ.get(a.api_key_env) or None,

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goodput.router.__main__ import build
-from goodput.router.config import parse_args, parse_quotas
+from goodput.router.config import DEFAULT_MAX_PREFILL, parse_args, parse_quotas
 from goodput.router.endpoints import ready_urls
 from goodput.router.errors import RouterError
 from goodput.router.refresh import parse_gauges
@@ -140,6 +140,22 @@ def test_max_requests_per_replica_per_tier() -> None:
             parse_args([*args, "--max-requests-per-replica", bad])
     with pytest.raises(SystemExit):  # a bound for a tier the router does not have
         parse_args(["--upstream", "interactive=http://a:1", "--max-requests-per-replica", "batch=8"])
+
+
+def test_max_prefill_tokens_per_replica_per_tier() -> None:
+    args = ["--upstream", "interactive=http://a:1", "--upstream", "batch=http://b:1"]
+    config = parse_args(
+        [*args, "--max-prefill-tokens-per-replica", "4096", "--max-prefill-tokens-per-replica", "batch=20000"]
+    )
+    assert (config.policy.max_prefill_tokens, config.max_prefill_tokens) == (4096, {"batch": 20000})
+    router = build(config)
+    assert router.tiers["interactive"].policy.max_prefill_tokens == 4096
+    assert router.tiers["batch"].policy.max_prefill_tokens == 20000
+    unset = parse_args(args)
+    assert build(unset).tiers["batch"].policy.max_prefill_tokens == DEFAULT_MAX_PREFILL
+    for bad in ("0", "lots", "batch=-5", "fast=3"):
+        with pytest.raises(SystemExit):
+            parse_args([*args, "--max-prefill-tokens-per-replica", bad])
 
 
 JSON = st.recursive(

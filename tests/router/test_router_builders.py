@@ -12,7 +12,9 @@ from pydantic import ValidationError
 from goodput.controllers import builders, naming
 from goodput.controllers.router_builders import build_router_children, endpoint
 from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
+from goodput.policies.prefill_bound import tier_prefill_bounds
 from goodput.policies.types import Candidate, TierConfig
+from goodput.router.__main__ import build
 from goodput.router.config import parse_args
 from goodput.router.quota import QuotaSpec
 
@@ -99,6 +101,12 @@ def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
     assert config.default_class == "interactive"
     assert config.limits.max_wait_s == 30
     assert config.max_requests == {"interactive": 8}  # the planned tier's max batch
+    # and its prefill bound, from the TTFT target and the replica's prefill speed
+    assert config.max_prefill_tokens == tier_prefill_bounds(spec, _plan())
+    assert (
+        build(config).tiers["interactive"].policy.max_prefill_tokens
+        == config.max_prefill_tokens["interactive"]
+    )
     grace = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"]["spec"]
     assert grace["terminationGracePeriodSeconds"] > config.drain_s  # SIGKILL never cuts the drain short
     # each of the two router pods enforces half of every quota
