@@ -7,8 +7,8 @@ goes, when its turn comes (shortest first), to whichever replica frees first. On
 better than a queue per replica, so the router should hold the work rather than the replicas, as long as each
 replica keeps enough to stay busy until the router sends more (it dispatches at every first token and finish).
 A replica is at its bound once it holds PREFILL_SHARE of the TTFT target's worth of prefill: a request it
-admits starts its own prefill within a tenth of the target. A fixed 64k-token bound meant 1.7 s of queued
-prefill on one H100 serving an 8B model (above a 1 s target: the router never held anything) and 50 s on a 70B
+admits starts its own prefill within a tenth of the target. A fixed 64k-token bound meant 1.6 s of queued
+prefill on one H100 serving an 8B model (above a 1 s target: the router held almost nothing) and 48 s on a 70B
 model on one A100. Measured sensitivity in docs/architecture.md.
 """
 

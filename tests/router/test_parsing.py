@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goodput.router.__main__ import build
-from goodput.router.config import DEFAULT_MAX_PREFILL, parse_args, parse_quotas
+from goodput.router.config import DEFAULT_MAX_PREFILL, DEFAULT_MAX_REQUESTS, parse_args, parse_quotas
 from goodput.router.endpoints import ready_urls
 from goodput.router.errors import RouterError
 from goodput.router.refresh import parse_gauges
@@ -125,37 +125,27 @@ def test_command_line_and_quota_errors_name_the_field(tmp_path) -> None:
         parse_args(["--namespace", "ns"])  # a namespace without Services to watch
 
 
-def test_max_requests_per_replica_per_tier() -> None:
+@pytest.mark.parametrize(
+    ("flag", "field", "default"),
+    [
+        ("--max-requests-per-replica", "max_requests", DEFAULT_MAX_REQUESTS),
+        ("--max-prefill-tokens-per-replica", "max_prefill_tokens", DEFAULT_MAX_PREFILL),
+    ],
+)
+def test_a_replica_bound_for_every_tier_and_per_tier(flag: str, field: str, default: int) -> None:
     args = ["--upstream", "interactive=http://a:1", "--upstream", "batch=http://b:1"]
-    config = parse_args(
-        [*args, "--max-requests-per-replica", "32", "--max-requests-per-replica", "batch=128"]
-    )
-    assert (config.policy.max_requests, config.max_requests) == (32, {"batch": 128})
+    config = parse_args([*args, flag, "32", flag, "batch=128"])
+    assert (getattr(config.policy, field), getattr(config, field)) == (32, {"batch": 128})
     router = build(config)
-    assert router.tiers["interactive"].policy.max_requests == 32
-    assert router.tiers["batch"].policy.max_requests == 128
+    assert getattr(router.tiers["interactive"].policy, field) == 32
+    assert getattr(router.tiers["batch"].policy, field) == 128
     assert router.tiers["batch"].policy.kind == config.policy.kind
+    assert getattr(build(parse_args(args)).tiers["batch"].policy, field) == default
     for bad in ("0", "many", "batch=-1", "fast=3"):
         with pytest.raises(SystemExit):
-            parse_args([*args, "--max-requests-per-replica", bad])
+            parse_args([*args, flag, bad])
     with pytest.raises(SystemExit):  # a bound for a tier the router does not have
-        parse_args(["--upstream", "interactive=http://a:1", "--max-requests-per-replica", "batch=8"])
-
-
-def test_max_prefill_tokens_per_replica_per_tier() -> None:
-    args = ["--upstream", "interactive=http://a:1", "--upstream", "batch=http://b:1"]
-    config = parse_args(
-        [*args, "--max-prefill-tokens-per-replica", "4096", "--max-prefill-tokens-per-replica", "batch=20000"]
-    )
-    assert (config.policy.max_prefill_tokens, config.max_prefill_tokens) == (4096, {"batch": 20000})
-    router = build(config)
-    assert router.tiers["interactive"].policy.max_prefill_tokens == 4096
-    assert router.tiers["batch"].policy.max_prefill_tokens == 20000
-    unset = parse_args(args)
-    assert build(unset).tiers["batch"].policy.max_prefill_tokens == DEFAULT_MAX_PREFILL
-    for bad in ("0", "lots", "batch=-5", "fast=3"):
-        with pytest.raises(SystemExit):
-            parse_args([*args, "--max-prefill-tokens-per-replica", bad])
+        parse_args(["--upstream", "interactive=http://a:1", flag, "batch=8"])
 
 
 JSON = st.recursive(
