@@ -5,11 +5,13 @@ count for every service.
 A request admitted to a replica waits behind the prefill tokens already sent there; a request the router holds
 goes, when its turn comes (shortest first), to whichever replica frees first. One shared queue serves a fleet
 better than a queue per replica, so the router should hold the work rather than the replicas, as long as each
-replica keeps enough to stay busy until the router sends more (it dispatches at every first token and finish).
-A replica is at its bound once it holds PREFILL_SHARE of the TTFT target's worth of prefill: a request it
-admits starts its own prefill within a tenth of the target. A fixed 64k-token bound meant 1.6 s of queued
-prefill on one H100 serving an 8B model (above a 1 s target: the router held almost nothing) and 48 s on a 70B
-model on one A100. Measured sensitivity in docs/architecture.md.
+replica keeps enough to stay busy until the router sends more (it dispatches at every first token and finish)
+and the longest prompts are not held behind a stream of short ones (the router orders its queue shortest
+first). A replica is at its bound once it holds PREFILL_SHARE of the TTFT target's worth of prefill: a request
+it admits starts its own prefill within a quarter of the target. A tenth held too much in the router: on the
+real node the router's TTFT p95 then lost to the plain Service's, its long prompts waiting behind short ones.
+A fixed 64k-token bound meant 1.6 s of queued prefill on one H100 serving an 8B model (above a 1 s target: the
+router held almost nothing) and 48 s on a 70B model on one A100. Measured sensitivity in docs/architecture.md.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from goodput.policies.planner import CHUNK_TOKENS
 from goodput.policies.profiles import profile_for
 from goodput.policies.types import Candidate
 
-PREFILL_SHARE = 0.1  # of the TTFT target: the prefill a replica may hold ahead of a request it admits
+PREFILL_SHARE = 0.25  # of the TTFT target: the prefill a replica may hold ahead of a request it admits
 
 
 def prefill_tokens_per_s(model: StepModel, chunk_tokens: int) -> float:
