@@ -70,7 +70,7 @@ def quotas_json(router: RouterSpec) -> str:
 def router_args(owner: Owner, spec: InferenceServiceSpec, router: RouterSpec, plan: Candidate) -> list[str]:
     """Both tiers' Services are watched whatever the plan (a tier without endpoints is skipped by the router);
     each planned tier's max batch and prefill bound (policies/prefill_bound.py) bound its replicas, so only a
-    change of max batch, accelerator or TP rolls the router."""
+    change of max batch, accelerator, TP or TTFT target rolls the router."""
     default_class = "batch" if spec.traffic.traffic_class == TrafficClass.BATCH else "interactive"
     args = ["--host", "0.0.0.0", "--port", str(ROUTER_PORT), "--namespace", owner.namespace]
     for tier in TIERS:
