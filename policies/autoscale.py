@@ -13,7 +13,8 @@ One decision per interval, from the planner at the load the service must be read
 5. React: when the observed p95 breaches the SLO with requests queued, and the queue is not already draining,
    scale at least in proportion. The TTFT
    that breaches (and spends the error budget) is the one clients see: the router's where it timed first tokens,
-   else the workers'. Calibration and capacity learning read the workers' TTFT: that is what the model predicts.
+   else the workers'. Calibration reads the workers' TTFT (a replica's own latency, what its factors correct);
+   capacity learning the clients' (the load the whole path carries at the SLO).
 6. Stabilize like the HPA: scale up to the lowest recommendation of the up window (up to the max step; a
    breach or a queue at once), scale down to the highest recommendation of the down window, at
    most max step, after a cooldown.

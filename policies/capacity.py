@@ -24,6 +24,10 @@ teach are those without a queue, and on a heavy-tailed mix the misses are in the
 that are left would all say a replica carries more and k would rise while the SLO is missed (on the on/off
 long-context workload it rose from 1.05 to 1.8 at 97.4 % attainment).
 Planning divides the load by k, quantized to the same 5 % grid as rates so plans stay shared.
+The TTFT it matches is the one clients see: behind a router, the router's (arrival to first byte), as the
+simulator times it. The router holds what every replica's bound refuses, so the workers' TTFT starts after a
+queue that the model, which queues at the replica, counts; the workers' would say a replica carries more than
+the fleet does at the SLO.
 
 The TTFT and TPOT calibration factors (policies/calibration.py) stay: they correct the latency axis (a slower
 prefill or decode step), this corrects the rate axis.
@@ -83,7 +87,7 @@ def learn_capacity(
     """Move the running configuration's factor towards what this window's rate and TTFT quantile allow."""
     cal = policy.calibration
     ready = obs.ready_replicas or current.replicas
-    observed = obs.ttft_p95_ms
+    observed = obs.client_ttft_p95_ms  # behind a router its queue is part of what a replica carries
     if not cal.enabled or obs.requests < cal.min_requests or ready <= 0 or observed is None:
         return state
     if spec.slo.ttft_p95_ms is None or not steady_window(obs, state, ready):

@@ -221,3 +221,18 @@ def test_the_factor_does_not_rise_while_the_error_budget_is_overspent() -> None:
     assert _raw_factor(learn_capacity(SPEC, POLICY, c, calm, within)) > 1.05
     overspent = replace(within, slo_missed=400.0)  # 2 % late against the 1 % the SLO allows
     assert learn_capacity(SPEC, POLICY, c, calm, overspent) == overspent
+
+
+def test_behind_a_router_the_factor_is_learned_from_the_ttft_clients_see() -> None:
+    """The router holds what every replica's bound refuses, so the workers' TTFT starts after its queue: a
+    window whose workers look twice as fast as the model, while the clients' first tokens are as slow as the
+    model says, teaches nothing about carrying more (the SLO is on what the clients see)."""
+    c = _running()
+    nodes = _mix(CHAT)
+    fast = Replica(c, nodes, rate_scale=2.0)
+    rps = 0.9 * fast.capacity_at_slo() / 2.0
+    workers = _window(rps, fast.ttft_p95_ms(rps), nodes)
+    state = ScalerState(prompt_tokens_nodes=nodes[0], output_tokens_nodes=nodes[1], slo_seen=20_000.0)
+    assert _raw_factor(learn_capacity(SPEC, POLICY, c, workers, state)) > 1.05  # the workers alone say so
+    routed = replace(workers, router_ttft_p95_ms=Replica(c, nodes).ttft_p95_ms(rps))
+    assert _raw_factor(learn_capacity(SPEC, POLICY, c, routed, state)) == pytest.approx(1.0, abs=0.02)
