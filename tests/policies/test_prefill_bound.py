@@ -1,6 +1,6 @@
 """The router's prefill bound follows the SLO, the model and the hardware, not one token count for all."""
 
-from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
+from goodput.crds.inferenceservice import InferenceServiceSpec
 from goodput.policies.catalog import accelerator
 from goodput.policies.compare import ServiceShape, benchmark_service
 from goodput.policies.perfmodel import StepModel
@@ -11,7 +11,7 @@ from goodput.policies.prefill_bound import (
     tier_prefill_bounds,
 )
 from goodput.policies.profiles import profile_for
-from goodput.policies.types import Candidate, TierConfig
+from testkit.specs import make_plan
 
 SMALL = benchmark_service(10.0)  # an 8B-class model
 LARGE = benchmark_service(
@@ -21,23 +21,6 @@ LARGE = benchmark_service(
 
 def model(spec: InferenceServiceSpec, kind: str = "H100-SXM", tp: int = 1) -> StepModel:
     return StepModel(profile_for(spec.model), accelerator(kind), tp)
-
-
-def plan(kind: str, tp: int, tiers: tuple[Tier, ...]) -> Candidate:
-    return Candidate(
-        accelerator=kind,
-        tensor_parallel=tp,
-        replicas=2,
-        max_batch=64,
-        batch_window_ms=3.0,
-        chunk_tokens=512,
-        tier=tiers[0],
-        tiers=tuple(TierConfig(t, 1, 64, 3.0) for t in tiers),
-        predicted_ttft_p95_ms=100.0,
-        predicted_tpot_p95_ms=10.0,
-        cost_per_hour=8.0,
-        utilisation=0.5,
-    )
 
 
 def test_the_bound_is_a_share_of_the_prefill_a_replica_computes_within_the_target() -> None:
@@ -55,7 +38,9 @@ def test_a_slow_replica_still_takes_one_chunk() -> None:
 
 
 def test_each_planned_tier_gets_its_own_bound_from_its_chunk_size() -> None:
-    bounds = tier_prefill_bounds(SMALL, plan("H100-SXM", 1, (Tier.INTERACTIVE, Tier.BATCH)))
+    bounds = tier_prefill_bounds(
+        SMALL, make_plan("H100-SXM", 1, (("interactive", 1, 64, 3.0), ("batch", 1, 64, 3.0)))
+    )
     assert set(bounds) == {"interactive", "batch"}
     (_, ttft_ms), _ = SMALL.slo.steering_targets()
     assert bounds["interactive"] == max_prefill_tokens(model(SMALL), 512, ttft_ms)
@@ -63,6 +48,10 @@ def test_each_planned_tier_gets_its_own_bound_from_its_chunk_size() -> None:
 
 
 def test_a_70b_model_on_a100s_is_bounded_far_below_an_8b_on_an_h100() -> None:
-    small = tier_prefill_bounds(SMALL, plan("H100-SXM", 1, (Tier.INTERACTIVE,)))["interactive"]
-    large = tier_prefill_bounds(LARGE, plan("A100-80GB", 4, (Tier.INTERACTIVE,)))["interactive"]
+    small = tier_prefill_bounds(SMALL, make_plan("H100-SXM", 1, (("interactive", 1, 64, 3.0),)))[
+        "interactive"
+    ]
+    large = tier_prefill_bounds(LARGE, make_plan("A100-80GB", 4, (("interactive", 1, 64, 3.0),)))[
+        "interactive"
+    ]
     assert large * 5 < small

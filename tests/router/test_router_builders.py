@@ -11,15 +11,16 @@ from pydantic import ValidationError
 
 from goodput.controllers import builders, naming
 from goodput.controllers.router_builders import build_router_children, endpoint
-from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
+from goodput.crds.inferenceservice import InferenceServiceSpec
 from goodput.policies.prefill_bound import tier_prefill_bounds
-from goodput.policies.types import Candidate, TierConfig
 from goodput.router.__main__ import build
 from goodput.router.config import parse_args
 from goodput.router.quota import QuotaSpec
+from testkit.specs import make_plan
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "manifests" / "examples" / "tiny-cpu.yaml"
 OWNER = builders.Owner(name="tiny", namespace="team-a", uid="u-1")
+PLAN = make_plan(tiers=(("interactive", 1, 8, 3.0),))  # max batch 8: the router's bound per replica
 ROUTER = {
     "defaultQuota": {"tokensPerSecond": 1000, "maxConcurrentRequests": 8},
     "tenantQuotas": [{"name": "search", "tokensPerSecond": 50000, "burstTokens": 100000}],
@@ -40,11 +41,11 @@ def by_kind(children: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def test_no_router_without_spec_router() -> None:
-    assert build_router_children(OWNER, spec_with(None), _plan()) == []
+    assert build_router_children(OWNER, spec_with(None), PLAN) == []
 
 
 def test_router_children() -> None:
-    children = build_router_children(OWNER, spec_with(ROUTER), _plan())
+    children = build_router_children(OWNER, spec_with(ROUTER), PLAN)
     assert [c["kind"] for c in children] == [
         "ServiceAccount", "Role", "RoleBinding", "Deployment", "Service", "PodDisruptionBudget",
     ]  # fmt: skip
@@ -82,18 +83,18 @@ def test_router_children() -> None:
 
 def test_router_runs_under_the_workers_pod_security() -> None:
     spec = spec_with(ROUTER)
-    plan_children = builders.build_children(OWNER, spec, _plan())
+    plan_children = builders.build_children(OWNER, spec, PLAN)
     worker = next(c for c in plan_children if c["kind"] == "Deployment")["spec"]["template"]["spec"]
-    router = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"]["spec"]
+    router = by_kind(build_router_children(OWNER, spec, PLAN))["Deployment"]["spec"]["template"]["spec"]
     assert router["securityContext"] == worker["securityContext"]
     assert router["containers"][0]["securityContext"] == worker["containers"][0]["securityContext"]
 
 
 def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
     spec = spec_with(ROUTER, worker={"apiKeySecret": {"name": "tiny-key", "key": "token"}})
-    container = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"][
-        "spec"
-    ]["containers"][0]
+    container = by_kind(build_router_children(OWNER, spec, PLAN))["Deployment"]["spec"]["template"]["spec"][
+        "containers"
+    ][0]
     assert container["command"] == ["python", "-m", "goodput.router"]
     config = parse_args(container["args"])
     assert config.namespace == "team-a"
@@ -102,12 +103,12 @@ def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
     assert config.limits.max_wait_s == 30
     assert config.max_requests == {"interactive": 8}  # the planned tier's max batch
     # and its prefill bound, from the TTFT target and the replica's prefill speed
-    assert config.max_prefill_tokens == tier_prefill_bounds(spec, _plan())
+    assert config.max_prefill_tokens == tier_prefill_bounds(spec, PLAN)
     assert (
         build(config).tiers["interactive"].policy.max_prefill_tokens
         == config.max_prefill_tokens["interactive"]
     )
-    grace = by_kind(build_router_children(OWNER, spec, _plan()))["Deployment"]["spec"]["template"]["spec"]
+    grace = by_kind(build_router_children(OWNER, spec, PLAN))["Deployment"]["spec"]["template"]["spec"]
     assert grace["terminationGracePeriodSeconds"] > config.drain_s  # SIGKILL never cuts the drain short
     # each of the two router pods enforces half of every quota
     assert config.quotas.default == QuotaSpec(tokens_per_s=500, max_concurrent=4)
@@ -120,9 +121,7 @@ def test_router_args_parse_and_carry_quotas_and_the_api_key_secret() -> None:
 
 def test_batch_service_defaults_to_the_batch_class() -> None:
     traffic = {"class": "batch", "expectedRps": 2}
-    container = by_kind(build_router_children(OWNER, spec_with(ROUTER, traffic=traffic), _plan()))[
-        "Deployment"
-    ]
+    container = by_kind(build_router_children(OWNER, spec_with(ROUTER, traffic=traffic), PLAN))["Deployment"]
     assert parse_args(container["spec"]["template"]["spec"]["containers"][0]["args"]).default_class == "batch"
 
 
@@ -138,20 +137,3 @@ def test_batch_service_defaults_to_the_batch_class() -> None:
 def test_bad_router_specs_are_rejected(router: dict[str, Any]) -> None:
     with pytest.raises(ValidationError):
         spec_with(router)
-
-
-def _plan() -> Candidate:
-    return Candidate(
-        accelerator="CPU",
-        tensor_parallel=1,
-        replicas=1,
-        max_batch=8,
-        batch_window_ms=3.0,
-        chunk_tokens=512,
-        tier="interactive",
-        tiers=(TierConfig(Tier("interactive"), 1, 8, 3.0),),
-        predicted_ttft_p95_ms=100.0,
-        predicted_tpot_p95_ms=10.0,
-        cost_per_hour=0.05,
-        utilisation=0.5,
-    )
