@@ -137,7 +137,7 @@ async def service_changed(body: kopf.Body, reason: str, memo: kopf.Memo, **_: An
 
 @kopf.on.delete(GROUP, VERSION, SERVICES, optional=True)
 def service_deleted(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    runtime(memo).services.pop((namespace, name), None)
+    runtime(memo).forget((namespace, name))
 
 
 @kopf.on.create(GROUP, VERSION, POLICIES)

@@ -24,7 +24,7 @@ from goodput.controllers.model_check import model_problem
 from goodput.controllers.naming import MAX_LABEL_VALUE
 from goodput.controllers.observation import observe_service
 from goodput.controllers.planning import policy_call
-from goodput.controllers.prometheus import Snapshot
+from goodput.controllers.prometheus import ServiceKey, Snapshot
 from goodput.controllers.runtime import PolicyNotFound, Runtime, ServiceRecord
 from goodput.controllers.worker_health import worker_problem
 from goodput.crds.inferenceservice import InferenceServiceSpec, Mode
@@ -157,7 +157,8 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
             if isinstance(decided, PlanResult):
                 running = record.plan if decided.unservable else None
                 updates = infeasible_conditions(decided, running)
-                await _warn_if_news(rt.kube, record.status, updates, owner_of(meta), now)
+                news = _news(rt, record.key, record.status, updates)
+                await _post_warnings(rt.kube, news, owner_of(meta), now)
                 await actuate.write_status(rt.kube, record, compose(record, updates, now), now)
                 if running is not None:  # not managed under a spec it cannot serve; its next change re-plans
                     rt.services.pop(record.key, None)
@@ -166,6 +167,7 @@ async def reconcile(rt: Runtime, body: dict[str, Any], cause: str) -> None:
         else:
             previous = record.plan
         assert record.plan is not None
+        rt.warned.pop(record.key, None)  # planned: a problem that comes back is news again
         valid = [
             Cond("InvalidSpec", "False", "SpecValid", "the spec is valid"),
             Cond("CapacityLimited", "False", "WithinLimits", "the plan meets the SLO within the limits"),
@@ -203,22 +205,40 @@ async def refuse(rt: Runtime, body: dict[str, Any], reason: str, message: str, n
     generation = int(meta.get("generation") or 0)
     stored = dict(body.get("status") or {})
     updated = status.rejected_spec_status(stored, generation, message, now, reason)
+    news = _news(
+        rt, (meta["namespace"], meta["name"]), stored, [Cond("InvalidSpec", "True", reason, message)]
+    )
     await rt.kube.patch_status("InferenceService", meta["namespace"], meta["name"], updated)
     rt.services.pop((meta["namespace"], meta["name"]), None)
-    await _warn_if_news(rt.kube, stored, [Cond("InvalidSpec", "True", reason, message)], owner_of(meta), now)
+    await _post_warnings(rt.kube, news, owner_of(meta), now)
 
 
-async def _warn_if_news(
-    kube: KubeClient, stored: dict[str, Any], updates: list[Cond], owner: builders.Owner, now: float
-) -> None:
-    """One Warning Event per new problem (InvalidSpec or CapacityLimited turning True, or its message
-    changing), so a resumed or re-planned service does not repeat it."""
+def _news(rt: Runtime, key: ServiceKey, stored: dict[str, Any], updates: list[Cond]) -> list[Cond]:
+    """The problems to post one Warning Event for: InvalidSpec or CapacityLimited turning True, or its
+    message changing, against both the stored status (a resumed service does not repeat it) and what this
+    operator already posted (a reconcile racing on a body read before the other's status patch does not).
+
+    Synchronous on purpose: the check and the record happen with no await between them.
+    """
+    posted = rt.warned.setdefault(key, {})
+    news = []
     for update in updates:
-        if update.type not in ("InvalidSpec", "CapacityLimited") or update.status != "True":
+        if update.type not in ("InvalidSpec", "CapacityLimited"):
+            continue
+        if update.status != "True":
+            posted.pop(update.type, None)
             continue
         before = conditions.find(stored.get("conditions", []), update.type) or {}
-        if (before.get("status"), before.get("message")) != ("True", update.message):
-            await kube.create(builders.build_event(owner, update.reason, update.message, now, "Warning"))
+        stored_already = (before.get("status"), before.get("message")) == ("True", update.message)
+        if not stored_already and posted.get(update.type) != update.message:
+            posted[update.type] = update.message
+            news.append(update)
+    return news
+
+
+async def _post_warnings(kube: KubeClient, news: list[Cond], owner: builders.Owner, now: float) -> None:
+    for update in news:
+        await kube.create(builders.build_event(owner, update.reason, update.message, now, "Warning"))
 
 
 async def _planning_failed(rt: Runtime, record: ServiceRecord, error: Exception, now: float) -> None:

@@ -64,6 +64,9 @@ class Runtime:
     plans: PlanCache = field(default_factory=PlanCache)  # memoized planner shared by all services
     ready_replicas: Any = None  # kopf.Index: (namespace, service) → (tier, desired, ready), from Deployments
     policy_users_written: dict[str, int] = field(default_factory=dict)  # SLOPolicy → status.services written
+    # service → condition type → message of the last Warning Event posted for it; checked and set before any
+    # await, so two reconciles racing on one stale body post one event, not two
+    warned: dict[ServiceKey, dict[str, str]] = field(default_factory=dict)
     last_interval_end: float | None = None
     poller: asyncio.Task[None] | None = None
 
@@ -91,6 +94,11 @@ class Runtime:
         if self.ready_replicas is None:
             return set()
         return {tier for tier, _, _ in self.ready_replicas.get(key, [])}
+
+    def forget(self, key: ServiceKey) -> None:
+        """The service was deleted: a new object of the same name starts with nothing remembered."""
+        self.services.pop(key, None)
+        self.warned.pop(key, None)
 
     def users_of(self, policy: str) -> int:
         return sum(1 for record in self.services.values() if record.policy_name == policy)
