@@ -55,6 +55,9 @@ def queries(window_s: int) -> dict[str, str]:
         name: " or ".join(_tagged(histogram(metric), series) for series, metric in members)
         for name, members in _HISTOGRAMS.items()
     }
+    # a gauge histogram: its buckets at the query's time, not their increase
+    awaiting = f"sum by ({GROUP}, le) ({c.ROUTER_AWAITING}_bucket)"
+    out["latency"] += " or " + _tagged(awaiting, "router_awaiting")
     out["requests"] = f"sum by ({GROUP}) (increase({c.total(c.REQUEST_SUCCESS)}[{window_s}s]))"
     gauges = {
         "running": f"sum by ({GROUP}) ({c.NUM_REQUESTS_RUNNING})",

@@ -213,6 +213,7 @@ class _Records:
         default_factory=lambda: np.append(np.asarray(ITL_BUCKETS, dtype=float), math.inf)
     )
     itl_weights: np.ndarray = field(default_factory=lambda: np.zeros(len(ITL_BUCKETS) + 1))
+    awaiting_from: int = 0  # every request before it has its first token
 
 
 class _Engine:
@@ -453,8 +454,9 @@ def _observe(
     waiting = sum(r.waiting_at(t1, trace.arrival_s) for r in serving)
     queried, served = cfg.routing.take_window() if cfg.routing is not None else (None, None)
     router = cfg.routing is not None and not cfg.routing.service
+    ttft = Histogram.from_samples(TTFT_BUCKETS, rec.first_token[first] - trace.arrival_s[first])
     window_data = TierWindow(
-        ttft=Histogram.from_samples(TTFT_BUCKETS, rec.first_token[first] - trace.arrival_s[first]),
+        ttft=ttft,
         itl=Histogram(rec.itl_edges.copy(), np.cumsum(rec.itl_weights)),
         prompt_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.prompt_tokens[fin]),
         output_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.output_tokens[fin]),
@@ -462,6 +464,8 @@ def _observe(
         running=float(sum(r.running for r in serving)),
         waiting=float(waiting if router else waiting + unrouted),
         router_queued=float(unrouted) if router else None,
+        router_ttft=ttft if router else None,
+        router_awaiting=_awaiting(rec, trace.arrival_s, t1) if router else None,
         kv_cache_usage=float(np.mean([r.kv_used / cap for r in ready])) if ready else None,
         ready_replicas=len(ready),
         prefix_cache_queries=queried,
@@ -471,6 +475,16 @@ def _observe(
     obs = build_observation(t1, window, {"interactive": window_data}, ttft_target_s=cfg.slo.ttft_ms / 1000.0)
     assert obs is not None  # the window always carries series
     return obs
+
+
+def _awaiting(rec: _Records, arrival: np.ndarray, t1: float) -> Histogram:
+    """How long each request that arrived by t1 and has no first token yet has waited: the router's gauge
+    histogram at a scrape. Scans from the oldest such request on, so a long trace costs what is in flight."""
+    arrived = int(np.searchsorted(arrival, t1, side="right"))
+    start = rec.awaiting_from
+    unserved = start + np.flatnonzero(~(rec.first_token[start:arrived] <= t1))
+    rec.awaiting_from = int(unserved[0]) if len(unserved) else arrived
+    return Histogram.from_samples(TTFT_BUCKETS, t1 - arrival[unserved])
 
 
 def _events_until(

@@ -4,11 +4,16 @@ not been admitted to a replica yet."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
+from bisect import bisect_right
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeHistogramMetricFamily
+from prometheus_client.utils import floatToGoString
 
 from goodput.worker_image import contract
 
@@ -50,9 +55,55 @@ class TierSeries:
         counter.inc()
 
 
+class AwaitingFirstToken:
+    """Streamed requests still without a first byte, and when each arrived (perf_counter seconds): at each
+    scrape, a gauge histogram of how long they have waited, per tier (contract.ROUTER_AWAITING).
+
+    The TTFT histogram counts a request only at its first byte, so one starving in the queue behind shorter ones
+    is invisible to it until it is served; this shows it while it waits.
+    """
+
+    def __init__(self) -> None:
+        self._tiers: set[str] = set()
+        self._arrived: dict[int, tuple[str, float]] = {}
+        self._keys = itertools.count()
+
+    def add_tier(self, tier: str) -> None:
+        """Export the tier's series, empty, before its first request."""
+        self._tiers.add(tier)
+
+    def begin(self, tier: str, arrived: float) -> int:
+        key = next(self._keys)
+        self._tiers.add(tier)
+        self._arrived[key] = (tier, arrived)
+        return key
+
+    def end(self, key: int) -> None:
+        """Its first byte went out, or it ended without one; a second call does nothing."""
+        self._arrived.pop(key, None)
+
+    def collect(self) -> Iterator[GaugeHistogramMetricFamily]:
+        now = time.perf_counter()
+        ages: dict[str, list[float]] = {tier: [] for tier in self._tiers}
+        for tier, arrived in self._arrived.values():
+            ages[tier].append(now - arrived)
+        family = GaugeHistogramMetricFamily(
+            contract.ROUTER_AWAITING,
+            "How long each streamed request without a first byte yet (queued here or at a replica) has waited.",
+            labels=["tier"],
+        )
+        for tier, waited in sorted(ages.items()):
+            waited.sort()
+            buckets = [(floatToGoString(le), float(bisect_right(waited, le))) for le in contract.TTFT_BUCKETS]
+            family.add_metric([tier], [*buckets, ("+Inf", float(len(waited)))], gsum_value=sum(waited))
+        yield family
+
+
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self.awaiting = AwaitingFirstToken()
+        self.registry.register(self.awaiting)
         gauge, counter = partial(Gauge, registry=self.registry), partial(Counter, registry=self.registry)
         self.queue_depth = gauge(
             contract.ROUTER_QUEUE_DEPTH, "Requests waiting in the router for a replica.", ["tier"]
@@ -99,6 +150,7 @@ class RouterMetrics:
         self.prefix_blocks = counter("goodput:router_prefix_blocks", "Prompt blocks routed.", ["tier"])
 
     def tier(self, name: str) -> TierSeries:
+        self.awaiting.add_tier(name)
         return TierSeries(name, self)
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import gc
+import math
 from typing import Any
 
+import numpy as np
 import pytest
 
 from goodput.controllers.prometheus import PrometheusError, PrometheusReader, gc_paused, parse, queries
-from goodput.policies.observe import build_observation
+from goodput.policies.observe import TTFT_BUCKETS, Histogram, build_observation
 
 
 def test_a_fixed_small_query_set_grouped_for_all_services() -> None:
@@ -29,6 +31,15 @@ def _row(series: str | None, value: float, **labels: str) -> dict[str, Any]:
 
 def _histogram(series: str, cumulative: list[tuple[str, float]], **labels: str) -> list[dict[str, Any]]:
     return [_row(series, count, le=le, **labels) for le, count in cumulative]
+
+
+def _cumulative(seconds: np.ndarray) -> list[tuple[str, float]]:
+    """A histogram in the TTFT buckets, as the rows of a query give it."""
+    h = Histogram.from_samples(TTFT_BUCKETS, seconds)
+    return [
+        ("+Inf" if math.isinf(b) else repr(float(b)), float(c))
+        for b, c in zip(h.upper_bounds, h.cumulative, strict=True)
+    ]
 
 
 def test_rows_become_observations() -> None:
@@ -140,3 +151,30 @@ def test_an_error_answer_raises_and_collection_resumes() -> None:
             assert not gc.isenabled()
             reader._rows(body)
         assert gc.isenabled()
+
+
+def test_the_router_s_awaiting_gauge_histogram_joins_the_window() -> None:
+    """Read at the query's time (a gauge, not an increase): requests queued past the target raise the TTFT
+    quantile clients see, while the workers' own stays as measured."""
+    workers = _cumulative(np.full(100, 0.2))
+    awaiting = _cumulative(np.full(20, 15.0))
+    results = {
+        "latency": _histogram("ttft", workers)
+        + _histogram("router_ttft", workers)
+        + _histogram("router_awaiting", awaiting),
+        "requests": [_row(None, 100.0)],
+        "gauges": [_row("running", 1.0), _row("newest", 999.0), _row("router_queued", 20.0)],
+    }
+    snapshot = parse(results, time=1000.0, window_s=60.0)
+    window = snapshot.services[("ns", "chat")]["interactive"]
+    assert window.router_awaiting is not None and window.router_awaiting.count == 20.0
+    observation = build_observation(
+        snapshot.time, snapshot.window_s, {"interactive": window}, ttft_target_s=1.0
+    )
+    assert observation is not None
+    assert observation.ttft_p95_ms < 250.0 < 1000.0 < observation.client_ttft_p95_ms
+    latency = queries(60)["latency"]
+    assert (
+        "sum by (namespace, inferenceservice, tier, le) (goodput:router_awaiting_first_token_seconds_bucket)"
+        in latency
+    )

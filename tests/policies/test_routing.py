@@ -307,3 +307,24 @@ def test_the_simulated_router_reports_what_it_holds_and_a_new_replica_takes_it()
     # the third request (the head of the queue) starts on the new replica, long before a first one finishes (30 s)
     assert ready_at <= first_token[2] < ready_at + 1.0
     assert np.isfinite(result.ttft_ms).all()
+
+
+def test_the_simulated_router_shows_requests_waiting_past_the_target_before_they_are_served() -> None:
+    """Two replicas busy with long requests and three more held behind them: in the first window every first
+    token served was fast, but the held requests have waited past the 1 s target, and the TTFT clients see says
+    so then, not only once they are served."""
+    outputs = [3000, 3000, 20, 20, 20]
+    trace = Trace(
+        "starved", np.r_[0.0, 0.001, 0.002, 0.003, 0.004, 100.0], np.full(6, 100), np.r_[outputs, 5]
+    )
+    seen: list[tuple[float | None, float | None]] = []
+
+    class Watch(Static):
+        def decide(self, now, obs, fleet):  # type: ignore[no-untyped-def]
+            seen.append((obs.ttft_p95_ms, obs.client_ttft_p95_ms))
+            return Actuation(replicas=2)
+
+    simulate(trace, Watch(2), _held_fleet([*outputs, 5]))
+    workers, clients = seen[0]
+    assert workers is not None and workers < 1000.0  # the two first tokens, at once
+    assert clients is not None and clients > 1000.0  # the three held for 15 s

@@ -453,6 +453,36 @@ async def test_the_ttft_clients_see_counts_the_router_queue(workers, make_router
     assert added_total is not None and added_total < 0.1, added_total
 
 
+async def test_requests_still_without_a_first_token_are_shown_with_their_wait(
+    workers, make_router, client
+) -> None:
+    """A queued request is in no TTFT histogram until it is served: the awaiting gauge histogram shows it, and
+    the one at the replica, while they wait; a request that does not stream is not a first token's wait."""
+    worker = await workers("w0", first_delay_s=0.6)
+    router, url = await make_router({"interactive": [worker.url]}, policy=ONE_AT_A_TIME)
+    awaiting = "goodput:router_awaiting_first_token_seconds"
+
+    def sample(suffix: str, **labels: str) -> float | None:
+        return router.metrics.registry.get_sample_value(
+            f"{awaiting}_{suffix}", {"tier": "interactive", **labels}
+        )
+
+    assert sample("gcount") == 0  # exported before the first request
+    first = asyncio.create_task(post(client, url))
+    while not worker.received:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(post(client, url))
+    unstreamed = asyncio.create_task(post(client, url, {**BODY, "stream": False}))
+    while router.tiers["interactive"].queued < 2:
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.3)
+    assert sample("gcount") == 2, "the streamed request at the replica and the one queued, not the unstreamed"
+    assert sample("bucket", le="0.25") == 0 and sample("bucket", le="+Inf") == 2
+    assert 0.6 <= (sample("gsum") or 0.0) < 2.0
+    assert [(await task)[0] for task in (first, second, unstreamed)] == [200, 200, 200]
+    assert sample("gcount") == 0 and sample("gsum") == 0
+
+
 async def test_a_cookie_a_replica_sets_for_one_client_never_goes_out_with_another_s(
     workers, make_router, client
 ) -> None:
