@@ -56,8 +56,8 @@ def queries(window_s: int) -> dict[str, str]:
         for name, members in _HISTOGRAMS.items()
     }
     # a gauge histogram: its buckets at the query's time, not their increase
-    awaiting = f"sum by ({GROUP}, le) ({c.ROUTER_AWAITING}_bucket)"
-    out["latency"] += " or " + _tagged(awaiting, "router_awaiting")
+    queue_age = f"sum by ({GROUP}, le) ({c.ROUTER_QUEUE_AGE}_bucket)"
+    out["latency"] += " or " + _tagged(queue_age, "router_queue_age")
     out["requests"] = f"sum by ({GROUP}) (increase({c.total(c.REQUEST_SUCCESS)}[{window_s}s]))"
     gauges = {
         "running": f"sum by ({GROUP}) ({c.NUM_REQUESTS_RUNNING})",

@@ -344,8 +344,8 @@ class Observed(Resource):
     router_ttft_p95_ms: float | None = Field(
         default=None,
         description="95th percentile of the TTFT the router's clients see (arrival at the router to the first "
-        "streamed byte, its queue included; a request still waiting past the target counts as a miss of each "
-        "window it waits in); the autoscaler's TTFT breach and error budget read it when present.",
+        "streamed byte, its queue included; a request it holds counts as a miss in the window it waits past the "
+        "target); the autoscaler's TTFT breach and error budget read it when present.",
     )
     ready_replicas: int | None = None
 

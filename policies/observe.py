@@ -127,9 +127,10 @@ class Histogram:
         counts = np.maximum.accumulate(self.cumulative)
         return float(np.interp(x, np.r_[0.0, finite], np.r_[0.0, counts[:-1]]))
 
-    def above(self, x: float) -> Histogram:
-        """The observations above `x` (those within it removed, interpolated as `count_within` does)."""
-        return Histogram(self.upper_bounds, np.maximum(self.cumulative - self.count_within(x), 0.0))
+    def between(self, low: float, high: float) -> Histogram:
+        """The observations in (low, high], interpolated inside buckets as `count_within` does."""
+        kept = np.minimum(np.maximum.accumulate(self.cumulative), self.count_within(high))
+        return Histogram(self.upper_bounds, np.maximum(kept - self.count_within(low), 0.0))
 
     def __add__(self, other: Histogram) -> Histogram:
         if not np.array_equal(self.upper_bounds, other.upper_bounds):
@@ -157,9 +158,9 @@ class TierWindow:
     router_in_flight: float | None = None  # sum over router pods of goodput:router_in_flight
     router_wait: Histogram | None = None  # goodput:router_queue_wait_seconds
     router_ttft: Histogram | None = None  # goodput:router_time_to_first_token_seconds: the TTFT clients see
-    # goodput:router_awaiting_first_token_seconds at the window's end: how long each streamed request still without
-    # a first byte has waited (a gauge histogram, not an increase)
-    router_awaiting: Histogram | None = None
+    # goodput:router_queue_age_seconds at the window's end: how long each request the router holds has waited so
+    # far (a gauge histogram, not an increase)
+    router_queue_age: Histogram | None = None
 
     @property
     def empty(self) -> bool:
@@ -220,16 +221,19 @@ def _met(ttft: Histogram | None, target_s: float | None) -> tuple[float, float] 
 
 
 def _with_overdue(
-    router_ttft: Histogram | None, awaiting: Histogram | None, target_s: float | None
+    router_ttft: Histogram | None, queue_age: Histogram | None, target_s: float | None, window_s: float
 ) -> Histogram | None:
-    """The router's TTFT with the requests already past the target and still without a first byte counted as
-    misses of this window: behind a shortest-first queue the longest prompts starve, and the TTFT histogram,
-    which counts a request only once it is served, would show a fleet meeting its SLO while they wait. A request
-    that waits past the target for several windows counts in each; the error budget (`router_ttft_met`) counts
-    each request once, at its first byte."""
-    if awaiting is None or target_s is None or awaiting.count_within(target_s) >= awaiting.count:
+    """The router's TTFT with the requests it holds that passed the target during this window counted as this
+    window's misses: behind a shortest-first queue the longest prompts starve, and the TTFT histogram, which
+    counts a request only once it is served, would show a fleet meeting its SLO while they wait. Each counts in
+    the window it passes the target and again at its first byte; the error budget (`router_ttft_met`) counts it
+    once, at its first byte. Requests a replica has taken are left to the TTFT histogram: past the target there,
+    they wait for their own prefill, which more replicas do not shorten."""
+    if queue_age is None or target_s is None:
         return router_ttft
-    overdue = awaiting.above(target_s)
+    overdue = queue_age.between(target_s, target_s + window_s)
+    if overdue.count <= 0:
+        return router_ttft
     return overdue if router_ttft is None else router_ttft + overdue
 
 
@@ -245,7 +249,7 @@ def _observe_one(
     ttft_met = _met(w.ttft, ttft_target_s)
     router_ttft = w.router_ttft if w.router_ttft is not None and w.router_ttft.count > 0 else None
     router_ttft_met = _met(router_ttft, ttft_target_s)
-    clients_ttft = _with_overdue(router_ttft, w.router_awaiting, ttft_target_s)
+    clients_ttft = _with_overdue(router_ttft, w.router_queue_age, ttft_target_s, window_s)
     hit_fraction = None
     if w.prefix_cache_queries and w.prefix_cache_hits is not None:
         hit_fraction = min(max(w.prefix_cache_hits / w.prefix_cache_queries, 0.0), 1.0)

@@ -213,7 +213,6 @@ class _Records:
         default_factory=lambda: np.append(np.asarray(ITL_BUCKETS, dtype=float), math.inf)
     )
     itl_weights: np.ndarray = field(default_factory=lambda: np.zeros(len(ITL_BUCKETS) + 1))
-    awaiting_from: int = 0  # every request before it has its first token
 
 
 class _Engine:
@@ -308,7 +307,8 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
             r.done_at = max(r.t, t0)
             pods.remove(r)
             retired.append(r)
-        obs = _observe(t1, cfg, trace, rec, pods, len(held) if cfg.routing is not None else len(pending))
+        unrouted = [rid for _, rid in held] if cfg.routing is not None else list(pending)
+        obs = _observe(t1, cfg, trace, rec, pods, np.asarray(unrouted, dtype=np.int64))
         live = [r for r in pods if not r.draining]
         ready = sum(r.ready_at <= t1 for r in live)
         log["time"].append(t1)
@@ -429,14 +429,14 @@ def _resize(
 
 
 def _observe(
-    t1: float, cfg: SimConfig, trace: Trace, rec: _Records, pods: list[_Replica], unrouted: int
+    t1: float, cfg: SimConfig, trace: Trace, rec: _Records, pods: list[_Replica], unrouted: np.ndarray
 ) -> Observation:
     """This interval's histograms and gauges, through the same code path the operator's Prometheus reader uses.
 
     Latency histograms count what completed in the window (TTFT at the first token, inter-token gaps per
     step, token counts at finish); gauges are sampled at the window's end, as a scrape would. With a router, the
     requests it holds (no replica is ready, or every one is at its bound) are its queue depth, as the operator
-    reads it, and the prefix caches' counters are the prompt tokens routed in the window and those their replica
+    reads it, their waits so far its queue-age gauge histogram, and the prefix caches' counters are the prompt tokens routed in the window and those their replica
     held. Without one, requests that arrived while no replica was ready count among the workers' waiting (no
     endpoint took them yet).
     """
@@ -462,10 +462,12 @@ def _observe(
         output_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.output_tokens[fin]),
         requests=float(len(fin)),
         running=float(sum(r.running for r in serving)),
-        waiting=float(waiting if router else waiting + unrouted),
-        router_queued=float(unrouted) if router else None,
+        waiting=float(waiting if router else waiting + len(unrouted)),
+        router_queued=float(len(unrouted)) if router else None,
         router_ttft=ttft if router else None,
-        router_awaiting=_awaiting(rec, trace.arrival_s, t1) if router else None,
+        router_queue_age=Histogram.from_samples(TTFT_BUCKETS, t1 - trace.arrival_s[unrouted])
+        if router
+        else None,
         kv_cache_usage=float(np.mean([r.kv_used / cap for r in ready])) if ready else None,
         ready_replicas=len(ready),
         prefix_cache_queries=queried,
@@ -475,16 +477,6 @@ def _observe(
     obs = build_observation(t1, window, {"interactive": window_data}, ttft_target_s=cfg.slo.ttft_ms / 1000.0)
     assert obs is not None  # the window always carries series
     return obs
-
-
-def _awaiting(rec: _Records, arrival: np.ndarray, t1: float) -> Histogram:
-    """How long each request that arrived by t1 and has no first token yet has waited: the router's gauge
-    histogram at a scrape. Scans from the oldest such request on, so a long trace costs what is in flight."""
-    arrived = int(np.searchsorted(arrival, t1, side="right"))
-    start = rec.awaiting_from
-    unserved = start + np.flatnonzero(~(rec.first_token[start:arrived] <= t1))
-    rec.awaiting_from = int(unserved[0]) if len(unserved) else arrived
-    return Histogram.from_samples(TTFT_BUCKETS, t1 - arrival[unserved])
 
 
 def _events_until(

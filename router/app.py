@@ -42,7 +42,6 @@ class Timing:
 
     arrived: float
     queued: float = 0.0
-    awaiting: int | None = None  # its entry among the requests awaiting a first byte (streamed ones only)
 
 
 @dataclass
@@ -111,8 +110,6 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
     except RouterError as error:
         return error.response()
     tier = router.tier_for(routed.request_class)
-    if routed.stream:
-        timing.awaiting = router.metrics.awaiting.begin(tier.name, timing.arrived)
     try:
         for _ in range(MAX_ATTEMPTS):
             tier = router.tier_for(routed.request_class)  # a retry may find its tier's only replica gone
@@ -128,8 +125,6 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
         return error.response()
     finally:
         router.quotas.release(tenant)
-        if timing.awaiting is not None:
-            router.metrics.awaiting.end(timing.awaiting)
 
 
 async def _forward(
@@ -170,8 +165,6 @@ async def _forward(
             await response.prepare(request)
             if first:
                 await response.write(first)
-                if timing.awaiting is not None:
-                    router.metrics.awaiting.end(timing.awaiting)
                 since = time.perf_counter() - timing.arrived
                 tier.seen.added.observe(max(since - timing.queued - upstream_s, 0.0))
                 if stream and upstream.status == 200:

@@ -60,6 +60,7 @@ class Tier:
         # exported from the start, so the operator tells an idle router (0) from a missing one
         metrics.queue_depth.labels(name).set(0)
         metrics.in_flight.labels(name).set(0)
+        metrics.queue_ages.watch(name, self._held_since)
 
     # --- replica set -------------------------------------------------------------------------------------
 
@@ -185,6 +186,9 @@ class Tier:
     def release(self, lease: Lease) -> None:
         lease.end()
         self.pump()
+
+    def _held_since(self) -> list[float]:
+        return [w.since for w in self._queue if not w.future.done()]
 
     def in_rotation(self) -> bool:
         return any(r.healthy for r in self.replicas.values())

@@ -4,10 +4,9 @@ not been admitted to a replica yet."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 import time
 from bisect import bisect_right
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -55,55 +54,40 @@ class TierSeries:
         counter.inc()
 
 
-class AwaitingFirstToken:
-    """Streamed requests still without a first byte, and when each arrived (perf_counter seconds): at each
-    scrape, a gauge histogram of how long they have waited, per tier (contract.ROUTER_AWAITING).
+class QueueAges:
+    """At each scrape, how long each request a tier's queue holds has waited so far, as a gauge histogram per tier
+    (contract.ROUTER_QUEUE_AGE).
 
-    The TTFT histogram counts a request only at its first byte, so one starving in the queue behind shorter ones
-    is invisible to it until it is served; this shows it while it waits.
+    The queue-wait and TTFT histograms count a request only once a replica takes it, so one starving behind
+    shorter ones is invisible to them until then; this shows it while it waits.
     """
 
     def __init__(self) -> None:
-        self._tiers: set[str] = set()
-        self._arrived: dict[int, tuple[str, float]] = {}
-        self._keys = itertools.count()
+        self._tiers: dict[str, Callable[[], Iterable[float]]] = {}
 
-    def add_tier(self, tier: str) -> None:
-        """Export the tier's series, empty, before its first request."""
-        self._tiers.add(tier)
-
-    def begin(self, tier: str, arrived: float) -> int:
-        key = next(self._keys)
-        self._tiers.add(tier)
-        self._arrived[key] = (tier, arrived)
-        return key
-
-    def end(self, key: int) -> None:
-        """Its first byte went out, or it ended without one; a second call does nothing."""
-        self._arrived.pop(key, None)
+    def watch(self, tier: str, held_since: Callable[[], Iterable[float]]) -> None:
+        """`held_since` gives the time.monotonic() at which each request the tier holds joined its queue."""
+        self._tiers[tier] = held_since
 
     def collect(self) -> Iterator[GaugeHistogramMetricFamily]:
-        now = time.perf_counter()
-        ages: dict[str, list[float]] = {tier: [] for tier in self._tiers}
-        for tier, arrived in self._arrived.values():
-            ages[tier].append(now - arrived)
+        now = time.monotonic()
         family = GaugeHistogramMetricFamily(
-            contract.ROUTER_AWAITING,
-            "How long each streamed request without a first byte yet (queued here or at a replica) has waited.",
+            contract.ROUTER_QUEUE_AGE,
+            "How long each request the router holds has waited so far.",
             labels=["tier"],
         )
-        for tier, waited in sorted(ages.items()):
-            waited.sort()
-            buckets = [(floatToGoString(le), float(bisect_right(waited, le))) for le in contract.TTFT_BUCKETS]
-            family.add_metric([tier], [*buckets, ("+Inf", float(len(waited)))], gsum_value=sum(waited))
+        for tier, held_since in sorted(self._tiers.items()):
+            ages = sorted(now - since for since in held_since())
+            buckets = [(floatToGoString(le), float(bisect_right(ages, le))) for le in contract.TTFT_BUCKETS]
+            family.add_metric([tier], [*buckets, ("+Inf", float(len(ages)))], gsum_value=sum(ages))
         yield family
 
 
 class RouterMetrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.awaiting = AwaitingFirstToken()
-        self.registry.register(self.awaiting)
+        self.queue_ages = QueueAges()
+        self.registry.register(self.queue_ages)
         gauge, counter = partial(Gauge, registry=self.registry), partial(Counter, registry=self.registry)
         self.queue_depth = gauge(
             contract.ROUTER_QUEUE_DEPTH, "Requests waiting in the router for a replica.", ["tier"]
@@ -150,7 +134,6 @@ class RouterMetrics:
         self.prefix_blocks = counter("goodput:router_prefix_blocks", "Prompt blocks routed.", ["tier"])
 
     def tier(self, name: str) -> TierSeries:
-        self.awaiting.add_tier(name)
         return TierSeries(name, self)
 
 

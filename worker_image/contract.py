@@ -104,10 +104,10 @@ ROUTER_IN_FLIGHT = "goodput:router_in_flight"  # gauge {tier}: requests sent to 
 # histogram {tier}, TTFT_BUCKETS: a streamed request's arrival at the router to its first byte sent to the client
 # (the TTFT its clients see, router queue included); the autoscaler's SLO signals prefer it to the workers' TTFT
 ROUTER_TTFT = "goodput:router_time_to_first_token_seconds"
-# gauge histogram {tier}, TTFT_BUCKETS: at each scrape, how long each streamed request still without a first byte
-# (queued in the router or at a replica) has waited. The TTFT histogram counts a request only at its first byte,
-# so a request starving in the queue is invisible to it until served; the operator counts those past the target
-ROUTER_AWAITING = "goodput:router_awaiting_first_token_seconds"
+# gauge histogram {tier}, TTFT_BUCKETS: at each scrape, how long each request the router holds has waited so far.
+# The TTFT and queue-wait histograms count a request only once it is served, so one starving in the queue is
+# invisible to them until then; the operator counts those that passed the TTFT target
+ROUTER_QUEUE_AGE = "goodput:router_queue_age_seconds"
 
 # ---------------------------------------------------------------- the operator's metrics (dashboards, rules)
 

@@ -105,7 +105,7 @@ def test_the_router_exports_the_series_the_operator_reads() -> None:
         contract.ROUTER_IN_FLIGHT,
         contract.ROUTER_QUEUE_WAIT,
         contract.ROUTER_TTFT,
-        contract.ROUTER_AWAITING,
+        contract.ROUTER_QUEUE_AGE,
     ):
         assert name in exported and name in read, name
 

@@ -153,21 +153,21 @@ def test_an_error_answer_raises_and_collection_resumes() -> None:
         assert gc.isenabled()
 
 
-def test_the_router_s_awaiting_gauge_histogram_joins_the_window() -> None:
+def test_the_router_s_queue_age_gauge_histogram_joins_the_window() -> None:
     """Read at the query's time (a gauge, not an increase): requests queued past the target raise the TTFT
     quantile clients see, while the workers' own stays as measured."""
     workers = _cumulative(np.full(100, 0.2))
-    awaiting = _cumulative(np.full(20, 15.0))
+    queue_age = _cumulative(np.full(20, 15.0))
     results = {
         "latency": _histogram("ttft", workers)
         + _histogram("router_ttft", workers)
-        + _histogram("router_awaiting", awaiting),
+        + _histogram("router_queue_age", queue_age),
         "requests": [_row(None, 100.0)],
         "gauges": [_row("running", 1.0), _row("newest", 999.0), _row("router_queued", 20.0)],
     }
     snapshot = parse(results, time=1000.0, window_s=60.0)
     window = snapshot.services[("ns", "chat")]["interactive"]
-    assert window.router_awaiting is not None and window.router_awaiting.count == 20.0
+    assert window.router_queue_age is not None and window.router_queue_age.count == 20.0
     observation = build_observation(
         snapshot.time, snapshot.window_s, {"interactive": window}, ttft_target_s=1.0
     )
@@ -175,6 +175,5 @@ def test_the_router_s_awaiting_gauge_histogram_joins_the_window() -> None:
     assert observation.ttft_p95_ms < 250.0 < 1000.0 < observation.client_ttft_p95_ms
     latency = queries(60)["latency"]
     assert (
-        "sum by (namespace, inferenceservice, tier, le) (goodput:router_awaiting_first_token_seconds_bucket)"
-        in latency
+        "sum by (namespace, inferenceservice, tier, le) (goodput:router_queue_age_seconds_bucket)" in latency
     )

@@ -190,30 +190,35 @@ def test_the_router_s_ttft_sums_over_tiers_and_alone_makes_a_window():
     assert obs.per_tier["batch"].client_ttft_met == (0.0, 10.0)
 
 
-def test_requests_waiting_past_the_target_without_a_first_token_count_as_misses_now():
-    """Behind a shortest-first queue a long prompt can starve while every first token served is fast: the
-    awaiting gauge histogram's requests past the target join the clients' TTFT quantile in every window they
-    are seen so, and the error budget still counts each request once, at its first token."""
+def test_requests_held_past_the_target_count_as_misses_of_the_window_they_pass_it_in():
+    """Behind a shortest-first queue a long prompt can starve while every first token served is fast: the held
+    requests that passed the target during the window join the clients' TTFT quantile then (those that passed it
+    in an earlier window counted there), and the error budget still counts each request once, at its first token.
+    """
     served = Histogram.from_samples(TTFT_BUCKETS, np.full(90, 0.3))
-    starving = Histogram.from_samples(TTFT_BUCKETS, np.r_[np.full(5, 0.2), np.full(10, 30.0)])
-    tiers = {
-        "interactive": TierWindow(ttft=served, requests=90, router_ttft=served, router_awaiting=starving)
-    }
+    held = Histogram.from_samples(TTFT_BUCKETS, np.r_[np.full(5, 0.2), np.full(10, 7.0), np.full(50, 40.0)])
+    tiers = {"interactive": TierWindow(ttft=served, requests=90, router_ttft=served, router_queue_age=held)}
     obs = build_observation(0.0, 15.0, tiers, ttft_target_s=1.0)
-    assert obs.client_ttft_p95_ms > 1000.0 > served.quantile(0.95) * 1000  # 10 of 100 are past the target
+    assert (
+        obs.client_ttft_p95_ms > 1000.0 > served.quantile(0.95) * 1000
+    )  # 10 of 100 passed it in this window
     assert obs.client_ttft_met == (90.0, 90.0)
     assert obs.ttft_p95_ms == served.quantile(0.95) * 1000  # the workers' own figure stays as it was
-    within = Histogram.from_samples(TTFT_BUCKETS, np.full(5, 0.2))  # waiting, but not past the target yet
-    calm = build_observation(
-        0.0, 15.0, {"interactive": replace(tiers["interactive"], router_awaiting=within)}, 0.95, 1.0
-    )
-    assert calm.client_ttft_p95_ms == served.quantile(0.95) * 1000
-    alone = {"interactive": TierWindow(router_queued=15.0, router_awaiting=starving)}  # nothing served at all
+    longer = build_observation(
+        0.0, 60.0, tiers, ttft_target_s=1.0
+    )  # a 60 s window: the 50 at 40 s passed in it
+    assert longer.client_ttft_p95_ms > obs.client_ttft_p95_ms
+    for ages in (np.full(5, 0.2), np.full(5, 40.0)):  # not past the target yet; past it before this window
+        calm = replace(tiers["interactive"], router_queue_age=Histogram.from_samples(TTFT_BUCKETS, ages))
+        assert build_observation(0.0, 15.0, {"interactive": calm}, 0.95, 1.0).client_ttft_p95_ms == (
+            served.quantile(0.95) * 1000
+        )
+    alone = {"interactive": TierWindow(router_queued=65.0, router_queue_age=held)}  # nothing served at all
     assert build_observation(0.0, 15.0, alone, ttft_target_s=1.0).client_ttft_p95_ms > 1000.0
 
 
-def test_above_keeps_what_lies_past_a_value():
-    h = Histogram.from_samples(TTFT_BUCKETS, np.r_[np.full(5, 0.2), np.full(10, 30.0)])
-    assert h.above(1.0).count == 10
-    assert h.above(1.0).count_within(1.0) == 0
-    assert h.above(0.0).count == h.count
+def test_between_keeps_what_lies_in_a_range():
+    h = Histogram.from_samples(TTFT_BUCKETS, np.r_[np.full(5, 0.2), np.full(10, 7.0), np.full(3, 40.0)])
+    assert h.between(1.0, 16.0).count == 10
+    assert h.between(1.0, 16.0).count_within(1.0) == 0
+    assert h.between(0.0, math.inf).count == h.count

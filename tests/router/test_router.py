@@ -453,33 +453,30 @@ async def test_the_ttft_clients_see_counts_the_router_queue(workers, make_router
     assert added_total is not None and added_total < 0.1, added_total
 
 
-async def test_requests_still_without_a_first_token_are_shown_with_their_wait(
+async def test_the_waits_of_the_requests_it_holds_are_shown_while_they_wait(
     workers, make_router, client
 ) -> None:
-    """A queued request is in no TTFT histogram until it is served: the awaiting gauge histogram shows it, and
-    the one at the replica, while they wait; a request that does not stream is not a first token's wait."""
+    """A queued request is in no wait or TTFT histogram until a replica takes it: the queue-age gauge histogram
+    shows how long each held request has waited so far, streamed or not, and not the one the replica has."""
     worker = await workers("w0", first_delay_s=0.6)
     router, url = await make_router({"interactive": [worker.url]}, policy=ONE_AT_A_TIME)
-    awaiting = "goodput:router_awaiting_first_token_seconds"
+    age = "goodput:router_queue_age_seconds"
 
     def sample(suffix: str, **labels: str) -> float | None:
-        return router.metrics.registry.get_sample_value(
-            f"{awaiting}_{suffix}", {"tier": "interactive", **labels}
-        )
+        return router.metrics.registry.get_sample_value(f"{age}_{suffix}", {"tier": "interactive", **labels})
 
     assert sample("gcount") == 0  # exported before the first request
     first = asyncio.create_task(post(client, url))
     while not worker.received:
         await asyncio.sleep(0.01)
-    second = asyncio.create_task(post(client, url))
-    unstreamed = asyncio.create_task(post(client, url, {**BODY, "stream": False}))
+    held = [asyncio.create_task(post(client, url, body)) for body in (BODY, {**BODY, "stream": False})]
     while router.tiers["interactive"].queued < 2:
         await asyncio.sleep(0.01)
     await asyncio.sleep(0.3)
-    assert sample("gcount") == 2, "the streamed request at the replica and the one queued, not the unstreamed"
+    assert sample("gcount") == 2, "the two queued, not the one at the replica"
     assert sample("bucket", le="0.25") == 0 and sample("bucket", le="+Inf") == 2
     assert 0.6 <= (sample("gsum") or 0.0) < 2.0
-    assert [(await task)[0] for task in (first, second, unstreamed)] == [200, 200, 200]
+    assert [(await task)[0] for task in (first, *held)] == [200, 200, 200]
     assert sample("gcount") == 0 and sample("gsum") == 0
 
 
