@@ -201,6 +201,9 @@ class _Records:
 
     first_token: np.ndarray
     finish: np.ndarray
+    # when a replica took each request: its arrival, or behind the router the moment the router sent it (the
+    # workers' TTFT starts there, the clients' at arrival)
+    dispatched: np.ndarray
     first_log: np.ndarray  # request ids in the order of their first token
     fin_log: np.ndarray  # request ids in the order they finished
     cursor: np.ndarray = field(default_factory=lambda: np.zeros(2, dtype=np.int64))  # entries in the logs
@@ -261,6 +264,7 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
     rng = np.random.default_rng(cfg.seed)
     rec = _Records(
         first_token=np.full(n, np.nan),
+        dispatched=np.array(trace.arrival_s, dtype=float),
         finish=np.full(n, np.nan),
         first_log=np.zeros(n, dtype=np.int64),
         fin_log=np.zeros(n, dtype=np.int64),
@@ -389,6 +393,8 @@ def _pump(
             return
         heapq.heappop(held)
         chosen = ready[choice]
+        if not routing.service:
+            engine.rec.dispatched[rid] = now
         if chosen.cache is not None:
             engine.prefill[rid] = routing.prefill(chosen.cache, rid, int(engine.prompt[rid]))
         chosen.route(np.array([rid], dtype=np.int64))
@@ -435,10 +441,11 @@ def _observe(
 
     Latency histograms count what completed in the window (TTFT at the first token, inter-token gaps per
     step, token counts at finish); gauges are sampled at the window's end, as a scrape would. With a router, the
-    requests it holds (no replica is ready, or every one is at its bound) are its queue depth, as the operator
-    reads it, their waits so far its queue-age gauge histogram, and the prefix caches' counters are the prompt tokens routed in the window and those their replica
-    held. Without one, requests that arrived while no replica was ready count among the workers' waiting (no
-    endpoint took them yet).
+    workers' TTFT starts when it sent the request and its own at arrival; the requests it holds (no replica is
+    ready, or every one is at its bound) are its queue depth, as the operator reads it, and their waits so far
+    its queue-age gauge histogram; the prefix caches' counters are the prompt tokens routed in the window and
+    those their replica held. Without one, requests that arrived while no replica was ready count among the
+    workers' waiting (no endpoint took them yet).
     """
     seen_first, seen_fin = rec.observed
     first, rec.carried_first = _events_until(
@@ -454,9 +461,8 @@ def _observe(
     waiting = sum(r.waiting_at(t1, trace.arrival_s) for r in serving)
     queried, served = cfg.routing.take_window() if cfg.routing is not None else (None, None)
     router = cfg.routing is not None and not cfg.routing.service
-    ttft = Histogram.from_samples(TTFT_BUCKETS, rec.first_token[first] - trace.arrival_s[first])
     window_data = TierWindow(
-        ttft=ttft,
+        ttft=Histogram.from_samples(TTFT_BUCKETS, rec.first_token[first] - rec.dispatched[first]),
         itl=Histogram(rec.itl_edges.copy(), np.cumsum(rec.itl_weights)),
         prompt_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.prompt_tokens[fin]),
         output_tokens=Histogram.from_samples(TOKEN_BUCKETS, trace.output_tokens[fin]),
@@ -464,7 +470,9 @@ def _observe(
         running=float(sum(r.running for r in serving)),
         waiting=float(waiting if router else waiting + len(unrouted)),
         router_queued=float(len(unrouted)) if router else None,
-        router_ttft=ttft if router else None,
+        router_ttft=Histogram.from_samples(TTFT_BUCKETS, rec.first_token[first] - trace.arrival_s[first])
+        if router
+        else None,
         router_queue_age=Histogram.from_samples(TTFT_BUCKETS, t1 - trace.arrival_s[unrouted])
         if router
         else None,

@@ -328,3 +328,21 @@ def test_the_simulated_router_shows_requests_waiting_past_the_target_before_they
     workers, clients = seen[0]
     assert workers is not None and workers < 1000.0  # the two first tokens, at once
     assert clients is not None and clients > 1000.0  # the three held for 15 s
+
+
+def test_behind_the_simulated_router_the_workers_ttft_starts_when_it_sends_the_request() -> None:
+    """As on the real stack: the third request waits about 3 s in the router for a free replica; the workers time
+    its first token from when they got it, the router from its arrival."""
+    outputs = [300, 300, 5]
+    trace = Trace("held", np.array([0.0, 0.001, 0.002, 100.0]), np.full(4, 100), np.r_[outputs, 5])
+    seen: list[tuple[float | None, float | None]] = []
+
+    class Watch(Static):
+        def decide(self, now, obs, fleet):  # type: ignore[no-untyped-def]
+            seen.append((obs.ttft_p95_ms, obs.router_ttft_p95_ms))
+            return Actuation(replicas=2)
+
+    simulate(trace, Watch(2), _held_fleet([*outputs, 5]))
+    workers, clients = seen[0]
+    assert workers is not None and workers < 500.0
+    assert clients is not None and clients > 2000.0
