@@ -23,6 +23,7 @@ from kubernetes.client import AppsV1Api, CoreV1Api
 from e2e import operator as goodput
 from e2e import procs, service
 from e2e.stack import Stack
+from goodput.worker_image.contract import ROUTER_QUEUE_AGE
 
 pytestmark = pytest.mark.e2e
 
@@ -78,6 +79,14 @@ def worker_pods(stack: Stack, namespace: str) -> int:
             namespace, label_selector=f"{service.LABEL_SERVICE}={NAME}"
         )
     return len(pods.items)
+
+
+def held_in_prometheus(stack: Stack, namespace: str) -> float:
+    """The most requests one router pod held at a scrape over the test, by its queue-age gauge histogram."""
+    assert stack.prometheus_url is not None
+    query = f'max(max_over_time({ROUTER_QUEUE_AGE}_gcount{{namespace="{namespace}"}}[15m]))'
+    answer = httpx.get(f"{stack.prometheus_url}/api/v1/query", params={"query": query}, timeout=30).json()
+    return max((float(r["value"][1]) for r in answer["data"]["result"]), default=0.0)
 
 
 def test_idle_service_goes_to_zero_and_its_first_request_wakes_it_through_the_router(
@@ -141,6 +150,8 @@ def test_idle_service_goes_to_zero_and_its_first_request_wakes_it_through_the_ro
         events = [e.message for e in CoreV1Api(client).list_namespaced_event(namespace).items]
     assert any("woke from zero" in (message or "") for message in events), events
     assert answers == [200, 200]  # no failed request
+    # the scrape that showed the operator the held request showed its wait too, in the router's queue-age series
+    assert held_in_prometheus(real, namespace) >= 1
     print(
         f"scale to zero: zero {zero_after_s:.0f} s after the last request (idle period "
         f"{POLICY.scale_to_zero_after_s:g} s, window 10 s); first request after waking served in {wake_s:.0f} s; "
