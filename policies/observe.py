@@ -132,6 +132,11 @@ class Histogram:
         kept = np.minimum(np.maximum.accumulate(self.cumulative), self.count_within(high))
         return Histogram(self.upper_bounds, np.maximum(kept - self.count_within(low), 0.0))
 
+    def rebinned(self, upper_bounds: np.ndarray) -> Histogram:
+        """The same observations in other buckets (ending with +Inf), interpolated as `count_within` does."""
+        finite = [self.count_within(float(b)) for b in upper_bounds[:-1]]
+        return Histogram(upper_bounds, np.minimum(np.array([*finite, self.count]), self.count))
+
     def __add__(self, other: Histogram) -> Histogram:
         if not np.array_equal(self.upper_bounds, other.upper_bounds):
             raise ValueError("cannot add histograms with different bucket boundaries")
@@ -234,7 +239,11 @@ def _with_overdue(
     overdue = queue_age.between(target_s, target_s + window_s)
     if overdue.count <= 0:
         return router_ttft
-    return overdue if router_ttft is None else router_ttft + overdue
+    if router_ttft is None:
+        return overdue
+    return router_ttft + overdue.rebinned(
+        router_ttft.upper_bounds
+    )  # a router of another version: its buckets
 
 
 def _observe_one(

@@ -222,3 +222,13 @@ def test_between_keeps_what_lies_in_a_range():
     assert h.between(1.0, 16.0).count == 10
     assert h.between(1.0, 16.0).count_within(1.0) == 0
     assert h.between(0.0, math.inf).count == h.count
+
+
+def test_a_queue_age_in_other_buckets_still_joins_the_router_s_ttft():
+    """A router of another version may bucket differently: the held requests are re-binned, not refused."""
+    served = Histogram.from_samples(TTFT_BUCKETS, np.full(90, 0.3))
+    coarse = Histogram.from_samples((0.5, 5.0, 30.0), np.full(10, 4.0))
+    window = TierWindow(ttft=served, requests=90, router_ttft=served, router_queue_age=coarse)
+    obs = build_observation(0.0, 15.0, {"interactive": window}, ttft_target_s=1.0)
+    assert obs.client_ttft_p95_ms > 1000.0
+    assert coarse.rebinned(served.upper_bounds).count == coarse.count
