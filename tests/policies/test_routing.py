@@ -309,14 +309,12 @@ def test_the_simulated_router_reports_what_it_holds_and_a_new_replica_takes_it()
     assert np.isfinite(result.ttft_ms).all()
 
 
-def test_the_simulated_router_shows_requests_waiting_past_the_target_before_they_are_served() -> None:
-    """Two replicas busy with long requests and three more held behind them: in the first window every first
-    token served was fast, but the held requests have waited past the 1 s target, and the TTFT clients see says
-    so then, not only once they are served."""
-    outputs = [3000, 3000, 20, 20, 20]
-    trace = Trace(
-        "starved", np.r_[0.0, 0.001, 0.002, 0.003, 0.004, 100.0], np.full(6, 100), np.r_[outputs, 5]
-    )
+def _first_window_ttfts(outputs: list[int]) -> tuple[float, float]:
+    """The workers' and the clients' TTFT p95 in the first window of `_held_fleet` serving requests of these
+    outputs (100-token prompts) that arrive a millisecond apart, and one more at 100 s."""
+    n = len(outputs)
+    arrivals = np.r_[np.arange(n) * 0.001, 100.0]
+    trace = Trace("held", arrivals, np.full(n + 1, 100), np.r_[outputs, 5])
     seen: list[tuple[float | None, float | None]] = []
 
     class Watch(Static):
@@ -326,23 +324,20 @@ def test_the_simulated_router_shows_requests_waiting_past_the_target_before_they
 
     simulate(trace, Watch(2), _held_fleet([*outputs, 5]))
     workers, clients = seen[0]
-    assert workers is not None and workers < 1000.0  # the two first tokens, at once
-    assert clients is not None and clients > 1000.0  # the three held for 15 s
+    assert workers is not None and clients is not None
+    return workers, clients
+
+
+def test_the_simulated_router_shows_requests_waiting_past_the_target_before_they_are_served() -> None:
+    """Two replicas busy with long requests and three more held behind them: in the first window every first
+    token served was fast, but the held requests have waited past the 1 s target, and the TTFT clients see says
+    so then, not only once they are served."""
+    workers, clients = _first_window_ttfts([3000, 3000, 20, 20, 20])
+    assert workers < 1000.0 < clients  # the two first tokens came at once; the three held wait 15 s
 
 
 def test_behind_the_simulated_router_the_workers_ttft_starts_when_it_sends_the_request() -> None:
     """As on the real stack: the third request waits about 3 s in the router for a free replica; the workers time
     its first token from when they got it, the router from its arrival."""
-    outputs = [300, 300, 5]
-    trace = Trace("held", np.array([0.0, 0.001, 0.002, 100.0]), np.full(4, 100), np.r_[outputs, 5])
-    seen: list[tuple[float | None, float | None]] = []
-
-    class Watch(Static):
-        def decide(self, now, obs, fleet):  # type: ignore[no-untyped-def]
-            seen.append((obs.ttft_p95_ms, obs.router_ttft_p95_ms))
-            return Actuation(replicas=2)
-
-    simulate(trace, Watch(2), _held_fleet([*outputs, 5]))
-    workers, clients = seen[0]
-    assert workers is not None and workers < 500.0
-    assert clients is not None and clients > 2000.0
+    workers, clients = _first_window_ttfts([300, 300, 5])
+    assert workers < 500.0 and clients > 2000.0
