@@ -98,6 +98,9 @@ class EngineRunner:
         self._streams: dict[str, RequestStream] = {}
         self._cond = threading.Condition()
         self._inbox: list[_Submission] = []
+        # taken from the inbox by the engine thread and not yet added to the engine: still arriving, for the
+        # admission check (else a request admitted meanwhile is refused after its 200 has gone out)
+        self._in_transit = 0
         self._aborts: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="goodput-engine", daemon=True)
@@ -117,13 +120,17 @@ class EngineRunner:
 
     def queue_full(self) -> bool:
         with self._cond:
-            return self.engine.queue_full(len(self._inbox))
+            return self.engine.queue_full(self._arriving())
+
+    def _arriving(self) -> int:
+        """Requests handed over and not yet in the engine's queue; the caller holds the lock."""
+        return len(self._inbox) + self._in_transit
 
     def stats(self) -> EngineStats:
         """The engine's statistics, requests handed over but not yet added counted as waiting."""
         stats = self.engine.stats()
         with self._cond:
-            return replace(stats, num_waiting=stats.num_waiting + len(self._inbox))
+            return replace(stats, num_waiting=stats.num_waiting + self._arriving())
 
     def submit(
         self,
@@ -140,7 +147,7 @@ class EngineRunner:
             raise ValueError(f"request id {request_id!r} is already in use")
         self.engine.check_request(prompt_ids, params)
         with self._cond:
-            if self.engine.queue_full(len(self._inbox)):
+            if self.engine.queue_full(self._arriving()):
                 raise QueueFullError(f"waiting queue is full ({self.engine.config.max_waiting} requests)")
             self._inbox.append(_Submission(request_id, prompt_ids, params, priority))
             self._cond.notify_all()
@@ -176,6 +183,7 @@ class EngineRunner:
                     self._cond.wait(deferred - time.monotonic())
                     return None
             inbox, self._inbox = self._inbox, []
+            self._in_transit = len(inbox)
             aborts, self._aborts = self._aborts, []
         return inbox, aborts
 
@@ -195,6 +203,9 @@ class EngineRunner:
                         param = exc.param if isinstance(exc, InvalidParameterError) else None
                         error = bad_request(str(exc), param)
                         self.loop.call_soon_threadsafe(self._refuse, sub.request_id, error)
+                    finally:
+                        with self._cond:
+                            self._in_transit -= 1
                 for request_id in aborts:
                     self.engine.abort_request(request_id)
                 outputs = self.engine.step()

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 
+import pytest
+
 from goodput.worker_image.config import EngineConfig
-from goodput.worker_image.engine import LLMEngine, RequestOutput
+from goodput.worker_image.engine import LLMEngine, QueueFullError, RequestOutput
 from goodput.worker_image.engine_thread import EngineRunner
 from goodput.worker_image.metrics import WorkerMetrics
 from goodput.worker_image.sampling import Priority, SamplingParams
@@ -60,3 +63,38 @@ def test_batch_window_defers_then_admits() -> None:
     time.sleep(max(0.0, engine.deferred_until - time.monotonic()))
     outs = engine.step()
     assert [o.request_id for o in outs] == ["a"] and outs[0].finished
+
+
+def test_requests_the_engine_thread_is_still_adding_count_against_the_queue_bound() -> None:
+    """The engine thread takes the inbox, then adds each request to the engine: a request admitted in between
+    must see them, or the engine refuses it after its 200 has gone out (a stream that ends in an error)."""
+    engine = LLMEngine(EngineConfig(model="random:tiny", max_model_len=64, max_num_seqs=1, max_waiting=1))
+    params = SamplingParams(max_tokens=2, temperature=0.0, ignore_eos=True)
+    adding, release = threading.Event(), threading.Event()
+    add = engine.add_request
+
+    def slow_add(*args: object, **kwargs: object) -> None:
+        adding.set()
+        release.wait(10)
+        add(*args, **kwargs)  # type: ignore[arg-type]
+
+    engine.add_request = slow_add  # type: ignore[method-assign]
+
+    async def run() -> None:
+        runner = EngineRunner(engine, asyncio.get_running_loop(), WorkerMetrics("tiny", 64))
+        runner.start()
+        try:
+            first = runner.submit("a", [1, 2, 3], params, Priority.INTERACTIVE, time.monotonic())
+            assert await asyncio.to_thread(adding.wait, 10)  # taken from the inbox, not in the engine yet
+            second = runner.submit("b", [1, 2, 3], params, Priority.INTERACTIVE, time.monotonic())  # it waits
+            with pytest.raises(QueueFullError):  # one running and one waiting: the bound, counted now
+                runner.submit("c", [1, 2, 3], params, Priority.INTERACTIVE, time.monotonic())
+            release.set()
+            for stream in (first, second):
+                outputs = [out async for out in stream.outputs()]
+                assert outputs[-1].finish_reason == "length"
+        finally:
+            release.set()
+            runner.stop()
+
+    asyncio.run(run())
