@@ -202,14 +202,13 @@ async def refuse(rt: Runtime, body: dict[str, Any], reason: str, message: str, n
     """The spec cannot be served as written: InvalidSpec=True naming the field, a Warning Event when that is
     news, nothing changed in the cluster, and the service left unmanaged until its spec changes (no retry)."""
     meta = body["metadata"]
+    key = (meta["namespace"], meta["name"])
     generation = int(meta.get("generation") or 0)
     stored = dict(body.get("status") or {})
     updated = status.rejected_spec_status(stored, generation, message, now, reason)
-    news = _news(
-        rt, (meta["namespace"], meta["name"]), stored, [Cond("InvalidSpec", "True", reason, message)]
-    )
-    await rt.kube.patch_status("InferenceService", meta["namespace"], meta["name"], updated)
-    rt.services.pop((meta["namespace"], meta["name"]), None)
+    news = _news(rt, key, stored, [Cond("InvalidSpec", "True", reason, message)])
+    await rt.kube.patch_status("InferenceService", *key, updated)
+    rt.services.pop(key, None)
     await _post_warnings(rt.kube, news, owner_of(meta), now)
 
 

@@ -241,9 +241,8 @@ def _with_overdue(
         return router_ttft
     if router_ttft is None:
         return overdue
-    return router_ttft + overdue.rebinned(
-        router_ttft.upper_bounds
-    )  # a router of another version: its buckets
+    # a router of another version may bucket its queue ages differently from its TTFT
+    return router_ttft + overdue.rebinned(router_ttft.upper_bounds)
 
 
 def _observe_one(
