@@ -51,6 +51,7 @@ OPERATOR = Image(
         "router",
         "worker_image/__init__.py",
         "worker_image/contract.py",
+        "worker_image/eviction.py",
         "operator/main.py",
     ),
     base=BASE.name,

@@ -1,5 +1,5 @@
 """One replica as the router sees it: its own in-flight accounting between refreshes, the refresh's gauges,
-and an estimate of the prefix blocks it holds (what the router sent it, LRU)."""
+and an estimate of the prefix blocks it holds (what the router sent it, evicted as the worker evicts)."""
 
 from __future__ import annotations
 

@@ -89,7 +89,9 @@ def test_no_import_cycles() -> None:
 # Who may import whom (docs/architecture.md, "Dependency rule"): each package's allowed project imports.
 ALLOWED = {
     "goodput.crds": {"goodput.crds"},
-    "goodput.policies": {"goodput.crds", "goodput.policies", "goodput.worker_image.contract"},
+    "goodput.policies": {
+        "goodput.crds", "goodput.policies", "goodput.worker_image.contract", "goodput.worker_image.eviction",
+    },
     "goodput.controllers": {
         "goodput.controllers", "goodput.crds", "goodput.policies", "goodput.worker_image.contract",
     },

@@ -3,19 +3,21 @@
 A full block is identified by a chained hash of (parent block hash, its token ids), so equal hashes mean
 equal prefixes. The block also keeps its parent hash and token ids, and a lookup compares them, so a hash
 collision can never hand one request another request's KV. Freed blocks that carry a hash stay reusable
-until memory is needed; they are then evicted least recently freed first.
+until memory is needed; they are then evicted in `eviction.EvictionQueue`'s order (least worth first: the
+blocks of short prompts before those of long ones, the least recently freed first among equals).
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict, deque
+from collections import deque
 from collections.abc import Callable
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass, field
 
 import numpy as np
 
+from goodput.worker_image.eviction import EvictionQueue
 from goodput.worker_image.sequence import Sequence
 
 ROOT_HASH = b""
@@ -40,7 +42,7 @@ class BlockManager:
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_ids: deque[int] = deque(range(num_blocks))  # ref 0, no hash
-        self.evictable: OrderedDict[int, None] = OrderedDict()  # ref 0, hashed, oldest first
+        self.evictable = EvictionQueue()  # ref 0, hashed
         self.hash_to_block: dict[bytes, int] = {}
         self.hash_fn: Callable[[bytes, Seq[int]], bytes] = block_hash
         self.queries = 0
@@ -94,7 +96,7 @@ class BlockManager:
         for block_id in cached:
             b = self.blocks[block_id]
             if b.ref_count == 0:
-                self.evictable.pop(block_id)
+                self.evictable.take(block_id)
             b.ref_count += 1
         seq.block_table = list(cached)
         seq.block_hashes = list(hashes)
@@ -111,7 +113,7 @@ class BlockManager:
         if self.free_ids:
             block_id = self.free_ids.popleft()
         else:
-            block_id, _ = self.evictable.popitem(last=False)
+            block_id = self.evictable.evict()
             b = self.blocks[block_id]
             if self.hash_to_block.get(b.hash) == block_id:  # type: ignore[arg-type]
                 del self.hash_to_block[b.hash]  # type: ignore[arg-type]
@@ -135,7 +137,9 @@ class BlockManager:
                 self.hash_to_block[h] = b.block_id
 
     def free(self, seq: Sequence) -> None:
-        """Drop the sequence's references; the last tail block is freed first so LRU keeps prefixes."""
+        """Drop the sequence's references; its cached blocks become evictable, worth its length, the tail
+        block first so the prefix outlives it."""
+        length = len(seq.block_table)
         for block_id in reversed(seq.block_table):
             b = self.blocks[block_id]
             b.ref_count -= 1
@@ -143,6 +147,6 @@ class BlockManager:
                 if b.hash is None:
                     self.free_ids.append(block_id)
                 else:
-                    self.evictable[block_id] = None
+                    self.evictable.release(block_id, length)
         seq.block_table = []
         seq.block_hashes = []

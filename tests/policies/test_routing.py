@@ -137,19 +137,22 @@ def test_policy_rejects_bad_fields(field: str, value: object) -> None:
         RoutingPolicy(**{field: value})
 
 
-def test_prefix_cache_lru_keeps_the_head_of_recent_prompts() -> None:
+def test_prefix_cache_keeps_long_prompts_and_the_head_of_recent_ones() -> None:
     cache = PrefixCache(4)
     assert cache.insert([1, 2, 3]) == 0
     assert cache.insert([1, 2, 5]) == 2
     assert cache.matched_blocks([1, 2, 3]) == 3  # four blocks fit
     assert len(cache) == 4
-    cache.insert([7, 8])  # evicts the two least recent: 3, then 5 (a prompt's tail goes before its head)
+    cache.insert([7, 8])  # worth 2, the others 3: the short prompt goes, its tail first
     assert len(cache) == 4
+    assert cache.matched_blocks([7, 8]) == 0
+    assert cache.matched_blocks([1, 2, 3]) == 3
+    cache.insert([9])  # the clock rose to 2: worth 3, a tie the least recent tail loses
     assert cache.matched_blocks([1, 2, 3]) == 2
-    assert cache.matched_blocks([1, 2, 5]) == 2
-    assert cache.matched_blocks([7, 8]) == 2
+    assert cache.matched_blocks([1, 2, 5]) == 3
+    assert cache.matched_blocks([9]) == 1
     cache.clear()
-    assert cache.matched_blocks([7]) == 0
+    assert cache.matched_blocks([9]) == 0
 
 
 def test_prefix_cache_rejects_negative_capacity() -> None:

@@ -1,4 +1,4 @@
-"""Block allocator: reference counts, prefix matching, hash-collision safety, LRU eviction."""
+"""Block allocator: reference counts, prefix matching, hash-collision safety, eviction order."""
 
 from __future__ import annotations
 
@@ -88,3 +88,17 @@ def test_prefix_caching_off() -> None:
     bm = BlockManager(num_blocks=8, block_size=2, enable_prefix_caching=False)
     admit(bm, seq([1, 2, 3], "a"))
     assert bm.match_prefix(seq([1, 2, 3], "b")) == ([], [])
+
+
+def test_a_long_conversation_outlives_a_short_one_freed_later() -> None:
+    bm = BlockManager(num_blocks=6, block_size=2)
+    long, short = seq([1, 2, 3, 4, 5, 6, 7], "long"), seq([8, 9, 0], "short")
+    admit(bm, long)
+    admit(bm, short)
+    bm.free(long)
+    bm.free(short)
+    filler = seq([4, 4, 4, 4, 4], "filler")  # two never-hashed blocks and one evicted: short's, not long's
+    bm.allocate_prefix(filler, *bm.match_prefix(filler))
+    bm.grow(filler, 5)
+    assert bm.match_prefix(seq([8, 9, 0], "x"))[0] == []
+    assert len(bm.match_prefix(seq([1, 2, 3, 4, 5, 6, 0], "y"))[0]) == 3
