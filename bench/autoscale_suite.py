@@ -26,6 +26,7 @@ import numpy as np
 
 from goodput.controllers.replay import json_ready, plot, run, run_over_configurations, table
 from goodput.policies.compare import HPA_TARGETS, KEDA_THRESHOLDS, POLICIES, ServiceShape, setup
+from goodput.policies.observe import DEFAULT_WINDOW_S
 from goodput.policies.workloads import (
     MOONCAKE_CONVERSATION_TRACE,
     Trace,
@@ -208,6 +209,12 @@ def main() -> int:
         default=None,
         help="seconds from pod creation to ready (default: start model)",
     )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=float(DEFAULT_WINDOW_S),
+        help="seconds each observation covers, the operator's PromQL range (default %(default)g)",
+    )
     parser.add_argument("--only", help="comma-separated workload names (default: all)")
     args = parser.parse_args()
     suite = workloads(args.seed)
@@ -222,11 +229,24 @@ def main() -> int:
         trace = build()
         if name in POOLS:
             report, runs = run_over_configurations(
-                trace, POOLS[name], args.start_delay, args.seed, workers=args.workers, slo_ms=slo
+                trace,
+                POOLS[name],
+                args.start_delay,
+                args.seed,
+                workers=args.workers,
+                slo_ms=slo,
+                window_s=args.window,
             )
         else:
             report, runs = run(
-                trace, POLICIES, args.start_delay, args.seed, workers=args.workers, slo_ms=slo, shape=ONE_POOL
+                trace,
+                POLICIES,
+                args.start_delay,
+                args.seed,
+                workers=args.workers,
+                slo_ms=slo,
+                shape=ONE_POOL,
+                window_s=args.window,
             )
         print(f"\n== {name} ({kind}): {len(trace)} requests, simulated in {report['wall_s']} s")
         print(table(report))
@@ -246,6 +266,7 @@ def main() -> int:
         "workloads": entries,
         "single_settings": singles,
         "start_delay_s": args.start_delay,
+        "window_s": args.window,
         "wall_s": round(time.perf_counter() - started, 1),
     }
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)

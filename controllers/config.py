@@ -6,6 +6,8 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from goodput.policies.observe import DEFAULT_WINDOW_S
+
 PREFIX = "GOODPUT_OPERATOR_"
 
 
@@ -13,7 +15,9 @@ PREFIX = "GOODPUT_OPERATOR_"
 class OperatorConfig:
     prometheus_url: str = "http://prometheus.monitoring.svc:9090"
     poll_interval_s: float = 15.0  # the shared poller's tick; a policy's longer interval skips ticks
-    window_s: int = 60  # PromQL range of increase(); at least 4 scrape intervals
+    # PromQL range of increase(): at least the poll interval (or what happens between polls goes unseen) and
+    # three scrape intervals (the PodMonitors scrape every 5 s)
+    window_s: int = DEFAULT_WINDOW_S
     request_timeout_s: float = 10.0  # each API server and Prometheus request
     max_in_flight: int = 32  # concurrent writes to the API server
     metrics_port: int = 9090  # the operator's own /metrics; 0 picks a free port, -1 disables
@@ -25,6 +29,11 @@ class OperatorConfig:
             raise ValueError(f"{PREFIX}POLL_INTERVAL_S must be > 0, got {self.poll_interval_s}")
         if self.window_s < 1:
             raise ValueError(f"{PREFIX}WINDOW_S must be >= 1, got {self.window_s}")
+        if self.window_s < self.poll_interval_s:
+            raise ValueError(
+                f"{PREFIX}WINDOW_S ({self.window_s}) must be at least {PREFIX}POLL_INTERVAL_S "
+                f"({self.poll_interval_s:g}): a shorter range misses what happens between polls"
+            )
         if self.request_timeout_s <= 0:
             raise ValueError(f"{PREFIX}REQUEST_TIMEOUT_S must be > 0, got {self.request_timeout_s}")
         if self.max_in_flight < 1:

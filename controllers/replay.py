@@ -35,6 +35,7 @@ from goodput.policies.compare import (
     static_counts,
     sweep_jobs,
 )
+from goodput.policies.observe import DEFAULT_WINDOW_S
 from goodput.policies.simulator import SimResult
 from goodput.policies.workloads import Trace
 
@@ -97,13 +98,14 @@ def run(
     slo_ms: tuple[float, float] = (1000.0, 100.0),
     shape: ServiceShape = ServiceShape(),
     configuration: Configuration | None = None,
+    window_s: float = DEFAULT_WINDOW_S,
 ) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
     """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results.
 
     Simulations are independent, so `workers` processes run them side by side.
     """
     started = time.perf_counter()
-    s = setup(trace, start_delay_s, seed, policy, slo_ms, shape, configuration)
+    s = setup(trace, start_delay_s, seed, policy, slo_ms, shape, configuration, window_s)
     jobs = sweep_jobs(s, policies)
     runs: dict[str, list[SimResult]] = {}
     for (name, _), result in zip(
@@ -123,6 +125,7 @@ def run_over_configurations(
     seed: int = 0,
     workers: int = 2,
     slo_ms: tuple[float, float] = (1000.0, 100.0),
+    window_s: float = DEFAULT_WINDOW_S,
 ) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
     """Every policy with the same choice of hardware (`shape`'s pools and TP degrees).
 
@@ -132,8 +135,17 @@ def run_over_configurations(
     reaches the target, else the highest attainment. Every configuration's figures stay in the report.
     """
     started = time.perf_counter()
-    s = setup(trace, start_delay_s, seed, slo_ms=slo_ms, shape=shape)
-    _, runs = run(trace, ("goodput",), start_delay_s, seed, workers=workers, slo_ms=slo_ms, shape=shape)
+    s = setup(trace, start_delay_s, seed, slo_ms=slo_ms, shape=shape, window_s=window_s)
+    _, runs = run(
+        trace,
+        ("goodput",),
+        start_delay_s,
+        seed,
+        workers=workers,
+        slo_ms=slo_ms,
+        shape=shape,
+        window_s=window_s,
+    )
     baselines = tuple(p for p in POLICIES if p != "goodput")
     tried = {
         configuration_label(c): run(
@@ -145,6 +157,7 @@ def run_over_configurations(
             slo_ms=slo_ms,
             shape=shape,
             configuration=c,
+            window_s=window_s,
         )[1]
         for c in s.configurations
     }
@@ -260,6 +273,12 @@ def add_arguments(parser: Any) -> None:
         default=None,
         help="seconds from pod creation to ready (default: the worker start model, policies/startup.py)",
     )
+    parser.add_argument(
+        "--window",
+        type=float,
+        default=float(DEFAULT_WINDOW_S),
+        help="seconds each observation covers: the operator's GOODPUT_OPERATOR_WINDOW_S (default %(default)g)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--ttft-ms", type=float, default=1000.0, help="the service's TTFT p95 target (ms)")
     parser.add_argument("--tpot-ms", type=float, default=100.0, help="the service's TPOT p95 target (ms)")
@@ -312,6 +331,7 @@ def command(args: Any) -> int:
                 workers=args.workers,
                 progress=progress,
                 slo_ms=(args.ttft_ms, args.tpot_ms),
+                window_s=args.window,
             )
         except ValueError as error:  # no configuration meets the SLO at the trace's peak
             raise SystemExit(

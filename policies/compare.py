@@ -23,6 +23,7 @@ from goodput.policies.autoscale import autoscale
 from goodput.policies.baselines import HPA, KEDA, Static, oracle
 from goodput.policies.catalog import accelerator, price_of
 from goodput.policies.latency import ReplicaPredictor, TokenStats
+from goodput.policies.observe import DEFAULT_WINDOW_S
 from goodput.policies.perfmodel import StepModel
 from goodput.policies.plancache import PlanCache
 from goodput.policies.profiles import profile_for
@@ -194,10 +195,13 @@ def setup(
     slo_ms: tuple[float, float] = (1000.0, 100.0),
     shape: ServiceShape = ServiceShape(),
     configuration: Configuration | None = None,
+    window_s: float = DEFAULT_WINDOW_S,
 ) -> Setup:
     """The service, its initial plan and the simulated fleet; pods start in `start_delay_s`, by default what
     `policies.startup.StartModel` gives for the model and its TP. The fleet runs the planner's cheapest
     configuration, or `configuration` when given (one the planner finds feasible at the peak).
+
+    Each observation covers `window_s`, the operator's PromQL range.
 
     Every policy starts from the same fleet: the plan for the trace's busiest 15 s, as a platform team
     provisions a new service for its expected peak (the manifest's `expectedRps` hint, with the trace's
@@ -245,6 +249,7 @@ def setup(
         price_per_gpu_hour=price_of(next(p for p in spec.accelerators if p.type == initial.accelerator)),
         start_delay_s=start_delay_s,
         interval_s=policy.evaluation_interval_seconds,
+        window_s=window_s,
         initial_replicas=initial.replicas,
         seed=seed,
     )

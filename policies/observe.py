@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from functools import lru_cache, reduce
+from typing import ClassVar
 
 import numpy as np
 
@@ -23,6 +24,12 @@ from goodput.worker_image.contract import TTFT_BUCKETS as TTFT_BUCKETS
 ITL_BUCKETS = INTER_TOKEN_BUCKETS
 TOKEN_BUCKETS = TOKEN_COUNT_BUCKETS
 token_buckets = token_count_buckets
+
+# the PromQL range the operator reads each series' increase over, by default (GOODPUT_OPERATOR_WINDOW_S): the
+# control interval, so each decision sees what happened since the last one. The autoscaler's rules were measured
+# at it; a longer range averages a burst with the calm around it (docs/architecture.md, "The loop"). A range
+# longer than the interval makes consecutive windows overlap, as the simulator's then do (`over_time`).
+DEFAULT_WINDOW_S = 15
 
 # quantiles of the token-count histograms an Observation carries: the top one is the 99.2nd percentile. With
 # 16 it was the 96.9th: the long prompts behind a window's TTFT p95 (and those the others queue behind) were
@@ -167,6 +174,14 @@ class TierWindow:
     # far (a gauge histogram, not an increase)
     router_queue_age: Histogram | None = None
 
+    # the fields that are increases over the window; the others are gauges, read at its end
+    INCREASES: ClassVar[frozenset[str]] = frozenset(
+        {
+            "ttft", "itl", "prompt_tokens", "output_tokens", "requests", "prefix_cache_queries",
+            "prefix_cache_hits", "router_wait", "router_ttft",
+        }
+    )  # fmt: skip
+
     @property
     def empty(self) -> bool:
         return all(
@@ -203,6 +218,17 @@ def _over_tiers(parts: list[TierWindow]) -> TierWindow:
         else:
             combined[f.name] = reduce(operator.add, present)
     return TierWindow(**combined)  # type: ignore[arg-type]
+
+
+def over_time(windows: Sequence[TierWindow]) -> TierWindow:
+    """Consecutive windows as one longer window: increases summed, gauges as the last one read them (what a
+    PromQL range as long as all of them gives)."""
+    last = windows[-1]
+    summed: dict[str, object] = {}
+    for name in TierWindow.INCREASES:
+        present = [v for w in windows if (v := getattr(w, name)) is not None]
+        summed[name] = reduce(operator.add, present) if present else None
+    return replace(last, **summed)
 
 
 _NODE_QS = (np.arange(TOKEN_NODES) + 0.5) / TOKEN_NODES

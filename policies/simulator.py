@@ -25,12 +25,14 @@ import numpy as np
 
 from goodput.policies import engine_core as core
 from goodput.policies.observe import (
+    DEFAULT_WINDOW_S,
     ITL_BUCKETS,
     TOKEN_BUCKETS,
     TTFT_BUCKETS,
     Histogram,
     TierWindow,
     build_observation,
+    over_time,
 )
 from goodput.policies.perfmodel import (
     ATTENTION,
@@ -216,6 +218,7 @@ class _Records:
         default_factory=lambda: np.append(np.asarray(ITL_BUCKETS, dtype=float), math.inf)
     )
     itl_weights: np.ndarray = field(default_factory=lambda: np.zeros(len(ITL_BUCKETS) + 1))
+    recent: deque[TierWindow] = field(default_factory=deque)  # the last intervals' windows, newest last
 
 
 class _Engine:
@@ -253,6 +256,9 @@ class SimConfig:
     price_per_gpu_hour: float = 4.0
     start_delay_s: float = 90.0
     interval_s: float = 15.0
+    # the range each observation covers, as the operator's PromQL reads it: the last window_s / interval_s
+    # intervals (fewer at the start)
+    window_s: float = DEFAULT_WINDOW_S
     initial_replicas: int = 1
     seed: int = 0
     routing: SimulatedRouting | None = None  # None: uniformly at random, as a Kubernetes Service spreads
@@ -482,7 +488,15 @@ def _observe(
         prefix_cache_hits=served,
     )
     rec.itl_weights[:] = 0.0
-    obs = build_observation(t1, window, {"interactive": window_data}, ttft_target_s=cfg.slo.ttft_ms / 1000.0)
+    rec.recent.append(window_data)
+    while len(rec.recent) > max(round(cfg.window_s / window), 1):
+        rec.recent.popleft()
+    obs = build_observation(
+        t1,
+        window * len(rec.recent),
+        {"interactive": over_time(rec.recent)},
+        ttft_target_s=cfg.slo.ttft_ms / 1000.0,
+    )
     assert obs is not None  # the window always carries series
     return obs
 

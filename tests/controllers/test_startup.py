@@ -47,3 +47,9 @@ def test_namespaces_and_liveness_come_from_the_config() -> None:
 def test_a_bad_setting_names_its_variable() -> None:
     with pytest.raises(ValueError, match="GOODPUT_OPERATOR_POLL_INTERVAL_S"):
         OperatorConfig.from_env({"GOODPUT_OPERATOR_POLL_INTERVAL_S": "0"})
+
+
+def test_the_window_covers_the_poll_interval() -> None:
+    assert OperatorConfig.from_env({}).window_s == OperatorConfig.from_env({}).poll_interval_s == 15
+    with pytest.raises(ValueError, match=r"GOODPUT_OPERATOR_WINDOW_S .* GOODPUT_OPERATOR_POLL_INTERVAL_S"):
+        OperatorConfig.from_env({"GOODPUT_OPERATOR_POLL_INTERVAL_S": "30", "GOODPUT_OPERATOR_WINDOW_S": "15"})

@@ -14,6 +14,7 @@ from goodput.policies.observe import (
     build_observation,
     histogram_quantile,
     histogram_quantiles,
+    over_time,
     token_buckets,
 )
 
@@ -93,6 +94,18 @@ def test_build_observation_sums_tiers_and_keeps_per_tier():
     assert 2500 < obs.ttft_p95_ms <= 5000
     assert obs.per_tier["interactive"].ttft_p95_ms < 500
     assert obs.per_tier["batch"].rps == pytest.approx(10 / 30)
+
+
+def test_windows_over_time_sum_increases_and_keep_the_last_gauges():
+    fast = Histogram.from_samples(TTFT_BUCKETS, np.full(40, 0.3))
+    slow = Histogram.from_samples(TTFT_BUCKETS, np.full(10, 3.0))
+    older = TierWindow(ttft=fast, requests=40, running=9, waiting=5, kv_cache_usage=0.9, ready_replicas=2)
+    newer = TierWindow(ttft=slow, requests=10, running=1, waiting=None, kv_cache_usage=0.1, ready_replicas=3)
+    both = over_time([older, newer])
+    assert both.ttft is not None and both.ttft.count == 50 and both.requests == 50
+    assert both.prefix_cache_hits is None  # in neither window
+    assert (both.running, both.waiting, both.kv_cache_usage, both.ready_replicas) == (1, None, 0.1, 3)
+    assert over_time([older]) == older
 
 
 def test_zero_traffic_is_an_observation_and_no_series_is_missing():

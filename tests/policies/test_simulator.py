@@ -7,7 +7,15 @@ from goodput.policies.baselines import HPA, KEDA, HPABehavior, Schedule, Static,
 from goodput.policies.catalog import accelerator
 from goodput.policies.perfmodel import StepModel, step_seconds
 from goodput.policies.profiles import PRESETS
-from goodput.policies.simulator import EngineConfig, FleetView, SimConfig, SLOTarget, StepProfile, simulate
+from goodput.policies.simulator import (
+    Actuation,
+    EngineConfig,
+    FleetView,
+    SimConfig,
+    SLOTarget,
+    StepProfile,
+    simulate,
+)
 from goodput.policies.types import Observation
 from goodput.policies.workloads import Trace
 
@@ -225,3 +233,26 @@ def test_decode_fast_forward_sums_the_step_formula_across_its_roofline_crossover
     prefill = sum(float(step_seconds(profile.cost, 0, c, 0, c * (start + c / 2))) for start, c in chunks)
     assert first_token == pytest.approx(prefill, rel=1e-9)
     assert res.tpot_ms[0] * (output - 1) / 1000 == pytest.approx(decode, rel=1e-9)
+
+
+class _Recorder:
+    """Keeps every observation it is shown; never scales."""
+
+    name = "recorder"
+
+    def __init__(self) -> None:
+        self.seen: list[Observation | None] = []
+
+    def decide(self, now, obs, fleet):
+        self.seen.append(obs)
+        return Actuation(fleet.desired)
+
+
+def test_each_observation_covers_the_operator_s_window_of_intervals():
+    # 30 requests in the first interval, then 3 in the sixth: a 45 s window sees each interval three times
+    recorder = _Recorder()
+    arrivals = [0.1 * i for i in range(30)] + [80.0, 81.0, 82.0, 130.0]
+    simulate(_trace(arrivals), recorder, _cfg(window_s=45.0))
+    counts = [obs.rps * obs.window_s if obs else 0.0 for obs in recorder.seen[:8]]
+    assert counts == pytest.approx([30, 30, 30, 0, 0, 3, 3, 3])
+    assert [obs.window_s for obs in recorder.seen[:4]] == [15.0, 30.0, 45.0, 45.0]
