@@ -21,10 +21,10 @@ from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.policies import planner
 from goodput.policies.autoscale import autoscale
 from goodput.policies.baselines import HPA, KEDA, Static, oracle
-from goodput.policies.catalog import accelerator, price_of
+from goodput.policies.catalog import price_of
 from goodput.policies.latency import ReplicaPredictor, TokenStats
 from goodput.policies.observe import DEFAULT_WINDOW_S
-from goodput.policies.perfmodel import StepModel
+from goodput.policies.perfmodel import planned_model
 from goodput.policies.plancache import PlanCache
 from goodput.policies.profiles import profile_for
 from goodput.policies.simulator import (
@@ -224,8 +224,7 @@ def setup(
         where = "any configuration" if configuration is None else configuration_label(configuration)
         raise ValueError(f"the planner finds no feasible fleet on {where} at the trace's peak rate")
     peak_replicas = initial.replicas
-    acc = accelerator(initial.accelerator)
-    model = StepModel(profile_for(spec.model), acc, initial.tensor_parallel)
+    model = planned_model(spec.model, initial)
     profile = StepProfile.from_model(model, initial.max_batch, initial.chunk_tokens)
     predictor = ReplicaPredictor(
         model,

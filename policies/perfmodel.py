@@ -27,8 +27,10 @@ from functools import cached_property
 
 import numpy as np
 
-from goodput.policies.catalog import Accelerator
-from goodput.policies.profiles import ModelProfile
+from goodput.crds.inferenceservice import ModelSpec
+from goodput.policies.catalog import Accelerator, accelerator
+from goodput.policies.profiles import ModelProfile, profile_for
+from goodput.policies.types import Candidate
 
 ArrayLike = np.ndarray | float | int
 
@@ -160,3 +162,9 @@ class StepModel:
             + self.activation_bytes(max_batch, chunk_tokens)
             + np.asarray(kv_tokens, dtype=float) * self.kv_bytes_per_token_per_device
         )
+
+
+def planned_model(model: ModelSpec, plan: Candidate) -> StepModel:
+    """The uncalibrated model of one of `plan`'s replicas: `model` on its accelerator at its TP degree (what the
+    simulator takes for the truth, and what sizes the router's bounds)."""
+    return StepModel(profile_for(model), accelerator(plan.accelerator), plan.tensor_parallel)

@@ -17,10 +17,8 @@ router held almost nothing) and 48 s on a 70B model on one A100. Measured sensit
 from __future__ import annotations
 
 from goodput.crds.inferenceservice import InferenceServiceSpec, Tier
-from goodput.policies.catalog import accelerator
-from goodput.policies.perfmodel import StepModel
+from goodput.policies.perfmodel import StepModel, planned_model
 from goodput.policies.planner import CHUNK_TOKENS
-from goodput.policies.profiles import profile_for
 from goodput.policies.types import Candidate
 
 PREFILL_SHARE = 0.25  # of the TTFT target: the prefill a replica may hold ahead of a request it admits
@@ -42,6 +40,6 @@ def max_prefill_tokens(model: StepModel, chunk_tokens: int, ttft_target_ms: floa
 def tier_prefill_bounds(spec: InferenceServiceSpec, plan: Candidate) -> dict[str, int]:
     """Each planned tier's bound, from the uncalibrated model of the plan's accelerator and TP (a calibration
     factor that moves would roll the router for a few percent) and the TTFT target the autoscaler steers by."""
-    model = StepModel(profile_for(spec.model), accelerator(plan.accelerator), plan.tensor_parallel)
+    model = planned_model(spec.model, plan)
     (_, ttft_ms), _ = spec.slo.steering_targets()
     return {str(t.tier): max_prefill_tokens(model, CHUNK_TOKENS[Tier(t.tier)], ttft_ms) for t in plan.tiers}
