@@ -98,6 +98,7 @@ ROUTER = web.AppKey("router", Router)
 
 async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
     timing = Timing(time.perf_counter())
+    arrived = time.monotonic()
     router: Router = request.app[ROUTER]
     try:
         router.check_key(request)
@@ -113,7 +114,7 @@ async def _completions(request: web.Request, chat: bool) -> web.StreamResponse:
     try:
         for _ in range(MAX_ATTEMPTS):
             tier = router.tier_for(routed.request_class)  # a retry may find its tier's only replica gone
-            lease = await tier.acquire(routed)
+            lease = await tier.acquire(routed, arrived)
             timing.queued += lease.queued_s
             response = await _forward(request, router, tier, lease, body, timing, routed.stream)
             if response is not None:

@@ -36,7 +36,8 @@ class _Waiter:
     key: tuple[int, int, int]
     routed: Routed = field(compare=False)
     future: asyncio.Future[Lease] = field(compare=False)
-    since: float = field(compare=False)
+    joined: float = field(compare=False)  # time.monotonic() when this attempt joined the queue
+    arrived: float = field(compare=False)  # when the request reached the router: its age, its wait's bound
 
 
 class Tier:
@@ -100,8 +101,11 @@ class Tier:
 
     # --- dispatch ----------------------------------------------------------------------------------------
 
-    async def acquire(self, routed: Routed) -> Lease:
-        """A lease on a replica, at once or after queueing; raises RouterError (429 or 503)."""
+    async def acquire(self, routed: Routed, arrived: float | None = None) -> Lease:
+        """A lease on a replica, at once or after queueing; raises RouterError (429 or 503).
+
+        `arrived` (time.monotonic()) is when the request reached the router, earlier than now when a replica
+        failed before answering it: the bounded wait and the queue age count from there."""
         if not self._queued:
             lease = self._try(routed)
             if lease is not None:
@@ -116,13 +120,16 @@ class Tier:
             )
         order = queue_order(routed.prompt_tokens, routed.max_tokens)
         key = (CLASSES.index(routed.request_class), order, next(self._seq))
-        waiter = _Waiter(key, routed, asyncio.get_running_loop().create_future(), time.monotonic())
+        now = time.monotonic()
+        arrived = now if arrived is None else arrived
+        waiter = _Waiter(key, routed, asyncio.get_running_loop().create_future(), now, arrived)
         heapq.heappush(self._queue, waiter)
         self._queued += 1
         self.metrics.queue_depth.labels(self.name).set(self._queued)
         self.pump()
         try:
-            return await asyncio.wait_for(asyncio.shield(waiter.future), self.limits.max_wait_s)
+            left = max(self.limits.max_wait_s - (now - arrived), 0.0)
+            return await asyncio.wait_for(asyncio.shield(waiter.future), left)
         except TimeoutError:
             if waiter.future.done() and not waiter.future.cancelled():
                 return waiter.future.result()  # leased as the wait ran out
@@ -175,7 +182,7 @@ class Tier:
             heapq.heappop(self._queue)
             self._queued -= 1
             self.metrics.queue_depth.labels(self.name).set(self._queued)
-            lease.queued_s = time.monotonic() - head.since
+            lease.queued_s = time.monotonic() - head.joined
             self.seen.queue_wait.observe(lease.queued_s)
             head.future.set_result(lease)
 
@@ -188,7 +195,7 @@ class Tier:
         self.pump()
 
     def _held_since(self) -> list[float]:
-        return [w.since for w in self._queue if not w.future.done()]
+        return [w.arrived for w in self._queue if not w.future.done()]
 
     def in_rotation(self) -> bool:
         return any(r.healthy for r in self.replicas.values())

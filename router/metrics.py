@@ -66,7 +66,7 @@ class QueueAges:
         self._tiers: dict[str, Callable[[], Iterable[float]]] = {}
 
     def watch(self, tier: str, held_since: Callable[[], Iterable[float]]) -> None:
-        """`held_since` gives the time.monotonic() at which each request the tier holds joined its queue."""
+        """`held_since` gives the time.monotonic() at which each request the tier holds reached the router."""
         self._tiers[tier] = held_since
 
     def collect(self) -> Iterator[GaugeHistogramMetricFamily]:

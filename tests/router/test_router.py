@@ -489,3 +489,33 @@ async def test_a_cookie_a_replica_sets_for_one_client_never_goes_out_with_anothe
     for tenant in ("a", "b"):
         assert (await post(client, url, BODY, **{"X-Goodput-Tenant": tenant}))[0] == 200
     assert [h.get("Cookie") for h in worker.headers] == [None, None]
+
+
+async def test_a_request_whose_replica_fails_keeps_its_age_and_its_wait_bound_from_arrival(
+    workers, make_router, client
+) -> None:
+    """Held behind a slow request, then sent to a replica that answers 503 (draining): back in the queue, its
+    age and its bounded wait count from when it reached the router, not from when it rejoined."""
+    worker = await workers("w0", first_delay_s=0.5)
+    router, url = await make_router(
+        {"interactive": [worker.url]}, policy=ONE_AT_A_TIME, limits=QueueLimits(max_wait_s=1.0)
+    )
+    tier = router.tiers["interactive"]
+    first = asyncio.create_task(post(client, url))
+    while not worker.received:
+        await asyncio.sleep(0.01)
+    started = time.monotonic()
+    held = asyncio.create_task(post(client, url))
+    while tier.queued < 1:
+        await asyncio.sleep(0.01)
+    worker.draining = True  # the held request will be refused and rejoin the queue, with no replica left
+    assert (await first)[0] == 200
+    while tier.queued < 1 or tier.in_rotation():
+        await asyncio.sleep(0.01)
+    age = router.metrics.registry.get_sample_value(
+        "goodput:router_queue_age_seconds_gsum", {"tier": "interactive"}
+    )
+    assert age is not None and age >= time.monotonic() - started - 0.05, age
+    status, text = await held
+    assert status == 503 and json.loads(text)["error"]["code"] == "queue_timeout"
+    assert time.monotonic() - started < 1.4  # one second from arrival, not a fresh second after rejoining
