@@ -39,24 +39,24 @@ class Image:
     base: str | None = None  # the name of the image it is built FROM
 
 
+def copied(containerfile: Path) -> tuple[str, ...]:
+    """The repository paths a Containerfile's COPY instructions read, its build context being the repository
+    (a COPY --from reads another stage)."""
+    paths: list[str] = []
+    for line in containerfile.read_text().splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"] and not any(word.startswith("--from") for word in words):
+            paths += [word for word in words[1:-1] if not word.startswith("--")]
+    return tuple(paths)
+
+
 BASE = Image("localhost/goodput/debian", None, ())
+# the pause image copies a binary built from its Go sources: those are its inputs
 PAUSE = Image("localhost/goodput/pause", REPO / "e2e" / "pause" / "Containerfile", ("e2e/pause",))
-OPERATOR = Image(
-    "ghcr.io/goodput/operator",
-    REPO / "operator" / "Dockerfile",
-    (
-        "crds",
-        "controllers",
-        "policies",
-        "router",
-        "worker_image/__init__.py",
-        "worker_image/contract.py",
-        "worker_image/eviction.py",
-        "operator/main.py",
-    ),
-    base=BASE.name,
-)
-WORKER = Image("ghcr.io/goodput/worker", REPO / "worker_image" / "Dockerfile", ("worker_image",), BASE.name)
+OPERATOR_FILE = REPO / "operator" / "Dockerfile"
+OPERATOR = Image("ghcr.io/goodput/operator", OPERATOR_FILE, copied(OPERATOR_FILE), base=BASE.name)
+WORKER_FILE = REPO / "worker_image" / "Dockerfile"
+WORKER = Image("ghcr.io/goodput/worker", WORKER_FILE, copied(WORKER_FILE), BASE.name)
 IMAGES = (BASE, PAUSE, OPERATOR, WORKER)
 
 
