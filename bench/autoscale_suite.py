@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from goodput.controllers.replay import json_ready, plot, run, run_over_configurations, table
+from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.policies.compare import HPA_TARGETS, KEDA_THRESHOLDS, POLICIES, ServiceShape, setup
 from goodput.policies.observe import DEFAULT_WINDOW_S
 from goodput.policies.workloads import (
@@ -217,6 +218,10 @@ def main() -> int:
     )
     parser.add_argument("--only", help="comma-separated workload names (default: all)")
     args = parser.parse_args()
+    if args.window < SLOPolicySpec().evaluation_interval_seconds:
+        parser.error(
+            f"--window must be at least the {SLOPolicySpec().evaluation_interval_seconds:g} s interval"
+        )
     suite = workloads(args.seed)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(suite)
     unknown = [n for n in names if n not in suite]

@@ -320,6 +320,11 @@ def command(args: Any) -> int:
     except (OSError, ValueError) as error:
         raise SystemExit(f"error: --trace: {error}") from None
     policy = SLOPolicySpec(headroom=args.headroom) if args.headroom is not None else None
+    interval = (policy or SLOPolicySpec()).evaluation_interval_seconds
+    if args.window < interval:
+        raise SystemExit(
+            f"error: --window: {args.window:g} s is shorter than the {interval:g} s control interval"
+        )
     with _progress_bar() as progress:
         try:
             report, runs = run(

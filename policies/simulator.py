@@ -263,6 +263,13 @@ class SimConfig:
     seed: int = 0
     routing: SimulatedRouting | None = None  # None: uniformly at random, as a Kubernetes Service spreads
 
+    def __post_init__(self) -> None:
+        if self.window_s < self.interval_s:
+            raise ValueError(
+                f"window_s ({self.window_s:g} s) must be at least interval_s ({self.interval_s:g} s): the "
+                "operator refuses a range shorter than its interval, which would miss what happens between reads"
+            )
+
 
 def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str = "") -> SimResult:
     """Replay `trace` under `controller`; bill GPUs up to the trace end, then let in-flight requests finish."""

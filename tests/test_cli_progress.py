@@ -1,8 +1,9 @@
-"""Progress of long commands: `goodput simulate` counts finished simulations, in order, whatever the workers."""
+"""`goodput simulate`: progress counts finished simulations, in order, whatever the workers; bad options are refused."""
 
 import numpy as np
 import pytest
 
+from goodput.controllers.cli import main
 from goodput.controllers.replay import run
 from goodput.policies.workloads import Trace
 
@@ -21,3 +22,8 @@ def test_simulate_reports_each_finished_simulation(workers: int) -> None:
     total = len(runs["static"])
     assert total == len(report["policies"]["static"]["sweep"]) >= 5
     assert calls == [(done, total) for done in range(total + 1)]
+
+
+def test_simulate_refuses_a_window_shorter_than_the_interval() -> None:
+    with pytest.raises(SystemExit, match="--window: 5 s is shorter than the 15 s control interval"):
+        main(["simulate", "--trace", "synthetic:diurnal", "--window", "5"])

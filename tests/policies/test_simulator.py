@@ -256,3 +256,8 @@ def test_each_observation_covers_the_operator_s_window_of_intervals():
     counts = [obs.rps * obs.window_s if obs else 0.0 for obs in recorder.seen[:8]]
     assert counts == pytest.approx([30, 30, 30, 0, 0, 3, 3, 3])
     assert [obs.window_s for obs in recorder.seen[:4]] == [15.0, 30.0, 45.0, 45.0]
+
+
+def test_a_window_shorter_than_the_interval_is_refused() -> None:
+    with pytest.raises(ValueError, match="window_s"):
+        _cfg(window_s=5.0)
