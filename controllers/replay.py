@@ -98,7 +98,7 @@ def run(
     slo_ms: tuple[float, float] = (1000.0, 100.0),
     shape: ServiceShape = ServiceShape(),
     configuration: Configuration | None = None,
-    window_s: float = DEFAULT_WINDOW_S,
+    window_s: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
     """Replay `trace` under each policy (baselines over their sweeps); the report dict and all results.
 
@@ -125,7 +125,7 @@ def run_over_configurations(
     seed: int = 0,
     workers: int = 2,
     slo_ms: tuple[float, float] = (1000.0, 100.0),
-    window_s: float = DEFAULT_WINDOW_S,
+    window_s: float | None = None,
 ) -> tuple[dict[str, Any], dict[str, list[SimResult]]]:
     """Every policy with the same choice of hardware (`shape`'s pools and TP degrees).
 

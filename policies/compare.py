@@ -195,13 +195,14 @@ def setup(
     slo_ms: tuple[float, float] = (1000.0, 100.0),
     shape: ServiceShape = ServiceShape(),
     configuration: Configuration | None = None,
-    window_s: float = DEFAULT_WINDOW_S,
+    window_s: float | None = None,
 ) -> Setup:
     """The service, its initial plan and the simulated fleet; pods start in `start_delay_s`, by default what
     `policies.startup.StartModel` gives for the model and its TP. The fleet runs the planner's cheapest
     configuration, or `configuration` when given (one the planner finds feasible at the peak).
 
-    Each observation covers `window_s`, the operator's PromQL range.
+    Each observation covers `window_s`, the operator's PromQL range: by default its 15 s, or the policy's
+    interval where that is longer (the simulator observes at least one interval).
 
     Every policy starts from the same fleet: the plan for the trace's busiest 15 s, as a platform team
     provisions a new service for its expected peak (the manifest's `expectedRps` hint, with the trace's
@@ -248,7 +249,7 @@ def setup(
         price_per_gpu_hour=price_of(next(p for p in spec.accelerators if p.type == initial.accelerator)),
         start_delay_s=start_delay_s,
         interval_s=policy.evaluation_interval_seconds,
-        window_s=window_s,
+        window_s=max(DEFAULT_WINDOW_S, policy.evaluation_interval_seconds) if window_s is None else window_s,
         initial_replicas=initial.replicas,
         seed=seed,
     )

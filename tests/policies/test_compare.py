@@ -97,6 +97,17 @@ def test_a_pinned_configuration_is_the_fleet_simulated_and_priced_by_its_own_poo
         setup(trace, shape=TWO_POOLS, configuration=("L40S", 2))
 
 
+@pytest.mark.parametrize(
+    ("interval_s", "window_s", "observed_s"), [(15, None, 15), (60, None, 60), (15, 60.0, 60), (15, 30.0, 30)]
+)
+def test_each_observation_covers_the_operator_s_range_and_at_least_an_interval(
+    interval_s, window_s, observed_s
+):
+    policy = SLOPolicySpec(evaluation_interval_seconds=interval_s)
+    s = setup(_chat("chat", 4.0, 300.0, 2), policy=policy, window_s=window_s)
+    assert (s.sim.interval_s, s.sim.window_s) == (interval_s, observed_s)
+
+
 def test_plans_drawn_within_a_configuration_never_leave_it():
     trace = _chat("chat", 4.0, 300.0, 3)
     s = setup(trace, shape=TWO_POOLS)
