@@ -187,15 +187,21 @@ def _without_metrics(
 def _reactive(
     planned: int, obs: Observation, breach: str | None, slo_ttft: float, slo_tpot: float, futile: bool
 ) -> tuple[int, str]:
-    """The replicas to recommend and the breach that raised them ('' when the plan stands).
+    """The replicas to recommend and the breach that makes them urgent ('' when the plan stands).
 
-    A breach with requests queued scales the ready fleet by observed/target p95 (at most REACTIVE_MAX_RATIO);
-    not when more replicas would not fix it (`futile`): even an unloaded replica misses the target, or the
-    backlog is already draining, so the late first tokens are the queue's past, not a shortfall now (scaling
-    by them while the pods ordered for a burst came up ran a flash crowd's fleet to the maximum).
+    A breach with more requests queued than replicas are ready scales the ready fleet by observed/target p95
+    (at most REACTIVE_MAX_RATIO). With a request or so per replica waiting, the late first tokens are long
+    prompts' own prefill and the few behind them, which a fleet half as large again does not shorten: the
+    breach only makes the plan urgent (on steady code traffic a 2 s p95 with 5 requests waiting on 14
+    replicas had raised the fleet to 23 for a scale-down window). Neither when more replicas would not fix it
+    (`futile`): even an unloaded replica misses the target, or the backlog is already draining, so the late
+    first tokens are the queue's past, not a shortfall now (scaling by them while the pods ordered for a burst
+    came up ran a flash crowd's fleet to the maximum).
     """
     if futile or not breach or not obs.ready_replicas or obs.backlog <= 0:
         return planned, ""
+    if obs.backlog <= obs.ready_replicas:
+        return planned, breach
     ttft = obs.client_ttft_p95_ms
     ratio = max(
         ttft / slo_ttft if ttft is not None else 0.0,

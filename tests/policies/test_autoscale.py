@@ -65,6 +65,19 @@ def test_slo_breach_with_a_queue_scales_reactively():
     assert d.slo_met is False
 
 
+def test_a_breach_with_a_request_or_so_per_replica_waiting_scales_to_the_plan_not_by_the_ratio():
+    """Long prompts' own prefill with a few requests behind them: more replicas would not shorten it."""
+    current = plan_at(10.0)
+    ready = current.replicas
+    queued = autoscale(SPEC, POLICY, current, obs(100.0, 10.0, ttft=2500, queue=3 * ready, ready=ready),
+                       ScalerState(), 100.0)  # fmt: skip
+    assert queued.plan.replicas >= math.ceil(ready * 2.0)  # a queue: scaled by the ratio (capped at 2×)
+    few = autoscale(SPEC, POLICY, current, obs(100.0, 10.0, ttft=2500, queue=ready, ready=ready),
+                    ScalerState(), 100.0)  # fmt: skip
+    assert few.plan.replicas < math.ceil(ready * 2.0)
+    assert few.slo_met is False
+
+
 @pytest.mark.parametrize(
     "ttft, queue",
     [(2500.0, 1.0), (None, 50.0)],  # a breach with one request queued; a queue beyond the ready replicas
