@@ -10,8 +10,8 @@ One decision per interval, from the planner at the load the service must be read
    a replica of it really carries at the SLO (policies/capacity.py; never more while the budget is
    overspent): the plan divides the load by that factor. The budget spent sets the headroom the plan keeps.
 4. Anticipate the load to plan for: demand, fading recent peaks, the observed token mix (policies/demand.py).
-5. React: when the observed p95 breaches the SLO with requests queued, and the queue is not already draining,
-   scale at least in proportion. The TTFT
+5. React: when the observed p95 breaches the SLO with more requests queued than replicas ready, and the queue
+   is not already draining, scale at least in proportion; with fewer queued, go to the plan at once. The TTFT
    that breaches (and spends the error budget) is the one clients see: the router's where it timed first tokens,
    else the workers'. Calibration reads the workers' TTFT (a replica's own latency, what its factors correct);
    capacity learning the clients' (the load the whole path carries at the SLO).
