@@ -218,10 +218,9 @@ def main() -> int:
     )
     parser.add_argument("--only", help="comma-separated workload names (default: all)")
     args = parser.parse_args()
-    if args.window < SLOPolicySpec().evaluation_interval_seconds:
-        parser.error(
-            f"--window must be at least the {SLOPolicySpec().evaluation_interval_seconds:g} s interval"
-        )
+    interval = SLOPolicySpec().evaluation_interval_seconds
+    if args.window < interval:
+        parser.error(f"--window must be at least the {interval:g} s interval")
     suite = workloads(args.seed)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(suite)
     unknown = [n for n in names if n not in suite]

@@ -218,7 +218,8 @@ class _Records:
         default_factory=lambda: np.append(np.asarray(ITL_BUCKETS, dtype=float), math.inf)
     )
     itl_weights: np.ndarray = field(default_factory=lambda: np.zeros(len(ITL_BUCKETS) + 1))
-    recent: deque[TierWindow] = field(default_factory=deque)  # the last intervals' windows, newest last
+    # the intervals' windows an observation covers, newest last (simulate bounds it to the range's intervals)
+    recent: deque[TierWindow] = field(default_factory=deque)
 
 
 class _Engine:
@@ -281,6 +282,7 @@ def simulate(trace: Trace, controller: Controller, cfg: SimConfig, setting: str 
         finish=np.full(n, np.nan),
         first_log=np.zeros(n, dtype=np.int64),
         fin_log=np.zeros(n, dtype=np.int64),
+        recent=deque(maxlen=max(round(cfg.window_s / cfg.interval_s), 1)),
     )
     engine = _Engine(trace, cfg.profile, cfg.engine, rec)
     new_cache = cfg.routing.new_cache if cfg.routing is not None else lambda: None
@@ -496,8 +498,6 @@ def _observe(
     )
     rec.itl_weights[:] = 0.0
     rec.recent.append(window_data)
-    while len(rec.recent) > max(round(cfg.window_s / window), 1):
-        rec.recent.popleft()
     obs = build_observation(
         t1,
         window * len(rec.recent),
