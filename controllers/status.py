@@ -81,9 +81,24 @@ def calibration_status(state: ScalerState, now: float) -> dict[str, Any]:
         ttft_factor=round(state.ttft_factor, 4),
         tpot_factor=round(state.tpot_factor, 4),
         samples=state.calibration_samples,
-        updated=utc(now) if state.calibration_samples or state.capacity else None,
-        capacity=[LearnedCapacity(configuration=c, factor=k, samples=n) for c, k, n in state.capacity],
+        updated=utc(now) if state.calibration_samples or state.capacity or state.proven else None,
+        capacity=learned_capacity(state),
     ).to_wire()
+
+
+def learned_capacity(state: ScalerState) -> list[LearnedCapacity]:
+    """One entry per configuration that has a learned factor or a proven rate (factor 1 until learned)."""
+    factors = {c: (k, n) for c, k, n in state.capacity}
+    proven = dict(state.proven)
+    return [
+        LearnedCapacity(
+            configuration=c,
+            factor=factors.get(c, (1.0, 0))[0],
+            samples=factors.get(c, (1.0, 0))[1],
+            proven_rps=proven.get(c),
+        )
+        for c in sorted(factors.keys() | proven.keys())
+    ]
 
 
 KEPT = (
@@ -200,7 +215,14 @@ def state_from_status(status: dict[str, Any]) -> ScalerState:
         ttft_factor=calibration.ttft_factor,
         tpot_factor=calibration.tpot_factor,
         calibration_samples=calibration.samples,
-        capacity=tuple((c.configuration, c.factor, c.samples) for c in calibration.capacity),
+        capacity=tuple(
+            (c.configuration, c.factor, c.samples)
+            for c in calibration.capacity
+            if c.samples or c.factor != 1.0
+        ),
+        proven=tuple(
+            (c.configuration, c.proven_rps) for c in calibration.capacity if c.proven_rps is not None
+        ),
         load_history=tuple((p.time, p.rps) for p in scaler.load_history),
         prompt_tokens_nodes=nodes(scaler.prompt_tokens_nodes),
         output_tokens_nodes=nodes(scaler.output_tokens_nodes),

@@ -384,6 +384,11 @@ class LearnedCapacity(Resource):
     configuration: str = Field(description='Accelerator and tensor parallelism, e.g. "H100-SXM/tp1".')
     factor: float = Field(gt=0, description="A replica carries this many times the load the model predicts.")
     samples: int = Field(default=0, ge=0, description="Windows it was learned from.")
+    proven_rps: float | None = Field(
+        default=None,
+        ge=0,
+        description="The highest per-replica rate a window served within the SLO: plans trust the factor near it.",
+    )
 
 
 class Calibration(Resource):

@@ -8,10 +8,12 @@ One decision per interval, from the planner at the load the service must be read
 2. Budget: count this window's late first tokens against the TTFT error budget (policies/budget.py).
 3. Calibrate the performance model on the running configuration (policies/calibration.py), and learn what
    a replica of it really carries at the SLO (policies/capacity.py; never more while the budget is
-   overspent): the plan divides the load by that factor. The budget spent sets the headroom the plan keeps.
+   overspent): the plan divides the load by that factor, keeping each replica near a load it has been seen to
+   carry within the SLO. The budget spent sets the headroom the plan keeps.
 4. Anticipate the load to plan for: demand, fading recent peaks, the observed token mix (policies/demand.py).
-5. React: when the observed p95 breaches the SLO with more requests queued than replicas ready, and the queue
-   is not already draining, scale at least in proportion; with fewer queued, go to the plan at once. The TTFT
+5. React: when the observed p95 breaches the SLO with more requests queued than replicas ready, the queue is
+   not already draining, and (for TTFT) the wait it implies reaches the target, scale at least in proportion;
+   otherwise go to the plan at once. The TTFT
    that breaches (and spends the error budget) is the one clients see: the router's where it timed first tokens,
    else the workers'. Calibration reads the workers' TTFT (a replica's own latency, what its factors correct);
    capacity learning the clients' (the load the whole path carries at the SLO).
@@ -36,7 +38,13 @@ from goodput.crds.slopolicy import MissingMetrics, SLOPolicySpec
 from goodput.policies import planner
 from goodput.policies.budget import budget_note, budgeted_headroom, spend_budget
 from goodput.policies.calibration import calibrate
-from goodput.policies.capacity import capacity_factor, configuration, learn_capacity
+from goodput.policies.capacity import (
+    capacity_factor,
+    configuration,
+    learn_capacity,
+    prove_load,
+    proven_floor,
+)
 from goodput.policies.demand import anticipated_load, rate_steady, token_mix
 from goodput.policies.display import exceeds
 from goodput.policies.idle import awake, track_idle, zero_decision
@@ -79,6 +87,8 @@ def autoscale(
     state = spend_budget(obs, state, policy)
     state = calibrate(spec, policy, current, obs, state, slo_ttft)
     state = learn_capacity(spec, policy, current, obs, state)
+    breach = _breach(obs, slo_ttft, slo_tpot)
+    state = prove_load(policy, current, obs, state, breach is None)
     load, arrivals_rps, demand_rps, anticipated_rps, state = anticipated_load(spec, policy, obs, state, now)
     draining = arrivals_rps < obs.rps  # the fleet already serves more than arrives
 
@@ -93,8 +103,8 @@ def autoscale(
         planned = current if result.unservable else _with_replicas(current, spec.scaling.max_replicas)
     else:
         planned = _settled_engine(spec, planning, planned, current, scaled, state)
+        planned = _within_proven(spec, planning, planned, current, load, demand_rps, state, plan_fn)
 
-    breach = _breach(obs, slo_ttft, slo_tpot)
     raw, reactive = _reactive(
         planned.replicas, obs, breach, slo_ttft, slo_tpot, result.unservable or draining
     )
@@ -206,14 +216,35 @@ def _reactive(
     if obs.backlog <= obs.ready_replicas:
         return planned, breach
     ttft = obs.client_ttft_p95_ms
-    queue_wait_p95_ms = (
-        obs.backlog / obs.rps * 1000.0 * math.log(20.0) if obs.rps > 0 else math.inf
-    )
+    queue_wait_p95_ms = obs.backlog / obs.rps * 1000.0 * math.log(20.0) if obs.rps > 0 else math.inf
     ratio = max(
         ttft / slo_ttft if ttft is not None and queue_wait_p95_ms >= slo_ttft else 0.0,
         (obs.tpot_p95_ms or 0.0) / slo_tpot if obs.tpot_p95_ms is not None else 0.0,
     )
     return max(planned, math.ceil(obs.ready_replicas * min(ratio, REACTIVE_MAX_RATIO))), breach
+
+
+def _within_proven(
+    spec: InferenceServiceSpec,
+    policy: SLOPolicySpec,
+    planned: Candidate,
+    current: Candidate,
+    load: Load,
+    demand_rps: float,
+    state: ScalerState,
+    plan_fn: PlanFn,
+) -> Candidate:
+    """`planned` with at least the replicas that keep each near a load it has been seen to carry within the
+    SLO, where the learned capacity (k > 1) is what plans it fewer; never more than the model alone plans for
+    `load`. The proven rate is a window's, so it is held against this window's demand, not the peaks the load
+    anticipates."""
+    floor = proven_floor(state, planned, demand_rps)
+    if floor is None or floor <= planned.replicas or capacity_factor(state, current) <= 1.0:
+        return planned
+    unaided = _feasible(plan_fn(spec, load, policy, state.ttft_factor, state.tpot_factor))
+    if unaided is not None and configuration(unaided) == configuration(planned):
+        floor = min(floor, unaided.replicas)
+    return _with_replicas(planned, max(planned.replicas, floor))
 
 
 def _recommend(

@@ -29,6 +29,16 @@ simulator times it. The router holds what every replica's bound refuses, so the 
 queue that the model, which queues at the replica, counts; the workers' would say a replica carries more than
 the fleet does at the SLO.
 
+The factor is read off the model's curve where the service runs, and the curve's shape is not the truth's: at
+light load a replica's latency is its prefill and the batching around it, at the knee it is the queue. Evidence
+from windows far below the knee can say a replica carries half again more than the model, where near the knee
+it carries less (a mix of long outputs: two replicas at 15 rps each met a 1 s target at 100 ms, and the factor
+of 1.6 that said one would carry 29 rps sent it into a queue of 64). So the learned factor is trusted only
+near the loads it was seen at: each configuration remembers the highest per-replica rate that a streak of
+windows on one fleet, enough requests in all, served within the SLO (`prove_load`), and a plan that divides
+the load by k > 1 keeps at least the replicas that hold each below TRUST_STEP times it (`proven_floor`), never
+more than the model alone would plan. A fleet that shrinks under a steady load explores a step at a time: each step proves the next.
+
 The TTFT and TPOT calibration factors (policies/calibration.py) stay: they correct the latency axis (a slower
 prefill or decode step), this corrects the rate axis.
 """
@@ -51,7 +61,7 @@ from goodput.policies.calibration import (
     steady_window,
 )
 from goodput.policies.observe import TTFT_BUCKETS
-from goodput.policies.types import Candidate, Observation, ScalerState
+from goodput.policies.types import Candidate, Observation, ScalerState, Streak
 
 NEAR_TARGET = 0.5  # the factor is lowered only by windows whose TTFT p95 reaches this share of the SLO
 CAPACITY_BOUNDS = (0.25, 4.0)  # the model is trusted to within a factor of four either way
@@ -61,6 +71,7 @@ MAX_STEP = (
     1.1  # one window moves the factor by at most 10 %: an outlier nudges it, evidence that repeats moves it
 )
 RAISE_WITHIN_BUDGET = 1.0  # k rises only while the hour's TTFT misses stay within what the SLO allows
+TRUST_STEP = 1.5  # a plan raises a replica's load at most half again above the highest proven within the SLO
 NARROW_BUCKET = (
     1.5  # a quantile interpolated in a bucket wider than ×1.5 (top/bottom) lowers k only by its bound
 )
@@ -148,3 +159,34 @@ def equivalent_rates(
     flat = observed_ms <= QUEUEING_SHARE * ttft_ms[0] or observed_ms > ttft_ms[finite][-1]
     low, high = float(below[-1]) if len(below) else 0.0, float(within[-1])
     return low, None if flat else point, high, hi > NARROW_BUCKET * lo
+
+
+def prove_load(
+    policy: SLOPolicySpec, current: Candidate, obs: Observation, state: ScalerState, met: bool
+) -> ScalerState:
+    """`state` with this interval added to the streak of intervals within the SLO on the running fleet; once
+    the streak holds the calibration's min_requests, its mean per-replica rate raises the configuration's
+    proven rate, at its busiest window (a sparse service's windows each hold too few requests for a p95, a
+    streak of them does)."""
+    ready = obs.ready_replicas or current.replicas
+    if not met or ready <= 0 or obs.client_ttft_p95_ms is None:
+        return replace(state, streak=None)
+    key = configuration(current)
+    interval = min(policy.evaluation_interval_seconds, obs.window_s)  # overlapping windows count once
+    s = state.streak
+    if s is None or (s.configuration, s.replicas) != (key, ready):
+        s = Streak(key, ready, 0.0, 0.0)
+    s = Streak(key, ready, s.requests + obs.requests * interval / obs.window_s, max(s.peak_rps, obs.rps))
+    if s.requests < policy.calibration.min_requests:
+        return replace(state, streak=s)
+    rate = s.peak_rps / ready
+    proven = dict(state.proven)
+    proven[key] = max(rate, proven.get(key, 0.0))
+    return replace(state, streak=None, proven=tuple(sorted(proven.items())))
+
+
+def proven_floor(state: ScalerState, c: Candidate, rps: float) -> int | None:
+    """The fewest replicas of `c`'s configuration that keep each within TRUST_STEP of its proven rate (None
+    until a window has proven one)."""
+    proven = dict(state.proven).get(configuration(c))
+    return None if proven is None else math.ceil(rps / (TRUST_STEP * proven) - 1e-9)

@@ -146,6 +146,16 @@ class Observation:
 
 
 @dataclass(frozen=True)
+class Streak:
+    """Consecutive intervals that met the SLO on one fleet: the evidence a proven rate is read from."""
+
+    configuration: str
+    replicas: int
+    requests: float
+    peak_rps: float  # the busiest of its windows: the demand a plan is held against is one window's too
+
+
+@dataclass(frozen=True)
 class ScalerState:
     """What the autoscaler remembers between intervals; persisted in the resource's status."""
 
@@ -169,6 +179,9 @@ class ScalerState:
     steady_windows: int = 0  # consecutive windows with traffic at a steady rate
     # learned capacity per configuration ("H100-SXM/tp1"): (configuration, rate-axis factor, windows learned from)
     capacity: tuple[tuple[str, float, int], ...] = ()
+    # per configuration, the highest per-replica rate a streak of enough requests was served at within the SLO
+    proven: tuple[tuple[str, float], ...] = ()
+    streak: Streak | None = None  # the intervals within the SLO on the running fleet since its last change
     idle_since: float | None = None  # since when no request came, queued or ran (for scale to zero)
     backlog: float = 0.0  # the last window's backlog: its growth and the completions give the arrival rate
 

@@ -13,7 +13,7 @@ from goodput.policies.autoscale import HINT_TRUST_WINDOWS, autoscale
 from goodput.policies.budget import BUDGET_HORIZON_S, budgeted_headroom
 from goodput.policies.calibration import bucket_ratio
 from goodput.policies.calibration import predict as _predict
-from goodput.policies.capacity import capacity_factor, configuration
+from goodput.policies.capacity import TRUST_STEP, capacity_factor, configuration
 from goodput.policies.observe import TTFT_BUCKETS
 from goodput.policies.plancache import PlanCache
 from goodput.policies.types import Candidate, Observation, PlanResult, ScalerState
@@ -223,6 +223,39 @@ def test_oscillating_load_does_not_flap():
     assert max(sizes) > plan_at(20.0).replicas
     assert changes <= 2
     assert min(sizes[4:]) == max(sizes[4:])  # after the first rise it holds the peak's capacity
+
+
+@pytest.mark.parametrize(
+    ("proven_share", "expected"),
+    [
+        (None, "learned"),  # nothing proven yet: the learned factor alone plans
+        (1.0, "floor"),  # proven at today's per-replica load: at most half again above it
+        (0.01, "model"),  # proven far below: never more than the model alone would plan
+    ],
+)
+def test_learned_capacity_plans_a_replica_near_the_load_it_was_seen_to_carry(proven_share, expected):
+    """A factor of 2 learned at one load is not evidence at twice that load: the plan keeps the replicas
+    that hold each within TRUST_STEP of the highest per-replica rate proven within the SLO."""
+    rps = 200.0
+    current = plan_at(rps)
+    ready = current.replicas
+    key = configuration(current)
+    proven = () if proven_share is None else ((key, proven_share * rps / ready),)
+    state = ScalerState(capacity=((key, 2.0, 10),), proven=proven)
+    d = autoscale(
+        SPEC, POLICY, current, obs(100.0, rps, ready=ready), state, 100.0
+    )  # no TTFT: proves nothing
+    assert d.state.proven == proven
+    raw = d.state.recommendations[-1][1]
+    learned = autoscale(SPEC, POLICY, current, obs(100.0, rps, ready=ready), replace(state, proven=()), 100.0)
+    unaided = ready  # the model's own plan for this load is the running fleet
+    assert learned.state.recommendations[-1][1] < ready
+    want = {
+        "learned": learned.state.recommendations[-1][1],
+        "floor": math.ceil(rps / (TRUST_STEP * rps / ready)),
+        "model": unaided,
+    }[expected]
+    assert raw == want
 
 
 @pytest.mark.parametrize(("observed_over_predicted", "direction"), [(5.0, 1), (1 / 3, -1)])

@@ -11,7 +11,7 @@ import pytest
 from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.policies import planner
 from goodput.policies.calibration import calibrate
-from goodput.policies.capacity import MAX_STEP, capacity_factor, configuration, learn_capacity
+from goodput.policies.capacity import MAX_STEP, capacity_factor, configuration, learn_capacity, prove_load
 from goodput.policies.catalog import accelerator
 from goodput.policies.latency import ReplicaPredictor, TokenStats
 from goodput.policies.perfmodel import StepModel
@@ -106,6 +106,7 @@ def _learn(state: ScalerState, truth: Replica, windows: int, start: float = 0.0)
         )  # fmt: skip
         state = calibrate(SPEC, POLICY, truth.c, obs, state, 1000.0)
         state = learn_capacity(SPEC, POLICY, truth.c, obs, state)
+        state = prove_load(POLICY, truth.c, obs, state, ttft <= 1000.0)
         state = replace(state, load_history=((obs.time, obs.rps),))
     return state
 
@@ -146,6 +147,40 @@ def test_a_window_that_says_nothing_leaves_the_factor_alone() -> None:
     assert learn_capacity(SPEC, POLICY, c, quiet, state) == state  # too few requests to learn from
 
 
+def _proving(rps: float, requests: float, ttft_ms: float | None = 400.0) -> Observation:
+    """A 15 s window on 2 replicas at `rps` each."""
+    return Observation(
+        time=15.0, window_s=WINDOW_S, rps=rps * 2, requests=requests, ttft_p95_ms=ttft_ms, tpot_p95_ms=None,
+        kv_cache_usage=None, queue_depth=0.0, running=None, ready_replicas=2,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("windows", "proven"),
+    [
+        ([(12.0, 180.0, True)], 12.0),  # enough requests above what was proven: the new highest
+        ([(8.0, 120.0, True)], 10.0),  # below it: the highest stays
+        ([(12.0, 30.0, True)], 10.0),  # too few requests for a p95 to say the SLO was met
+        ([(12.0, 30.0, True), (11.0, 30.0, True)], 12.0),  # a streak of sparse windows: its busiest
+        ([(12.0, 30.0, True), (11.0, 30.0, False), (11.0, 30.0, True)], 10.0),  # a miss breaks the streak
+    ],
+)
+def test_a_streak_within_the_slo_proves_its_busiest_per_replica_rate(
+    windows: list[tuple[float, float, bool]], proven: float
+) -> None:
+    c = _running()
+    state = ScalerState(proven=((configuration(c), 10.0),))
+    for rps, requests, met in windows:
+        state = prove_load(POLICY, c, _proving(rps, requests), state, met)
+    assert dict(state.proven)[configuration(c)] == proven
+
+
+def test_a_window_without_a_ttft_proves_nothing() -> None:
+    c = _running()
+    state = prove_load(POLICY, c, _proving(12.0, 180.0, ttft_ms=None), ScalerState(), True)
+    assert state.proven == ()
+
+
 def test_a_restart_keeps_what_was_learned() -> None:
     """The learned factors go to status.calibration and come back: a restarted operator plans the same."""
     from goodput.controllers import status
@@ -160,6 +195,7 @@ def test_a_restart_keeps_what_was_learned() -> None:
     InferenceServiceStatus.model_validate(wire)  # what the CRD schema admits
     restored = status.state_from_status(wire)
     assert restored.capacity == state.capacity
+    assert restored.proven == state.proven and state.proven  # the replica carried the load within the SLO
     assert capacity_factor(restored, c) == capacity_factor(state, c)
 
 
