@@ -387,7 +387,7 @@ class LearnedCapacity(Resource):
     proven_rps: float | None = Field(
         default=None,
         ge=0,
-        description="The highest per-replica rate a window served within the SLO: plans trust the factor near it.",
+        description="The highest per-replica load planned for and served within the SLO: plans trust the factor near it.",
     )
 
 

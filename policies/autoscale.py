@@ -88,8 +88,8 @@ def autoscale(
     state = calibrate(spec, policy, current, obs, state, slo_ttft)
     state = learn_capacity(spec, policy, current, obs, state)
     breach = _breach(obs, slo_ttft, slo_tpot)
-    state = prove_load(policy, current, obs, state, breach is None)
     load, arrivals_rps, demand_rps, anticipated_rps, state = anticipated_load(spec, policy, obs, state, now)
+    state = prove_load(policy, current, obs, state, breach is None, load.rps)
     draining = arrivals_rps < obs.rps  # the fleet already serves more than arrives
 
     headroom, spent = budgeted_headroom(spec, policy, state, now)
@@ -103,7 +103,7 @@ def autoscale(
         planned = current if result.unservable else _with_replicas(current, spec.scaling.max_replicas)
     else:
         planned = _settled_engine(spec, planning, planned, current, scaled, state)
-        planned = _within_proven(spec, planning, planned, current, load, demand_rps, state, plan_fn)
+        planned = _within_proven(spec, planning, planned, current, load, state, plan_fn)
 
     raw, reactive = _reactive(
         planned.replicas, obs, breach, slo_ttft, slo_tpot, result.unservable or draining
@@ -230,15 +230,12 @@ def _within_proven(
     planned: Candidate,
     current: Candidate,
     load: Load,
-    demand_rps: float,
     state: ScalerState,
     plan_fn: PlanFn,
 ) -> Candidate:
     """`planned` with at least the replicas that keep each near a load it has been seen to carry within the
-    SLO, where the learned capacity (k > 1) is what plans it fewer; never more than the model alone plans for
-    `load`. The proven rate is a window's, so it is held against this window's demand, not the peaks the load
-    anticipates."""
-    floor = proven_floor(state, planned, demand_rps)
+    SLO, where the learned capacity (k > 1) is what plans it fewer; never more than the model alone plans."""
+    floor = proven_floor(state, planned, load.rps)
     if floor is None or floor <= planned.replicas or capacity_factor(state, current) <= 1.0:
         return planned
     unaided = _feasible(plan_fn(spec, load, policy, state.ttft_factor, state.tpot_factor))

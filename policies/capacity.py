@@ -34,10 +34,11 @@ light load a replica's latency is its prefill and the batching around it, at the
 from windows far below the knee can say a replica carries half again more than the model, where near the knee
 it carries less (a mix of long outputs: two replicas at 15 rps each met a 1 s target at 100 ms, and the factor
 of 1.6 that said one would carry 29 rps sent it into a queue of 64). So the learned factor is trusted only
-near the loads it was seen at: each configuration remembers the highest per-replica rate that a streak of
-windows on one fleet, enough requests in all, served within the SLO (`prove_load`), and a plan that divides
-the load by k > 1 keeps at least the replicas that hold each below TRUST_STEP times it (`proven_floor`), never
-more than the model alone would plan. A fleet that shrinks under a steady load explores a step at a time: each step proves the next.
+near the loads it was seen at: each configuration remembers the highest per-replica load that a streak of
+windows on one fleet, enough requests in all, was planned for and served within the SLO (`prove_load`), and a
+plan that divides the load by k > 1 keeps at least the replicas that hold each below TRUST_STEP times it
+(`proven_floor`), never more than the model alone would plan. A fleet that shrinks under a steady load
+explores a step at a time: each step proves the next.
 
 The TTFT and TPOT calibration factors (policies/calibration.py) stay: they correct the latency axis (a slower
 prefill or decode step), this corrects the rate axis.
@@ -162,12 +163,21 @@ def equivalent_rates(
 
 
 def prove_load(
-    policy: SLOPolicySpec, current: Candidate, obs: Observation, state: ScalerState, met: bool
+    policy: SLOPolicySpec,
+    current: Candidate,
+    obs: Observation,
+    state: ScalerState,
+    met: bool,
+    planned_rps: float,
 ) -> ScalerState:
     """`state` with this interval added to the streak of intervals within the SLO on the running fleet; once
-    the streak holds the calibration's min_requests, its mean per-replica rate raises the configuration's
-    proven rate, at its busiest window (a sparse service's windows each hold too few requests for a p95, a
-    streak of them does)."""
+    the streak holds the calibration's min_requests, the busiest load it was planned for (`planned_rps`:
+    demand and the recent peaks the plan anticipates), per replica, raises the configuration's proven rate.
+
+    A sparse service's windows each hold too few requests for a p95; a streak of them does. The proven rate is
+    the planned load, not the window's rate, because a plan is held against it: at 3 rps, 15 s windows vary by
+    a third, and a busy window's rate against a streak's calm ones kept a replica the learned factor had
+    rightly shed."""
     ready = obs.ready_replicas or current.replicas
     if not met or ready <= 0 or obs.client_ttft_p95_ms is None:
         return replace(state, streak=None)
@@ -176,17 +186,16 @@ def prove_load(
     s = state.streak
     if s is None or (s.configuration, s.replicas) != (key, ready):
         s = Streak(key, ready, 0.0, 0.0)
-    s = Streak(key, ready, s.requests + obs.requests * interval / obs.window_s, max(s.peak_rps, obs.rps))
+    s = Streak(key, ready, s.requests + obs.requests * interval / obs.window_s, max(s.peak_rps, planned_rps))
     if s.requests < policy.calibration.min_requests:
         return replace(state, streak=s)
-    rate = s.peak_rps / ready
     proven = dict(state.proven)
-    proven[key] = max(rate, proven.get(key, 0.0))
+    proven[key] = max(s.peak_rps / ready, proven.get(key, 0.0))
     return replace(state, streak=None, proven=tuple(sorted(proven.items())))
 
 
-def proven_floor(state: ScalerState, c: Candidate, rps: float) -> int | None:
-    """The fewest replicas of `c`'s configuration that keep each within TRUST_STEP of its proven rate (None
-    until a window has proven one)."""
+def proven_floor(state: ScalerState, c: Candidate, planned_rps: float) -> int | None:
+    """The fewest replicas of `c`'s configuration that keep the load planned for within TRUST_STEP of its
+    proven rate per replica (None until a streak has proven one)."""
     proven = dict(state.proven).get(configuration(c))
-    return None if proven is None else math.ceil(rps / (TRUST_STEP * proven) - 1e-9)
+    return None if proven is None else math.ceil(planned_rps / (TRUST_STEP * proven) - 1e-9)

@@ -152,7 +152,7 @@ class Streak:
     configuration: str
     replicas: int
     requests: float
-    peak_rps: float  # the busiest of its windows: the demand a plan is held against is one window's too
+    peak_rps: float  # the busiest load a plan was made for during it (demand and anticipated peaks)
 
 
 @dataclass(frozen=True)

@@ -106,7 +106,7 @@ def _learn(state: ScalerState, truth: Replica, windows: int, start: float = 0.0)
         )  # fmt: skip
         state = calibrate(SPEC, POLICY, truth.c, obs, state, 1000.0)
         state = learn_capacity(SPEC, POLICY, truth.c, obs, state)
-        state = prove_load(POLICY, truth.c, obs, state, ttft <= 1000.0)
+        state = prove_load(POLICY, truth.c, obs, state, ttft <= 1000.0, obs.rps)
         state = replace(state, load_history=((obs.time, obs.rps),))
     return state
 
@@ -147,10 +147,10 @@ def test_a_window_that_says_nothing_leaves_the_factor_alone() -> None:
     assert learn_capacity(SPEC, POLICY, c, quiet, state) == state  # too few requests to learn from
 
 
-def _proving(rps: float, requests: float, ttft_ms: float | None = 400.0) -> Observation:
-    """A 15 s window on 2 replicas at `rps` each."""
+def _proving(requests: float, ttft_ms: float | None = 400.0) -> Observation:
+    """A 15 s window on 2 replicas, at 5 rps each."""
     return Observation(
-        time=15.0, window_s=WINDOW_S, rps=rps * 2, requests=requests, ttft_p95_ms=ttft_ms, tpot_p95_ms=None,
+        time=15.0, window_s=WINDOW_S, rps=10.0, requests=requests, ttft_p95_ms=ttft_ms, tpot_p95_ms=None,
         kv_cache_usage=None, queue_depth=0.0, running=None, ready_replicas=2,
     )  # fmt: skip
 
@@ -158,26 +158,27 @@ def _proving(rps: float, requests: float, ttft_ms: float | None = 400.0) -> Obse
 @pytest.mark.parametrize(
     ("windows", "proven"),
     [
-        ([(12.0, 180.0, True)], 12.0),  # enough requests above what was proven: the new highest
+        ([(12.0, 180.0, True)], 12.0),  # enough requests, planned above what was proven: the new highest
         ([(8.0, 120.0, True)], 10.0),  # below it: the highest stays
         ([(12.0, 30.0, True)], 10.0),  # too few requests for a p95 to say the SLO was met
         ([(12.0, 30.0, True), (11.0, 30.0, True)], 12.0),  # a streak of sparse windows: its busiest
         ([(12.0, 30.0, True), (11.0, 30.0, False), (11.0, 30.0, True)], 10.0),  # a miss breaks the streak
     ],
 )
-def test_a_streak_within_the_slo_proves_its_busiest_per_replica_rate(
+def test_a_streak_within_the_slo_proves_the_busiest_load_it_was_planned_for(
     windows: list[tuple[float, float, bool]], proven: float
 ) -> None:
+    """Per replica, the load the plan was made for (not the window's 5 rps): a plan is held against it."""
     c = _running()
     state = ScalerState(proven=((configuration(c), 10.0),))
-    for rps, requests, met in windows:
-        state = prove_load(POLICY, c, _proving(rps, requests), state, met)
+    for planned_per_replica, requests, met in windows:
+        state = prove_load(POLICY, c, _proving(requests), state, met, planned_per_replica * 2)
     assert dict(state.proven)[configuration(c)] == proven
 
 
 def test_a_window_without_a_ttft_proves_nothing() -> None:
     c = _running()
-    state = prove_load(POLICY, c, _proving(12.0, 180.0, ttft_ms=None), ScalerState(), True)
+    state = prove_load(POLICY, c, _proving(180.0, ttft_ms=None), ScalerState(), True, 24.0)
     assert state.proven == ()
 
 
