@@ -87,18 +87,16 @@ def calibration_status(state: ScalerState, now: float) -> dict[str, Any]:
 
 
 def learned_capacity(state: ScalerState) -> list[LearnedCapacity]:
-    """One entry per configuration that has a learned factor or a proven rate (factor 1 until learned)."""
+    """One entry per configuration that has a learned factor or a proven load (factor 1 until learned)."""
     factors = {c: (k, n) for c, k, n in state.capacity}
     proven = dict(state.proven)
-    return [
-        LearnedCapacity(
-            configuration=c,
-            factor=factors.get(c, (1.0, 0))[0],
-            samples=factors.get(c, (1.0, 0))[1],
-            proven_rps=proven.get(c),
+    entries = []
+    for c in sorted(factors.keys() | proven.keys()):
+        factor, samples = factors.get(c, (1.0, 0))
+        entries.append(
+            LearnedCapacity(configuration=c, factor=factor, samples=samples, proven_rps=proven.get(c))
         )
-        for c in sorted(factors.keys() | proven.keys())
-    ]
+    return entries
 
 
 KEPT = (

@@ -179,9 +179,12 @@ class ScalerState:
     steady_windows: int = 0  # consecutive windows with traffic at a steady rate
     # learned capacity per configuration ("H100-SXM/tp1"): (configuration, rate-axis factor, windows learned from)
     capacity: tuple[tuple[str, float, int], ...] = ()
-    # per configuration, the highest per-replica rate a streak of enough requests was served at within the SLO
+    # per configuration, the highest per-replica load a streak of enough requests was planned for and served
+    # within the SLO (policies/capacity.prove_load)
     proven: tuple[tuple[str, float], ...] = ()
-    streak: Streak | None = None  # the intervals within the SLO on the running fleet since its last change
+    # the intervals within the SLO on the running fleet since its last change; not persisted: a restart
+    # begins a new streak
+    streak: Streak | None = None
     idle_since: float | None = None  # since when no request came, queued or ran (for scale to zero)
     backlog: float = 0.0  # the last window's backlog: its growth and the completions give the arrival rate
 
