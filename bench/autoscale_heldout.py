@@ -4,7 +4,9 @@ hindsight oracle, to catch rules that fit the suite.
 Seeded Poisson hours (seed 7, where the suite uses 0) at rates and mixes none of the suite's workloads has:
 steady chat at 50 rps, steady long context at 3 rps, a mid mix (prompts p50 500, outputs p50 300 tokens) at
 30 rps, code ramping from 10 to 40 rps, a ×5 flash crowd for 5 minutes, a sine of period 20 minutes and a
-step from 20 to 60 rps. The default policy, on the TP degree the planner picks for each peak.
+step from 20 to 60 rps, and chat around 150 rps whose rate wanders from one 15 s window to the next (peak/mean
+of the 15 s rates about 1.6, as in the production chat hour issue 15 describes; `volatile`). The default
+policy, on the TP degree the planner picks for each peak.
 
     python -m bench.autoscale_heldout --json bench/results/autoscale_heldout.json [--only a,b]
 """
@@ -38,6 +40,28 @@ MID = ((500.0, 2000.0), (300.0, 1000.0))  # prompts and outputs (p50, p95): retr
 POLICIES = ("goodput", "static", "oracle")
 
 Shape = tuple[Callable[[np.ndarray], np.ndarray], float, Any, tuple[float, float]]
+Rate = Callable[[np.ndarray], np.ndarray]
+WINDOW_S = 15.0  # the operator's metrics window: the volatile rate moves from one to the next
+
+
+def volatile(mean_rps: float, persistence: float, step_sigma: float, seed: int) -> tuple[Rate, float]:
+    """A rate that wanders around `mean_rps` from one 15 s window to the next, as production chat traffic does:
+    its logarithm is an AR(1) process (`persistence` per window, seeded normal steps of `step_sigma`), the level
+    normalised to the mean. Returns the rate and its peak."""
+    rng = np.random.default_rng(seed)
+    windows = int(HOUR_S // WINDOW_S) + 1
+    log_level = np.zeros(windows)
+    for i in range(1, windows):
+        log_level[i] = persistence * log_level[i - 1] + step_sigma * rng.standard_normal()
+    level = mean_rps * np.exp(log_level) / np.exp(log_level).mean()
+
+    def rate(t: np.ndarray) -> np.ndarray:
+        return level[np.minimum((t // WINDOW_S).astype(int), windows - 1)]
+
+    return rate, float(level.max())
+
+
+VOLATILE_RATE, VOLATILE_PEAK = volatile(150.0, 0.5, 0.15, SEED)
 WORKLOADS: dict[str, Shape] = {
     "steady-chat-50": (lambda t: np.full(len(t), 50.0), 50.0, CHAT, INTERACTIVE_SLO),
     "steady-long-3": (lambda t: np.full(len(t), 3.0), 3.0, LONG, LONG_CONTEXT_SLO),
@@ -51,6 +75,7 @@ WORKLOADS: dict[str, Shape] = {
     ),
     "sine-chat": (lambda t: 30.0 + 20.0 * np.sin(2 * np.pi * t / 1200.0), 50.0, CHAT, INTERACTIVE_SLO),
     "step-chat": (lambda t: np.where(t >= 1800.0, 60.0, 20.0), 60.0, CHAT, INTERACTIVE_SLO),
+    "volatile-chat-150": (VOLATILE_RATE, VOLATILE_PEAK, CHAT, INTERACTIVE_SLO),
 }
 
 
