@@ -33,30 +33,30 @@ from bench.autoscale_suite import (
     TARGET,
 )
 from goodput.controllers.replay import json_ready, run
+from goodput.policies.observe import DEFAULT_WINDOW_S
 from goodput.policies.workloads import Trace, poisson
 
 SEED = 7
 MID = ((500.0, 2000.0), (300.0, 1000.0))  # prompts and outputs (p50, p95): retrieval-style answers
 POLICIES = ("goodput", "static", "oracle")
 
-Shape = tuple[Callable[[np.ndarray], np.ndarray], float, Any, tuple[float, float]]
 Rate = Callable[[np.ndarray], np.ndarray]
-WINDOW_S = 15.0  # the operator's metrics window: the volatile rate moves from one to the next
+Shape = tuple[Rate, float, Any, tuple[float, float]]
 
 
 def volatile(mean_rps: float, persistence: float, step_sigma: float, seed: int) -> tuple[Rate, float]:
-    """A rate that wanders around `mean_rps` from one 15 s window to the next, as production chat traffic does:
-    its logarithm is an AR(1) process (`persistence` per window, seeded normal steps of `step_sigma`), the level
-    normalised to the mean. Returns the rate and its peak."""
+    """A rate that wanders around `mean_rps` from one operator metrics window (15 s) to the next, as production
+    chat traffic does: its logarithm is an AR(1) process (`persistence` per window, seeded normal steps of
+    `step_sigma`), the level normalised to the mean. Returns the rate and its peak."""
     rng = np.random.default_rng(seed)
-    windows = int(HOUR_S // WINDOW_S) + 1
+    windows = int(HOUR_S // DEFAULT_WINDOW_S) + 1
     log_level = np.zeros(windows)
     for i in range(1, windows):
         log_level[i] = persistence * log_level[i - 1] + step_sigma * rng.standard_normal()
     level = mean_rps * np.exp(log_level) / np.exp(log_level).mean()
 
     def rate(t: np.ndarray) -> np.ndarray:
-        return level[np.minimum((t // WINDOW_S).astype(int), windows - 1)]
+        return level[np.minimum((t // DEFAULT_WINDOW_S).astype(int), windows - 1)]
 
     return rate, float(level.max())
 
