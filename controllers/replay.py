@@ -1,17 +1,15 @@
 """Replaying a trace under every policy: simulations side by side in processes, then tables and plots.
 
 The comparison itself (setup, sweeps, report) is pure and lives in `policies.compare`; this module is its
-imperative shell, and `goodput simulate`'s options and command.
+imperative shell. `goodput simulate`'s options and command are in controllers/cli/simulate.py.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from contextlib import contextmanager
 from multiprocessing import get_context
 from typing import Any
 
@@ -35,7 +33,6 @@ from goodput.policies.compare import (
     static_counts,
     sweep_jobs,
 )
-from goodput.policies.observe import DEFAULT_WINDOW_S
 from goodput.policies.simulator import SimResult
 from goodput.policies.workloads import Trace
 
@@ -254,105 +251,3 @@ def json_ready(report: dict[str, Any]) -> dict[str, Any]:
         return x
 
     return clean(report)
-
-
-def add_arguments(parser: Any) -> None:
-    """The `goodput simulate` options (an argparse parser)."""
-    parser.add_argument(
-        "--trace",
-        required=True,
-        help="a trace file (Azure LLM CSV or Mooncake JSONL, detected) or synthetic:diurnal",
-    )
-    parser.add_argument("--scale", type=float, default=1.0, help="multiply the trace's request rate")
-    parser.add_argument(
-        "--policies", default=",".join(POLICIES), help="comma-separated subset of " + ",".join(POLICIES)
-    )
-    parser.add_argument(
-        "--start-delay",
-        type=float,
-        default=None,
-        help="seconds from pod creation to ready (default: the worker start model, policies/startup.py)",
-    )
-    parser.add_argument(
-        "--window",
-        type=float,
-        default=float(DEFAULT_WINDOW_S),
-        help="seconds each observation covers: the operator's GOODPUT_OPERATOR_WINDOW_S (default %(default)g)",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--ttft-ms", type=float, default=1000.0, help="the service's TTFT p95 target (ms)")
-    parser.add_argument("--tpot-ms", type=float, default=100.0, help="the service's TPOT p95 target (ms)")
-    parser.add_argument(
-        "--workers", type=int, default=min(2, os.cpu_count() or 1), help="parallel simulations"
-    )
-    parser.add_argument(
-        "--headroom", type=float, help="SLOPolicy headroom for goodput (default: the default policy's)"
-    )
-    parser.add_argument("--json", dest="json_path", help="write the report as JSON here")
-    parser.add_argument("--plot", help="write the frontier and timeline plot (PNG) here")
-
-
-@contextmanager
-def _progress_bar() -> Iterator[Progress]:
-    """A bar on stderr counting finished simulations (a full comparison takes minutes); gone when done."""
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
-    from rich.progress import Progress as Bar
-
-    columns = (TextColumn("simulations"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Bar(*columns, console=Console(stderr=True), transient=True) as bar:
-        task = bar.add_task("simulate", total=None)
-        yield lambda done, total: bar.update(task, completed=done, total=total)
-
-
-def command(args: Any) -> int:
-    """`goodput simulate`: replay a trace under each policy and print one row per policy and setting."""
-    import json
-
-    from goodput.policies.workloads import resolve
-
-    names = tuple(n.strip() for n in args.policies.split(",") if n.strip())
-    unknown = [n for n in names if n not in POLICIES]
-    if unknown:
-        raise SystemExit(f"unknown policies: {', '.join(unknown)}; known: {', '.join(POLICIES)}")
-    try:
-        trace = resolve(args.trace, scale=args.scale, seed=args.seed)
-    except (OSError, ValueError) as error:
-        raise SystemExit(f"error: --trace: {error}") from None
-    policy = SLOPolicySpec(headroom=args.headroom) if args.headroom is not None else None
-    interval = (policy or SLOPolicySpec()).evaluation_interval_seconds
-    if args.window < interval:
-        raise SystemExit(
-            f"error: --window: {args.window:g} s is shorter than the {interval:g} s control interval"
-        )
-    with _progress_bar() as progress:
-        try:
-            report, runs = run(
-                trace,
-                names,
-                start_delay_s=args.start_delay,
-                seed=args.seed,
-                policy=policy,
-                workers=args.workers,
-                progress=progress,
-                slo_ms=(args.ttft_ms, args.tpot_ms),
-                window_s=args.window,
-            )
-        except ValueError as error:  # no configuration meets the SLO at the trace's peak
-            raise SystemExit(
-                f"error: {error} (SLO: TTFT p95 {args.ttft_ms:g} ms, TPOT p95 {args.tpot_ms:g} ms)"
-            ) from None
-    print(table(report))
-    for key, figure in report["targets"].items():
-        print(f"target {key}: {figure}")
-    for key, figure in report.get("targets_goodput_best_setting", {}).items():
-        print(f"target (goodput's best setting) {key}: {figure}")
-    print(
-        f"{len(trace)} requests over {trace.duration_s / 3600:.2f} h simulated in {report['wall_s']} s. Data: {trace.source or trace.name}"
-    )
-    if args.json_path:
-        with open(args.json_path, "w") as f:
-            json.dump(json_ready(report), f, indent=2)
-    if args.plot:
-        plot(report, runs, args.plot)
-    return 0

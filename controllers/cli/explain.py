@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from rich.markup import escape
 
+from goodput.controllers.cli.flags import non_negative_float
 from goodput.controllers.cli.reading import cluster_flags, refreshed
 from goodput.controllers.cli.render import (
     age,
@@ -55,7 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", help="InferenceService name")
     parser.add_argument("-n", "--namespace", help="namespace (default: the kubeconfig context's)")
     cluster_flags(parser)
-    parser.add_argument("--rps", type=float, help="explain the plan at this load instead of the observed one")
+    parser.add_argument(
+        "--rps", type=non_negative_float, help="explain the plan at this load instead of the observed one"
+    )
     parser.add_argument("--json", action="store_true", help="print the explanation as JSON")
     parser.add_argument(
         "--plot", help="write the latency–throughput frontier of the plan and alternatives (PNG)"

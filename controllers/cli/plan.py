@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from goodput.controllers.cli.flags import non_negative_float, non_negative_int, positive_float
 from goodput.controllers.cli.render import plan_report, plot_plan, print_plan_table
 
 EXIT_INVALID = 2  # the manifest does not validate
@@ -20,22 +21,26 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-f", "--filename", required=True, help="InferenceService manifest (YAML)")
     load = parser.add_mutually_exclusive_group()
     load.add_argument(
-        "--rps", type=float, help="requests per second to plan for (default: the manifest's hint)"
+        "--rps",
+        type=non_negative_float,
+        help="requests per second to plan for (default: the manifest's hint)",
     )
-    load.add_argument("--trace", help="trace CSV (TIMESTAMP, ContextTokens, GeneratedTokens) to plan for")
+    load.add_argument("--trace", help="a trace to plan for (Azure LLM CSV or Mooncake JSONL, detected)")
     parser.add_argument(
-        "--peak-window", type=float, help="with --trace: plan for the busiest window of this many s"
+        "--peak-window", type=positive_float, help="with --trace: plan for the busiest window of this many s"
     )
     parser.add_argument("--policy", help="SLOPolicy manifest (YAML); the built-in default when absent")
     parser.add_argument(
-        "--ttft-factor", type=float, default=1.0, help="calibration: observed / predicted TTFT"
+        "--ttft-factor", type=positive_float, default=1.0, help="calibration: observed / predicted TTFT"
     )
     parser.add_argument(
-        "--tpot-factor", type=float, default=1.0, help="calibration: observed / predicted TPOT"
+        "--tpot-factor", type=positive_float, default=1.0, help="calibration: observed / predicted TPOT"
     )
     parser.add_argument("--json", action="store_true", help="print the plan as JSON")
     parser.add_argument("--plot", help="write the latency–throughput frontier of each candidate to this PNG")
-    parser.add_argument("--alternatives", type=int, default=5, help="alternatives shown in the table")
+    parser.add_argument(
+        "--alternatives", type=non_negative_int, default=5, help="alternatives shown in the table"
+    )
 
 
 def read_manifest(path: str) -> dict[str, Any] | None:
@@ -66,6 +71,9 @@ def run(args: argparse.Namespace) -> int:
     from goodput.policies import planner
     from goodput.policies.profiles import profile_for
 
+    if args.peak_window is not None and not args.trace:
+        print("error: --peak-window: applies to a --trace only", file=sys.stderr)
+        return EXIT_INVALID
     obj = read_manifest(args.filename)
     if obj is None:
         return EXIT_INVALID
@@ -87,9 +95,13 @@ def run(args: argparse.Namespace) -> int:
 
     hint = planner.load_from_spec(spec)
     if args.trace:
-        load = planner.load_from_trace(
-            args.trace, peak_window_s=args.peak_window, batch_fraction=hint.batch_fraction
-        )
+        try:
+            load = planner.load_from_trace(
+                args.trace, peak_window_s=args.peak_window, batch_fraction=hint.batch_fraction
+            )
+        except (OSError, ValueError) as error:
+            print(f"error: --trace: {error}", file=sys.stderr)
+            return EXIT_INVALID
     else:
         load = hint if args.rps is None else replace(hint, rps=args.rps)
     result = planner.plan(spec, load, policy, args.ttft_factor, args.tpot_factor)

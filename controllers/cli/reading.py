@@ -9,6 +9,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from goodput.controllers.cli.flags import positive_int
 from goodput.controllers.oncall import PROMETHEUS_ENV, Fresh, ServiceKey, prometheus_url, refresh
 from goodput.crds.inferenceservice import InferenceServiceSpec
 from goodput.crds.slopolicy import SLOPolicySpec
@@ -22,7 +23,9 @@ def cluster_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--prometheus", help=f"refresh observed p95s from this Prometheus (default: ${PROMETHEUS_ENV})"
     )
-    parser.add_argument("--window", type=int, default=60, help="Prometheus window in seconds (default 60)")
+    parser.add_argument(
+        "--window", type=positive_int, default=60, help="Prometheus window in seconds (default 60)"
+    )
 
 
 def key_of(obj: dict[str, Any]) -> ServiceKey:
