@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,9 +63,9 @@ def load_trace(path: str | Path) -> Trace:
     """A trace file as a Trace starting at 0 s, sorted by arrival; the format is detected from the content.
 
     Azure LLM CSV: a header with TIMESTAMP, ContextTokens, GeneratedTokens (ISO timestamps). Mooncake JSONL:
-    one object a line with timestamp (ms from the start), input_length, output_length. Token counts below 1
-    count as 1 (a request has at least one prompt and one output token). A malformed row is an error naming
-    its line.
+    one object a line with timestamp (ms from the start), input_length, output_length. Token counts of 0
+    count as 1 (a request has at least one prompt and one output token). A malformed row (a missing field, a
+    timestamp that is not one, a negative or fractional token count) is an error naming its line.
     """
     path = Path(path)
     with open(path, newline="") as handle:
@@ -106,9 +107,12 @@ def _read_azure(path: Path, text: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     output: list[int] = []
     for line, row in enumerate(rows, start=2):
         try:
-            stamps.append(np.datetime64(row["TIMESTAMP"].strip().replace(" ", "T"), "ns"))
-            prompt.append(int(row["ContextTokens"]))
-            output.append(int(row["GeneratedTokens"]))
+            stamp = np.datetime64(row["TIMESTAMP"].strip().replace(" ", "T"), "ns")
+            if np.isnat(stamp):
+                raise ValueError(f"TIMESTAMP must be a date and time, got {row['TIMESTAMP']!r}")
+            stamps.append(stamp)
+            prompt.append(_tokens(row["ContextTokens"], "ContextTokens"))
+            output.append(_tokens(row["GeneratedTokens"], "GeneratedTokens"))
         except (TypeError, ValueError, AttributeError) as error:
             raise ValueError(f"{path}:{line}: malformed row {row}: {error}") from None
     seconds = (np.array(stamps, dtype="datetime64[ns]") - np.datetime64(0, "ns")) / np.timedelta64(1, "s")
@@ -128,14 +132,27 @@ def _read_mooncake(path: Path, text: str) -> tuple[np.ndarray, np.ndarray, np.nd
             continue
         try:
             row = json.loads(raw)
-            t.append(float(row["timestamp"]) / 1000.0)
-            prompt.append(int(row["input_length"]))
-            output.append(int(row["output_length"]))
+            stamp = float(row["timestamp"])
+            if not math.isfinite(stamp):
+                raise ValueError(f"timestamp must be a finite number, got {row['timestamp']!r}")
+            t.append(stamp / 1000.0)
+            prompt.append(_tokens(row["input_length"], "input_length"))
+            output.append(_tokens(row["output_length"], "output_length"))
         except (json.JSONDecodeError, KeyError, TypeError, ValueError) as error:
             raise ValueError(
                 f"{path}:{line}: malformed request ({error!r}); expected {MOONCAKE_FIELDS}"
             ) from None
     return np.array(t), np.array(prompt, dtype=np.int64), np.array(output, dtype=np.int64)
+
+
+def _tokens(value: object, field: str) -> int:
+    """A token count: a whole number ≥ 0 (0 is read as 1 later: a request has at least one token each way)."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(f"{field} must be a whole number, got {value!r}")
+    count = int(value)  # type: ignore[call-overload]
+    if count < 0:
+        raise ValueError(f"{field} must be ≥ 0, got {value!r}")
+    return count
 
 
 def scale_rate(trace: Trace, scale: float, seed: int = 0, jitter_s: float = 1.0) -> Trace:

@@ -114,6 +114,15 @@ def test_vendored_traces_name_their_source():
         ("bad.jsonl", '{"timestamp": 0, "input_length": 1, "output_length": 1}\n{"timestamp": 1}\n', ":2:"),
         ("bad.jsonl", '{"timestamp": 0, "input_length": 1, "output_length": 1}\n{oops\n', ":2:"),
         ("other.csv", "time,prompt,output\n1,2,3\n", ":1:"),
+        (
+            "neg.csv",
+            "TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03,-5,2\n",
+            ":2:.*ContextTokens",
+        ),
+        ("nat.csv", "TIMESTAMP,ContextTokens,GeneratedTokens\nNaT,5,2\n", ":2:.*TIMESTAMP"),
+        ("nan.jsonl", '{"timestamp": NaN, "input_length": 1, "output_length": 1}\n', ":1:.*timestamp"),
+        ("half.jsonl", '{"timestamp": 0, "input_length": 1.5, "output_length": 1}\n', ":1:.*input_length"),
+        ("neg.jsonl", '{"timestamp": 0, "input_length": 1, "output_length": -2}\n', ":1:.*output_length"),
     ],
 )
 def test_malformed_rows_name_their_line(tmp_path, name, text, where):
