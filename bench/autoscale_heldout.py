@@ -32,6 +32,7 @@ from bench.autoscale_suite import (
     ONE_POOL,
     TARGET,
 )
+from goodput.controllers.cli.flags import positive_int
 from goodput.controllers.replay import json_ready, run
 from goodput.policies.observe import DEFAULT_WINDOW_S
 from goodput.policies.workloads import Trace, poisson
@@ -90,7 +91,7 @@ def main() -> int:
     )
     parser.add_argument("--json", default="bench/results/autoscale_heldout.json")
     parser.add_argument("--only", help="comma-separated workload names (default: all)")
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--workers", type=positive_int, default=2)
     args = parser.parse_args()
     names = [n.strip() for n in args.only.split(",")] if args.only else list(WORKLOADS)
     unknown = [n for n in names if n not in WORKLOADS]

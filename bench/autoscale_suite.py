@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from goodput.controllers.cli.flags import non_negative_float, non_negative_int, positive_float, positive_int
 from goodput.controllers.replay import json_ready, plot, run, run_over_configurations, table
 from goodput.crds.slopolicy import SLOPolicySpec
 from goodput.policies.compare import HPA_TARGETS, KEDA_THRESHOLDS, POLICIES, ServiceShape, setup
@@ -202,17 +203,17 @@ def main() -> int:
     )
     parser.add_argument("--json", default="bench/results/autoscale_suite.json")
     parser.add_argument("--plot-dir", default=None)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
+    parser.add_argument("--workers", type=positive_int, default=2)
     parser.add_argument(
         "--start-delay",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="seconds from pod creation to ready (default: start model)",
     )
     parser.add_argument(
         "--window",
-        type=float,
+        type=positive_float,
         default=float(DEFAULT_WINDOW_S),
         help="seconds each observation covers, the operator's PromQL range (default %(default)g)",
     )

@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import routing_real, routing_simulation
 from bench.router_overhead import measure
+from goodput.controllers.cli.flags import positive_float, positive_int
 from goodput.policies.compare import ServiceShape
 
 PARTS = ("simulation", "autoscaled", "real_stack", "overhead")
@@ -55,11 +56,17 @@ def main() -> int:
     parser.add_argument(
         "--parts", default="simulation,autoscaled,overhead", help=f"comma-separated, of {', '.join(PARTS)}"
     )
-    parser.add_argument("--streams", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--fleet-fraction", type=float, default=1.0, help="of the planner's peak fleet")
-    parser.add_argument("--conversations", type=int, default=30, help="real_stack: Mooncake conversations")
-    parser.add_argument("--rps", type=float, default=1.5, help="real_stack: request rate of each phase")
+    parser.add_argument("--streams", type=positive_int, default=1000)
+    parser.add_argument("--seconds", type=positive_float, default=10.0)
+    parser.add_argument(
+        "--fleet-fraction", type=positive_float, default=1.0, help="of the planner's peak fleet"
+    )
+    parser.add_argument(
+        "--conversations", type=positive_int, default=30, help="real_stack: Mooncake conversations"
+    )
+    parser.add_argument(
+        "--rps", type=positive_float, default=1.5, help="real_stack: request rate of each phase"
+    )
     args = parser.parse_args()
     parts = set(args.parts.split(","))
     if parts - set(PARTS):

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from goodput.controllers.cli.flags import non_negative_int, positive_float, positive_int
 from goodput.controllers.replay import run
 from goodput.policies.compare import POLICIES, setup, sweep_jobs
 from goodput.policies.simulator import simulate
@@ -37,10 +38,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--rps", type=float, default=100.0)
-    parser.add_argument("--hours", type=float, default=1.0)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--rps", type=positive_float, default=100.0)
+    parser.add_argument("--hours", type=positive_float, default=1.0)
+    parser.add_argument("--workers", type=positive_int, default=2)
+    parser.add_argument("--seed", type=non_negative_int, default=0)
     parser.add_argument("--profile", help="write a cProfile of two simulations here and print the top")
     parser.add_argument("--json", help="write the timing and the report here")
     args = parser.parse_args()
